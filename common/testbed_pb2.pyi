@@ -1,0 +1,155 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Tensor(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class StageTiming(_message.Message):
+    __slots__ = ("stage", "device", "recv_ns", "start_ns", "end_ns", "send_ns", "bytes_out")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    RECV_NS_FIELD_NUMBER: _ClassVar[int]
+    START_NS_FIELD_NUMBER: _ClassVar[int]
+    END_NS_FIELD_NUMBER: _ClassVar[int]
+    SEND_NS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    stage: int
+    device: str
+    recv_ns: int
+    start_ns: int
+    end_ns: int
+    send_ns: int
+    bytes_out: int
+    def __init__(self, stage: _Optional[int] = ..., device: _Optional[str] = ..., recv_ns: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    SENT_NS_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_AFTER_NS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    stage: int
+    tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
+    timings: _containers.RepeatedCompositeFieldContainer[StageTiming]
+    sent_ns: int
+    deliver_after_ns: int
+    error: str
+    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Peer(_message.Message):
+    __slots__ = ("device", "address", "rate_bps", "delay_s")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    address: str
+    rate_bps: int
+    delay_s: float
+    def __init__(self, device: _Optional[str] = ..., address: _Optional[str] = ..., rate_bps: _Optional[int] = ..., delay_s: _Optional[float] = ...) -> None: ...
+
+class StageSpec(_message.Message):
+    __slots__ = ("index", "model_path", "inputs", "outputs", "forward", "next_device")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_FIELD_NUMBER: _ClassVar[int]
+    NEXT_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    model_path: str
+    inputs: _containers.RepeatedScalarFieldContainer[str]
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    forward: _containers.RepeatedScalarFieldContainer[str]
+    next_device: str
+    def __init__(self, index: _Optional[int] = ..., model_path: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., forward: _Optional[_Iterable[str]] = ..., next_device: _Optional[str] = ...) -> None: ...
+
+class LoadRequest(_message.Message):
+    __slots__ = ("device", "num_stages", "source_device", "stages", "peers", "first_device", "threads", "queue_depth")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    NUM_STAGES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    PEERS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    num_stages: int
+    source_device: str
+    stages: _containers.RepeatedCompositeFieldContainer[StageSpec]
+    peers: _containers.RepeatedCompositeFieldContainer[Peer]
+    first_device: str
+    threads: int
+    queue_depth: int
+    def __init__(self, device: _Optional[str] = ..., num_stages: _Optional[int] = ..., source_device: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., first_device: _Optional[str] = ..., threads: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+
+class LoadReply(_message.Message):
+    __slots__ = ("ok", "error", "threads", "cpu_quota", "providers")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    CPU_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    error: str
+    threads: int
+    cpu_quota: float
+    providers: str
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., threads: _Optional[int] = ..., cpu_quota: _Optional[float] = ..., providers: _Optional[str] = ...) -> None: ...
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthReply(_message.Message):
+    __slots__ = ("device", "loaded", "status")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    loaded: bool
+    status: str
+    def __init__(self, device: _Optional[str] = ..., loaded: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...
+
+class StatsReply(_message.Message):
+    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_IN_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_OUT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_IN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CPU_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CPU_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    frames_in: int
+    frames_out: int
+    bytes_in: int
+    bytes_out: int
+    rss_bytes: int
+    peak_rss_bytes: int
+    cpu_seconds: float
+    cpu_quota: float
+    threads: int
+    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ...) -> None: ...

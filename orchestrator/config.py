@@ -1,0 +1,286 @@
+"""Schemas of devices.yaml and job.yaml, with units resolved and every field checked.
+
+Both our own devices format and the Ianvs multi-edge one (string values, `bandwith`,
+`partition_points` with `input_names`/`output_names`/`device_name`) load into `Testbed`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+from .units import parse_delay, parse_rate, parse_size
+
+_DNS = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Power(_Strict):
+    idle_w: float = Field(ge=0)
+    max_w: float = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> Power:
+        if self.max_w < self.idle_w:
+            raise ValueError("max_w must be at least idle_w")
+        return self
+
+
+class Gpu(_Strict):
+    index: int = Field(ge=0)
+    memory: int | None = None  # bytes
+    share: float = Field(default=1.0, gt=0, le=1)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _mem(cls, v: Any) -> int | None:
+        return None if v is None else parse_size(v)
+
+
+class Device(_Strict):
+    name: str
+    type: str = "device"
+    cpus: float = Field(default=1.0, gt=0)
+    memory: int = 1024**3  # bytes
+    gpu: Gpu | None = None
+    power: Power = Power(idle_w=1.0, max_w=5.0)
+    bandwidth: int | None = None  # bit/s, default egress rate; None: not shaped
+    delay: float = 0.0  # seconds, default one-way egress delay
+    cpuset: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        if not _DNS.match(v):
+            raise ValueError(f"{v!r} is not a DNS-safe name (lower-case letters, digits, '-')")
+        return v
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int:
+        return parse_size(v)
+
+    @field_validator("bandwidth", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> int | None:
+        return None if v is None else parse_rate(v)
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _delay(cls, v: Any) -> float:
+        return parse_delay(v)
+
+
+class Link(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    src: str = Field(alias="from")
+    dst: str = Field(alias="to")
+    bandwidth: int | None = None
+    delay: float | None = None
+
+    @field_validator("bandwidth", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> int | None:
+        return None if v is None else parse_rate(v)
+
+    @field_validator("delay", mode="before")
+    @classmethod
+    def _delay(cls, v: Any) -> float | None:
+        return None if v is None else parse_delay(v)
+
+
+class PartitionPoint(_Strict):
+    """One stage of a manual plan, as in Ianvs: the tensors it takes and gives, and its device."""
+
+    input_names: list[str] = []
+    output_names: list[str]
+    device_name: str | None = None
+
+
+class LinkParams(_Strict):
+    rate_bps: int  # 0: not shaped
+    delay_s: float
+
+
+class Testbed(_Strict):
+    devices: list[Device]
+    links: list[Link] = []
+    partition_points: list[PartitionPoint] = []
+    source: str | None = None  # path of the file, for messages
+
+    @model_validator(mode="after")
+    def _check(self) -> Testbed:
+        if not self.devices:
+            raise ValueError("no devices: at least one is needed")
+        names = [d.name for d in self.devices]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate device name {dup[0]!r}")
+        for i, link in enumerate(self.links):
+            for end in (link.src, link.dst):
+                if end not in names:
+                    raise ValueError(f"links[{i}]: unknown device {end!r}")
+            if link.src == link.dst:
+                raise ValueError(f"links[{i}]: a link joins two different devices")
+        for i, p in enumerate(self.partition_points):
+            if p.device_name is not None and p.device_name not in names:
+                raise ValueError(f"partition_points[{i}].device_name: unknown device {p.device_name!r}")
+        return self
+
+    def device(self, name: str) -> Device:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def link(self, src: str, dst: str) -> LinkParams:
+        """Directed link parameters: the sender's defaults, overridden by a `links` entry."""
+        d = self.device(src)
+        rate, delay = d.bandwidth, d.delay
+        for link in self.links:
+            if link.src == src and link.dst == dst:
+                rate = link.bandwidth if link.bandwidth is not None else rate
+                delay = link.delay if link.delay is not None else delay
+        return LinkParams(rate_bps=rate or 0, delay_s=delay)
+
+
+# --- job.yaml -------------------------------------------------------------------------------
+
+
+class DatasetSpec(_Strict):
+    kind: Literal["synthetic", "imagenet"] = "synthetic"
+    path: str | None = None
+    limit: int | None = Field(default=None, gt=0)
+    seed: int = 0
+
+
+class Job(_Strict):
+    name: str
+    model: str
+    devices: str
+    runtime: Literal["auto", "local", "docker"] = "auto"
+    algorithm: str = "even"
+    objective: Literal["throughput", "latency"] = "throughput"
+    stages: int | None = Field(default=None, gt=0)
+    source: str | None = None  # device where frames originate and results return
+    requests: int = Field(default=50, gt=0)
+    warmup: int = Field(default=5, ge=0)
+    concurrency: int = Field(default=2, gt=0)  # requests in flight
+    batch: int = Field(default=1, gt=0)
+    dataset: DatasetSpec = DatasetSpec()
+    timeout_s: float = Field(default=600.0, gt=0)
+    base_dir: str = "."  # folder of the job file: relative paths resolve from here
+
+    def path(self, p: str) -> Path:
+        q = Path(p)
+        return q if q.is_absolute() else Path(self.base_dir) / q
+
+
+# --- loading --------------------------------------------------------------------------------
+
+
+def read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.exists():
+        raise UserError("file not found", str(p))
+    if p.is_dir():
+        raise UserError("is a folder, not a YAML file", str(p))
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"not valid YAML: {problem}", str(p), where) from None
+    except UnicodeDecodeError:
+        raise UserError("not a text file", str(p)) from None
+
+
+def _first_error(e: ValidationError) -> tuple[str, str]:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    return loc, msg
+
+
+def _is_ianvs(raw: dict) -> bool:
+    devs = raw.get("devices") or []
+    return any(isinstance(d, dict) and ("bandwith" in d or "freq" in d) for d in devs) or any(
+        isinstance(d, dict) and isinstance(d.get("memory"), str) and d["memory"].strip().isdigit()
+        for d in devs
+    )
+
+
+def _from_ianvs(raw: dict) -> dict:
+    """Ianvs multi-edge devices.yaml: memory in MB and bandwith in Mbit/s, as bare strings."""
+    out = []
+    for d in raw.get("devices") or []:
+        d = dict(d)
+        dev = {"name": str(d.pop("name", "")).lower().replace("_", "-"), "type": str(d.pop("type", "device"))}
+        mem = d.pop("memory", None)
+        if mem is not None:
+            dev["memory"] = f"{mem}MB" if str(mem).strip().replace(".", "", 1).isdigit() else mem
+        bw = d.pop("bandwith", d.pop("bandwidth", None))
+        if bw is not None:
+            dev["bandwidth"] = f"{bw}mbit" if str(bw).strip().replace(".", "", 1).isdigit() else bw
+        d.pop("freq", None)  # a label in Ianvs; the CPU share is what we emulate
+        dev.update(d)
+        out.append(dev)
+    pts = []
+    for p in raw.get("partition_points") or []:
+        p = dict(p)
+        if "device_name" in p and p["device_name"] is not None:
+            p["device_name"] = str(p["device_name"]).lower().replace("_", "-")
+        pts.append(p)
+    res = {k: v for k, v in raw.items() if k not in ("devices", "partition_points")}
+    res["devices"] = out
+    res["partition_points"] = pts
+    return res
+
+
+def load_devices(path: str | Path) -> Testbed:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError("expected a mapping with a 'devices' list", str(path))
+    if "devices" not in raw:
+        raise UserError("required field is missing", str(path), "devices")
+    if not isinstance(raw["devices"], list):
+        raise UserError("expected a list of devices", str(path), "devices")
+    if _is_ianvs(raw):
+        raw = _from_ianvs(raw)
+    try:
+        return Testbed(**raw, source=str(path))
+    except ValidationError as e:
+        loc, msg = _first_error(e)
+        # a model-level check reports its own location inside the message
+        if not loc and ":" in msg and msg.split(":", 1)[0].startswith(("links", "partition_points")):
+            loc, msg = msg.split(":", 1)[0], msg.split(":", 1)[1].strip()
+        raise UserError(msg, str(path), loc or None) from None
+    except TypeError as e:
+        raise UserError(str(e), str(path)) from None
+
+
+def load_job(path: str | Path) -> Job:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise UserError("expected a mapping of job fields", str(path))
+    raw = dict(raw)
+    raw.setdefault("name", Path(path).stem)
+    raw["base_dir"] = str(Path(path).resolve().parent)
+    try:
+        return Job(**raw)
+    except ValidationError as e:
+        loc, msg = _first_error(e)
+        raise UserError(msg, str(path), loc or None) from None
