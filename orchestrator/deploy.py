@@ -1,0 +1,72 @@
+"""Load a plan's stages onto running nodes: each node learns its stages, its peers and links."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from common import testbed_pb2 as pb
+from common import testbed_pb2_grpc as pbg
+from common.grpc_options import CHANNEL_OPTIONS
+
+from .config import Testbed
+from .partition.plan import Plan
+from .runtimes.base import Deployment
+
+
+@dataclass
+class LoadedNode:
+    device: str
+    threads: int
+    cpu_quota: float
+    providers: str
+
+
+def threads_for(cpus: float) -> int:
+    """ORT threads for a device's CPU share: whole CPUs, at least one."""
+    return max(1, int(cpus))
+
+
+def load_requests(plan: Plan, testbed: Testbed, dep: Deployment, source: str,
+                  queue_depth: int = 4, explicit_threads: bool = True) -> dict[str, pb.LoadRequest]:
+    n = len(plan.stages)
+    stage_device = [s.device for s in plan.stages]
+    reqs: dict[str, pb.LoadRequest] = {}
+    for dev in testbed.devices:
+        if dev.name not in dep.nodes:
+            continue
+        stages = []
+        for s in plan.stages:
+            if s.device != dev.name:
+                continue
+            nxt = stage_device[s.index + 1] if s.index + 1 < n else source
+            stages.append(pb.StageSpec(
+                index=s.index, model_path=dep.node_path(plan.dir / s.model), inputs=list(s.inputs),
+                outputs=list(s.outputs), forward=list(plan.forward_after(s.index)), next_device=nxt))
+        peers = []
+        for other, h in dep.nodes.items():
+            if other == dev.name:
+                continue
+            link = testbed.link(dev.name, other)
+            peers.append(pb.Peer(device=other, address=h.peer_address,
+                                 rate_bps=link.rate_bps if dep.node_paces_rate else 0,
+                                 delay_s=link.delay_s if dep.node_adds_delay else 0.0))
+        reqs[dev.name] = pb.LoadRequest(
+            device=dev.name, num_stages=n, source_device=source, stages=stages, peers=peers,
+            first_device=stage_device[0], threads=threads_for(dev.cpus) if explicit_threads else 0,
+            queue_depth=queue_depth)
+    return reqs
+
+
+def deploy(plan: Plan, testbed: Testbed, dep: Deployment, source: str,
+           explicit_threads: bool = True, timeout_s: float = 120.0) -> dict[str, LoadedNode]:
+    """Send every node its LoadRequest; a node that refuses stops the run with its reason."""
+    out: dict[str, LoadedNode] = {}
+    for name, req in load_requests(plan, testbed, dep, source, explicit_threads=explicit_threads).items():
+        with grpc.insecure_channel(dep.nodes[name].control_address, options=CHANNEL_OPTIONS) as ch:
+            reply = pbg.NodeStub(ch).Load(req, timeout=timeout_s)
+        if not reply.ok:
+            raise RuntimeError(f"node {name} refused its stage: {reply.error}")
+        out[name] = LoadedNode(name, reply.threads, reply.cpu_quota, reply.providers)
+    return out

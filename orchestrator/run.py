@@ -1,0 +1,185 @@
+"""`orchestrator run`: partition, deploy, drive, measure, write the run folder."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import Job, Testbed, load_devices, load_job
+from .deploy import deploy
+from .driver import Record, drive
+from .errors import UserError
+from .metrics import agreement, hop_figures, hops_of, latency_summary, stage_figures, throughput
+from .partition import partition
+from .partition.plan import Plan
+from .report import git_revision, host_facts, versions, write_latencies, write_report
+from .runtimes.local import LocalRuntime
+from .stats_local import LocalStatsSampler, device_summary
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
+              "tensor(uint8)": np.uint8}
+
+
+def whole_session(model: Path, threads: int = 0) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+
+
+def synthetic_pool(sess: ort.InferenceSession, batch: int, size: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Seeded random inputs shaped like the model's, the batch dimension set to `batch`."""
+    rng = np.random.default_rng(seed)
+    pool = []
+    for _ in range(size):
+        feeds = {}
+        for inp in sess.get_inputs():
+            dtype = _ORT_TYPES.get(inp.type)
+            if dtype is None:
+                raise UserError(f"input {inp.name} has type {inp.type}, which synthetic data cannot fill")
+            shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
+            if np.issubdtype(dtype, np.floating):
+                feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feeds[inp.name] = rng.integers(0, 2, size=shape).astype(dtype)
+        pool.append(feeds)
+    return pool
+
+
+def run_folder(job: Job, out: str | None) -> Path:
+    if out:
+        d = Path(out)
+    else:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        d = Path("runs") / f"{stamp}_{job.name}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def link_fidelity(measured: list[Record], testbed: Testbed, num_stages: int) -> list[dict]:
+    """Achieved rate per paced link: bytes over (transfer time less the configured delay)."""
+    acc: dict[tuple[str, str], list[float]] = {}
+    for r in measured:
+        for src, dst, nbytes, ms in hops_of(r, num_stages):
+            link = testbed.link(src, dst)
+            busy = ms / 1e3 - link.delay_s
+            if link.rate_bps and busy > 0 and nbytes > 0:
+                acc.setdefault((src, dst), []).append(nbytes * 8 / busy)
+    out = []
+    for (src, dst), rates in acc.items():
+        cfg = testbed.link(src, dst)
+        ach = float(np.median(rates))
+        out.append({"from": src, "to": dst, "configured_bps": cfg.rate_bps, "achieved_bps": round(ach),
+                    "configured_delay_ms": cfg.delay_s * 1e3, "achieved_delay_ms": None,
+                    "error": round(ach / cfg.rate_bps - 1, 4), "method": "hop timestamps, node pacing"})
+    return out
+
+
+def select_runtime(job: Job, requested: str | None) -> tuple[str, list[str]]:
+    name = requested or job.runtime
+    if name == "docker":
+        raise UserError("the docker runtime is not available in this build; use --runtime local", "--runtime")
+    notes = ["runtime 'auto' chose the local runtime"] if name == "auto" else []
+    return "local", notes
+
+
+def execute(job_path: str, runtime: str | None = None, out: str | None = None,
+            console: Console | None = None) -> tuple[Path, dict]:
+    console = console or Console()
+    job = load_job(job_path)
+    testbed = load_devices(job.path(job.devices))
+    model = job.path(job.model)
+    if not model.exists():
+        raise UserError(f"model file not found: {model}", job_path, "model")
+    source = job.source or testbed.devices[0].name
+    if source not in [d.name for d in testbed.devices]:
+        raise UserError(f"unknown device {source!r}", job_path, "source")
+    if job.dataset.kind != "synthetic":
+        raise UserError("only synthetic data is available in this build", job_path, "dataset.kind")
+    rt_name, notes = select_runtime(job, runtime)
+
+    run_dir = run_folder(job, out)
+    t0 = time.perf_counter()
+    plan: Plan = partition(model, testbed, algorithm=job.algorithm, objective=job.objective,
+                           stages=job.stages, out_dir=run_dir)
+    notes += list(getattr(plan, "notes", []) or [])
+    console.print(f"partitioned {model.name} into {len(plan.stages)} stages "
+                  f"({job.algorithm}) in {time.perf_counter() - t0:.2f} s -> {run_dir}")
+
+    sess = whole_session(model, threads=1)
+    pool = synthetic_pool(sess, job.batch, min(8, job.requests + job.warmup), job.dataset.seed)
+    notes.append(f"synthetic inputs: {len(pool)} seeded random tensors, cycled (no dataset named)")
+    total = job.warmup + job.requests
+    runtime_obj = LocalRuntime(testbed, run_dir / "logs")
+    records: list[Record]
+    with runtime_obj:
+        dep = runtime_obj.start()
+        notes += dep.notes
+        loaded = deploy(plan, testbed, dep, source)
+        with LocalStatsSampler(dep, testbed, run_dir / "stats") as sampler, Progress(
+            TextColumn("[bold]driving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True) as bar:
+            task = bar.add_task("requests", total=total)
+            records = drive(dep.nodes[source].control_address, pool, total, job.concurrency,
+                            on_done=lambda r: bar.advance(task), timeout_s=job.timeout_s)
+        samples = sampler.samples
+
+    reference = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
+                 for feeds in pool]
+    n = len(plan.stages)
+    measured = [r for r in records if r.id >= job.warmup and not r.error and r.done_ns]
+    errors = [r for r in records if r.error]
+    rep = {
+        "job": job.name, "runtime": rt_name, "model": str(model), "algorithm": plan.algorithm,
+        "objective": plan.objective, "source": source,
+        "requests": len(measured), "warmup": job.warmup, "batch": job.batch, "concurrency": job.concurrency,
+        "errors": len(errors), "first_error": errors[0].error if errors else None,
+        "throughput_fps": throughput(measured, job.batch),
+        "latency_ms": latency_summary([r.latency_ms for r in measured]),
+        "stages": stage_figures(measured, n),
+        "hops": hop_figures(measured, n),
+        "agreement": agreement([r for r in records if not r.error], reference),
+        "accuracy": {"top1": None, "top5": None, "why": "synthetic data has no labels"},
+        "devices": device_summary(samples),
+        "nodes": {k: vars(v) for k, v in loaded.items()},
+        "predicted": json.loads(json.dumps(getattr(plan, "predicted", None), default=lambda o: vars(o))),
+        "fidelity": {"links": link_fidelity(measured, testbed, n), "cpus": None},
+        "configuration": {"job": job.model_dump(), "devices": testbed.model_dump(by_alias=True)},
+        "versions": versions(), "host": host_facts(), "git_revision": git_revision(),
+        "notes": notes,
+    }
+    write_latencies(run_dir / "latencies.csv", records, n, job.warmup)
+    write_report(run_dir, rep)
+    print_summary(console, rep, run_dir)
+    return run_dir, rep
+
+
+def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
+    t = Table(title=f"{rep['job']}: {rep['requests']} requests, {rep['runtime']} runtime")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    fps = rep["throughput_fps"]
+    t.add_row("throughput", f"{fps:.2f} images/s" if fps else "not measured")
+    for k, v in (rep["latency_ms"] or {}).items():
+        t.add_row(f"latency {k}", f"{v:.1f} ms")
+    for s in rep["stages"]:
+        c = s.get("compute_ms") or {}
+        t.add_row(f"stage {s['index']} on {s['device']}", f"{c.get('p50', float('nan')):.1f} ms p50")
+    for h in rep["hops"]:
+        tm = h.get("transfer_ms") or {}
+        t.add_row(f"hop {h['from']} -> {h['to']}", f"{tm.get('p50', float('nan')):.2f} ms p50, {h['bytes']} B")
+    ag = rep["agreement"]
+    if ag.get("max_abs_diff") is not None:
+        t.add_row("agreement", f"max abs diff {ag['max_abs_diff']:.2e}, top-1 {ag['top1']}")
+    t.add_row("errors", str(rep["errors"]))
+    console.print(t)
+    console.print(f"run folder: {run_dir}")
