@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 VIT := models/vit_b16.onnx
 
-.PHONY: install protos check-protos models demo test lint bench image testbed-up testbed-down clean
+.PHONY: install protos models demo test lint bench image image-gpu clean
 
 install: $(STAMP)
 
@@ -39,6 +39,13 @@ bench: install models
 	$(BIN)/python bench/bench_partition.py
 	$(BIN)/python bench/bench_transport.py
 	$(BIN)/python bench/bench_pipeline.py
+
+# The node image, built offline where no registry answers (see scripts/build_image.sh).
+image:
+	scripts/build_image.sh
+
+image-gpu:
+	scripts/build_image.sh --gpu
 
 clean:
 	rm -rf runs logs .cache build

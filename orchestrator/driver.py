@@ -18,7 +18,7 @@ import numpy as np
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pbg
 from common.grpc_options import CHANNEL_OPTIONS
-from common.tensors import from_proto, to_proto
+from common.tensors import from_tensor, to_tensor
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Record:
 def drive(source_address: str, pool: list[dict[str, np.ndarray]], total: int, concurrency: int,
           on_done: Callable[[Record], None] | None = None, timeout_s: float = 600.0) -> list[Record]:
     """Send `total` requests (request i uses pool[i % len(pool)]), `concurrency` in flight."""
-    frames = [[to_proto(name, arr) for name, arr in feeds.items()] for feeds in pool]
+    frames = [[to_tensor(name, arr) for name, arr in feeds.items()] for feeds in pool]
     slots = threading.Semaphore(concurrency)
     records: dict[int, Record] = {}
     stop = threading.Event()
@@ -87,7 +87,7 @@ def drive(source_address: str, pool: list[dict[str, np.ndarray]], total: int, co
                 rec.timings = [Timing(t.stage, t.device, t.recv_ns, t.start_ns, t.end_ns, t.send_ns,
                                       t.bytes_out) for t in frame.timings]
                 if not frame.error:
-                    rec.outputs = {t.name: from_proto(t) for t in frame.tensors}
+                    rec.outputs = {t.name: from_tensor(t) for t in frame.tensors}
                 slots.release()
                 done += 1
                 if on_done is not None:

@@ -108,9 +108,13 @@ class _WeightsWriter:
         if t.data_location == TensorProto.EXTERNAL:
             length = self._copy_external(t)
         else:
-            data = t.raw_data if t.HasField("raw_data") else numpy_helper.to_array(t).astype(
-                np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<"), copy=False
-            ).tobytes()
+            data = (
+                t.raw_data
+                if t.HasField("raw_data")
+                else numpy_helper.to_array(t)
+                .astype(np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).newbyteorder("<"), copy=False)
+                .tobytes()
+            )
             self.f.write(data)
             length = len(data)
         self.pos += length
@@ -175,8 +179,11 @@ def write_stages(graph: ModelGraph, cuts: list[int], out_dir: str | Path) -> lis
                 key=rank.__getitem__,
             )
             m = onnx.ModelProto(
-                ir_version=src.ir_version, producer_name="edge-testbed partition",
-                producer_version=src.producer_version, domain=src.domain, model_version=src.model_version,
+                ir_version=src.ir_version,
+                producer_name="edge-testbed partition",
+                producer_version=src.producer_version,
+                domain=src.domain,
+                model_version=src.model_version,
             )
             m.opset_import.extend(src.opset_import)
             m.functions.extend(src.functions)
@@ -198,7 +205,11 @@ def write_stages(graph: ModelGraph, cuts: list[int], out_dir: str | Path) -> lis
                 ref.data_type = t.data_type
                 ref.dims.extend(t.dims)
                 ref.data_location = TensorProto.EXTERNAL
-                for key, val in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(length))):
+                for key, val in (
+                    ("location", WEIGHTS_FILE),
+                    ("offset", str(offset)),
+                    ("length", str(length)),
+                ):
                     e = ref.external_data.add()
                     e.key, e.value = key, val
                 wbytes += length
@@ -208,4 +219,3 @@ def write_stages(graph: ModelGraph, cuts: list[int], out_dir: str | Path) -> lis
     finally:
         writer.close()
     return stages
-

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +213,9 @@ def _load_small(t: TensorProto, base: Path) -> TensorProto:
     return c
 
 
-def _infer(model: onnx.ModelProto, inits: dict[str, TensorProto], base: Path, batch1: bool) -> onnx.ModelProto:
+def _infer(
+    model: onnx.ModelProto, inits: dict[str, TensorProto], base: Path, batch1: bool
+) -> onnx.ModelProto:
     """Shape inference on a light copy: big initializers replaced by typed inputs."""
     src = model.graph
     m = onnx.ModelProto(ir_version=model.ir_version)
@@ -299,11 +302,16 @@ def read_model(path: str | Path) -> tuple[onnx.ModelProto, str]:
     if p.is_dir():
         raise UserError("is a folder, not an ONNX model", str(p))
     data = p.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+    hasher = threading.Thread(target=digest.update, args=(data,))  # hashlib drops the GIL: hash while parsing
+    hasher.start()
     try:
         model = onnx.load_model_from_string(data)
     except Exception:
         raise UserError("not an ONNX model (the file does not parse as one)", str(p)) from None
+    finally:
+        hasher.join()
+    sha = digest.hexdigest()
     if not model.graph.node or not model.opset_import or model.ir_version <= 0:
         raise UserError("not an ONNX model (no graph, opset or IR version)", str(p))
     return model, sha
@@ -351,11 +359,14 @@ def analyse(model: onnx.ModelProto, path: str | Path, sha256: str = "") -> Model
     for name, t in inits.items():
         shapes1[name] = list(t.dims)
     sym_inputs = [
-        i.name for i in g.input
+        i.name
+        for i in g.input
         if i.name not in inits and any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim[1:])
     ]
     if sym_inputs:
-        notes.append(f"inputs {', '.join(sym_inputs)}: symbolic dims other than the batch taken as 1 for sizes")
+        notes.append(
+            f"inputs {', '.join(sym_inputs)}: symbolic dims other than the batch taken as 1 for sizes"
+        )
 
     nbytes: dict[str, int] = {}
     for name, dims in shapes1.items():
@@ -395,9 +406,24 @@ def analyse(model: onnx.ModelProto, path: str | Path, sha256: str = "") -> Model
     live_bytes = [int(v) for v in np.cumsum(diff)[: n + 1]]
 
     return ModelGraph(
-        path=path, model=model, sha256=sha256, order=order, const=const, seq=seq, inputs=inputs,
-        outputs=outputs, initializers=inits, types=types, shapes1=shapes1, nbytes=nbytes, prod=prod,
-        last=last, const_producer=const_producer, cost=cost, live_bytes=live_bytes, notes=notes,
+        path=path,
+        model=model,
+        sha256=sha256,
+        order=order,
+        const=const,
+        seq=seq,
+        inputs=inputs,
+        outputs=outputs,
+        initializers=inits,
+        types=types,
+        shapes1=shapes1,
+        nbytes=nbytes,
+        prod=prod,
+        last=last,
+        const_producer=const_producer,
+        cost=cost,
+        live_bytes=live_bytes,
+        notes=notes,
     )
 
 

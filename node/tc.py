@@ -1,0 +1,283 @@
+"""Link shaping with Linux tc, built the way Mininet's link.py does it.
+
+Pure functions BUILD the tc command lines (easy to test and to print in a report); a small
+runner executes them and checks every exit status, then reads back what the kernel holds and
+compares it with what was asked. tc errors are never ignored: silently ignoring them is the
+classic failure of shaping tools.
+
+Layout on the sender's egress interface (one per node):
+
+    root htb 1:  (default -> 1:1)
+      class 1:1   default, unshaped (DEFAULT_RATE)     leaf pfifo
+      class 1:10  peer 0, rate = ceil = its bandwidth  leaf netem delay (or pfifo)  <- u32 dst ip
+      class 1:11  peer 1 ...
+
+Every class gets an explicit leaf qdisc: htb's default leaf is a pfifo whose limit is the
+device's txqueuelen, and Docker's veths have txqueuelen 0 (a 1-packet queue: heavy loss, TCP far
+below the rate). Where the kernel has no netem (FACTS.md: this one has not), the delay is left to
+the node, which delays frames itself; the plan says which peers need that.
+"""
+
+from __future__ import annotations
+
+import gzip
+import ipaddress
+import math
+import os
+import re
+import subprocess
+import uuid
+from dataclasses import dataclass
+from typing import NamedTuple
+
+MTU_FRAME = 1514  # bytes on the wire for a 1500-byte MTU Ethernet frame
+DEFAULT_RATE_BPS = 10_000_000_000  # the unshaped default class: far above any emulated link
+ROOT_HANDLE = "1:"
+DEFAULT_CLASS = "1:1"
+FIRST_PEER_MINOR = 0x10
+TC_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class PeerShape:
+    ip: str  # the peer's address: traffic to it is shaped
+    rate_bps: int  # egress rate towards it, bit/s
+    delay_s: float = 0.0  # one-way delay towards it
+
+
+class ShapingPlan(NamedTuple):
+    commands: list[list[str]]
+    node_delay_s: dict[str, float]  # peer ip -> delay the node must add itself (no netem)
+
+
+class TcError(RuntimeError):
+    """A tc command failed; the message names the command and carries tc's stderr."""
+
+
+# --------------------------------------------------------------------------------- build (pure)
+
+
+def burst_bytes(rate_bps: int) -> int:
+    """About one millisecond of the rate, never less than a few full frames.
+
+    Too small a burst caps htb below its rate at high rates (FACTS.md); a few MTUs keep low
+    rates from stalling on a single GSO/full-size frame.
+    """
+    return max(math.ceil(rate_bps / 8 / 1000), 4 * MTU_FRAME)
+
+
+def queue_limit_packets(rate_bps: int, seconds: float = 0.05) -> int:
+    """Leaf queue length: ~50 ms at the rate, at least 64 packets (enough for TCP at full rate)."""
+    return max(64, math.ceil(rate_bps / 8 * seconds / MTU_FRAME))
+
+
+def _classid(i: int) -> str:
+    return f"1:{FIRST_PEER_MINOR + i:x}"  # tc parses class minors as hex
+
+
+def _leaf_handle(i: int) -> str:
+    return f"{FIRST_PEER_MINOR + i:x}:"
+
+
+def _cmd(line: str) -> list[str]:
+    # Written as one string per command for readability (as Mininet does); interface names,
+    # addresses and numbers never contain whitespace, so splitting is exact.
+    return line.split()
+
+
+def _htb_class(iface: str, classid: str, rate_bps: int) -> list[str]:
+    burst = burst_bytes(rate_bps)
+    # quantum: bytes served per round between classes; between one frame and htb's sane maximum.
+    quantum = min(max(burst, MTU_FRAME), 200_000)
+    return _cmd(
+        f"tc class add dev {iface} parent {ROOT_HANDLE} classid {classid} htb"
+        f" rate {rate_bps}bit ceil {rate_bps}bit burst {burst}b cburst {burst}b quantum {quantum}"
+    )
+
+
+def shaping_commands(iface: str, peers: list[PeerShape], netem: bool) -> ShapingPlan:
+    """tc commands that shape egress on `iface` per destination peer (assumes no root qdisc yet;
+    `shape()` clears an old one first). Returns the commands and the peers whose delay the node
+    must add itself because netem is unavailable."""
+    if not iface or any(c.isspace() for c in iface):
+        raise ValueError(f"bad interface name {iface!r}")
+    seen: set[str] = set()
+    for p in peers:
+        if p.rate_bps <= 0:
+            raise ValueError(f"peer {p.ip}: rate must be > 0 bit/s, got {p.rate_bps}")
+        if p.delay_s < 0:
+            raise ValueError(f"peer {p.ip}: delay must be >= 0 s, got {p.delay_s}")
+        ipaddress.ip_address(p.ip)  # raises ValueError on a malformed address
+        if p.ip in seen:
+            raise ValueError(f"peer {p.ip} listed twice")
+        seen.add(p.ip)
+
+    default_minor = DEFAULT_CLASS.split(":")[1]
+    cmds: list[list[str]] = [
+        _cmd(f"tc qdisc add dev {iface} root handle {ROOT_HANDLE} htb default {default_minor}"),
+        _htb_class(iface, DEFAULT_CLASS, DEFAULT_RATE_BPS),
+        _cmd(f"tc qdisc add dev {iface} parent {DEFAULT_CLASS} handle 2: pfifo limit 1000"),
+    ]
+    node_delay: dict[str, float] = {}
+    for i, p in enumerate(peers):
+        classid, leaf = _classid(i), _leaf_handle(i)
+        cmds.append(_htb_class(iface, classid, p.rate_bps))
+        limit = queue_limit_packets(p.rate_bps)
+        leaf_cmd = f"tc qdisc add dev {iface} parent {classid} handle {leaf}"
+        if p.delay_s > 0 and netem:
+            # netem holds a delay's worth of packets in flight as well as the queue.
+            limit += math.ceil(p.rate_bps / 8 * p.delay_s / MTU_FRAME)
+            cmds.append(_cmd(f"{leaf_cmd} netem delay {round(p.delay_s * 1e6)}us limit {limit}"))
+        else:
+            if p.delay_s > 0:
+                node_delay[p.ip] = p.delay_s
+            cmds.append(_cmd(f"{leaf_cmd} pfifo limit {limit}"))
+        if ipaddress.ip_address(p.ip).version == 4:
+            match = f"protocol ip prio 1 u32 match ip dst {p.ip}/32"
+        else:
+            match = f"protocol ipv6 prio 2 u32 match ip6 dst {p.ip}/128"
+        cmds.append(_cmd(f"tc filter add dev {iface} parent {ROOT_HANDLE} {match} flowid {classid}"))
+    return ShapingPlan(cmds, node_delay)
+
+
+def clear_commands(iface: str) -> list[list[str]]:
+    return [["tc", "qdisc", "del", "dev", iface, "root"]]
+
+
+# --------------------------------------------------------------------------------- run and check
+
+
+def _prefix(netns: str | None) -> list[str]:
+    # netns: run inside a named network namespace (tests; the node itself runs in its own).
+    return ["ip", "netns", "exec", netns] if netns else []
+
+
+def run_tc(cmd: list[str], netns: str | None = None) -> str:
+    """Run one command; raise TcError naming it, with tc's stderr, on any failure."""
+    full = _prefix(netns) + cmd
+    try:
+        r = subprocess.run(full, capture_output=True, text=True, timeout=TC_TIMEOUT_S)
+    except FileNotFoundError as e:
+        raise TcError(f"`{' '.join(full)}` failed: {e.filename} not found (install iproute2)") from e
+    except subprocess.TimeoutExpired as e:
+        raise TcError(f"`{' '.join(full)}` timed out after {TC_TIMEOUT_S}s") from e
+    if r.returncode != 0:
+        msg = (r.stderr.strip() or r.stdout.strip() or "no message").replace("\n", " | ")
+        raise TcError(f"`{' '.join(full)}` failed (exit {r.returncode}): {msg}")
+    return r.stdout
+
+
+def apply(commands: list[list[str]], netns: str | None = None) -> None:
+    """Run the commands in order; the first failure stops and raises TcError."""
+    for cmd in commands:
+        run_tc(cmd, netns)
+
+
+def read_back(iface: str, netns: str | None = None) -> str:
+    """What the kernel holds now: qdiscs and classes with their counters."""
+    qdiscs = run_tc(["tc", "-s", "qdisc", "show", "dev", iface], netns)
+    classes = run_tc(["tc", "-s", "class", "show", "dev", iface], netns)
+    return qdiscs + classes
+
+
+_UNITS = {
+    "": 1,
+    "k": 1e3,
+    "m": 1e6,
+    "g": 1e9,
+    "t": 1e12,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
+    "ti": 1024**4,
+}
+_CLASS_RE = re.compile(r"^class htb (\S+) .*?\brate (\d+(?:\.\d+)?)([KMGT]?i?)bit\b", re.M | re.I)
+
+
+def parse_htb_rates(text: str) -> dict[str, int]:
+    """classid -> rate in bit/s, from `tc [-s] class show` output (tc prints e.g. `rate 10Mbit`)."""
+    return {
+        m.group(1): round(float(m.group(2)) * _UNITS[m.group(3).lower()]) for m in _CLASS_RE.finditer(text)
+    }
+
+
+def verify(iface: str, peers: list[PeerShape], netns: str | None = None) -> dict[str, int]:
+    """Check that each peer's htb class holds the rate asked for; return classid -> rate.
+
+    The kernel keeps rates in bytes/s and tc prints them rounded, so allow 0.1% (or one byte/s)."""
+    text = read_back(iface, netns)
+    rates = parse_htb_rates(text)
+    problems = []
+    for i, p in enumerate(peers):
+        got = rates.get(_classid(i))
+        if got is None:
+            problems.append(f"class {_classid(i)} for {p.ip} missing")
+        elif abs(got - p.rate_bps) > max(8, p.rate_bps * 1e-3):
+            problems.append(f"class {_classid(i)} for {p.ip}: rate {got} bit/s, asked {p.rate_bps}")
+    if problems:
+        raise TcError(f"tc on {iface} does not hold what was set: {'; '.join(problems)}\n{text}")
+    return rates
+
+
+def has_root_qdisc(iface: str, netns: str | None = None) -> bool:
+    out = run_tc(["tc", "qdisc", "show", "dev", iface, "root"], netns)
+    # Defaults the kernel attaches by itself (noqueue, pfifo_fast, mq...) have handle 0:.
+    return any(" root " in ln and not re.search(r"qdisc \S+ 0: ", ln) for ln in out.splitlines())
+
+
+def shape(
+    iface: str, peers: list[PeerShape], netem: bool | None = None, netns: str | None = None
+) -> ShapingPlan:
+    """Replace whatever root qdisc `iface` has with the shaping for `peers`, then verify it."""
+    if netem is None:
+        netem = has_netem(netns)
+    plan = shaping_commands(iface, peers, netem)
+    if has_root_qdisc(iface, netns):
+        apply(clear_commands(iface), netns)
+    apply(plan.commands, netns)
+    verify(iface, peers, netns)
+    return plan
+
+
+def has_netem(netns: str | None = None) -> bool:
+    """Can this kernel attach a netem qdisc?
+
+    Probe for real (needs NET_ADMIN): attach netem to a throwaway veth pair created and deleted
+    here, so no live interface is touched. Without permission to probe, fall back to the kernel
+    config (/proc/config.gz, /boot/config-*) and the loaded modules.
+    """
+    name = f"tbnp{uuid.uuid4().hex[:8]}"
+    try:
+        run_tc(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], netns)
+    except TcError:
+        return _netem_in_kernel_config()
+    try:
+        run_tc(["tc", "qdisc", "add", "dev", name, "root", "netem", "delay", "1ms"], netns)
+        return True
+    except TcError:
+        return False
+    finally:
+        try:
+            run_tc(["ip", "link", "del", name], netns)
+        except TcError:
+            pass  # deleting one end removes both; nothing else to undo
+
+
+def _netem_in_kernel_config() -> bool:
+    try:
+        with open("/proc/modules") as f:
+            if any(line.startswith("sch_netem ") for line in f):
+                return True
+    except OSError:
+        pass
+    text = ""
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            text = f.read()
+    except OSError:
+        try:
+            with open(f"/boot/config-{os.uname().release}") as f:
+                text = f.read()
+        except OSError:
+            return False
+    return re.search(r"^CONFIG_NET_SCH_NETEM=[ym]$", text, re.M) is not None

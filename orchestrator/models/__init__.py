@@ -1,0 +1,5 @@
+"""Model builders: ONNX models made from code, for demos and tests without downloads."""
+
+from .vit import build_vit
+
+__all__ = ["build_vit"]

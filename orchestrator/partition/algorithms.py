@@ -1,0 +1,204 @@
+"""Partition algorithms: a `Problem` in, a `Placement` (cut positions + devices) out.
+
+Every algorithm is a callable `(Problem) -> Placement`, found by name in `ALGORITHMS` or as
+`module:function` (a user's own). Cut positions are those of `ModelGraph` (see graph.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..config import Device, PartitionPoint
+from ..errors import UserError
+from .graph import ModelGraph, prefix
+
+
+@dataclass
+class Problem:
+    """What an algorithm decides on."""
+
+    graph: ModelGraph
+    devices: list[Device]
+    stages: int | None  # None: the algorithm's choice (usually one stage per device)
+    objective: str  # "throughput" or "latency"
+    points: list[PartitionPoint]  # the devices file's manual partition points, may be empty
+    block_cost: list[float]  # estimated cost per seq position (FLOPs, or seconds once profiled)
+    devices_file: str | None = None  # for messages
+
+
+@dataclass
+class Placement:
+    """Cut positions (increasing, 1..n-1), one device name per stage, and remarks for the user."""
+
+    cuts: list[int]
+    devices: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+Algorithm = Callable[[Problem], Placement]
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def manual(problem: Problem) -> Placement:
+    """Ianvs-style partition points: stage i ends where all its output_names have been produced.
+
+    A cut carries its whole live set; names the user did not list (a shape tensor computed
+    from the input, say) are added and reported in the notes.
+    """
+    g, pts, src = problem.graph, problem.points, problem.devices_file
+    if not pts:
+        raise UserError(
+            "the manual algorithm needs partition_points in the devices file", src, "partition_points"
+        )
+    known = set(g.prod) | set(g.initializers) | set(g.const_producer)
+    for i, pt in enumerate(pts):
+        for fld, names in (("output_names", pt.output_names), ("input_names", pt.input_names)):
+            for x in names:
+                if x not in known:
+                    raise UserError(
+                        f"{x!r} is not a tensor of the model", src, f"partition_points[{i}].{fld}"
+                    )
+    names = [d.name for d in problem.devices]
+    if len(pts) > len(names) and any(p.device_name is None for p in pts):
+        raise UserError(f"{len(pts)} partition points but {len(names)} devices", src, "partition_points")
+    devices = [pt.device_name or names[i] for i, pt in enumerate(pts)]
+    cuts: list[int] = []
+    notes: list[str] = []
+    for i, pt in enumerate(pts[:-1]):
+        made = [g.prod[x] for x in pt.output_names if x in g.prod and g.prod[x] >= 0]
+        if not made:
+            raise UserError(
+                "no output name is computed by the model's non-constant nodes, so it cannot end a stage",
+                src,
+                f"partition_points[{i}].output_names",
+            )
+        p = max(made) + 1
+        if cuts and p <= cuts[-1]:
+            raise UserError(
+                f"stage {i} would end at or before stage {i - 1} (outputs out of order)",
+                src,
+                f"partition_points[{i}].output_names",
+            )
+        if p >= g.n:
+            raise UserError(
+                f"stage {i} would hold the whole model, leaving nothing for later stages",
+                src,
+                f"partition_points[{i}].output_names",
+            )
+        cuts.append(p)
+        live = g.live_at(p)
+        extra = [x for x in live if x not in pt.output_names]
+        if extra:
+            notes.append(f"stage {i}: cut also carries {', '.join(extra)} (added to the live set)")
+        idle = [x for x in pt.output_names if x not in live]
+        if idle:
+            notes.append(f"stage {i}: {', '.join(idle)} is not needed after the cut (not sent)")
+    last = pts[-1].output_names
+    missing = [o for o in g.outputs if o not in last]
+    if last and missing:
+        notes.append(f"stage {len(pts) - 1}: also produces the model outputs {', '.join(missing)}")
+    return Placement(cuts, devices, notes)
+
+
+def _balanced_cuts(problem: Problem, k: int, window: float = 0.3) -> list[int]:
+    """k-1 cuts near the equal-cost points, each at the smallest live set within the window.
+
+    The window (a share of one stage's cost either side) trades balance for transfer size:
+    a transformer block boundary is never more than half a block away.
+    """
+    g = problem.graph
+    pre = prefix(problem.block_cost)
+    total = pre[-1] or 1.0
+    share = total / k
+    cuts: list[int] = []
+    for j in range(1, k):
+        target = j * share
+        lo_p = (cuts[-1] + 1) if cuts else 1
+        hi_p = g.n - (k - j)  # leave at least one node for each later stage
+        cands = [p for p in range(lo_p, hi_p + 1) if abs(pre[p] - target) <= window * share]
+        if not cands:
+            cands = [min(range(lo_p, hi_p + 1), key=lambda p: abs(pre[p] - target))]
+        best = min(cands, key=lambda p: (g.live_bytes[p], abs(pre[p] - target), p))
+        cuts.append(best)
+    return cuts
+
+
+def even(problem: Problem) -> Placement:
+    """K stages of about equal estimated compute, cut where the live set is smallest nearby."""
+    k = problem.stages or len(problem.devices)
+    if k > problem.graph.n:
+        raise UserError(
+            f"{k} stages but the model has only {problem.graph.n} non-constant nodes to share",
+            str(problem.graph.path),
+            "stages",
+        )
+    cuts = _balanced_cuts(problem, k)
+    devices = [d.name for d in problem.devices[:k]]
+    return Placement(cuts, devices)
+
+
+ALGORITHMS: dict[str, Algorithm] = {"manual": manual, "even": even}
+
+
+def get_algorithm(name: str) -> Algorithm:
+    """A registered algorithm, or `module:function`; UserError naming the known ones otherwise."""
+    if name in ALGORITHMS:
+        return ALGORITHMS[name]
+    if ":" in name:
+        mod, _, fn = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(mod), fn)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"cannot load algorithm {name!r}: {e}", None, "algorithm") from None
+        if not callable(obj):
+            raise UserError(f"{name!r} is not callable", None, "algorithm")
+        return obj
+    known = ", ".join(sorted(ALGORITHMS))
+    raise UserError(f"unknown algorithm {name!r} (known: {known}, or module:function)", None, "algorithm")
+
+
+def stage_memory(g: ModelGraph, lo: int, hi: int) -> tuple[int, int]:
+    """(weights bytes, largest activation bytes at batch 1) of a stage holding seq[lo:hi]."""
+    return g.weights_bytes(lo, hi), g.max_activation(lo, hi)
+
+
+def check_memory(problem: Problem, placement: Placement) -> None:
+    """Refuse a stage whose weights and largest activation cannot fit its device's memory."""
+    g = problem.graph
+    b = [0, *placement.cuts, g.n]
+    by_name = {d.name: (i, d) for i, d in enumerate(problem.devices)}
+    for k, dev_name in enumerate(placement.devices):
+        if dev_name not in by_name:
+            raise UserError(f"stage {k}: unknown device {dev_name!r}", problem.devices_file, "devices")
+        i, dev = by_name[dev_name]
+        w, act = stage_memory(g, b[k], b[k + 1])
+        if w + act > dev.memory:
+            raise UserError(
+                f"stage {k} needs about {_fmt_bytes(w + act)} (weights {_fmt_bytes(w)} + largest "
+                f"activation {_fmt_bytes(act)}) but device {dev_name!r} has {_fmt_bytes(dev.memory)}",
+                problem.devices_file,
+                f"devices[{i}].memory",
+            )
+
+
+def check_placement(problem: Problem, placement: Placement) -> None:
+    """A placement from any algorithm (a user's included) must be well formed."""
+    g = problem.graph
+    c = placement.cuts
+    if any(not isinstance(p, int) for p in c) or any(p < 1 or p >= g.n for p in c) or c != sorted(set(c)):
+        raise UserError(
+            f"cut positions must be increasing integers in 1..{g.n - 1}, got {c}", None, "algorithm"
+        )
+    if len(placement.devices) != len(c) + 1:
+        raise UserError(
+            f"{len(c) + 1} stages but {len(placement.devices)} devices in the placement", None, "algorithm"
+        )

@@ -1,0 +1,116 @@
+"""Check a plan: chain its stages in one process and compare with the whole model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ..errors import UserError
+from .plan import Plan
+
+# ORT element type strings -> numpy dtypes, for random feeds.
+_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+@dataclass
+class VerifyResult:
+    """Largest absolute difference over all outputs, and the share of rows whose argmax agrees."""
+
+    max_abs_diff: float
+    top1_agreement: float
+    outputs: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.max_abs_diff <= 1e-4 and self.top1_agreement == 1.0
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def random_feeds(sess: ort.InferenceSession, batch: int, seed: int) -> dict[str, np.ndarray]:
+    """Seeded inputs: symbolic first dim = batch, other symbolic dims 1; images-like floats."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        shape = [d if isinstance(d, int) else (batch if j == 0 else 1) for j, d in enumerate(i.shape)]
+        dt = _DTYPES.get(i.type, np.float32)
+        if np.issubdtype(dt, np.floating):
+            feeds[i.name] = rng.standard_normal(shape).astype(dt)
+        elif dt is np.bool_:
+            feeds[i.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[i.name] = rng.integers(0, 10, shape).astype(dt)
+    return feeds
+
+
+def run_whole(model_path: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of the unpartitioned model, by name."""
+    sess = _session(Path(model_path))
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def run_stages(plan: Plan, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run the stages in order, each fed by name from the inputs and earlier stages' outputs."""
+    env = dict(feeds)
+    for s in plan.stages:
+        path = plan.dir / s.model
+        if not path.exists():
+            raise UserError("stage model not found", str(path), f"stages[{s.index}].model")
+        sess = _session(path)
+        missing = [x for x in s.inputs if x not in env]
+        if missing:
+            raise UserError(
+                f"stage {s.index} needs {', '.join(missing)}, which nothing earlier gives",
+                str(plan.dir / "plan.json"),
+                f"stages[{s.index}].inputs",
+            )
+        env.update(zip(s.outputs, sess.run(s.outputs, {x: env[x] for x in s.inputs}), strict=True))
+    return {o: env[o] for o in plan.outputs}
+
+
+def compare(whole: dict[str, np.ndarray], staged: dict[str, np.ndarray]) -> VerifyResult:
+    """Max |a-b| over outputs; top-1 agreement over the rows of float outputs of rank >= 2."""
+    diff, agree, rows = 0.0, 0, 0
+    for name, a in whole.items():
+        b = staged[name]
+        if a.shape != b.shape:
+            return VerifyResult(float("inf"), 0.0, list(whole))
+        if a.size:
+            diff = max(diff, float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))))
+        if np.issubdtype(a.dtype, np.floating) and a.ndim >= 2 and a.shape[-1] > 1:
+            x, y = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+            agree += int(np.sum(np.argmax(x, -1) == np.argmax(y, -1)))
+            rows += x.shape[0]
+    top1 = agree / rows if rows else (1.0 if diff == 0.0 else float(diff <= 1e-4))
+    return VerifyResult(diff, top1, list(whole))
+
+
+def verify_plan(plan_path: str | Path, batch: int = 4, seed: int = 0) -> VerifyResult:
+    """Compare chained stages with the whole model on seeded random inputs (batch >= 2 for top-1)."""
+    plan = Plan.load(plan_path)
+    model = plan.model_path
+    if not model.exists():
+        raise UserError("model of the plan not found", str(model), "model")
+    sess = _session(model)
+    feeds = random_feeds(sess, batch, seed)
+    names = [o.name for o in sess.get_outputs()]
+    whole = dict(zip(names, sess.run(names, feeds), strict=True))
+    del sess
+    return compare(whole, run_stages(plan, feeds))

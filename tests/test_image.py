@@ -1,0 +1,78 @@
+"""The node image: it builds, imports the node's runtime, has tc, runs as non-root with NET_ADMIN.
+
+Needs a Docker engine (skipped with the reason otherwise). Builds the image with
+scripts/build_image.sh when it is missing: minutes the first time, under a second when cached.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.docker
+
+# [project] version (no tomllib: the project supports Python 3.10)
+VERSION = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+IMAGE = f"edge-testbed-node:{VERSION}"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # no SDK, no socket, engine down: all mean "no engine answers"
+        pytest.skip(f"no Docker engine answers: {e}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def node_image(docker_client) -> str:
+    import docker
+
+    try:
+        docker_client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        r = subprocess.run(
+            [str(ROOT / "scripts" / "build_image.sh")], cwd=ROOT, capture_output=True, text=True, timeout=1200
+        )
+        assert r.returncode == 0, f"scripts/build_image.sh failed:\n{r.stderr[-3000:]}"
+    return IMAGE
+
+
+def _run(client, image: str, entrypoint: list[str], cmd: list[str], **kw) -> str:
+    out = client.containers.run(
+        image, entrypoint=entrypoint, command=cmd, remove=True, stdout=True, stderr=True, **kw
+    )
+    return out.decode()
+
+
+def test_runtime_imports_and_tc(docker_client, node_image):
+    out = _run(
+        docker_client,
+        node_image,
+        ["python", "-c"],
+        ["import onnxruntime, grpc, numpy, common.testbed_pb2; print('ok')"],
+    )
+    assert out.strip() == "ok"
+    assert "iproute2" in _run(docker_client, node_image, ["tc"], ["-V"])
+
+
+def test_entrypoint_drops_to_user_node_keeping_only_net_admin(docker_client, node_image):
+    # Through the image's own entrypoint wrapper, as `python -m node` is started.
+    script = (
+        "id -u; grep CapEff /proc/self/status; "
+        "tc qdisc add dev eth0 root handle 1: htb default 1 && tc qdisc show dev eth0"
+    )
+    out = _run(
+        docker_client, node_image, ["node-entrypoint"], ["sh", "-c", script], cap_add=["NET_ADMIN"]
+    ).splitlines()
+    assert out[0] == "10001"  # user "node", not root
+    assert out[1].split()[1] == f"{1 << 12:016x}"  # CAP_NET_ADMIN (bit 12) and nothing else
+    assert out[2].startswith("qdisc htb 1: root")  # and tc works with it
