@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,8 +41,8 @@ def throughput(measured: list[Record], batch: int) -> float | None:
     return (len(done) - 1) * batch / span if span > 0 else None
 
 
-def hops_of(rec: Record, num_stages: int) -> list[tuple[str, str, int, float]]:
-    """(from, to, bytes, transfer ms) for every hop that crossed between two devices."""
+def hops_of(rec: Record, num_stages: int) -> list[tuple[str, str, int, int, int]]:
+    """(from, to, bytes, send ns, receive ns) for every hop that crossed between two devices."""
     by_stage = {t.stage: t for t in rec.timings}
     out = []
     order = [s for s in sorted(by_stage) if -1 <= s <= num_stages]
@@ -48,7 +50,44 @@ def hops_of(rec: Record, num_stages: int) -> list[tuple[str, str, int, float]]:
         ta, tb = by_stage[a], by_stage[b]
         if ta.device == tb.device:
             continue
-        out.append((ta.device, tb.device, ta.bytes_out, (tb.recv_ns - ta.send_ns) / 1e6))
+        out.append((ta.device, tb.device, ta.bytes_out, ta.send_ns, tb.recv_ns))
+    return out
+
+
+@dataclass
+class HopSample:
+    """One frame on one link: time queued behind earlier frames, then time on the link."""
+
+    id: int
+    src: str
+    dst: str
+    bytes: int
+    wait_ms: float  # behind earlier frames on the same link
+    transfer_ms: float  # from the link taking the frame to the receiver having it (delay included)
+    busy_s: float  # transmission alone (delay excluded): what the link's rate governs
+
+
+def hop_samples(records: list[Record], num_stages: int,
+                delay_s: Callable[[str, str], float] = lambda a, b: 0.0) -> list[HopSample]:
+    """Split each hop's time into link queueing and transfer.
+
+    Frames on one link are sent in order; a frame starts transmitting when it is handed over
+    or when the frame before it has finished transmitting (its arrival less the link delay),
+    whichever is later. Without this, frames sent back to back would count each other's time.
+    """
+    per_link: dict[tuple[str, str], list[tuple[int, int, int, int]]] = defaultdict(list)
+    for r in records:
+        for src, dst, nbytes, send_ns, recv_ns in hops_of(r, num_stages):
+            per_link[(src, dst)].append((send_ns, recv_ns, nbytes, r.id))
+    out = []
+    for (src, dst), frames in per_link.items():
+        delay_ns = int(delay_s(src, dst) * 1e9)
+        free_at = 0
+        for send_ns, recv_ns, nbytes, rid in sorted(frames):
+            start = max(send_ns, free_at)
+            free_at = recv_ns - delay_ns
+            out.append(HopSample(rid, src, dst, nbytes, (start - send_ns) / 1e6, (recv_ns - start) / 1e6,
+                                 (recv_ns - delay_ns - start) / 1e9))
     return out
 
 
@@ -66,14 +105,13 @@ def stage_figures(measured: list[Record], num_stages: int) -> list[dict]:
             for k in range(num_stages)]
 
 
-def hop_figures(measured: list[Record], num_stages: int) -> list[dict]:
-    acc: dict[tuple[str, str], dict[str, list]] = {}
-    for r in measured:
-        for src, dst, nbytes, ms in hops_of(r, num_stages):
-            d = acc.setdefault((src, dst), {"bytes": [], "ms": []})
-            d["bytes"].append(nbytes)
-            d["ms"].append(ms)
-    return [{"from": s, "to": d, "bytes": int(np.median(v["bytes"])), "transfer_ms": _pct(v["ms"])}
+def hop_figures(samples: list[HopSample], measured_ids: set[int]) -> list[dict]:
+    acc: dict[tuple[str, str], list[HopSample]] = defaultdict(list)
+    for h in samples:
+        if h.id in measured_ids:
+            acc[(h.src, h.dst)].append(h)
+    return [{"from": s, "to": d, "bytes": int(np.median([h.bytes for h in v])),
+             "transfer_ms": _pct([h.transfer_ms for h in v]), "link_wait_ms": _pct([h.wait_ms for h in v])}
             for (s, d), v in acc.items()]
 
 

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .driver import Record
-from .metrics import hops_of
+from .metrics import HopSample
 
 
 def versions() -> dict[str, str | None]:
@@ -40,13 +40,17 @@ def host_facts() -> dict:
             "machine": platform.machine(), "system": platform.system()}
 
 
-def write_latencies(path: Path, records: list[Record], num_stages: int, warmup: int) -> None:
+def write_latencies(path: Path, records: list[Record], samples: list[HopSample], num_stages: int,
+                    warmup: int) -> None:
     """One row per request: id, send time, per-stage compute, per-hop transfer, end-to-end."""
     hop_names: list[str] = []
+    by_id: dict[int, dict[str, float]] = {}
+    for h in samples:
+        by_id.setdefault(h.id, {})[f"hop_{h.src}_to_{h.dst}_ms"] = h.transfer_ms
     rows = []
     for r in records:
         comp = {t.stage: (t.end_ns - t.start_ns) / 1e6 for t in r.timings if 0 <= t.stage < num_stages}
-        hops = {f"hop_{a}_to_{b}_ms": ms for a, b, _, ms in hops_of(r, num_stages)}
+        hops = by_id.get(r.id, {})
         for h in hops:
             if h not in hop_names:
                 hop_names.append(h)
@@ -81,7 +85,8 @@ def render_markdown(rep: dict) -> str:
              f"| throughput | {_fmt(rep.get('throughput_fps'), 2)} images/s |"]
     for k in ("min", "mean", "p50", "p90", "p99", "max"):
         lines.append(f"| latency {k} | {_fmt(lat.get(k))} ms |")
-    lines += [f"| agreement: max abs diff | {_fmt(ag.get('max_abs_diff'), 6) if ag.get('max_abs_diff') is not None else 'not measured'} |",
+    diff = ag.get("max_abs_diff")
+    lines += [f"| agreement: max abs diff | {'not measured' if diff is None else f'{diff:.3g}'} |",
               f"| agreement: top-1 | {_fmt(ag.get('top1'), 4)} ({ag.get('checked', 0)} images) |",
               f"| accuracy top-1 / top-5 | {_fmt((rep.get('accuracy') or {}).get('top1'))} / "
               f"{_fmt((rep.get('accuracy') or {}).get('top5'))} |",
@@ -98,7 +103,8 @@ def render_markdown(rep: dict) -> str:
     for h in rep["hops"]:
         t = h.get("transfer_ms") or {}
         lines.append(f"| {h['from']} | {h['to']} | {h['bytes']} | {_fmt(t.get('p50'), 2)} | {_fmt(t.get('p99'), 2)} |")
-    lines += ["", "## Devices", "", "| device | peak memory MiB | CPU mean of cap | CPU peak of cap |", "|---|---|---|---|"]
+    lines += ["", "## Devices", "", "| device | peak memory MiB | CPU mean of cap | CPU peak of cap |",
+              "|---|---|---|---|"]
     for name, d in (rep.get("devices") or {}).items():
         pm = d.get("peak_memory_bytes")
         lines.append(f"| {name} | {_fmt(pm / 2**20 if pm else None)} | {_fmt(d.get('cpu_mean_of_cap'), 2)} | "

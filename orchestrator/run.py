@@ -17,7 +17,7 @@ from .config import Job, Testbed, load_devices, load_job
 from .deploy import deploy
 from .driver import Record, drive
 from .errors import UserError
-from .metrics import agreement, hop_figures, hops_of, latency_summary, stage_figures, throughput
+from .metrics import HopSample, agreement, hop_figures, hop_samples, latency_summary, stage_figures, throughput
 from .partition import partition
 from .partition.plan import Plan
 from .report import git_revision, host_facts, versions, write_latencies, write_report
@@ -65,15 +65,12 @@ def run_folder(job: Job, out: str | None) -> Path:
     return d
 
 
-def link_fidelity(measured: list[Record], testbed: Testbed, num_stages: int) -> list[dict]:
-    """Achieved rate per paced link: bytes over (transfer time less the configured delay)."""
+def link_fidelity(samples: list[HopSample], measured_ids: set[int], testbed: Testbed) -> list[dict]:
+    """Achieved rate per shaped link: bytes over transmission time (queueing and delay excluded)."""
     acc: dict[tuple[str, str], list[float]] = {}
-    for r in measured:
-        for src, dst, nbytes, ms in hops_of(r, num_stages):
-            link = testbed.link(src, dst)
-            busy = ms / 1e3 - link.delay_s
-            if link.rate_bps and busy > 0 and nbytes > 0:
-                acc.setdefault((src, dst), []).append(nbytes * 8 / busy)
+    for h in samples:
+        if h.id in measured_ids and h.busy_s > 0 and h.bytes > 0 and testbed.link(h.src, h.dst).rate_bps:
+            acc.setdefault((h.src, h.dst), []).append(h.bytes * 8 / h.busy_s)
     out = []
     for (src, dst), rates in acc.items():
         cfg = testbed.link(src, dst)
@@ -138,6 +135,8 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
     n = len(plan.stages)
     measured = [r for r in records if r.id >= job.warmup and not r.error and r.done_ns]
     errors = [r for r in records if r.error]
+    measured_ids = {r.id for r in measured}
+    hops = hop_samples(records, n, lambda a, b: testbed.link(a, b).delay_s)
     rep = {
         "job": job.name, "runtime": rt_name, "model": str(model), "algorithm": plan.algorithm,
         "objective": plan.objective, "source": source,
@@ -146,18 +145,18 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
         "throughput_fps": throughput(measured, job.batch),
         "latency_ms": latency_summary([r.latency_ms for r in measured]),
         "stages": stage_figures(measured, n),
-        "hops": hop_figures(measured, n),
+        "hops": hop_figures(hops, measured_ids),
         "agreement": agreement([r for r in records if not r.error], reference),
         "accuracy": {"top1": None, "top5": None, "why": "synthetic data has no labels"},
         "devices": device_summary(samples),
         "nodes": {k: vars(v) for k, v in loaded.items()},
         "predicted": json.loads(json.dumps(getattr(plan, "predicted", None), default=lambda o: vars(o))),
-        "fidelity": {"links": link_fidelity(measured, testbed, n), "cpus": None},
+        "fidelity": {"links": link_fidelity(hops, measured_ids, testbed), "cpus": None},
         "configuration": {"job": job.model_dump(), "devices": testbed.model_dump(by_alias=True)},
         "versions": versions(), "host": host_facts(), "git_revision": git_revision(),
         "notes": notes,
     }
-    write_latencies(run_dir / "latencies.csv", records, n, job.warmup)
+    write_latencies(run_dir / "latencies.csv", records, hops, n, job.warmup)
     write_report(run_dir, rep)
     print_summary(console, rep, run_dir)
     return run_dir, rep

@@ -122,7 +122,8 @@ def test_more_stages_than_devices(tmp_path, capsys, fixture_copy):
 
 
 def test_stage_cannot_fit_memory(tmp_path, capsys, fixture_copy):
-    devices = write(tmp_path, "devices.yaml", "devices:\n  - {name: watch, memory: 1MiB}\n  - {name: ring, memory: 1MiB}\n")
+    tiny = "devices:\n  - {name: watch, memory: 1MiB}\n  - {name: ring, memory: 1MiB}\n"
+    devices = write(tmp_path, "devices.yaml", tiny)
     code, err = run_cli(["partition", "--model", str(fixture_copy("squeezenet1_1.onnx")), "--devices",
                          str(devices), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "memory" in err and len(err.strip().splitlines()) == 1
