@@ -1,0 +1,196 @@
+"""Outgoing links: one long-lived Push stream per peer, with the link emulated in the node.
+
+Pacing: a frame of B bytes occupies the link for B*8/rate seconds; frames queue behind each
+other, so back-to-back frames get exactly the link's rate. A frame is handed to gRPC when the
+link starts transmitting it, stamped deliver_after_ns = tx_end + delay, and the receiver holds
+it until then; the loopback transfer itself overlaps the emulated transmission instead of adding
+to it, and the delay overlaps between frames like a real link's propagation delay.
+
+When tc shapes the rate (rate 0 here) and the node only adds the delay, the transmission ends
+when the frame arrives, which only the receiver sees: the frame carries hold_ns = delay and the
+receiver holds it that long after arrival."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from common import testbed_pb2 as pb
+from common import testbed_pb2_grpc as pb_grpc
+from common.grpc_options import CHANNEL_OPTIONS
+from common.tensors import frame_nbytes
+
+log = logging.getLogger("node.links")
+
+_SPIN_NS = 1_000_000  # spin at most the last millisecond of a wait
+_STOP = object()
+
+
+def sleep_until(t_ns: int) -> None:
+    """Sleep until wall-clock time t_ns: time.sleep for most of it, spin the last ~1 ms."""
+    while True:
+        remaining = t_ns - time.time_ns()
+        if remaining <= 0:
+            return
+        if remaining > _SPIN_NS:
+            time.sleep((remaining - _SPIN_NS) / 1e9)
+
+
+class PeerSender:
+    """Frames to one peer over ONE client-streaming Push call fed from a bounded queue.
+
+    send() blocks when the queue is full (back-pressure from a slow link or peer). If the peer
+    cannot be reached or the stream breaks, the frames in flight and queued are handed to
+    on_failed(frame, message) (the node sends them home with an error), and the next frame
+    opens a fresh stream."""
+
+    def __init__(
+        self,
+        address: str,
+        rate_bps: float = 0.0,
+        delay_s: float = 0.0,
+        *,
+        name: str = "",
+        queue_depth: int = 8,
+        connect_timeout_s: float = 10.0,
+        on_failed: Callable[[pb.Frame, str], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.name = name or address
+        self.rate_bps = float(rate_bps)
+        self.delay_ns = int(round(delay_s * 1e9))
+        self.connect_timeout_s = connect_timeout_s
+        self.on_failed = on_failed
+        self.frames_out = 0
+        self.bytes_out = 0
+        self._busy_until_ns = 0  # the emulated link is transmitting until then
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_depth))
+        self._inflight: pb.Frame | None = None
+        self._carry: object = None
+        self._stopping = threading.Event()
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.NodeStub(self._channel)
+        self._thread = threading.Thread(target=self._run, name=f"send->{self.name}", daemon=True)
+        self._thread.start()
+
+    def send(self, frame: pb.Frame) -> None:
+        """Queue a frame for the link (blocks while the queue is full)."""
+        if self._stopping.is_set():
+            self._fail(frame, f"link to {self.name} closed")
+            return
+        self._queue.put(frame)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Finish the queued frames (up to timeout_s), then end the stream and the channel."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._queue.put(_STOP)
+        self._thread.join(timeout_s)
+        self._channel.close()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _pace(self, frame: pb.Frame, size: int) -> None:
+        now = time.time_ns()
+        if self.rate_bps > 0:
+            start = max(now, self._busy_until_ns)
+            sleep_until(start)  # the link is still sending the previous frame
+            tx_end = start + int(size * 8e9 / self.rate_bps)
+            self._busy_until_ns = tx_end
+            frame.deliver_after_ns = tx_end + self.delay_ns
+        elif self.delay_ns > 0:
+            frame.hold_ns = self.delay_ns
+
+    def _requests(self, first: pb.Frame, dead: threading.Event, done: threading.Event) -> Iterator[pb.Frame]:
+        """The request iterator of one Push call. gRPC consumes it on its own thread; after the
+        call dies it may still be blocked here, so it polls `dead` and leaves any frame it took
+        in self._carry, so that no two streams ever take from the queue at once."""
+        item: object = first
+        try:
+            while True:
+                if item is _STOP:
+                    return
+                assert isinstance(item, pb.Frame)
+                size = frame_nbytes(item)
+                self._pace(item, size)
+                self._inflight = item
+                yield item
+                self.frames_out += 1
+                self.bytes_out += size
+                while True:
+                    if dead.is_set():
+                        return
+                    try:
+                        item = self._queue.get(timeout=0.1)
+                        break
+                    except queue.Empty:
+                        continue
+                if dead.is_set():
+                    self._carry = item
+                    return
+        finally:
+            done.set()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            assert isinstance(item, pb.Frame)
+            try:
+                grpc.channel_ready_future(self._channel).result(timeout=self.connect_timeout_s)
+            except grpc.FutureTimeoutError:
+                msg = f"peer {self.name} at {self.address} unreachable"
+                log.error(msg)
+                self._fail(item, msg)
+                self._drain(msg)
+                continue
+            self._inflight = None
+            self._carry = None
+            dead, done = threading.Event(), threading.Event()
+            try:
+                self._stub.Push(self._requests(item, dead, done))
+                return  # the iterator ended: closed
+            except grpc.RpcError as e:
+                msg = f"link to {self.name} at {self.address} failed: {e.code().name} {e.details()}"
+                log.error(msg)
+                dead.set()
+                done.wait(0.5)
+                if self._inflight is not None:
+                    self._fail(self._inflight, msg)
+                carry, self._carry = self._carry, None
+                if isinstance(carry, pb.Frame):
+                    self._fail(carry, msg)
+                elif carry is _STOP:
+                    return
+                self._drain(msg)
+                if self._stopping.is_set():
+                    return
+
+    def _drain(self, msg: str) -> None:
+        """Fail everything queued now (the peer is gone); later frames try a new stream."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                self._queue.put(_STOP)
+                return
+            assert isinstance(item, pb.Frame)
+            self._fail(item, msg)
+
+    def _fail(self, frame: pb.Frame, msg: str) -> None:
+        if self.on_failed is not None:
+            try:
+                self.on_failed(frame, msg)
+            except Exception:  # never let a callback kill the sender thread
+                log.exception("on_failed callback")
+        else:
+            log.error("dropped frame %d: %s", frame.request_id, msg)

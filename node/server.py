@@ -1,0 +1,507 @@
+"""The node: a gRPC server that runs its stages and moves frames on to the next device.
+
+Threads: gRPC threads receive (one per Push stream, one per Drive stream plus its reader),
+one compute worker per stage drains that stage's bounded inbound queue, and one PeerSender
+thread per peer sends. So stage k computes request n while stage k-1 computes n+1, and a full
+queue blocks the receiver, which pushes back on the sender through gRPC flow control."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+
+from common import testbed_pb2 as pb
+from common import testbed_pb2_grpc as pb_grpc
+from common.grpc_options import SERVER_OPTIONS
+from common.tensors import add_tensor, frame_nbytes, from_tensor, tensor_nbytes
+from node import resources
+from node.links import PeerSender, sleep_until
+from node.stage import Stage, StageConfig
+
+log = logging.getLogger("node.server")
+
+DEFAULT_QUEUE_DEPTH = 4
+_INPUT_END = object()
+_POLL_S = 0.2
+
+
+@dataclass
+class _Pipeline:
+    """Everything one Load created; a reload builds a new one and closes the old."""
+
+    device: str
+    num_stages: int
+    source_device: str
+    first_device: str
+    queue_depth: int
+    threads: int
+    stages: dict[int, Stage] = field(default_factory=dict)
+    queues: dict[int, queue.Queue[tuple[pb.Frame, int]]] = field(default_factory=dict)
+    senders: dict[str, PeerSender] = field(default_factory=dict)
+    workers: list[threading.Thread] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def is_source(self) -> bool:
+        return self.device == self.source_device
+
+    def put(self, index: int, item: tuple[pb.Frame, int]) -> bool:
+        """Blocking put that gives up when the pipeline is being replaced."""
+        q = self.queues[index]
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self) -> tuple[int, int]:
+        self.stop.set()
+        frames = nbytes = 0
+        for s in self.senders.values():
+            s.close(timeout_s=2.0)
+            frames += s.frames_out
+            nbytes += s.bytes_out
+        for w in self.workers:
+            w.join(timeout=2.0)
+        return frames, nbytes
+
+
+class _DelayLine:
+    """Holds the frames of one incoming link until each one's due time, in arrival order.
+
+    Frames of one link arrive in order with non-decreasing due times, so one thread sleeping
+    until the head frame's time is enough, and receiving goes on meanwhile (a frame's arrival
+    time must not wait for the previous frame's release)."""
+
+    def __init__(self, route: Callable[[pb.Frame, int], None], depth: int = 256) -> None:
+        self._route = route
+        self._queue: queue.Queue[tuple[int, pb.Frame] | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="delay-line", daemon=True)
+        self._thread.start()
+
+    def put(self, due_ns: int, frame: pb.Frame) -> None:
+        self._queue.put((due_ns, frame))
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10.0)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            due, frame = item
+            sleep_until(due)
+            try:
+                self._route(frame, time.time_ns())
+            except Exception:
+                log.exception("routing frame %d", frame.request_id)
+
+
+class NodeServicer(pb_grpc.NodeServicer):
+    """The Node service of one emulated device."""
+
+    def __init__(
+        self,
+        device: str,
+        *,
+        use_cuda: bool = False,
+        limits: resources.Limits | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self.device = device
+        self.use_cuda = use_cuda
+        self.connect_timeout_s = connect_timeout_s
+        self.limits = limits or resources.limits()
+        self._pipe: _Pipeline | None = None
+        self._load_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._pending: dict[int, queue.Queue[object]] = {}
+        self.frames_in = self.bytes_in = 0
+        self._closed_frames_out = self._closed_bytes_out = 0
+        self._results_out = self._result_bytes_out = 0
+
+    # -- service ---------------------------------------------------------------------------
+
+    def Load(self, request: pb.LoadRequest, context: grpc.ServicerContext | None = None) -> pb.LoadReply:
+        """Build the stage sessions and peer links; replaces a previous Load. Never raises."""
+        with self._load_lock:
+            try:
+                new = self._build(request)
+            except Exception as e:
+                log.error("load failed: %s: %s", type(e).__name__, e)
+                return pb.LoadReply(ok=False, error=f"{type(e).__name__}: {e}")
+            old, self._pipe = self._pipe, new
+            if old is not None:
+                self._retire(old)
+            for idx, stage in new.stages.items():
+                t = threading.Thread(target=self._work, args=(new, stage), name=f"stage-{idx}", daemon=True)
+                new.workers.append(t)
+                t.start()
+            providers = sorted({p for s in new.stages.values() for p in s.providers}) or [
+                "CPUExecutionProvider"
+            ]
+            log.info(
+                "loaded %s: stages %s of %d, source %s, threads %d, quota %s",
+                self.device,
+                sorted(new.stages),
+                new.num_stages,
+                new.source_device,
+                new.threads,
+                self.limits.cpu_quota,
+            )
+            return pb.LoadReply(
+                ok=True,
+                threads=new.threads,
+                cpu_quota=self.limits.cpu_quota or 0.0,
+                providers=",".join(providers),
+            )
+
+    def Push(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Empty:
+        """Frames from one upstream node; link delay honoured before routing."""
+        line: _DelayLine | None = None
+        try:
+            for frame in request_iterator:
+                arrived = time.time_ns()
+                self._count_in(frame)
+                due = frame.deliver_after_ns
+                if frame.hold_ns:
+                    due = max(due, arrived + frame.hold_ns)
+                if line is None and due <= arrived:
+                    self._route(frame, arrived)
+                    continue
+                if line is None:
+                    line = _DelayLine(self._route)
+                line.put(due, frame)
+        finally:
+            if line is not None:
+                line.close()
+        return pb.Empty()
+
+    def Drive(
+        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
+    ) -> Iterator[pb.Frame]:
+        """The driver's stream on the source node: requests in, results (or errors) out.
+
+        Ends when the driver has closed its side and every request it sent has come back."""
+        out: queue.Queue[object] = queue.Queue()
+        received = 0
+
+        def pump() -> None:
+            nonlocal received
+            try:
+                for frame in request_iterator:
+                    self._count_in(frame)
+                    received += 1
+                    self._ingress(frame, out)
+            except Exception as e:  # the driver went away
+                log.debug("drive input ended: %s", e)
+            finally:
+                out.put(_INPUT_END)
+
+        threading.Thread(target=pump, name="drive-in", daemon=True).start()
+        returned = 0
+        ended = False
+        while not (ended and returned >= received):
+            try:
+                item = out.get(timeout=_POLL_S)
+            except queue.Empty:
+                if not context.is_active():
+                    return
+                continue
+            if item is _INPUT_END:
+                ended = True
+                continue
+            assert isinstance(item, pb.Frame)
+            returned += 1
+            with self._count_lock:
+                self._results_out += 1
+                self._result_bytes_out += frame_nbytes(item)
+            yield item
+
+    def Health(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.HealthReply:
+        loaded = self._pipe is not None
+        return pb.HealthReply(device=self.device, loaded=loaded, status="ready" if loaded else "idle")
+
+    def Stats(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.StatsReply:
+        p = self._pipe
+        frames_out = self._closed_frames_out + self._results_out
+        bytes_out = self._closed_bytes_out + self._result_bytes_out
+        if p is not None:
+            for s in p.senders.values():
+                frames_out += s.frames_out
+                bytes_out += s.bytes_out
+        return pb.StatsReply(
+            device=self.device,
+            frames_in=self.frames_in,
+            frames_out=frames_out,
+            bytes_in=self.bytes_in,
+            bytes_out=bytes_out,
+            rss_bytes=resources.rss_bytes(),
+            peak_rss_bytes=resources.peak_rss_bytes(),
+            cpu_seconds=resources.cpu_seconds(),
+            cpu_quota=self.limits.cpu_quota or 0.0,
+            threads=p.threads
+            if p is not None
+            else resources.ort_threads(self.limits.cpu_quota, self.limits.cores),
+        )
+
+    def close(self) -> None:
+        """Stop workers and links (the server itself is stopped by its owner)."""
+        with self._load_lock:
+            old, self._pipe = self._pipe, None
+            if old is not None:
+                self._retire(old)
+
+    # -- building --------------------------------------------------------------------------
+
+    def _build(self, req: pb.LoadRequest) -> _Pipeline:
+        if req.device and req.device != self.device:
+            raise ValueError(f"load for device {req.device!r} sent to node {self.device!r}")
+        if req.num_stages <= 0:
+            raise ValueError("num_stages must be positive")
+        if not req.source_device:
+            raise ValueError("source_device is empty")
+        peers = {p.device: p for p in req.peers if p.device != self.device}
+        known = set(peers) | {self.device}
+        for spec in req.stages:
+            if not 0 <= spec.index < req.num_stages:
+                raise ValueError(f"stage index {spec.index} outside 0..{req.num_stages - 1}")
+            target = spec.next_device or req.source_device
+            if target not in known:
+                raise ValueError(f"stage {spec.index}: next device {target!r} is not among the peers")
+        if self.device == req.source_device and req.first_device not in known:
+            raise ValueError(f"first device {req.first_device!r} is not among the peers")
+        if self.device != req.source_device and req.source_device not in known:
+            raise ValueError(f"source device {req.source_device!r} is not among the peers")
+
+        depth = req.queue_depth if req.queue_depth > 0 else DEFAULT_QUEUE_DEPTH
+        stages: dict[int, Stage] = {}
+        for spec in req.stages:
+            cfg = StageConfig(
+                index=spec.index,
+                model_path=spec.model_path,
+                inputs=list(spec.inputs),
+                outputs=list(spec.outputs),
+                forward=list(spec.forward),
+                next_device=spec.next_device,
+            )
+            stages[spec.index] = Stage(cfg, threads=req.threads, limits=self.limits, use_cuda=self.use_cuda)
+        threads = (
+            next(iter(stages.values())).threads
+            if stages
+            else (req.threads or resources.ort_threads(self.limits.cpu_quota, self.limits.cores))
+        )
+        pipe = _Pipeline(
+            device=self.device,
+            num_stages=req.num_stages,
+            source_device=req.source_device,
+            first_device=req.first_device,
+            queue_depth=depth,
+            threads=threads,
+            stages=stages,
+            queues={i: queue.Queue(maxsize=depth) for i in stages},
+        )
+        for name, peer in peers.items():
+            pipe.senders[name] = PeerSender(
+                peer.address,
+                peer.rate_bps,
+                peer.delay_s,
+                name=name,
+                queue_depth=depth,
+                connect_timeout_s=self.connect_timeout_s,
+                on_failed=self._on_link_failed,
+            )
+        return pipe
+
+    def _retire(self, pipe: _Pipeline) -> None:
+        frames, nbytes = pipe.close()
+        self._closed_frames_out += frames
+        self._closed_bytes_out += nbytes
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def _count_in(self, frame: pb.Frame) -> None:
+        size = frame_nbytes(frame)
+        with self._count_lock:
+            self.frames_in += 1
+            self.bytes_in += size
+
+    def _route(self, frame: pb.Frame, recv_ns: int) -> None:
+        """A frame that reached this node (after link emulation): result, local stage, or error."""
+        p = self._pipe
+        if p is None:
+            log.error("frame %d dropped: node %s not loaded", frame.request_id, self.device)
+            return
+        s = frame.stage
+        if s >= p.num_stages or frame.error:
+            self._deliver_result(p, frame, recv_ns)
+        elif s in p.stages:
+            p.put(s, (frame, recv_ns))
+        else:
+            self._fail_frame(p, frame, f"stage {s} sent to {self.device}, which does not run it")
+
+    def _ingress(self, frame: pb.Frame, out: queue.Queue[object]) -> None:
+        """A driver frame on the source node: stamp stage -1 and send it to stage 0's device."""
+        p = self._pipe
+        now = time.time_ns()
+        if p is None or not p.is_source:
+            frame.error = f"node {self.device} is not loaded as the source"
+            out.put(frame)
+            return
+        self._pending[frame.request_id] = out
+        frame.stage = 0
+        frame.timings.add(
+            stage=-1,
+            device=self.device,
+            recv_ns=now,
+            bytes_out=tensor_nbytes(frame.tensors),
+            send_ns=time.time_ns(),
+        )
+        self._send(p, p.first_device, frame)
+
+    def _deliver_result(self, p: _Pipeline, frame: pb.Frame, recv_ns: int) -> None:
+        if not p.is_source:
+            log.error(
+                "result %d arrived at %s, not the source %s: dropped",
+                frame.request_id,
+                self.device,
+                p.source_device,
+            )
+            return
+        frame.timings.add(stage=p.num_stages, device=self.device, recv_ns=recv_ns)
+        out = self._pending.pop(frame.request_id, None)
+        if out is None:
+            log.warning("result %d has no waiting driver: dropped", frame.request_id)
+            return
+        out.put(frame)
+
+    def _send(self, p: _Pipeline, device: str, frame: pb.Frame) -> None:
+        if device == self.device:
+            self._route(frame, time.time_ns())  # same device: no link
+            return
+        sender = p.senders.get(device)
+        if sender is None:
+            self._fail_frame(p, frame, f"no peer {device!r} on {self.device}")
+            return
+        sender.send(frame)
+
+    def _fail_frame(self, p: _Pipeline, frame: pb.Frame, msg: str) -> None:
+        """Send a frame home with error set (tensors dropped): no silent loss."""
+        log.error("frame %d: %s", frame.request_id, msg)
+        if not frame.error:
+            frame.error = msg
+        frame.stage = p.num_stages
+        del frame.tensors[:]
+        if p.is_source:
+            self._deliver_result(p, frame, time.time_ns())
+        else:
+            self._send(p, p.source_device, frame)
+
+    def _on_link_failed(self, frame: pb.Frame, msg: str) -> None:
+        p = self._pipe
+        if p is None:
+            return
+        if frame.error and frame.stage >= p.num_stages and not p.is_source:
+            log.error("error frame %d could not go home: %s", frame.request_id, msg)
+            return
+        self._fail_frame(p, frame, msg)
+
+    # -- compute ---------------------------------------------------------------------------
+
+    def _work(self, p: _Pipeline, stage: Stage) -> None:
+        """One stage's compute loop: decode, run, keep the forward set, send on."""
+        idx = stage.config.index
+        q = p.queues[idx]
+        needed = set(stage.input_names)
+        forward = set(stage.config.forward) or set(stage.output_names)
+        next_device = stage.config.next_device or p.source_device
+        while not p.stop.is_set():
+            try:
+                frame, recv_ns = q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+            start = time.time_ns()
+            try:
+                feeds = {t.name: from_tensor(t) for t in frame.tensors if t.name in needed}
+                outs = stage.run(feeds)
+                err = ""
+            except Exception as e:
+                outs, err = {}, f"stage {idx} on {self.device}: {type(e).__name__}: {e}"
+            end = time.time_ns()
+            timing = frame.timings.add(
+                stage=idx, device=self.device, recv_ns=recv_ns, start_ns=start, end_ns=end
+            )
+            if err:
+                timing.send_ns = time.time_ns()
+                self._fail_frame(p, frame, err)
+                continue
+            try:
+                for i in reversed(range(len(frame.tensors))):
+                    name = frame.tensors[i].name
+                    if name not in forward or name in outs:
+                        del frame.tensors[i]
+                for name, arr in outs.items():
+                    if name in forward:
+                        add_tensor(frame.tensors, name, arr)
+                timing.bytes_out = tensor_nbytes(frame.tensors)
+                frame.stage = idx + 1
+                timing.send_ns = time.time_ns()
+                self._send(p, next_device, frame)
+            except Exception as e:
+                log.exception("stage %d: sending frame %d", idx, frame.request_id)
+                self._fail_frame(p, frame, f"stage {idx} on {self.device}: {type(e).__name__}: {e}")
+
+
+class NodeServer:
+    """A node's gRPC server in this process (tests, the local runtime, `python -m node`)."""
+
+    def __init__(
+        self,
+        device: str,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        *,
+        use_cuda: bool = False,
+        max_workers: int = 64,
+        connect_timeout_s: float = 10.0,
+        servicer: NodeServicer | None = None,
+    ) -> None:
+        self.device = device
+        self.host = host
+        self.servicer = servicer or NodeServicer(
+            device, use_cuda=use_cuda, connect_timeout_s=connect_timeout_s
+        )
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS)
+        pb_grpc.add_NodeServicer_to_server(self.servicer, self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> NodeServer:
+        self.server.start()
+        return self
+
+    def stop(self, grace_s: float = 1.0) -> None:
+        self.servicer.close()
+        self.server.stop(grace_s).wait(grace_s + 1.0)
+
+
+def serve(device: str, port: int = 0, host: str = "127.0.0.1") -> tuple[grpc.Server, NodeServicer]:
+    """Start a node server in this process; returns the server and its servicer."""
+    ns = NodeServer(device, port, host).start()
+    return ns.server, ns.servicer

@@ -1,0 +1,85 @@
+"""One pipeline stage: an ONNX Runtime session for a stage model, threaded for the node's CPU cap."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from node import resources
+
+log = logging.getLogger("node.stage")
+
+
+@dataclass
+class StageConfig:
+    """What the node needs to run and forward one stage (mirrors testbed.StageSpec)."""
+
+    index: int
+    model_path: str
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    forward: list[str] = field(default_factory=list)
+    next_device: str = ""
+
+
+class Stage:
+    """ORT session for one stage model; external data is resolved next to the model file.
+
+    threads=0 takes floor(quota) (or all usable cores without a quota). Spinning is off under a
+    quota, and when explicit threads are fewer than the cores: a spinning pool burns the quota
+    that the compute needs, and with other processes beside it steals their cores."""
+
+    def __init__(
+        self,
+        config: StageConfig,
+        threads: int = 0,
+        limits: resources.Limits | None = None,
+        use_cuda: bool = False,
+    ) -> None:
+        self.config = config
+        lim = limits or resources.limits()
+        self.cpu_quota = lim.cpu_quota
+        explicit = threads > 0
+        self.threads = threads if explicit else resources.ort_threads(lim.cpu_quota, lim.cores)
+        self.spinning = not (lim.cpu_quota is not None or (explicit and lim.cores > self.threads))
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        if not self.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+
+        providers = ["CPUExecutionProvider"]
+        if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = ort.InferenceSession(config.model_path, sess_options=so, providers=providers)
+        self.providers: list[str] = list(self.session.get_providers())
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        declared = [o.name for o in self.session.get_outputs()]
+        self.output_names = list(config.outputs) or declared
+        missing = [n for n in self.output_names if n not in declared]
+        if missing:
+            raise ValueError(f"stage {config.index}: {config.model_path} has no output(s) {missing}")
+        log.info(
+            "stage %d %s: threads=%d quota=%s spinning=%s providers=%s",
+            config.index,
+            config.model_path,
+            self.threads,
+            "none" if self.cpu_quota is None else f"{self.cpu_quota:g}",
+            "on" if self.spinning else "off",
+            ",".join(self.providers),
+        )
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on the feeds the model declares (extra feeds are ignored); returns its outputs."""
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise KeyError(f"stage {self.config.index}: missing input(s) {missing}")
+        outs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
+        return dict(zip(self.output_names, outs, strict=True))
