@@ -9,10 +9,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..config import Device, PartitionPoint
+from ..config import Device, Link, PartitionPoint, Testbed
 from ..errors import UserError
 from .graph import ModelGraph, prefix
+from .plan import Predicted
+
+if TYPE_CHECKING:
+    from .costmodel import CostTable
 
 
 @dataclass
@@ -26,6 +31,13 @@ class Problem:
     points: list[PartitionPoint]  # the devices file's manual partition points, may be empty
     block_cost: list[float]  # estimated cost per seq position (FLOPs, or seconds once profiled)
     devices_file: str | None = None  # for messages
+    links: list[Link] = field(default_factory=list)  # the testbed's directed link overrides
+    source: str | None = None  # device where inputs come from and results return, if known
+    cost_table: CostTable | None = None  # measured seconds per block per device (a profile), if any
+
+    def testbed(self) -> Testbed:
+        """The devices and links as a Testbed, for link parameters."""
+        return Testbed(devices=list(self.devices), links=list(self.links), source=self.devices_file)
 
 
 @dataclass
@@ -35,6 +47,7 @@ class Placement:
     cuts: list[int]
     devices: list[str]
     notes: list[str] = field(default_factory=list)
+    predicted: Predicted | None = None  # the algorithm's own estimate, when it made one
 
 
 Algorithm = Callable[[Problem], Placement]
@@ -146,11 +159,30 @@ def even(problem: Problem) -> Placement:
     return Placement(cuts, devices)
 
 
-ALGORITHMS: dict[str, Algorithm] = {"manual": manual, "even": even}
+def optimal(problem: Problem) -> Placement:
+    """Exact best devices, order and cuts for the objective (see optimal.py)."""
+    from .optimal import optimal as run  # lazy: optimal.py imports this module
+
+    return run(problem)
+
+
+def memory(problem: Problem) -> Placement:
+    """Ianvs's automatic baseline: cut by each device's share of memory (see memory_baseline.py)."""
+    from .memory_baseline import memory_partition
+
+    return memory_partition(problem)
+
+
+ALGORITHMS: dict[str, Algorithm] = {"manual": manual, "even": even, "optimal": optimal, "memory": memory}
 
 
 def get_algorithm(name: str) -> Algorithm:
-    """A registered algorithm, or `module:function`; UserError naming the known ones otherwise."""
+    """A registered algorithm, or `module:function`; UserError naming the known ones otherwise.
+
+    A user's function may take a `Problem` and return a `Placement`, or follow Ianvs's
+    `partition(initial_model) -> (models_dir, map_info)`; either way its answer is checked
+    before anything runs (see user.py).
+    """
     if name in ALGORITHMS:
         return ALGORITHMS[name]
     if ":" in name:
@@ -159,9 +191,13 @@ def get_algorithm(name: str) -> Algorithm:
             obj = getattr(importlib.import_module(mod), fn)
         except (ImportError, AttributeError) as e:
             raise UserError(f"cannot load algorithm {name!r}: {e}", None, "algorithm") from None
+        except Exception as e:  # the user's module failed while importing
+            raise UserError(f"cannot load algorithm {name!r}: {type(e).__name__}: {e}", None, "algorithm") from None
         if not callable(obj):
             raise UserError(f"{name!r} is not callable", None, "algorithm")
-        return obj
+        from .user import wrap_user_algorithm
+
+        return wrap_user_algorithm(name, obj)
     known = ", ".join(sorted(ALGORITHMS))
     raise UserError(f"unknown algorithm {name!r} (known: {known}, or module:function)", None, "algorithm")
 

@@ -1,0 +1,279 @@
+"""Cost model for placing pipeline stages: per-block compute, cut transfers, links, memory.
+
+A *block* is the stretch of the graph between two consecutive cut candidates ("bounds").
+Compute comes from a `CostTable` (seconds per block per device): today estimated from FLOPs
+and the device's CPU quota; a profiler can later fill the same table with measured times,
+and nothing downstream changes. Transfers are `bytes * 8 / rate + delay` (rate 0: unshaped,
+delay only). Memory of a stage is its weights plus its largest activation (as `check_memory`).
+
+Everything the optimiser needs is turned into plain arrays (`Arrays`) so the solver can be
+tested without ONNX graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..config import Device, Link, Testbed
+from .graph import ModelGraph, prefix, tensor_nbytes
+from .plan import Predicted
+
+# A rough sustained rate for FLOP-based estimates, per host CPU of quota. Profiling replaces it.
+ROUGH_FLOPS_PER_CPU = 30e9
+# Share of a device's memory kept free when placing (runtime, allocator slack, ORT arenas).
+MEMORY_HEADROOM = 0.10
+# A cut candidate is dropped when a cut within this share of the total compute carries fewer bytes.
+CANDIDATE_WINDOW = 0.01
+# Equal live bytes closer than this share of compute (reshape chains, free ops): keep the first.
+TIE_WINDOW = 0.001
+MAX_CANDIDATES = 32
+
+
+@dataclass
+class CostTable:
+    """Seconds per block per device; `bounds` are the seq positions delimiting the blocks.
+
+    `block_s[device][b]` is the time of seq[bounds[b]:bounds[b+1]] on that device at batch 1.
+    `origin` says where the figures come from ("flops" or "profile"), for notes and reports.
+    """
+
+    bounds: list[int]
+    block_s: dict[str, list[float]]
+    origin: str = "flops"
+
+    @classmethod
+    def from_flops(
+        cls,
+        graph: ModelGraph,
+        devices: Sequence[Device],
+        bounds: Sequence[int] | None = None,
+        flops_per_cpu: float = ROUGH_FLOPS_PER_CPU,
+    ) -> CostTable:
+        """Estimate: the block's FLOPs over a rate proportional to the device's CPU quota."""
+        b = list(bounds) if bounds is not None else list(range(graph.n + 1))
+        pre = prefix(graph.cost)
+        flops = [pre[b[i + 1]] - pre[b[i]] for i in range(len(b) - 1)]
+        return cls(
+            bounds=b,
+            block_s={d.name: [f / (flops_per_cpu * d.cpus) for f in flops] for d in devices},
+            origin="flops",
+        )
+
+    def regroup(self, bounds: Sequence[int]) -> CostTable:
+        """The same costs on coarser blocks (bounds must be a subset of this table's bounds).
+
+        Lets a profile taken at fine granularity serve any candidate set chosen later.
+        """
+        index = {p: i for i, p in enumerate(self.bounds)}
+        missing = [p for p in bounds if p not in index]
+        if missing:
+            raise ValueError(f"bounds {missing} are not bounds of the cost table")
+        out: dict[str, list[float]] = {}
+        for dev, costs in self.block_s.items():
+            pre = prefix(costs)
+            out[dev] = [pre[index[bounds[i + 1]]] - pre[index[bounds[i]]] for i in range(len(bounds) - 1)]
+        return CostTable(bounds=list(bounds), block_s=out, origin=self.origin)
+
+
+def reduce_candidates(
+    graph: ModelGraph,
+    window: float = CANDIDATE_WINDOW,
+    max_candidates: int = MAX_CANDIDATES,
+    cost: Sequence[float] | None = None,
+) -> list[int]:
+    """Cut positions worth considering: those whose live set no nearby cut beats.
+
+    A position is dropped when another one within `window` of the total compute carries fewer
+    bytes (or as many, a hair earlier): moving the cut there costs almost nothing in balance and saves
+    transfer. The window doubles until at most `max_candidates` remain, so the exact optimiser
+    stays fast. Returns interior positions (1..n-1), increasing.
+    """
+    n = graph.n
+    if n <= 1:
+        return []
+    pre = np.asarray(prefix(cost if cost is not None else graph.cost), dtype=float)
+    live = np.asarray(graph.live_bytes, dtype=float)
+    total = pre[-1] if pre[-1] > 0 else 1.0
+    pos = np.arange(1, n)
+    while True:
+        eps = window * total
+        tie = min(window, TIE_WINDOW) * total
+        lo = np.searchsorted(pre, pre[pos] - eps, side="left")
+        hi = np.searchsorted(pre, pre[pos] + eps, side="right")
+        keep: list[int] = []
+        for p, a, b in zip(pos.tolist(), lo.tolist(), hi.tolist(), strict=True):
+            a, b = max(a, 1), min(b, n)
+            if live[a:b].min() < live[p]:
+                continue
+            t = max(int(np.searchsorted(pre, pre[p] - tie, side="left")), 1)
+            if t < p and live[t:p].min() <= live[p]:  # a tie right before: keep the earliest
+                continue
+            keep.append(p)
+        if len(keep) <= max_candidates or window >= 1.0:
+            return keep[:max_candidates] if len(keep) > max_candidates else keep
+        window *= 2
+
+
+def segment_memory(graph: ModelGraph, bounds: Sequence[int]) -> np.ndarray:
+    """mem[i, j] (i < j): bytes a stage holding blocks i..j-1 needs, as `stage_memory` counts them.
+
+    Built from per-block initializer sets and per-block peak activations, so a weight shared by
+    several blocks is counted once per stage, exactly as the stage files hold it.
+    """
+    nb = len(bounds) - 1
+    inits = [graph.stage_initializers(bounds[i], bounds[i + 1]) for i in range(nb)]
+    acts = [graph.max_activation(bounds[i], bounds[i + 1]) for i in range(nb)]
+    size = {name: tensor_nbytes(graph.initializers[name]) for names in inits for name in names}
+    mem = np.full((nb + 1, nb + 1), np.inf)
+    for i in range(nb):
+        seen: set[str] = set()
+        w = 0
+        act = 0
+        for j in range(i, nb):
+            for name in inits[j]:
+                if name not in seen:
+                    seen.add(name)
+                    w += size[name]
+            act = max(act, acts[j])
+            mem[i, j + 1] = w + act
+    return mem
+
+
+def link_matrices(testbed: Testbed, names: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(rate_bps, delay_s) matrices over the named devices; rate 0 means unshaped."""
+    d = len(names)
+    rate = np.zeros((d, d))
+    delay = np.zeros((d, d))
+    for i, a in enumerate(names):
+        for j, b in enumerate(names):
+            if i != j:
+                lp = testbed.link(a, b)
+                rate[i, j], delay[i, j] = lp.rate_bps, lp.delay_s
+    return rate, delay
+
+
+def transfer_s(nbytes: float, rate_bps: float, delay_s: float) -> float:
+    """One transfer: serialisation at the link rate (none if unshaped) plus the one-way delay."""
+    return (nbytes * 8 / rate_bps if rate_bps else 0.0) + delay_s
+
+
+@dataclass
+class Arrays:
+    """A placement problem as plain arrays (B blocks, D devices), the solver's input."""
+
+    block_cost: np.ndarray  # (D, B) seconds
+    cut_bytes: np.ndarray  # (B+1,) bytes crossing each bound; [0] the input, [B] the result
+    link_rate: np.ndarray  # (D, D) bit/s, 0 = unshaped
+    link_delay: np.ndarray  # (D, D) seconds
+    mem: np.ndarray  # (B,) per block (summed per stage) or (B+1, B+1) per stage [i, j]
+    dev_mem: np.ndarray  # (D,) usable bytes (headroom already taken off)
+    source: int | None = None  # device index where inputs come from and results return
+
+
+@dataclass
+class Evaluation:
+    """Figures of one placement under the cost model."""
+
+    stage_s: list[float]
+    transfer_s: list[float]  # between consecutive stages
+    input_s: float  # source -> stage 0 (0 without a source or on the same device)
+    output_s: float  # last stage -> source
+    fits: bool
+
+    @property
+    def bottleneck_s(self) -> float:
+        """The slowest step of the pipeline; the source's trips count, they carry every frame."""
+        return max([*self.stage_s, *self.transfer_s, self.input_s, self.output_s])
+
+    @property
+    def latency_s(self) -> float:
+        return sum(self.stage_s) + sum(self.transfer_s) + self.input_s + self.output_s
+
+
+def stage_mem(mem: np.ndarray, i: int, j: int) -> float:
+    """Memory of a stage holding blocks i..j-1, for either form of `Arrays.mem`."""
+    return float(mem[i, j]) if mem.ndim == 2 else float(np.sum(mem[i:j]))
+
+
+def evaluate(a: Arrays, cuts: Sequence[int], devices: Sequence[int]) -> Evaluation:
+    """Cost of a placement given as block-bound indices (1..B-1) and device indices."""
+    nb = a.block_cost.shape[1]
+    b = [0, *cuts, nb]
+    stage = [float(a.block_cost[d, b[k] : b[k + 1]].sum()) for k, d in enumerate(devices)]
+    trans = [
+        transfer_s(a.cut_bytes[c], a.link_rate[devices[k], devices[k + 1]], a.link_delay[devices[k], devices[k + 1]])
+        for k, c in enumerate(cuts)
+    ]
+    s = a.source
+    inp = out = 0.0
+    if s is not None and devices:
+        if devices[0] != s:
+            inp = transfer_s(a.cut_bytes[0], a.link_rate[s, devices[0]], a.link_delay[s, devices[0]])
+        if devices[-1] != s:
+            out = transfer_s(a.cut_bytes[nb], a.link_rate[devices[-1], s], a.link_delay[devices[-1], s])
+    fits = all(stage_mem(a.mem, b[k], b[k + 1]) <= a.dev_mem[d] for k, d in enumerate(devices))
+    return Evaluation(stage, trans, inp, out, fits)
+
+
+def build_arrays(
+    graph: ModelGraph,
+    devices: Sequence[Device],
+    links: Sequence[Link] = (),
+    *,
+    bounds: Sequence[int] | None = None,
+    table: CostTable | None = None,
+    source: str | None = None,
+    headroom: float = MEMORY_HEADROOM,
+) -> tuple[Arrays, list[int]]:
+    """The arrays for `graph` on `devices`, over `bounds` (default: reduced candidates).
+
+    Returns the arrays and the bounds used (seq positions, 0 and n included).
+    """
+    if bounds is None:
+        bounds = [0, *reduce_candidates(graph), graph.n]
+    bounds = list(bounds)
+    if table is None:
+        table = CostTable.from_flops(graph, devices, bounds)
+    elif table.bounds != bounds:
+        table = table.regroup(bounds)
+    names = [d.name for d in devices]
+    testbed = Testbed(devices=list(devices), links=list(links))
+    rate, delay = link_matrices(testbed, names)
+    arrays = Arrays(
+        block_cost=np.array([table.block_s[n] for n in names], dtype=float).reshape(len(names), len(bounds) - 1),
+        cut_bytes=np.array([graph.live_bytes[p] for p in bounds], dtype=float),
+        link_rate=rate,
+        link_delay=delay,
+        mem=segment_memory(graph, bounds),
+        dev_mem=np.array([d.memory * (1.0 - headroom) for d in devices], dtype=float),
+        source=names.index(source) if source is not None and source in names else None,
+    )
+    return arrays, bounds
+
+
+def predict(
+    graph: ModelGraph,
+    cuts: Sequence[int],
+    device_names: Sequence[str],
+    testbed: Testbed,
+    *,
+    table: CostTable | None = None,
+    source: str | None = None,
+) -> Predicted:
+    """plan.json's `predicted` for a placement (seq-position cuts), from the cost model."""
+    names = [d.name for d in testbed.devices]
+    bounds = [0, *cuts, graph.n]
+    a, _ = build_arrays(
+        graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0
+    )
+    ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names])
+    slowest = ev.bottleneck_s
+    return Predicted(
+        stage_s=[round(s, 6) for s in ev.stage_s],
+        transfer_s=[round(s, 6) for s in ev.transfer_s],
+        throughput_fps=round(1.0 / slowest, 3) if slowest > 0 else None,
+        latency_s=round(ev.latency_s, 6),
+    )

@@ -1,0 +1,246 @@
+"""Exact placement: which devices take part, in what order, and where to cut.
+
+Dynamic programming over the chain of cut candidates. A state is (bound j, set of devices
+used so far, device of the stage ending at j); its value is the best objective of a prefix
+pipeline covering blocks 0..j-1. The objective combines stage and transfer times with `max`
+(throughput: minimise the bottleneck) or `+` (latency: minimise the end-to-end sum); both are
+monotone, so the DP is exact for the candidate set it is given. Each device holds at most one
+stage; memory limits are checked per stage.
+
+Cost: O(B^2 * 2^D * D^2), done as numpy operations over (device set, device) per bound pair,
+so 8 devices and ~25 candidates take milliseconds. For `throughput`, a second pass picks,
+among the placements with the optimal bottleneck, the one with the lowest latency.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..errors import UserError
+from .algorithms import Placement, Problem, _fmt_bytes
+from .costmodel import Arrays, build_arrays, evaluate, predict
+from .graph import ModelGraph
+
+OBJECTIVES = ("throughput", "latency")
+MAX_DEVICES = 16  # 2^16 device sets: still seconds; beyond that the exact search is not the tool
+
+
+class Solution(NamedTuple):
+    """The optimum (inf when nothing fits), its cuts (bound indices 1..B-1) and device indices."""
+
+    value: float
+    cuts: list[int]
+    devices: list[int]
+
+
+def _transfer(nbytes: float, rate: np.ndarray, delay: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        t = np.where(rate > 0, nbytes * 8.0 / np.where(rate > 0, rate, 1.0), 0.0)
+    return t + delay
+
+
+def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> Solution:
+    """One DP pass; `cap` (if given) forbids any step slower than it."""
+    d_n, b_n = a.block_cost.shape
+    m_n = 1 << d_n
+    inf = np.inf
+    src = d_n  # a virtual "device" for the empty prefix: the source, or nowhere
+
+    # stage time comp[d, i, j] for blocks i..j-1 on device d; inf where it does not fit
+    pre = np.concatenate([np.zeros((d_n, 1)), np.cumsum(a.block_cost, axis=1)], axis=1)
+    comp = pre[:, None, :] - pre[:, :, None]
+    if a.mem.ndim == 2:
+        mem = a.mem
+    else:
+        mp = np.concatenate([[0.0], np.cumsum(a.mem)])
+        mem = mp[None, :] - mp[:, None]
+    idx = np.arange(b_n + 1)
+    bad = (idx[None, :] <= idx[:, None])[None] | (mem[None] > a.dev_mem[:, None, None])
+    comp = np.where(bad, inf, comp)
+    if cap is not None:
+        comp = np.where(comp > cap, inf, comp)
+
+    # trans[j][d, d2]: moving bound j's live set from d to d2; row `src` only at j = 0
+    trans = np.full((b_n + 1, d_n + 1, d_n), inf)
+    for j in range(1, b_n):
+        t = _transfer(a.cut_bytes[j], a.link_rate, a.link_delay)
+        np.fill_diagonal(t, inf)
+        trans[j, :d_n] = t
+    home = np.zeros(d_n)
+    if a.source is None:
+        trans[0, src] = 0.0
+    else:
+        s = a.source
+        trans[0, src] = np.where(np.arange(d_n) == s, 0.0, _transfer(a.cut_bytes[0], a.link_rate[s], a.link_delay[s]))
+        home = np.where(
+            np.arange(d_n) == s, 0.0, _transfer(a.cut_bytes[b_n], a.link_rate[:, s], a.link_delay[:, s])
+        )
+    if cap is not None:
+        trans = np.where(trans > cap, inf, trans)
+        home = np.where(home > cap, inf, home)
+
+    masks = np.arange(m_n)
+    without = [masks[(masks >> d) & 1 == 0] for d in range(d_n)]
+    f = np.full((b_n + 1, m_n, d_n + 1), inf)
+    f[0, 0, src] = 0.0
+    for j in range(b_n):
+        fj = f[j]
+        if not np.isfinite(fj).any():
+            continue
+        # best way to hand bound j over to each next device d2: (mask, d2)
+        g = combine(fj[:, :, None], trans[j][None]).min(axis=1)
+        # then run blocks j..j2-1 on d2, for every j2 > j: (j2, mask, d2)
+        h = combine(g[None], comp[:, j, j + 1 :].T[:, None, :])
+        for d in range(d_n):
+            w = without[d]
+            tgt = f[j + 1 :, w + (1 << d), d]
+            f[j + 1 :, w + (1 << d), d] = np.minimum(tgt, h[:, w, d])
+
+    end = combine(f[b_n, :, :d_n], home[None])
+    if stages is not None:
+        pop = np.array([bin(m).count("1") for m in range(m_n)])
+        end = np.where((pop == stages)[:, None], end, inf)
+    best = float(end.min())
+    if not np.isfinite(best):
+        return Solution(inf, [], [])
+
+    # walk back: recompute each step exactly as the forward pass did and match the values
+    m, d = (int(x) for x in np.unravel_index(int(np.argmin(end)), end.shape))
+    j2 = b_n
+    cuts: list[int] = []
+    devs = [d]
+    while True:
+        target = f[j2, m, d]
+        pm = m & ~(1 << d)
+        found = None
+        for j in range(j2 - 1, -1, -1):
+            cands = [src] if (j == 0 and pm == 0) else [x for x in range(d_n) if pm >> x & 1]
+            for dp in cands:
+                v = combine(combine(f[j, pm, dp], trans[j, dp, d]), comp[d, j, j2])
+                if np.isfinite(v) and (v == target or np.isclose(v, target, rtol=1e-12, atol=0.0)):
+                    found = (j, dp)
+                    break
+            if found:
+                break
+        if found is None:  # cannot happen: the forward pass produced target from one of these
+            raise RuntimeError("optimal: backtracking lost the path")
+        j, dp = found
+        if dp == src:
+            break
+        cuts.append(j)
+        devs.append(dp)
+        m, d, j2 = pm, dp, j
+    return Solution(best, cuts[::-1], devs[::-1])
+
+
+def solve(
+    block_cost: np.ndarray,
+    cut_bytes: np.ndarray,
+    link_rate: np.ndarray,
+    link_delay: np.ndarray,
+    block_mem: np.ndarray,
+    dev_mem: np.ndarray,
+    objective: str,
+    stages: int | None = None,
+    source: int | None = None,
+) -> Solution:
+    """Best placement over plain arrays (see `costmodel.Arrays` for shapes and units).
+
+    `value` is the bottleneck seconds (throughput) or the end-to-end seconds (latency); both
+    count the source's trips when `source` is given. Infeasible: (inf, [], []).
+    """
+    a = Arrays(
+        block_cost=np.asarray(block_cost, dtype=float),
+        cut_bytes=np.asarray(cut_bytes, dtype=float),
+        link_rate=np.asarray(link_rate, dtype=float),
+        link_delay=np.asarray(link_delay, dtype=float),
+        mem=np.asarray(block_mem, dtype=float),
+        dev_mem=np.asarray(dev_mem, dtype=float),
+        source=source,
+    )
+    return solve_arrays(a, objective, stages)
+
+
+def solve_arrays(a: Arrays, objective: str, stages: int | None = None) -> Solution:
+    """`solve` on an `Arrays`."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}")
+    d_n, b_n = a.block_cost.shape
+    if d_n > MAX_DEVICES:
+        raise ValueError(f"{d_n} devices: the exact search handles at most {MAX_DEVICES}")
+    if stages is not None and (stages < 1 or stages > min(d_n, b_n)):
+        return Solution(np.inf, [], [])
+    if objective == "latency":
+        return _dp(a, np.add, stages, None)
+    first = _dp(a, np.maximum, stages, None)
+    if not np.isfinite(first.value):
+        return first
+    # among the placements with this bottleneck, the lowest latency
+    cap = first.value * (1 + 1e-12)
+    second = _dp(a, np.add, stages, cap)
+    if not second.devices:  # float noise pushed the cap under the optimum: keep the first pass
+        return first
+    return Solution(first.value, second.cuts, second.devices)
+
+
+def _no_fit(problem: Problem, a: Arrays, bounds: list[int]) -> UserError:
+    """Name the block that is hardest to place and the device with the most memory."""
+    g = problem.graph
+    nb = len(bounds) - 1
+    block_mem = [float(a.mem[i, i + 1]) for i in range(nb)]
+    big = int(np.argmax(block_mem))
+    dev = max(problem.devices, key=lambda d: d.memory)
+    usable = float(a.dev_mem[problem.devices.index(dev)])
+    where = f"block {big}, nodes {bounds[big]}..{bounds[big + 1] - 1} from {g.node(bounds[big]).name or 'unnamed'}"
+    if block_mem[big] > usable:
+        msg = (
+            f"no placement fits: the largest block needs {_fmt_bytes(block_mem[big])} ({where}) but the "
+            f"largest device, {dev.name}, has {_fmt_bytes(dev.memory)} ({_fmt_bytes(usable)} usable)"
+        )
+    else:
+        total = float(a.mem[0, nb])
+        room = float(a.dev_mem.sum())
+        msg = (
+            f"no placement fits: the model needs about {_fmt_bytes(total)} and every block fits some "
+            f"device, but no split over the devices ({_fmt_bytes(room)} usable in all"
+            + (f", {problem.stages} stages" if problem.stages else "")
+            + ") keeps each stage within its device's memory"
+        )
+    return UserError(msg, problem.devices_file, "devices")
+
+
+def optimal(problem: Problem) -> Placement:
+    """Exact best placement for the problem's objective over the reduced cut candidates."""
+    g: ModelGraph = problem.graph
+    names = [d.name for d in problem.devices]
+    if len(names) > MAX_DEVICES:
+        raise UserError(
+            f"optimal handles at most {MAX_DEVICES} devices, got {len(names)} (use --stages or another algorithm)",
+            problem.devices_file,
+            "devices",
+        )
+    a, bounds = build_arrays(
+        g, problem.devices, problem.links, table=problem.cost_table, source=problem.source
+    )
+    if problem.stages is not None and problem.stages > len(bounds) - 1:
+        raise UserError(
+            f"{problem.stages} stages but only {len(bounds) - 1} blocks between cut candidates",
+            problem.devices_file,
+            "stages",
+        )
+    sol = solve_arrays(a, problem.objective, problem.stages)
+    if not np.isfinite(sol.value):
+        raise _no_fit(problem, a, bounds)
+    cuts = [bounds[c] for c in sol.cuts]
+    devices = [names[d] for d in sol.devices]
+    ev = evaluate(a, sol.cuts, sol.devices)
+    notes = [
+        f"optimal ({problem.objective}): {len(sol.devices)} of {len(names)} devices, "
+        f"{len(bounds) - 2} cut candidates; predicted bottleneck {ev.bottleneck_s * 1e3:.1f} ms, "
+        f"latency {ev.latency_s * 1e3:.1f} ms"
+    ]
+    testbed = problem.testbed()
+    pred = predict(g, cuts, devices, testbed, table=problem.cost_table, source=problem.source)
+    return Placement(cuts, devices, notes, predicted=pred)
