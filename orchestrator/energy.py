@@ -25,7 +25,7 @@ def device_energy(samples: dict[str, list[dict]], testbed: Testbed, window: tupl
             continue
         energy = 0.0
         powers = []
-        for (t0, u0), (t1, u1) in zip(pts, pts[1:], strict=False):
+        for (t0, _), (t1, u1) in zip(pts, pts[1:], strict=False):
             # each sample's CPU share covers the interval that ends at it
             p = idle + (peak - idle) * min(1.0, max(0.0, u1))
             powers.append(p)

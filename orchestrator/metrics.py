@@ -19,15 +19,6 @@ def _pct(values: list[float]) -> dict[str, float] | None:
             "mean": round(float(a.mean()), 3)}
 
 
-def latency_summary(lat_ms: list[float]) -> dict[str, float] | None:
-    if not lat_ms:
-        return None
-    a = np.asarray(lat_ms, dtype=np.float64)
-    q = np.percentile(a, [50, 90, 99])
-    return {"min": round(float(a.min()), 3), "mean": round(float(a.mean()), 3), "p50": round(float(q[0]), 3),
-            "p90": round(float(q[1]), 3), "p99": round(float(q[2]), 3), "max": round(float(a.max()), 3)}
-
-
 def throughput(measured: list[Record], batch: int) -> float | None:
     """Completed images per second over the measured window.
 

@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .driver import Record
-from .metrics import HopSample
+from .metrics import HopSample, hops_of
 
 
 def versions() -> dict[str, str | None]:
@@ -83,8 +83,9 @@ def render_markdown(rep: dict) -> str:
              f"batch {rep['batch']}, {rep['concurrency']} in flight.", "",
              "| figure | value |", "|---|---|",
              f"| throughput | {_fmt(rep.get('throughput_fps'), 2)} images/s |"]
-    for k in ("min", "mean", "p50", "p90", "p99", "max"):
-        lines.append(f"| latency {k} | {_fmt(lat.get(k))} ms |")
+    for k in ("min", "mean", "p50", "p90", "p95", "p99", "p99.9", "max", "stddev"):
+        if k in lat:
+            lines.append(f"| latency {k} | {_fmt(lat.get(k))} ms |")
     diff = ag.get("max_abs_diff")
     lines += [f"| agreement: max abs diff | {'not measured' if diff is None else f'{diff:.3g}'} |",
               f"| agreement: top-1 | {_fmt(ag.get('top1'), 4)} ({ag.get('checked', 0)} images) |",
@@ -103,12 +104,20 @@ def render_markdown(rep: dict) -> str:
     for h in rep["hops"]:
         t = h.get("transfer_ms") or {}
         lines.append(f"| {h['from']} | {h['to']} | {h['bytes']} | {_fmt(t.get('p50'), 2)} | {_fmt(t.get('p99'), 2)} |")
-    lines += ["", "## Devices", "", "| device | peak memory MiB | CPU mean of cap | CPU peak of cap |",
-              "|---|---|---|---|"]
+    lines += ["", "## Devices", "",
+              "| device | peak memory MiB | CPU mean of cap | CPU peak of cap | energy per image J | peak power W |",
+              "|---|---|---|---|---|---|"]
+    energy = rep.get("energy") or {}
     for name, d in (rep.get("devices") or {}).items():
         pm = d.get("peak_memory_bytes")
+        e = energy.get(name) or {}
         lines.append(f"| {name} | {_fmt(pm / 2**20 if pm else None)} | {_fmt(d.get('cpu_mean_of_cap'), 2)} | "
-                     f"{_fmt(d.get('cpu_peak_of_cap'), 2)} |")
+                     f"{_fmt(d.get('cpu_peak_of_cap'), 2)} | {_fmt(e.get('energy_per_image_j'), 3)} | "
+                     f"{_fmt(e.get('peak_power_w'), 2)} |")
+    if energy:
+        lines.append("")
+        lines.append("Energy and power are modelled from each device's CPU share and its power model "
+                     "(idle_w + (max_w - idle_w) x CPU share of its cap), not measured.")
     fid = rep.get("fidelity") or {}
     if fid.get("links"):
         lines += ["", "## Link fidelity", "", "| from | to | configured Mbit/s | achieved Mbit/s | error | method |",
@@ -119,6 +128,8 @@ def render_markdown(rep: dict) -> str:
             lines.append(f"| {link['from']} | {link['to']} | {_fmt(cfg / 1e6 if cfg else None, 2)} | "
                          f"{_fmt(ach / 1e6 if ach else None, 2)} | {_fmt(link.get('error'), 3)} | "
                          f"{link.get('method', '')} |")
+    if rep.get("plots"):
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({p})" for p in rep["plots"]]
     if rep.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in rep["notes"]]
     return "\n".join(lines) + "\n"
@@ -127,3 +138,49 @@ def render_markdown(rep: dict) -> str:
 def write_report(run_dir: Path, rep: dict) -> None:
     (run_dir / "report.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
     (run_dir / "report.md").write_text(render_markdown(rep))
+
+
+def timeline_rows(records: list[Record], samples: list[HopSample], num_stages: int) -> list[dict]:
+    """Per request: its stages' compute spans and its hops' send/receive times, for the timeline."""
+    hops = {}
+    for r in records:
+        for src, dst, _, send_ns, recv_ns in hops_of(r, num_stages):
+            hops.setdefault(r.id, []).append((src, dst, send_ns, recv_ns))
+    return [{"id": r.id, "sent_ns": r.sent_ns, "done_ns": r.done_ns,
+             "stages": [(t.stage, t.device, t.start_ns, t.end_ns) for t in r.timings if 0 <= t.stage < num_stages],
+             "hops": hops.get(r.id, [])} for r in records if r.done_ns and not r.error]
+
+
+def write_plots(run_dir: Path, rep: dict, records: list[Record], samples: list[HopSample],
+                stats: dict[str, list[dict]], partition_view: dict | None) -> list[str]:
+    """Draw every plot of the run into run_dir/plots; return their paths relative to run_dir."""
+    from . import plots
+    from .latency import per_second
+
+    out = run_dir / "plots"
+    n = len(rep["stages"])
+    measured = [r for r in records if r.id >= rep["warmup"] and r.done_ns and not r.error]
+    made = [plots.latency_cdf([r.latency_ms for r in measured], out / "latency_cdf.png")]
+    made.append(plots.throughput_over_time(
+        per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], rep["batch"]),
+        out / "throughput.png"))
+    made.append(plots.breakdown(rep["stages"], rep["hops"], out / "breakdown.png"))
+    if any(stats.values()):
+        made.append(plots.device_usage(stats, out / "devices.png"))
+    made.append(plots.timeline(timeline_rows(records, samples, n), out / "timeline.png"))
+    if partition_view:
+        made.append(plots.partition_map(partition_view["cost"], partition_view["live_bytes"],
+                                        partition_view["cuts"], partition_view["devices"],
+                                        out / "partition.png", partition_view.get("title", "")))
+    return [str(p.relative_to(run_dir)) for p in made]
+
+
+def partition_view(plan, graph) -> dict:
+    """What the partition plot needs: per-node cost, live bytes, and the chosen cuts."""
+    cuts = []
+    for s in plan.stages[:-1]:
+        produced = [graph.prod[t] for t in s.outputs if graph.prod.get(t, -1) >= 0]
+        cuts.append(max(produced) + 1 if produced else 0)
+    return {"cost": list(graph.cost), "live_bytes": list(graph.live_bytes), "cuts": cuts,
+            "devices": [s.device for s in plan.stages],
+            "title": f"{Path(plan.model).name}: {len(plan.stages)} stages ({plan.algorithm})"}

@@ -16,11 +16,22 @@ from rich.table import Table
 from .config import Job, Testbed, load_devices, load_job
 from .deploy import deploy
 from .driver import Record, drive
+from .energy import device_energy
 from .errors import UserError
-from .metrics import HopSample, agreement, hop_figures, hop_samples, latency_summary, stage_figures, throughput
+from .latency import encode, histogram_of, per_second, summary
+from .metrics import HopSample, agreement, hop_figures, hop_samples, stage_figures, throughput
 from .partition import partition
+from .partition.graph import load_graph
 from .partition.plan import Plan
-from .report import git_revision, host_facts, versions, write_latencies, write_report
+from .report import (
+    git_revision,
+    host_facts,
+    partition_view,
+    versions,
+    write_latencies,
+    write_plots,
+    write_report,
+)
 from .runtimes.local import LocalRuntime
 from .stats_local import LocalStatsSampler, device_summary
 
@@ -117,7 +128,7 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
     run_dir = run_folder(job, out)
     t0 = time.perf_counter()
     plan: Plan = partition(model, testbed, algorithm=job.algorithm, objective=job.objective,
-                           stages=job.stages, out_dir=run_dir)
+                           stages=job.stages, source=source, out_dir=run_dir)
     notes += list(getattr(plan, "notes", []) or [])
     console.print(f"partitioned {model.name} into {len(plan.stages)} stages "
                   f"({job.algorithm}) in {time.perf_counter() - t0:.2f} s -> {run_dir}")
@@ -146,6 +157,8 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
     measured = [r for r in records if r.id >= job.warmup and not r.error and r.done_ns]
     errors = [r for r in records if r.error]
     measured_ids = {r.id for r in measured}
+    latency_hist = histogram_of(r.latency_ms for r in measured)
+    window = (min(r.sent_ns for r in measured) / 1e9, max(r.done_ns for r in measured) / 1e9) if measured else None
     hops = hop_samples(records, n, lambda a, b: testbed.link(a, b).delay_s)
     rep = {
         "job": job.name, "runtime": rt_name, "model": str(model), "algorithm": plan.algorithm,
@@ -153,12 +166,15 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
         "requests": len(measured), "warmup": job.warmup, "batch": job.batch, "concurrency": job.concurrency,
         "errors": len(errors), "first_error": errors[0].error if errors else None,
         "throughput_fps": throughput(measured, job.batch),
-        "latency_ms": latency_summary([r.latency_ms for r in measured]),
+        "latency_ms": summary(latency_hist),
+        "latency_histogram": encode(latency_hist),
+        "per_second": per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], job.batch),
         "stages": stage_figures(measured, n),
         "hops": hop_figures(hops, measured_ids),
         "agreement": agreement([r for r in records if not r.error], reference),
         "accuracy": {"top1": None, "top5": None, "why": "synthetic data has no labels"},
         "devices": device_summary(samples),
+        "energy": device_energy(samples, testbed, window, len(measured) * job.batch),
         "nodes": {k: vars(v) for k, v in loaded.items()},
         "predicted": json.loads(json.dumps(getattr(plan, "predicted", None), default=lambda o: vars(o))),
         "fidelity": {"links": link_fidelity(hops, measured_ids, testbed), "cpus": None},
@@ -167,6 +183,7 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
         "notes": notes,
     }
     write_latencies(run_dir / "latencies.csv", records, hops, n, job.warmup)
+    rep["plots"] = write_plots(run_dir, rep, records, hops, samples, partition_view(plan, load_graph(model)))
     write_report(run_dir, rep)
     print_summary(console, rep, run_dir)
     return run_dir, rep

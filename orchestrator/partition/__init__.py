@@ -8,9 +8,10 @@ from pathlib import Path
 from ..config import Testbed
 from ..errors import UserError
 from .algorithms import ALGORITHMS, Placement, Problem, check_memory, check_placement, get_algorithm
+from .costmodel import predict
 from .cut import WEIGHTS_FILE, write_stages
 from .graph import ModelGraph, load_graph
-from .plan import Plan, Predicted, StagePlan
+from .plan import Plan, StagePlan
 
 __all__ = [
     "ALGORITHMS",
@@ -25,32 +26,7 @@ __all__ = [
     "predict",
 ]
 
-# A rough sustained rate for FLOP-based estimates, per host CPU of quota. Profiling replaces it.
-ROUGH_FLOPS_PER_CPU = 30e9
 OBJECTIVES = ("throughput", "latency")
-
-
-def predict(
-    graph: ModelGraph, placement: Placement, testbed: Testbed, flops_per_cpu: float = ROUGH_FLOPS_PER_CPU
-) -> Predicted:
-    """Estimates from FLOPs and link parameters, batch 1: good for comparing plans, not for reports."""
-    b = [0, *placement.cuts, graph.n]
-    stage_s = []
-    for k, name in enumerate(placement.devices):
-        dev = testbed.device(name)
-        stage_s.append(sum(graph.cost[b[k] : b[k + 1]]) / (flops_per_cpu * dev.cpus))
-    transfer_s = []
-    for k, cut in enumerate(placement.cuts):
-        link = testbed.link(placement.devices[k], placement.devices[k + 1])
-        nbytes = graph.live_bytes[cut]
-        transfer_s.append((nbytes * 8 / link.rate_bps if link.rate_bps else 0.0) + link.delay_s)
-    slowest = max(stage_s + transfer_s)
-    return Predicted(
-        stage_s=[round(s, 6) for s in stage_s],
-        transfer_s=[round(s, 6) for s in transfer_s],
-        throughput_fps=round(1.0 / slowest, 3) if slowest > 0 else None,
-        latency_s=round(sum(stage_s) + sum(transfer_s), 6),
-    )
 
 
 def partition(
@@ -60,6 +36,7 @@ def partition(
     algorithm: str = "even",
     objective: str = "throughput",
     stages: int | None = None,
+    source: str | None = None,
     out_dir: str | Path,
 ) -> Plan:
     """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes)."""
@@ -89,6 +66,8 @@ def partition(
         points=list(testbed.partition_points),
         block_cost=list(graph.cost),
         devices_file=src,
+        links=list(testbed.links),
+        source=source,
     )
     placement = algo(problem)
     check_placement(problem, placement)
@@ -119,7 +98,8 @@ def partition(
             )
             for f in files
         ],
-        predicted=predict(graph, placement, testbed),
+        predicted=placement.predicted
+        or predict(graph, placement.cuts, placement.devices, testbed, source=source),
         notes=graph.notes + placement.notes,
     )
     plan.save(out)

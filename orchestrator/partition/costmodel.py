@@ -266,9 +266,7 @@ def predict(
     """plan.json's `predicted` for a placement (seq-position cuts), from the cost model."""
     names = [d.name for d in testbed.devices]
     bounds = [0, *cuts, graph.n]
-    a, _ = build_arrays(
-        graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0
-    )
+    a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
     ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names])
     slowest = ev.bottleneck_s
     return Predicted(

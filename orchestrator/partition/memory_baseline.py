@@ -56,9 +56,7 @@ def memory_partition(problem: Problem) -> Placement:
     g = problem.graph
     k = problem.stages or len(problem.devices)
     if k > g.n:
-        raise UserError(
-            f"{k} stages but the model has only {g.n} non-constant nodes to share", str(g.path), "stages"
-        )
+        raise UserError(f"{k} stages but the model has only {g.n} non-constant nodes to share", str(g.path), "stages")
     devs = problem.devices[:k]
     cuts = memory_cuts(weight_per_node(g), [float(d.memory) for d in devs])
     return Placement(cuts, [d.name for d in devs], ["memory: cuts by each device's share of memory (Ianvs baseline)"])

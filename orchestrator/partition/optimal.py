@@ -24,7 +24,7 @@ from .costmodel import Arrays, build_arrays, evaluate, predict
 from .graph import ModelGraph
 
 OBJECTIVES = ("throughput", "latency")
-MAX_DEVICES = 16  # 2^16 device sets: still seconds; beyond that the exact search is not the tool
+MAX_DEVICES = 12  # 2^12 device sets keep planning well under a second; beyond, use --stages or `even`
 
 
 class Solution(NamedTuple):
@@ -74,9 +74,7 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> 
     else:
         s = a.source
         trans[0, src] = np.where(np.arange(d_n) == s, 0.0, _transfer(a.cut_bytes[0], a.link_rate[s], a.link_delay[s]))
-        home = np.where(
-            np.arange(d_n) == s, 0.0, _transfer(a.cut_bytes[b_n], a.link_rate[:, s], a.link_delay[:, s])
-        )
+        home = np.where(np.arange(d_n) == s, 0.0, _transfer(a.cut_bytes[b_n], a.link_rate[:, s], a.link_delay[:, s]))
     if cap is not None:
         trans = np.where(trans > cap, inf, trans)
         home = np.where(home > cap, inf, home)
@@ -221,9 +219,7 @@ def optimal(problem: Problem) -> Placement:
             problem.devices_file,
             "devices",
         )
-    a, bounds = build_arrays(
-        g, problem.devices, problem.links, table=problem.cost_table, source=problem.source
-    )
+    a, bounds = build_arrays(g, problem.devices, problem.links, table=problem.cost_table, source=problem.source)
     if problem.stages is not None and problem.stages > len(bounds) - 1:
         raise UserError(
             f"{problem.stages} stages but only {len(bounds) - 1} blocks between cut candidates",

@@ -1,0 +1,198 @@
+"""The run's plots, written as PNG files into `plots/` of the run folder.
+
+Each function takes plain data (lists and dicts from the report, the request records, the
+stats samples) so that `orchestrator report` can redraw them from a run folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_COLORS = plt.get_cmap("tab10").colors
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def latency_cdf(latency_ms: list[float], path: Path, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    x = np.sort(np.asarray(latency_ms))
+    y = np.arange(1, len(x) + 1) / max(1, len(x))
+    ax.step(x, y, where="post", color=_COLORS[0])
+    for q, style in ((50, ":"), (99, "--")):
+        v = float(np.percentile(x, q)) if len(x) else 0.0
+        ax.axvline(v, color="grey", linestyle=style, linewidth=1)
+        ax.annotate(f"p{q} {v:.1f} ms", (v, 0.05 if q == 50 else 0.15), rotation=90, fontsize=8,
+                    xytext=(3, 0), textcoords="offset points")
+    ax.set_xlabel("end-to-end latency (ms)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title or "Latency CDF (warm-up excluded)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def throughput_over_time(series: list[dict], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    t = [s["second"] for s in series]
+    ax.bar(t, [s["throughput_fps"] for s in series], color=_COLORS[0], alpha=0.6, label="throughput")
+    ax.set_xlabel("time since the first measured completion (s)")
+    ax.set_ylabel("completed images per second")
+    ax2 = ax.twinx()
+    for key, color, label in (("p50_ms", _COLORS[1], "p50 latency"), ("p99_ms", _COLORS[3], "p99 latency")):
+        ax2.plot(t, [s[key] if s[key] is not None else np.nan for s in series], marker="o", markersize=3,
+                 color=color, label=label)
+    ax2.set_ylabel("latency (ms)")
+    lines = ax.get_legend_handles_labels()
+    lines2 = ax2.get_legend_handles_labels()
+    ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=8)
+    ax.set_title("Throughput and latency over time")
+    return _save(fig, path)
+
+
+def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
+    """Median time a request spends in each part of the pipeline, in pipeline order."""
+    labels, parts = [], []
+    hop_by_src = {}
+    for h in hops:
+        hop_by_src.setdefault(h["from"], []).append(h)
+    for s in stages:
+        q = (s.get("queue_ms") or {}).get("p50") or 0.0
+        c = (s.get("compute_ms") or {}).get("p50") or 0.0
+        labels.append(f"stage {s['index']}\n{s['device']}")
+        parts.append({"queue": q, "compute": c})
+    for h in hops:
+        w = (h.get("link_wait_ms") or {}).get("p50") or 0.0
+        t = (h.get("transfer_ms") or {}).get("p50") or 0.0
+        labels.append(f"{h['from']} ->\n{h['to']}")
+        parts.append({"link wait": w, "transfer": t})
+    kinds = ["queue", "compute", "link wait", "transfer"]
+    colors = {"queue": _COLORS[7], "compute": _COLORS[0], "link wait": _COLORS[1], "transfer": _COLORS[2]}
+    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(labels) + 1.5))
+    y = np.arange(len(labels))
+    left = np.zeros(len(labels))
+    for k in kinds:
+        vals = np.array([p.get(k, 0.0) for p in parts])
+        if vals.any():
+            ax.barh(y, vals, left=left, color=colors[k], label=k)
+            left += vals
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("median time per request (ms)")
+    ax.set_title("Where the time goes: stages and hops")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def device_usage(samples: dict[str, list[dict]], path: Path) -> Path:
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7.5, 6), sharex=True)
+    t0 = min((r["time"] for rows in samples.values() for r in rows), default=0.0)
+    for i, (dev, rows) in enumerate(samples.items()):
+        c = _COLORS[i % len(_COLORS)]
+        t = [r["time"] - t0 for r in rows]
+        ax1.plot(t, [r["cpu_of_cap"] * 100 if r.get("cpu_of_cap") is not None else np.nan for r in rows],
+                 color=c, label=dev)
+        ax2.plot(t, [(r.get("memory_bytes") or 0) / 2**20 for r in rows], color=c, label=dev)
+        limit = rows[-1].get("memory_limit") if rows else None
+        if limit:
+            ax2.axhline(limit / 2**20, color=c, linestyle="--", linewidth=0.8)
+    ax1.axhline(100, color="grey", linestyle=":", linewidth=1)
+    ax1.set_ylabel("CPU (% of the device's cap)")
+    ax1.set_title("CPU and memory per device (dashed: memory limit)")
+    ax1.legend(fontsize=8, ncol=4)
+    ax1.grid(alpha=0.3)
+    ax2.set_ylabel("memory (MiB)")
+    ax2.set_xlabel("time (s)")
+    ax2.set_yscale("log")
+    ax2.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def partition_map(cost: list[float], live_bytes: list[int], cuts: list[int], devices: list[str], path: Path,
+                  title: str = "") -> Path:
+    """Estimated compute of each node in order, coloured by the stage that runs it, with the
+    bytes that would cross a cut at each position (the cuts chosen are the vertical lines)."""
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    n = len(cost)
+    bounds = [0, *cuts, n]
+    for k in range(len(bounds) - 1):
+        lo, hi = bounds[k], bounds[k + 1]
+        ax.bar(np.arange(lo, hi), np.asarray(cost[lo:hi]) / 1e6, width=1.0, color=_COLORS[k % len(_COLORS)],
+               label=f"stage {k}: {devices[k]}")
+    for c in cuts:
+        ax.axvline(c - 0.5, color="black", linewidth=1)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("node position (topological order, constant nodes folded away)")
+    ax.set_ylabel("estimated MFLOPs per node")
+    ax2 = ax.twinx()
+    ax2.plot(np.arange(len(live_bytes)) - 0.5, np.asarray(live_bytes) / 2**20, color="grey", linewidth=0.8,
+             alpha=0.8, label="live set at a cut")
+    ax2.set_ylabel("bytes crossing a cut here (MiB, batch 1)")
+    ax2.set_yscale("log")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(title or "Partition over the model's nodes")
+    return _save(fig, path)
+
+
+def timeline(rows: list[dict], path: Path, first: int = 8) -> Path:
+    """Gantt chart of the first requests: compute on each stage's device, hops between.
+
+    `rows`: per request, {"id", "sent_ns", "done_ns", "stages": [(stage, device, start_ns, end_ns)],
+    "hops": [(src, dst, send_ns, recv_ns)]}.
+    """
+    rows = rows[:first]
+    devices: list[str] = []
+    for r in rows:
+        for _, dev, _, _ in r["stages"]:
+            if dev not in devices:
+                devices.append(dev)
+    t0 = min((r["sent_ns"] for r in rows), default=0)
+    fig, ax = plt.subplots(figsize=(9, 0.6 * len(devices) + 2))
+    for r in rows:
+        c = _COLORS[r["id"] % len(_COLORS)]
+        for _, dev, s, e in r["stages"]:
+            y = devices.index(dev)
+            ax.barh(y, (e - s) / 1e6, left=(s - t0) / 1e6, color=c, height=0.5, edgecolor="black", linewidth=0.3)
+            ax.text((s - t0) / 1e6, y, str(r["id"]), fontsize=6, va="center")
+        for src, dst, s, e in r["hops"]:
+            if src in devices and dst in devices:
+                ax.annotate("", xy=((e - t0) / 1e6, devices.index(dst)), xytext=((s - t0) / 1e6, devices.index(src)),
+                            arrowprops={"arrowstyle": "->", "color": c, "alpha": 0.6, "linewidth": 0.8})
+    ax.set_yticks(range(len(devices)), devices)
+    ax.invert_yaxis()
+    ax.set_xlabel("time since the first request was sent (ms)")
+    ax.set_title(f"Timeline of the first {len(rows)} requests (bars: compute, arrows: transfers)")
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def comparison(names: list[str], throughput: list[float | None], p50: list[float | None],
+               p99: list[float | None], path: Path) -> Path:
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 4))
+    x = np.arange(len(names))
+    ax1.bar(x, [v or 0 for v in throughput], color=_COLORS[0])
+    ax1.set_xticks(x, names, rotation=20, fontsize=8)
+    ax1.set_ylabel("throughput (images/s)")
+    ax1.set_title("Throughput")
+    w = 0.38
+    ax2.bar(x - w / 2, [v or 0 for v in p50], w, label="p50", color=_COLORS[1])
+    ax2.bar(x + w / 2, [v or 0 for v in p99], w, label="p99", color=_COLORS[3])
+    ax2.set_xticks(x, names, rotation=20, fontsize=8)
+    ax2.set_ylabel("latency (ms)")
+    ax2.set_title("Latency")
+    ax2.legend(fontsize=8)
+    for a in (ax1, ax2):
+        a.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
