@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 VIT := models/vit_b16.onnx
 
-.PHONY: install protos models demo test lint bench image image-gpu clean
+.PHONY: install protos models demo test lint bench image image-gpu clean testbed-up testbed-down
 
 install: $(STAMP)
 
@@ -25,8 +25,22 @@ models: $(VIT)
 $(VIT): | install
 	$(BIN)/orchestrator model vit --out $(VIT)
 
+# The Docker runtime wherever an engine answers (node image built first), the local one otherwise.
 demo: install models
-	$(BIN)/orchestrator run --job jobs/vit_demo.yaml
+	@if docker version >/dev/null 2>&1; then \
+	  echo "demo: a Docker engine answers: docker runtime (building the node image first)"; \
+	  $(MAKE) --no-print-directory image && $(BIN)/orchestrator run --job jobs/vit_demo.yaml --runtime docker; \
+	else \
+	  echo "demo: no Docker engine answers: local runtime (plain processes, no isolation)"; \
+	  $(BIN)/orchestrator run --job jobs/vit_demo.yaml --runtime local; \
+	fi
+
+# The default testbed (devices/edge4.yaml, as docker-compose.yml): one container per device.
+testbed-up: install image
+	$(BIN)/orchestrator testbed up --devices devices/edge4.yaml
+
+testbed-down: install
+	$(BIN)/orchestrator testbed down
 
 lint: install
 	$(BIN)/ruff check .
@@ -39,6 +53,8 @@ bench: install models
 	$(BIN)/python bench/bench_partition.py
 	$(BIN)/python bench/bench_transport.py
 	$(BIN)/python bench/bench_pipeline.py
+	@if docker version >/dev/null 2>&1; then $(BIN)/python bench/bench_fidelity.py; \
+	 else echo 'bench_fidelity: skipped, no Docker engine answers'; fi
 
 # The node image, built offline where no registry answers (see scripts/build_image.sh).
 image:

@@ -7,16 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Tensor(_message.Message):
-    __slots__ = ("name", "dtype", "shape", "data")
+    __slots__ = ("name", "dtype", "shape", "data", "nbytes", "offset")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    NBYTES_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     name: str
     dtype: str
     shape: _containers.RepeatedScalarFieldContainer[int]
     data: bytes
-    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    nbytes: int
+    offset: int
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., nbytes: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class StageTiming(_message.Message):
     __slots__ = ("stage", "device", "recv_ns", "start_ns", "end_ns", "send_ns", "bytes_out")
@@ -37,7 +41,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., device: _Optional[str] = ..., recv_ns: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns")
+    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns", "payload", "payload_size")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +50,8 @@ class Frame(_message.Message):
     DELIVER_AFTER_NS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HOLD_NS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
     stage: int
     tensors: _containers.RepeatedCompositeFieldContainer[Tensor]
@@ -54,19 +60,27 @@ class Frame(_message.Message):
     deliver_after_ns: int
     error: str
     hold_ns: int
-    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ...) -> None: ...
+    payload: bytes
+    payload_size: int
+    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("device", "address", "rate_bps", "delay_s")
+    __slots__ = ("device", "address", "rate_bps", "delay_s", "ip", "tc_rate_bps", "tc_delay_s")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RATE_BPS_FIELD_NUMBER: _ClassVar[int]
     DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    TC_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
+    TC_DELAY_S_FIELD_NUMBER: _ClassVar[int]
     device: str
     address: str
     rate_bps: int
     delay_s: float
-    def __init__(self, device: _Optional[str] = ..., address: _Optional[str] = ..., rate_bps: _Optional[int] = ..., delay_s: _Optional[float] = ...) -> None: ...
+    ip: str
+    tc_rate_bps: int
+    tc_delay_s: float
+    def __init__(self, device: _Optional[str] = ..., address: _Optional[str] = ..., rate_bps: _Optional[int] = ..., delay_s: _Optional[float] = ..., ip: _Optional[str] = ..., tc_rate_bps: _Optional[int] = ..., tc_delay_s: _Optional[float] = ...) -> None: ...
 
 class StageSpec(_message.Message):
     __slots__ = ("index", "model_path", "inputs", "outputs", "forward", "next_device")
@@ -105,18 +119,22 @@ class LoadRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., num_stages: _Optional[int] = ..., source_device: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., first_device: _Optional[str] = ..., threads: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
 
 class LoadReply(_message.Message):
-    __slots__ = ("ok", "error", "threads", "cpu_quota", "providers")
+    __slots__ = ("ok", "error", "threads", "cpu_quota", "providers", "shaping", "netem")
     OK_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     CPU_QUOTA_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    SHAPING_FIELD_NUMBER: _ClassVar[int]
+    NETEM_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     error: str
     threads: int
     cpu_quota: float
     providers: str
-    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., threads: _Optional[int] = ..., cpu_quota: _Optional[float] = ..., providers: _Optional[str] = ...) -> None: ...
+    shaping: str
+    netem: bool
+    def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., threads: _Optional[int] = ..., cpu_quota: _Optional[float] = ..., providers: _Optional[str] = ..., shaping: _Optional[str] = ..., netem: _Optional[bool] = ...) -> None: ...
 
 class Empty(_message.Message):
     __slots__ = ()

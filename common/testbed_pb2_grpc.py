@@ -71,14 +71,14 @@ class NodeServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Push(self, request_iterator, context):
-        """from an upstream node
+        """from an upstream node (frame codec)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Drive(self, request_iterator, context):
-        """the driver, on the source node
+        """the driver, on the source node (frame codec)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -22,6 +22,16 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format=f"%(asctime)s {args.device} %(name)s %(levelname)s %(message)s",
     )
+    # Links given at start (the Docker testbed): shape them before serving; a tc error stops here.
+    from node import shaping, tc
+
+    try:
+        shaping.shape_from_env()
+    except (tc.TcError, ValueError) as e:
+        msg = f"node {args.device}: link shaping failed, not starting: {e}"
+        logging.getLogger("node").error(msg)
+        print(msg, flush=True)
+        return 3
     node = NodeServer(args.device, args.port, args.host, use_cuda=args.cuda).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

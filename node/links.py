@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from common import testbed_pb2 as pb
-from common import testbed_pb2_grpc as pb_grpc
 from common.grpc_options import CHANNEL_OPTIONS
-from common.tensors import frame_nbytes
+from common.rpc import node_stub
+from common.tensors import TensorFrame, frame_nbytes
 
 log = logging.getLogger("node.links")
 
@@ -58,7 +57,7 @@ class PeerSender:
         name: str = "",
         queue_depth: int = 8,
         connect_timeout_s: float = 10.0,
-        on_failed: Callable[[pb.Frame, str], None] | None = None,
+        on_failed: Callable[[TensorFrame, str], None] | None = None,
     ) -> None:
         self.address = address
         self.name = name or address
@@ -70,15 +69,15 @@ class PeerSender:
         self.bytes_out = 0
         self._busy_until_ns = 0  # the emulated link is transmitting until then
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_depth))
-        self._inflight: pb.Frame | None = None
+        self._inflight: TensorFrame | None = None
         self._carry: object = None
         self._stopping = threading.Event()
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.NodeStub(self._channel)
+        self._stub = node_stub(self._channel)  # Push in the frame codec
         self._thread = threading.Thread(target=self._run, name=f"send->{self.name}", daemon=True)
         self._thread.start()
 
-    def send(self, frame: pb.Frame) -> None:
+    def send(self, frame: TensorFrame) -> None:
         """Queue a frame for the link (blocks while the queue is full)."""
         if self._stopping.is_set():
             self._fail(frame, f"link to {self.name} closed")
@@ -96,18 +95,18 @@ class PeerSender:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _pace(self, frame: pb.Frame, size: int) -> None:
+    def _pace(self, frame: TensorFrame, size: int) -> None:
         now = time.time_ns()
         if self.rate_bps > 0:
             start = max(now, self._busy_until_ns)
             sleep_until(start)  # the link is still sending the previous frame
             tx_end = start + int(size * 8e9 / self.rate_bps)
             self._busy_until_ns = tx_end
-            frame.deliver_after_ns = tx_end + self.delay_ns
+            frame.header.deliver_after_ns = tx_end + self.delay_ns
         elif self.delay_ns > 0:
-            frame.hold_ns = self.delay_ns
+            frame.header.hold_ns = self.delay_ns
 
-    def _requests(self, first: pb.Frame, dead: threading.Event, done: threading.Event) -> Iterator[pb.Frame]:
+    def _requests(self, first: TensorFrame, dead: threading.Event, done: threading.Event) -> Iterator[TensorFrame]:
         """The request iterator of one Push call. gRPC consumes it on its own thread; after the
         call dies it may still be blocked here, so it polls `dead` and leaves any frame it took
         in self._carry, so that no two streams ever take from the queue at once."""
@@ -116,7 +115,7 @@ class PeerSender:
             while True:
                 if item is _STOP:
                     return
-                assert isinstance(item, pb.Frame)
+                assert isinstance(item, TensorFrame)
                 size = frame_nbytes(item)
                 self._pace(item, size)
                 self._inflight = item
@@ -142,7 +141,7 @@ class PeerSender:
             item = self._queue.get()
             if item is _STOP:
                 return
-            assert isinstance(item, pb.Frame)
+            assert isinstance(item, TensorFrame)
             try:
                 grpc.channel_ready_future(self._channel).result(timeout=self.connect_timeout_s)
             except grpc.FutureTimeoutError:
@@ -165,7 +164,7 @@ class PeerSender:
                 if self._inflight is not None:
                     self._fail(self._inflight, msg)
                 carry, self._carry = self._carry, None
-                if isinstance(carry, pb.Frame):
+                if isinstance(carry, TensorFrame):
                     self._fail(carry, msg)
                 elif carry is _STOP:
                     return
@@ -183,14 +182,14 @@ class PeerSender:
             if item is _STOP:
                 self._queue.put(_STOP)
                 return
-            assert isinstance(item, pb.Frame)
+            assert isinstance(item, TensorFrame)
             self._fail(item, msg)
 
-    def _fail(self, frame: pb.Frame, msg: str) -> None:
+    def _fail(self, frame: TensorFrame, msg: str) -> None:
         if self.on_failed is not None:
             try:
                 self.on_failed(frame, msg)
             except Exception:  # never let a callback kill the sender thread
                 log.exception("on_failed callback")
         else:
-            log.error("dropped frame %d: %s", frame.request_id, msg)
+            log.error("dropped frame %d: %s", frame.header.request_id, msg)

@@ -20,8 +20,9 @@ import grpc
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pb_grpc
 from common.grpc_options import SERVER_OPTIONS
-from common.tensors import add_tensor, frame_nbytes, from_tensor, tensor_nbytes
-from node import resources
+from common.rpc import add_node_servicer
+from common.tensors import TensorFrame, frame_nbytes
+from node import resources, shaping
 from node.links import PeerSender, sleep_until
 from node.stage import Stage, StageConfig
 
@@ -43,7 +44,7 @@ class _Pipeline:
     queue_depth: int
     threads: int
     stages: dict[int, Stage] = field(default_factory=dict)
-    queues: dict[int, queue.Queue[tuple[pb.Frame, int]]] = field(default_factory=dict)
+    queues: dict[int, queue.Queue[tuple[TensorFrame, int]]] = field(default_factory=dict)
     senders: dict[str, PeerSender] = field(default_factory=dict)
     workers: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
@@ -52,7 +53,7 @@ class _Pipeline:
     def is_source(self) -> bool:
         return self.device == self.source_device
 
-    def put(self, index: int, item: tuple[pb.Frame, int]) -> bool:
+    def put(self, index: int, item: tuple[TensorFrame, int]) -> bool:
         """Blocking put that gives up when the pipeline is being replaced."""
         q = self.queues[index]
         while not self.stop.is_set():
@@ -82,13 +83,13 @@ class _DelayLine:
     until the head frame's time is enough, and receiving goes on meanwhile (a frame's arrival
     time must not wait for the previous frame's release)."""
 
-    def __init__(self, route: Callable[[pb.Frame, int], None], depth: int = 256) -> None:
+    def __init__(self, route: Callable[[TensorFrame, int], None], depth: int = 256) -> None:
         self._route = route
-        self._queue: queue.Queue[tuple[int, pb.Frame] | None] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[tuple[int, TensorFrame] | None] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="delay-line", daemon=True)
         self._thread.start()
 
-    def put(self, due_ns: int, frame: pb.Frame) -> None:
+    def put(self, due_ns: int, frame: TensorFrame) -> None:
         self._queue.put((due_ns, frame))
 
     def close(self) -> None:
@@ -105,7 +106,7 @@ class _DelayLine:
             try:
                 self._route(frame, time.time_ns())
             except Exception:
-                log.exception("routing frame %d", frame.request_id)
+                log.exception("routing frame %d", frame.header.request_id)
 
 
 class NodeServicer(pb_grpc.NodeServicer):
@@ -165,18 +166,21 @@ class NodeServicer(pb_grpc.NodeServicer):
                 threads=new.threads,
                 cpu_quota=self.limits.cpu_quota or 0.0,
                 providers=",".join(providers),
+                shaping=sh.readback if (sh := shaping.current()) is not None else "",
+                netem=bool(sh is not None and sh.netem),
             )
 
-    def Push(self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext) -> pb.Empty:
-        """Frames from one upstream node; link delay honoured before routing."""
+    def Push(self, request_iterator: Iterator[TensorFrame], context: grpc.ServicerContext) -> pb.Empty:
+        """Frames from one upstream node (decoded by the frame codec: arrays are views into the
+        received message); link delay honoured before routing."""
         line: _DelayLine | None = None
         try:
             for frame in request_iterator:
                 arrived = time.time_ns()
                 self._count_in(frame)
-                due = frame.deliver_after_ns
-                if frame.hold_ns:
-                    due = max(due, arrived + frame.hold_ns)
+                due = frame.header.deliver_after_ns
+                if frame.header.hold_ns:
+                    due = max(due, arrived + frame.header.hold_ns)
                 if line is None and due <= arrived:
                     self._route(frame, arrived)
                     continue
@@ -189,8 +193,8 @@ class NodeServicer(pb_grpc.NodeServicer):
         return pb.Empty()
 
     def Drive(
-        self, request_iterator: Iterator[pb.Frame], context: grpc.ServicerContext
-    ) -> Iterator[pb.Frame]:
+        self, request_iterator: Iterator[TensorFrame], context: grpc.ServicerContext
+    ) -> Iterator[TensorFrame]:
         """The driver's stream on the source node: requests in, results (or errors) out.
 
         Ends when the driver has closed its side and every request it sent has come back."""
@@ -222,7 +226,7 @@ class NodeServicer(pb_grpc.NodeServicer):
             if item is _INPUT_END:
                 ended = True
                 continue
-            assert isinstance(item, pb.Frame)
+            assert isinstance(item, TensorFrame)
             returned += 1
             with self._count_lock:
                 self._results_out += 1
@@ -285,6 +289,17 @@ class NodeServicer(pb_grpc.NodeServicer):
         if self.device != req.source_device and req.source_device not in known:
             raise ValueError(f"source device {req.source_device!r} is not among the peers")
 
+        # tc first: a link that cannot be shaped refuses the Load with tc's own message
+        node_delay: dict[str, float] = {}
+        if any(p.tc_rate_bps > 0 or p.tc_delay_s > 0 for p in peers.values()):
+            for name, p in peers.items():
+                if (p.tc_rate_bps > 0 or p.tc_delay_s > 0) and not p.ip:
+                    raise ValueError(f"peer {name}: tc shaping asked without its ip")
+            node_delay = shaping.ensure([
+                shaping.LinkSpec(name, p.ip, p.tc_rate_bps, p.tc_delay_s)
+                for name, p in peers.items() if p.tc_rate_bps > 0 or p.tc_delay_s > 0
+            ]).node_delay_s
+
         depth = req.queue_depth if req.queue_depth > 0 else DEFAULT_QUEUE_DEPTH
         stages: dict[int, Stage] = {}
         for spec in req.stages:
@@ -316,7 +331,7 @@ class NodeServicer(pb_grpc.NodeServicer):
             pipe.senders[name] = PeerSender(
                 peer.address,
                 peer.rate_bps,
-                peer.delay_s,
+                peer.delay_s + node_delay.get(peer.ip, 0.0),
                 name=name,
                 queue_depth=depth,
                 connect_timeout_s=self.connect_timeout_s,
@@ -331,62 +346,62 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     # -- routing ---------------------------------------------------------------------------
 
-    def _count_in(self, frame: pb.Frame) -> None:
+    def _count_in(self, frame: TensorFrame) -> None:
         size = frame_nbytes(frame)
         with self._count_lock:
             self.frames_in += 1
             self.bytes_in += size
 
-    def _route(self, frame: pb.Frame, recv_ns: int) -> None:
+    def _route(self, frame: TensorFrame, recv_ns: int) -> None:
         """A frame that reached this node (after link emulation): result, local stage, or error."""
         p = self._pipe
         if p is None:
-            log.error("frame %d dropped: node %s not loaded", frame.request_id, self.device)
+            log.error("frame %d dropped: node %s not loaded", frame.header.request_id, self.device)
             return
-        s = frame.stage
-        if s >= p.num_stages or frame.error:
+        s = frame.header.stage
+        if s >= p.num_stages or frame.header.error:
             self._deliver_result(p, frame, recv_ns)
         elif s in p.stages:
             p.put(s, (frame, recv_ns))
         else:
             self._fail_frame(p, frame, f"stage {s} sent to {self.device}, which does not run it")
 
-    def _ingress(self, frame: pb.Frame, out: queue.Queue[object]) -> None:
+    def _ingress(self, frame: TensorFrame, out: queue.Queue[object]) -> None:
         """A driver frame on the source node: stamp stage -1 and send it to stage 0's device."""
         p = self._pipe
         now = time.time_ns()
         if p is None or not p.is_source:
-            frame.error = f"node {self.device} is not loaded as the source"
+            frame.header.error = f"node {self.device} is not loaded as the source"
             out.put(frame)
             return
-        self._pending[frame.request_id] = out
-        frame.stage = 0
-        frame.timings.add(
+        self._pending[frame.header.request_id] = out
+        frame.header.stage = 0
+        frame.header.timings.add(
             stage=-1,
             device=self.device,
             recv_ns=now,
-            bytes_out=tensor_nbytes(frame.tensors),
+            bytes_out=frame.nbytes,
             send_ns=time.time_ns(),
         )
         self._send(p, p.first_device, frame)
 
-    def _deliver_result(self, p: _Pipeline, frame: pb.Frame, recv_ns: int) -> None:
+    def _deliver_result(self, p: _Pipeline, frame: TensorFrame, recv_ns: int) -> None:
         if not p.is_source:
             log.error(
                 "result %d arrived at %s, not the source %s: dropped",
-                frame.request_id,
+                frame.header.request_id,
                 self.device,
                 p.source_device,
             )
             return
-        frame.timings.add(stage=p.num_stages, device=self.device, recv_ns=recv_ns)
-        out = self._pending.pop(frame.request_id, None)
+        frame.header.timings.add(stage=p.num_stages, device=self.device, recv_ns=recv_ns)
+        out = self._pending.pop(frame.header.request_id, None)
         if out is None:
-            log.warning("result %d has no waiting driver: dropped", frame.request_id)
+            log.warning("result %d has no waiting driver: dropped", frame.header.request_id)
             return
         out.put(frame)
 
-    def _send(self, p: _Pipeline, device: str, frame: pb.Frame) -> None:
+    def _send(self, p: _Pipeline, device: str, frame: TensorFrame) -> None:
         if device == self.device:
             self._route(frame, time.time_ns())  # same device: no link
             return
@@ -396,24 +411,24 @@ class NodeServicer(pb_grpc.NodeServicer):
             return
         sender.send(frame)
 
-    def _fail_frame(self, p: _Pipeline, frame: pb.Frame, msg: str) -> None:
+    def _fail_frame(self, p: _Pipeline, frame: TensorFrame, msg: str) -> None:
         """Send a frame home with error set (tensors dropped): no silent loss."""
-        log.error("frame %d: %s", frame.request_id, msg)
-        if not frame.error:
-            frame.error = msg
-        frame.stage = p.num_stages
-        del frame.tensors[:]
+        log.error("frame %d: %s", frame.header.request_id, msg)
+        if not frame.header.error:
+            frame.header.error = msg
+        frame.header.stage = p.num_stages
+        frame.arrays.clear()
         if p.is_source:
             self._deliver_result(p, frame, time.time_ns())
         else:
             self._send(p, p.source_device, frame)
 
-    def _on_link_failed(self, frame: pb.Frame, msg: str) -> None:
+    def _on_link_failed(self, frame: TensorFrame, msg: str) -> None:
         p = self._pipe
         if p is None:
             return
-        if frame.error and frame.stage >= p.num_stages and not p.is_source:
-            log.error("error frame %d could not go home: %s", frame.request_id, msg)
+        if frame.header.error and frame.header.stage >= p.num_stages and not p.is_source:
+            log.error("error frame %d could not go home: %s", frame.header.request_id, msg)
             return
         self._fail_frame(p, frame, msg)
 
@@ -433,13 +448,13 @@ class NodeServicer(pb_grpc.NodeServicer):
                 continue
             start = time.time_ns()
             try:
-                feeds = {t.name: from_tensor(t) for t in frame.tensors if t.name in needed}
+                feeds = {k: v for k, v in frame.arrays.items() if k in needed}
                 outs = stage.run(feeds)
                 err = ""
             except Exception as e:
                 outs, err = {}, f"stage {idx} on {self.device}: {type(e).__name__}: {e}"
             end = time.time_ns()
-            timing = frame.timings.add(
+            timing = frame.header.timings.add(
                 stage=idx, device=self.device, recv_ns=recv_ns, start_ns=start, end_ns=end
             )
             if err:
@@ -447,19 +462,15 @@ class NodeServicer(pb_grpc.NodeServicer):
                 self._fail_frame(p, frame, err)
                 continue
             try:
-                for i in reversed(range(len(frame.tensors))):
-                    name = frame.tensors[i].name
-                    if name not in forward or name in outs:
-                        del frame.tensors[i]
-                for name, arr in outs.items():
-                    if name in forward:
-                        add_tensor(frame.tensors, name, arr)
-                timing.bytes_out = tensor_nbytes(frame.tensors)
-                frame.stage = idx + 1
+                arrays = {k: v for k, v in frame.arrays.items() if k in forward and k not in outs}
+                arrays.update((k, v) for k, v in outs.items() if k in forward)
+                frame.arrays = arrays
+                timing.bytes_out = frame.nbytes
+                frame.header.stage = idx + 1
                 timing.send_ns = time.time_ns()
                 self._send(p, next_device, frame)
             except Exception as e:
-                log.exception("stage %d: sending frame %d", idx, frame.request_id)
+                log.exception("stage %d: sending frame %d", idx, frame.header.request_id)
                 self._fail_frame(p, frame, f"stage {idx} on {self.device}: {type(e).__name__}: {e}")
 
 
@@ -483,7 +494,7 @@ class NodeServer:
             device, use_cuda=use_cuda, connect_timeout_s=connect_timeout_s
         )
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS)
-        pb_grpc.add_NodeServicer_to_server(self.servicer, self.server)
+        add_node_servicer(self.servicer, self.server)  # Push and Drive in the frame codec
         self.port = self.server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,17 @@ class StageConfig:
     outputs: list[str] = field(default_factory=list)
     forward: list[str] = field(default_factory=list)
     next_device: str = ""
+
+
+def cuda_options(env: dict[str, str] | None = None) -> dict[str, str]:
+    """CUDA provider options: the device's GPU memory cap, set by the runtime in the environment."""
+    env = os.environ if env is None else env
+    opts = {"device_id": "0"}  # the container sees only its assigned GPU
+    limit = env.get("ORT_CUDA_GPU_MEM_LIMIT")
+    if limit:
+        opts["gpu_mem_limit"] = str(int(limit))
+        opts["arena_extend_strategy"] = "kSameAsRequested"
+    return opts
 
 
 class Stage:
@@ -55,9 +67,12 @@ class Stage:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
             so.add_session_config_entry("session.inter_op.allow_spinning", "0")
 
-        providers = ["CPUExecutionProvider"]
+        providers: list = ["CPUExecutionProvider"]
         if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            providers = [("CUDAExecutionProvider", cuda_options()), "CPUExecutionProvider"]
+        elif use_cuda:
+            log.warning("stage %d: CUDA asked for but this onnxruntime has no CUDA provider: CPU used",
+                        config.index)
         self.session = ort.InferenceSession(config.model_path, sess_options=so, providers=providers)
         self.providers: list[str] = list(self.session.get_providers())
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -15,7 +15,7 @@ from .errors import UserError
 def _cmd_run(a: argparse.Namespace) -> int:
     from .run import execute
 
-    _, rep = execute(a.job, runtime=a.runtime, out=a.out)
+    _, rep = execute(a.job, runtime=a.runtime, out=a.out, fidelity_check=not a.no_check)
     return 1 if rep["errors"] else 0
 
 
@@ -55,6 +55,27 @@ def _cmd_model_vit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _client():
+    from .runtimes.docker import engine
+
+    client = engine()
+    if client is None:
+        raise RuntimeError("no Docker engine answers (is dockerd running, and may you use its socket?)")
+    return client
+
+
+def _cmd_testbed(a: argparse.Namespace) -> int:
+    from . import testbed_cli
+
+    return testbed_cli.command(a, _client())
+
+
+def _cmd_stats(a: argparse.Namespace) -> int:
+    from . import testbed_cli
+
+    return testbed_cli.stats(a, _client())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orchestrator", description="Edge-AI emulation testbed")
     sub = p.add_subparsers(dest="command", required=True)
@@ -63,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--job", required=True)
     r.add_argument("--runtime", choices=["docker", "local"])
     r.add_argument("--out", help="run folder (default runs/<UTC time>_<job>)")
+    r.add_argument("--no-check", action="store_true", help="skip the fidelity check at the start (docker)")
     r.set_defaults(func=_cmd_run)
 
     pa = sub.add_parser("partition", help="write plan.json and the stage models, run nothing")
@@ -79,6 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--batch", type=int, default=4)
     v.add_argument("--tolerance", type=float, default=1e-4)
     v.set_defaults(func=_cmd_verify)
+
+    from .compose import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET
+
+    tb = sub.add_parser("testbed", help="start, stop, show or check the Docker testbed")
+    tb.add_argument("action", choices=["up", "down", "status", "check", "render"])
+    tb.add_argument("--devices", default=DEFAULT_DEVICES, help=f"devices file (default {DEFAULT_DEVICES})")
+    tb.add_argument("--runtime", choices=["docker"], default="docker")
+    tb.add_argument("--name", default=DEFAULT_NAME, help=f"testbed name (default {DEFAULT_NAME})")
+    tb.add_argument("--subnet", default=DEFAULT_SUBNET)
+    tb.add_argument("--workspace", default="runs", help="host folder the nodes see (read-only), default runs")
+    tb.add_argument("--out", help="render: file to write (default stdout); check: report file")
+    tb.add_argument("--all", action="store_true", help="down: every testbed's containers, not just --name")
+    tb.set_defaults(func=_cmd_testbed)
+
+    st = sub.add_parser("stats", help="live per-device table: CPU of its cap, memory, bytes in and out")
+    st.add_argument("--name", default=DEFAULT_NAME)
+    st.add_argument("--follow", action="store_true", help="keep refreshing until Ctrl-C")
+    st.set_defaults(func=_cmd_stats)
 
     m = sub.add_parser("model", help="build models")
     msub = m.add_subparsers(dest="kind", required=True)

@@ -21,6 +21,8 @@ class LoadedNode:
     threads: int
     cpu_quota: float
     providers: str
+    shaping: str = ""  # tc read back by the node ("" when it shapes nothing)
+    netem: bool = False
 
 
 def threads_for(cpus: float) -> int:
@@ -49,9 +51,14 @@ def load_requests(plan: Plan, testbed: Testbed, dep: Deployment, source: str,
             if other == dev.name:
                 continue
             link = testbed.link(dev.name, other)
-            peers.append(pb.Peer(device=other, address=h.peer_address,
-                                 rate_bps=link.rate_bps if dep.node_paces_rate else 0,
-                                 delay_s=link.delay_s if dep.node_adds_delay else 0.0))
+            peer = pb.Peer(device=other, address=h.peer_address,
+                           rate_bps=link.rate_bps if dep.node_paces_rate else 0,
+                           delay_s=link.delay_s if dep.node_adds_delay else 0.0)
+            if dep.tc_shaped:  # the node shapes this link with tc (delay by netem or by itself)
+                peer.ip = h.peer_address.rsplit(":", 1)[0]
+                peer.tc_rate_bps = link.rate_bps
+                peer.tc_delay_s = link.delay_s
+            peers.append(peer)
         reqs[dev.name] = pb.LoadRequest(
             device=dev.name, num_stages=n, source_device=source, stages=stages, peers=peers,
             first_device=stage_device[0], threads=threads_for(dev.cpus) if explicit_threads else 0,
@@ -68,5 +75,5 @@ def deploy(plan: Plan, testbed: Testbed, dep: Deployment, source: str,
             reply = pbg.NodeStub(ch).Load(req, timeout=timeout_s)
         if not reply.ok:
             raise RuntimeError(f"node {name} refused its stage: {reply.error}")
-        out[name] = LoadedNode(name, reply.threads, reply.cpu_quota, reply.providers)
+        out[name] = LoadedNode(name, reply.threads, reply.cpu_quota, reply.providers, reply.shaping, reply.netem)
     return out

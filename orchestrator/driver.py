@@ -16,9 +16,9 @@ import grpc
 import numpy as np
 
 from common import testbed_pb2 as pb
-from common import testbed_pb2_grpc as pbg
 from common.grpc_options import CHANNEL_OPTIONS
-from common.tensors import from_tensor, to_tensor
+from common.rpc import node_stub
+from common.tensors import TensorFrame
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Record:
 def drive(source_address: str, pool: list[dict[str, np.ndarray]], total: int, concurrency: int,
           on_done: Callable[[Record], None] | None = None, timeout_s: float = 600.0) -> list[Record]:
     """Send `total` requests (request i uses pool[i % len(pool)]), `concurrency` in flight."""
-    frames = [[to_tensor(name, arr) for name, arr in feeds.items()] for feeds in pool]
+    frames = [{name: np.asarray(arr, order="C") for name, arr in feeds.items()} for feeds in pool]
     slots = threading.Semaphore(concurrency)
     records: dict[int, Record] = {}
     stop = threading.Event()
@@ -69,16 +69,17 @@ def drive(source_address: str, pool: list[dict[str, np.ndarray]], total: int, co
             now = time.time_ns()
             with lock:
                 records[i] = Record(id=i, pool_index=k, sent_ns=now)
-            yield pb.Frame(request_id=i, stage=0, tensors=frames[k], sent_ns=now)
+            yield TensorFrame(pb.Frame(request_id=i, stage=0, sent_ns=now), frames[k])
         # keep the stream open until every answer is home, so the node can send them
         while not stop.is_set():
             stop.wait(0.2)
 
     done = 0
     with grpc.insecure_channel(source_address, options=CHANNEL_OPTIONS) as ch:
-        responses = pbg.NodeStub(ch).Drive(requests(), timeout=timeout_s)
+        responses = node_stub(ch).Drive(requests(), timeout=timeout_s)  # frame codec both ways
         try:
-            for frame in responses:
+            for result in responses:
+                frame = result.header
                 now = time.time_ns()
                 with lock:
                     rec = records[frame.request_id]
@@ -87,7 +88,7 @@ def drive(source_address: str, pool: list[dict[str, np.ndarray]], total: int, co
                 rec.timings = [Timing(t.stage, t.device, t.recv_ns, t.start_ns, t.end_ns, t.send_ns,
                                       t.bytes_out) for t in frame.timings]
                 if not frame.error:
-                    rec.outputs = {t.name: from_tensor(t) for t in frame.tensors}
+                    rec.outputs = result.arrays
                 slots.release()
                 done += 1
                 if on_done is not None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import fidelity
 from .config import Job, Testbed, load_devices, load_job
 from .deploy import deploy
 from .driver import Record, drive
@@ -32,7 +33,9 @@ from .report import (
     write_plots,
     write_report,
 )
+from .runtimes.docker import DockerDeployment, DockerRuntime, stage_plan_into
 from .runtimes.local import LocalRuntime
+from .stats_docker import DockerStatsCollector
 from .stats_local import LocalStatsSampler, device_summary
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -103,15 +106,27 @@ MIN_MEASURABLE_S = 0.005
 
 
 def select_runtime(job: Job, requested: str | None) -> tuple[str, list[str]]:
+    """docker where asked, or (auto) where an engine answers and has the node image; else local."""
     name = requested or job.runtime
+    if name == "local":
+        return "local", []
+    from .runtimes.docker import engine, image_present
+
+    client = engine()
     if name == "docker":
-        raise UserError("the docker runtime is not available in this build; use --runtime local", "--runtime")
-    notes = ["runtime 'auto' chose the local runtime"] if name == "auto" else []
-    return "local", notes
+        if client is None:
+            raise UserError("the docker runtime needs a Docker engine, and none answers", "--runtime")
+        return "docker", []
+    if client is None:
+        return "local", ["runtime 'auto' chose the local runtime: no Docker engine answers"]
+    if not image_present(client):
+        return "local", ["runtime 'auto' chose the local runtime: the node image is not built (make image)"]
+    return "docker", ["runtime 'auto' chose the docker runtime: an engine answers"]
 
 
 def execute(job_path: str, runtime: str | None = None, out: str | None = None,
-            console: Console | None = None) -> tuple[Path, dict]:
+            console: Console | None = None, fidelity_check: bool = True,
+            testbed_name: str | None = None, subnet: str | None = None) -> tuple[Path, dict]:
     console = console or Console()
     job = load_job(job_path)
     testbed = load_devices(job.path(job.devices))
@@ -121,9 +136,18 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
     source = job.source or testbed.devices[0].name
     if source not in [d.name for d in testbed.devices]:
         raise UserError(f"unknown device {source!r}", job_path, "source")
+    ds_notes = []
     if job.dataset.kind != "synthetic":
-        raise UserError("only synthetic data is available in this build", job_path, "dataset.kind")
+        ds_path = job.path(job.dataset.path) if job.dataset.path else None
+        if job.dataset.kind == "imagenet" and (ds_path is None or not ds_path.exists()):
+            ds_notes.append(f"dataset: the ImageNet files are absent ({ds_path or 'no path given'}): "
+                            "synthetic inputs used instead, accuracy not measured")
+            console.print(f"note: {ds_notes[-1]}")
+        else:
+            raise UserError("only synthetic data is available in this build", job_path, "dataset.kind")
     rt_name, notes = select_runtime(job, runtime)
+    notes += ds_notes
+    console.print(f"runtime: {rt_name}" + (f" ({notes[0]})" if notes and notes[0].startswith("runtime") else ""))
 
     run_dir = run_folder(job, out)
     t0 = time.perf_counter()
@@ -137,18 +161,47 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
     pool = synthetic_pool(sess, job.batch, min(8, job.requests + job.warmup), job.dataset.seed)
     notes.append(f"synthetic inputs: {len(pool)} seeded random tensors, cycled (no dataset named)")
     total = job.warmup + job.requests
-    runtime_obj = LocalRuntime(testbed, run_dir / "logs")
+    runtime_obj: LocalRuntime | DockerRuntime
+    if rt_name == "docker":
+        kw = {k: v for k, v in (("testbed_name", testbed_name), ("subnet", subnet)) if v}
+        runtime_obj = DockerRuntime(testbed, run_dir / "logs", workspace=run_dir, **kw)
+    else:
+        runtime_obj = LocalRuntime(testbed, run_dir / "logs")
     records: list[Record]
+    fid: dict | None = None
     with runtime_obj:
         dep = runtime_obj.start()
         notes += dep.notes
+        if isinstance(dep, DockerDeployment):
+            plan = stage_plan_into(plan, dep.workspace, run_dir)
         loaded = deploy(plan, testbed, dep, source)
-        with LocalStatsSampler(dep, testbed, run_dir / "stats") as sampler, Progress(
+        if dep.tc_shaped:
+            netem = any(v.netem for v in loaded.values())
+            notes.append("links: tc htb class per peer on each sender's egress; delay by "
+                         + ("netem" if netem else "the nodes themselves (this kernel has no netem)"))
+        if isinstance(runtime_obj, DockerRuntime):
+            if fidelity_check:
+                console.print("checking fidelity (links and CPU caps between the containers)...")
+                fid = fidelity.check(runtime_obj.containers, dep.ips, testbed,
+                                     node_adds_delay=not any(v.netem for v in loaded.values()))
+                console.print(f"fidelity checked in {fid['seconds']:.1f} s: "
+                              + (f"{len(fid['flagged'])} off by more than 10%" if fid["flagged"] else "all within 10%"))
+            else:
+                notes.append("fidelity check switched off (--no-check)")
+            sampler_cm = DockerStatsCollector(runtime_obj.client, runtime_obj.containers,
+                                              {d.name: d.cpus for d in testbed.devices}, run_dir / "stats")
+        else:
+            sampler_cm = LocalStatsSampler(dep, testbed, run_dir / "stats")
+        with sampler_cm as sampler, Progress(
             TextColumn("[bold]driving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True) as bar:
             task = bar.add_task("requests", total=total)
+            if isinstance(sampler, DockerStatsCollector):
+                sampler.wait_samples(1)  # a first sample before the load, for CPU deltas
             records = drive(dep.nodes[source].control_address, pool, total, job.concurrency,
                             on_done=lambda r: bar.advance(task), timeout_s=job.timeout_s)
+            if isinstance(sampler, DockerStatsCollector):
+                sampler.wait_samples(1)  # and one that covers the end of the run
         samples = sampler.samples
 
     reference = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
@@ -177,7 +230,10 @@ def execute(job_path: str, runtime: str | None = None, out: str | None = None,
         "energy": device_energy(samples, testbed, window, len(measured) * job.batch),
         "nodes": {k: vars(v) for k, v in loaded.items()},
         "predicted": json.loads(json.dumps(getattr(plan, "predicted", None), default=lambda o: vars(o))),
-        "fidelity": {"links": link_fidelity(hops, measured_ids, testbed), "cpus": None},
+        "fidelity": ({"links": fid["links"], "cpus": fid["cpus"], "flagged": fid["flagged"],
+                      "seconds": fid["seconds"], "links_from_hops": link_fidelity(hops, measured_ids, testbed)}
+                     if fid is not None else
+                     {"links": link_fidelity(hops, measured_ids, testbed), "cpus": None, "flagged": []}),
         "configuration": {"job": job.model_dump(), "devices": testbed.model_dump(by_alias=True)},
         "versions": versions(), "host": host_facts(), "git_revision": git_revision(),
         "notes": notes,
@@ -207,5 +263,7 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
     if ag.get("max_abs_diff") is not None:
         t.add_row("agreement", f"max abs diff {ag['max_abs_diff']:.2e}, top-1 {ag['top1']}")
     t.add_row("errors", str(rep["errors"]))
+    for f in (rep.get("fidelity") or {}).get("flagged") or []:
+        t.add_row("[bold red]fidelity off >10%", f)
     console.print(t)
     console.print(f"run folder: {run_dir}")

@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pb_grpc
 from common.grpc_options import CHANNEL_OPTIONS
-from common.tensors import to_tensor
+from common.rpc import node_stub
+from common.tensors import TensorFrame
 
 rng = np.random.default_rng(0)
 W1 = rng.standard_normal((4, 8)).astype(np.float32)
@@ -129,15 +130,18 @@ def load_request(
 
 
 def stub(address: str) -> pb_grpc.NodeStub:
-    return pb_grpc.NodeStub(grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+    """The node's stub, Push and Drive in the frame codec (TensorFrames)."""
+    return node_stub(grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
 
 
-def drive(address: str, inputs: Iterable[np.ndarray], name: str = "x", timeout: float = 30) -> list[pb.Frame]:
+def drive(
+    address: str, inputs: Iterable[np.ndarray], name: str = "x", timeout: float = 30
+) -> list[TensorFrame]:
     """Send all frames on one Drive stream (all in flight), return the results by request id."""
 
     def frames():
         for i, x in enumerate(inputs):
-            yield pb.Frame(request_id=i, stage=0, tensors=[to_tensor(name, x)], sent_ns=time.time_ns())
+            yield TensorFrame(pb.Frame(request_id=i, stage=0, sent_ns=time.time_ns()), {name: x})
 
     results = list(stub(address).Drive(frames(), timeout=timeout))
-    return sorted(results, key=lambda f: f.request_id)
+    return sorted(results, key=lambda f: f.header.request_id)

@@ -23,6 +23,7 @@ from orchestrator.partition.costmodel import (
     reduce_candidates,
     segment_memory,
 )
+from orchestrator.partition.memory import resident_bytes, usable_bytes
 from orchestrator.partition.memory_baseline import memory_cuts
 from orchestrator.partition.optimal import solve
 from orchestrator.partition.verify import verify_plan
@@ -164,8 +165,11 @@ def test_optimal_no_fit_names_block_and_device(tmp_path: Path) -> None:
 def test_optimal_no_split_fits(tmp_path: Path) -> None:
     # every block fits the device, the whole model does not, and there is one device
     g = load_graph(FIX / "squeezenet1_1.onnx")
-    whole = sum(stage_memory(g, 0, g.n))
-    tb = TB(devices=[Device(name="a", memory=f"{int(whole * 0.8)}B")])
+    bounds = [0, *reduce_candidates(g), g.n]
+    whole = resident_bytes(*stage_memory(g, 0, g.n))
+    largest = max(resident_bytes(*stage_memory(g, a, b)) for a, b in zip(bounds, bounds[1:], strict=False))
+    assert largest < whole
+    tb = TB(devices=[Device(name="a", memory=f"{int((largest + whole) / 2 / usable_bytes(1))}B")])
     with pytest.raises(UserError, match="every block fits some device"):
         partition(FIX / "squeezenet1_1.onnx", tb, algorithm="optimal", out_dir=tmp_path)
 
@@ -179,7 +183,7 @@ def test_cost_model_pieces() -> None:
     bounds = [0, *cands, g.n]
     mem = segment_memory(g, bounds)
     for i, j in [(0, 1), (0, len(bounds) - 1), (3, 9)]:
-        assert mem[i, j] == sum(stage_memory(g, bounds[i], bounds[j]))
+        assert mem[i, j] == resident_bytes(*stage_memory(g, bounds[i], bounds[j]))
     devs = _testbed().devices
     fine = CostTable.from_flops(g, devs)
     coarse = CostTable.from_flops(g, devs, bounds)

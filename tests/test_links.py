@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from common import testbed_pb2 as pb
+from common.tensors import TensorFrame
 from node.links import sleep_until
 from node.server import NodeServer
 from tests.node_helpers import drive, stub
@@ -68,16 +69,16 @@ def link(tmp_path):
     a.stop(0.2)
 
 
-def _hop(frame: pb.Frame) -> tuple[int, int, int]:
+def _hop(frame: TensorFrame) -> tuple[int, int, int]:
     """(send at src, receive at a, bytes) of the src -> a hop."""
-    t = {x.stage: x for x in frame.timings}
+    t = {x.stage: x for x in frame.header.timings}
     return t[-1].send_ns, t[0].recv_ns, t[-1].bytes_out
 
 
 def test_rate_of_back_to_back_frames(link):
     address = link(10e6, 0.020)
     frames = drive(address, [np.ones((1, WIDTH), np.float32)] * 6, timeout=30)
-    assert all(f.error == "" for f in frames)
+    assert all(f.header.error == "" for f in frames)
     hops = [_hop(f) for f in frames]
     recv = [h[1] for h in hops]
     achieved = sum(h[2] for h in hops[1:]) * 8 / ((recv[-1] - recv[0]) / 1e9)
@@ -94,7 +95,7 @@ def test_delay_adds_to_each_frame(link, rate_bps):
     lat = []
     for _ in range(4):  # one at a time: the link is idle for each frame
         (f,) = drive(address, [np.ones((1, WIDTH), np.float32)])
-        assert f.error == ""
+        assert f.header.error == ""
         send, recv, nbytes = _hop(f)
         lat.append((recv - send) / 1e9 - (nbytes * 8 / rate_bps if rate_bps else 0.0))
     extra = statistics.median(lat)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from common import testbed_pb2 as pb
-from common.tensors import from_tensor, from_tensors, to_tensor
+from common.tensors import TensorFrame, from_tensor, to_tensor
 from node.server import NodeServer
 from tests.node_helpers import drive, load_request, reference, stub, write_stages
 
@@ -39,7 +39,8 @@ def _load_all(servers: dict[str, NodeServer], stages, assignment, source="src", 
         assert "CPUExecutionProvider" in reply.providers
 
 
-def _check_timings(frame: pb.Frame, num_stages: int) -> None:
+def _check_timings(result: TensorFrame, num_stages: int) -> None:
+    frame = result.header
     stamps = [t.stage for t in frame.timings]
     assert stamps == list(range(-1, num_stages + 1)), stamps
     seq: list[int] = []
@@ -63,14 +64,14 @@ def test_three_nodes_match_whole_model(nodes, tmp_path):
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal((2, 4)).astype(np.float32) for _ in range(20)]
     results = drive(servers["src"].address, xs)
-    assert [r.request_id for r in results] == list(range(20))
+    assert [r.header.request_id for r in results] == list(range(20))
     for x, r in zip(xs, results, strict=True):
-        assert r.error == ""
-        out = from_tensors(r.tensors)
+        assert r.header.error == ""
+        out = r.arrays
         assert list(out) == ["y"]  # only the forward set comes home
         np.testing.assert_allclose(out["y"], reference(x), rtol=1e-5, atol=1e-5)
         _check_timings(r, 3)
-        assert [t.device for t in r.timings] == ["src", "src", "a", "b", "src"]
+        assert [t.device for t in r.header.timings] == ["src", "src", "a", "b", "src"]
     st = stub(servers["a"].address).Stats(pb.Empty())
     assert (
         st.frames_in == 20
@@ -89,10 +90,10 @@ def test_local_routing_and_bare_source(nodes, tmp_path):
     xs = [np.full((1, 4), i, np.float32) for i in range(6)]
     results = drive(servers["src"].address, xs)
     for x, r in zip(xs, results, strict=True):
-        assert r.error == ""
-        np.testing.assert_allclose(from_tensor(r.tensors[0]), reference(x), rtol=1e-5, atol=1e-5)
+        assert r.header.error == ""
+        np.testing.assert_allclose(r.arrays["y"], reference(x), rtol=1e-5, atol=1e-5)
         _check_timings(r, 3)
-        assert [t.device for t in r.timings] == ["src", "a", "a", "b", "src"]
+        assert [t.device for t in r.header.timings] == ["src", "a", "a", "b", "src"]
 
 
 def test_reload_replaces(nodes, tmp_path):
@@ -102,9 +103,9 @@ def test_reload_replaces(nodes, tmp_path):
     _load_all(servers, stages, ["b", "a", "src"])
     x = np.ones((1, 4), np.float32)
     (r,) = drive(servers["src"].address, [x])
-    assert r.error == ""
-    assert [t.device for t in r.timings] == ["src", "b", "a", "src", "src"]
-    np.testing.assert_allclose(from_tensor(r.tensors[0]), reference(x), rtol=1e-5, atol=1e-5)
+    assert r.header.error == ""
+    assert [t.device for t in r.header.timings] == ["src", "b", "a", "src", "src"]
+    np.testing.assert_allclose(r.arrays["y"], reference(x), rtol=1e-5, atol=1e-5)
 
 
 def test_load_errors_do_not_crash(nodes, tmp_path):
@@ -128,9 +129,9 @@ def test_stage_exception_comes_home_as_error(nodes, tmp_path):
     good = np.ones((1, 4), np.float32)
     wrong = np.ones((1, 5), np.float32)  # stage 0 expects width 4: ORT raises
     results = drive(servers["src"].address, [good, wrong, good])
-    assert [r.error == "" for r in results] == [True, False, True]
-    assert "stage 0 on src" in results[1].error
-    assert len(results[1].tensors) == 0
+    assert [r.header.error == "" for r in results] == [True, False, True]
+    assert "stage 0 on src" in results[1].header.error
+    assert len(results[1].arrays) == 0
 
 
 def test_unreachable_peer_errors_frames(nodes, tmp_path):
@@ -144,7 +145,7 @@ def test_unreachable_peer_errors_frames(nodes, tmp_path):
     assert reply.ok
     results = drive(servers["src"].address, [np.ones((1, 4), np.float32)] * 3, timeout=20)
     assert len(results) == 3
-    assert all("unreachable" in r.error for r in results)
+    assert all("unreachable" in r.header.error for r in results)
 
 
 def test_frame_tensor_roundtrip():

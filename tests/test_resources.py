@@ -107,3 +107,11 @@ def test_status_memory(tmp_path):
     assert r.rss_bytes(tmp_path / "status") == 1024 * 1024
     assert r.peak_rss_bytes() >= r.rss_bytes() > 0
     assert r.cpu_seconds() > 0
+
+
+def test_cuda_options_carry_the_gpu_memory_cap():
+    from node.stage import cuda_options
+
+    assert cuda_options({}) == {"device_id": "0"}
+    opts = cuda_options({"ORT_CUDA_GPU_MEM_LIMIT": "2147483648"})
+    assert opts["gpu_mem_limit"] == "2147483648" and opts["arena_extend_strategy"] == "kSameAsRequested"

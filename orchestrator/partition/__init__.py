@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import Testbed
 from ..errors import UserError
 from .algorithms import ALGORITHMS, Placement, Problem, check_memory, check_placement, get_algorithm
-from .costmodel import predict
+from .costmodel import CostTable, predict
 from .cut import WEIGHTS_FILE, write_stages
 from .graph import ModelGraph, load_graph
 from .plan import Plan, StagePlan
@@ -38,8 +38,12 @@ def partition(
     stages: int | None = None,
     source: str | None = None,
     out_dir: str | Path,
+    cost_table: CostTable | None = None,
 ) -> Plan:
-    """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes)."""
+    """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes).
+
+    `cost_table` (seconds per block per device, e.g. a profile's table) replaces the FLOP estimate.
+    """
     model_path = Path(model_path)
     src = testbed.source
     if objective not in OBJECTIVES:
@@ -58,6 +62,13 @@ def partition(
             str(model_path),
             "stages",
         )
+    if cost_table is not None:
+        if not cost_table.bounds or cost_table.bounds[0] != 0 or cost_table.bounds[-1] != graph.n:
+            raise UserError("the cost table was made for another model (its blocks do not cover this one)",
+                            str(model_path), "cost_table")
+        lacking = [d.name for d in testbed.devices if d.name not in cost_table.block_s]
+        if lacking:
+            raise UserError(f"the cost table has no figures for {', '.join(lacking)}", src, "cost_table")
     problem = Problem(
         graph=graph,
         devices=list(testbed.devices),
@@ -68,6 +79,7 @@ def partition(
         devices_file=src,
         links=list(testbed.links),
         source=source,
+        cost_table=cost_table,
     )
     placement = algo(problem)
     check_placement(problem, placement)
@@ -99,7 +111,7 @@ def partition(
             for f in files
         ],
         predicted=placement.predicted
-        or predict(graph, placement.cuts, placement.devices, testbed, source=source),
+        or predict(graph, placement.cuts, placement.devices, testbed, table=cost_table, source=source),
         notes=graph.notes + placement.notes,
     )
     plan.save(out)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..config import Device, Link, PartitionPoint, Testbed
 from ..errors import UserError
 from .graph import ModelGraph, prefix
+from .memory import NODE_OVERHEAD_BYTES, WEIGHTS_RESIDENT_FACTOR, resident_bytes
 from .plan import Predicted
 
 if TYPE_CHECKING:
@@ -208,7 +209,8 @@ def stage_memory(g: ModelGraph, lo: int, hi: int) -> tuple[int, int]:
 
 
 def check_memory(problem: Problem, placement: Placement) -> None:
-    """Refuse a stage whose weights and largest activation cannot fit its device's memory."""
+    """Refuse a stage whose node (weights as ONNX Runtime holds them, largest activation, the
+    node itself) cannot fit its device's memory."""
     g = problem.graph
     b = [0, *placement.cuts, g.n]
     by_name = {d.name: (i, d) for i, d in enumerate(problem.devices)}
@@ -217,10 +219,12 @@ def check_memory(problem: Problem, placement: Placement) -> None:
             raise UserError(f"stage {k}: unknown device {dev_name!r}", problem.devices_file, "devices")
         i, dev = by_name[dev_name]
         w, act = stage_memory(g, b[k], b[k + 1])
-        if w + act > dev.memory:
+        need = resident_bytes(w, act)
+        if need > dev.memory:
             raise UserError(
-                f"stage {k} needs about {_fmt_bytes(w + act)} (weights {_fmt_bytes(w)} + largest "
-                f"activation {_fmt_bytes(act)}) but device {dev_name!r} has {_fmt_bytes(dev.memory)}",
+                f"stage {k} needs about {_fmt_bytes(need)} (weights {_fmt_bytes(w)} held "
+                f"{WEIGHTS_RESIDENT_FACTOR:g}x by ONNX Runtime, largest activation {_fmt_bytes(act)}, the node "
+                f"{_fmt_bytes(NODE_OVERHEAD_BYTES)}) but device {dev_name!r} has {_fmt_bytes(dev.memory)}",
                 problem.devices_file,
                 f"devices[{i}].memory",
             )

@@ -19,12 +19,12 @@ import numpy as np
 
 from ..config import Device, Link, Testbed
 from .graph import ModelGraph, prefix, tensor_nbytes
+from .memory import MEMORY_HEADROOM, resident_bytes, usable_bytes
 from .plan import Predicted
 
 # A rough sustained rate for FLOP-based estimates, per host CPU of quota. Profiling replaces it.
 ROUGH_FLOPS_PER_CPU = 30e9
 # Share of a device's memory kept free when placing (runtime, allocator slack, ORT arenas).
-MEMORY_HEADROOM = 0.10
 # A cut candidate is dropped when a cut within this share of the total compute carries fewer bytes.
 CANDIDATE_WINDOW = 0.01
 # Equal live bytes closer than this share of compute (reshape chains, free ops): keep the first.
@@ -117,8 +117,8 @@ def reduce_candidates(
         window *= 2
 
 
-def segment_memory(graph: ModelGraph, bounds: Sequence[int]) -> np.ndarray:
-    """mem[i, j] (i < j): bytes a stage holding blocks i..j-1 needs, as `stage_memory` counts them.
+def segment_memory(graph: ModelGraph, bounds: Sequence[int], batch: int = 1) -> np.ndarray:
+    """mem[i, j] (i < j): resident bytes of a node holding blocks i..j-1 (see partition.memory).
 
     Built from per-block initializer sets and per-block peak activations, so a weight shared by
     several blocks is counted once per stage, exactly as the stage files hold it.
@@ -137,8 +137,8 @@ def segment_memory(graph: ModelGraph, bounds: Sequence[int]) -> np.ndarray:
                 if name not in seen:
                     seen.add(name)
                     w += size[name]
-            act = max(act, acts[j])
-            mem[i, j + 1] = w + act
+            act = max(act, acts[j] * batch)
+            mem[i, j + 1] = resident_bytes(w, act)
     return mem
 
 
@@ -248,7 +248,7 @@ def build_arrays(
         link_rate=rate,
         link_delay=delay,
         mem=segment_memory(graph, bounds),
-        dev_mem=np.array([d.memory * (1.0 - headroom) for d in devices], dtype=float),
+        dev_mem=np.array([usable_bytes(d.memory, headroom) for d in devices], dtype=float),
         source=names.index(source) if source is not None and source in names else None,
     )
     return arrays, bounds

@@ -30,6 +30,7 @@ class Deployment:
     node_paces_rate: bool  # True: the node's sender paces bytes (local); False: tc does (docker)
     node_adds_delay: bool  # True: the node holds frames for the link delay (no netem)
     notes: list[str] = field(default_factory=list)
+    tc_shaped: bool = False  # True: each node shapes its egress with tc (Peer.ip, tc_rate_bps, tc_delay_s)
 
     def node_path(self, local_path: Path) -> str:
         """A file of the run folder as the node sees it."""

@@ -1,0 +1,58 @@
+"""Fidelity of the default Docker testbed: configured versus achieved for every link and CPU cap.
+
+Starts devices/edge4.yaml as its own testbed (name `benchfid`, its own subnet), times start and
+stop, runs the fidelity check (tc-shaped TCP transfers between the containers, busy loops under
+each CPU quota), prints the table, and exits 1 if anything is off by more than 10%.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.compose import LABEL_DEVICE, testbed_spec  # noqa: E402
+from orchestrator.config import load_devices  # noqa: E402
+from orchestrator.fidelity import check  # noqa: E402
+from orchestrator.runtimes import docker as dk  # noqa: E402
+from orchestrator.testbed_cli import fidelity_table  # noqa: E402
+
+NAME, SUBNET = "benchfid", "10.213.250.0/24"
+
+
+def main() -> int:
+    con = Console()
+    client = dk.engine()
+    if client is None:
+        con.print("no Docker engine answers: nothing to measure")
+        return 0
+    tb = load_devices(ROOT / "devices" / "edge4.yaml")
+    spec = testbed_spec(tb, NAME, SUBNET, workspace=ROOT / "runs")
+    t0 = time.perf_counter()
+    try:
+        dk.up(client, spec)
+        up_s = time.perf_counter() - t0
+        conts = {c.labels[LABEL_DEVICE]: c for c in dk.testbed_containers(client, NAME)}
+        fid = check(conts, {c.device: c.ip for c in spec.containers}, tb, node_adds_delay=True)
+    finally:
+        t1 = time.perf_counter()
+        dk.down(client, NAME)
+        down_s = time.perf_counter() - t1
+    con.print(fidelity_table(fid))
+    con.print(f"4-device testbed: up {up_s:.1f} s, down {down_s:.1f} s (target under 15 s each); "
+              f"check {fid['seconds']:.1f} s")
+    worst_link = max(abs(x["error"]) for x in fid["links"] if x["error"] is not None)
+    worst_cpu = max(abs(x["error"]) for x in fid["cpus"])
+    con.print(f"worst link rate error {worst_link:.1%}, worst CPU cap error {worst_cpu:.1%} (tolerance 10%)")
+    for f in fid["flagged"]:
+        con.print(f"[red]off by more than 10%:[/red] {f}")
+    return 1 if fid["flagged"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,151 @@
+"""Profile a ViT-B/16 on the default 4-device testbed, then again from the cache.
+
+Target: under 2 minutes for 4 devices; the second (cached) call instant.
+
+Run: .venv/bin/python bench/bench_profile.py [--devices devices/edge4.yaml] [--runtime local|docker]
+     [--warmup 2] [--reps 5] [--fresh]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from orchestrator.config import load_devices  # noqa: E402
+from orchestrator.models import build_vit  # noqa: E402
+from orchestrator.profile import (  # noqa: E402
+    Profile,
+    cached_profile,
+    profile,
+    profile_local,
+    profile_to_rows,
+)
+
+
+def _docker(testbed, model: Path, args, console: Console) -> Profile:
+    from orchestrator.runtimes import docker
+
+    if not hasattr(docker, "DockerRuntime"):
+        raise SystemExit("orchestrator/runtimes/docker.py has no DockerRuntime")
+    hit = cached_profile(model, testbed, "docker", cache_dir=args.cache_dir)
+    if hit is not None:
+        return hit
+    workspace = ROOT / "runs"
+    logs = Path(tempfile.mkdtemp(prefix="bench_profile_logs_"))
+    try:  # a testbed of its own, so that a default one in use elsewhere is left alone
+        rt = docker.DockerRuntime(testbed, logs, workspace, testbed_name=args.testbed_name, subnet=args.subnet)
+    except TypeError:
+        rt = docker.DockerRuntime(testbed, logs, workspace)
+    t = time.perf_counter()
+    dep = rt.start()
+    console.print(f"docker testbed ready in {time.perf_counter() - t:.1f} s")
+    blocks = Path(getattr(dep, "workspace", workspace)) / "profile_blocks"
+    try:
+        return profile(model, testbed, dep, blocks, warmup=args.warmup, reps=args.reps,
+                       cache_dir=args.cache_dir, console=console)
+    finally:
+        rt.stop()
+
+
+def _local(testbed, model: Path, args, console: Console) -> tuple[Profile, float]:
+    """Profile with a local runtime; returns the profile and the seconds the nodes took to start."""
+    from orchestrator.runtimes.local import LocalRuntime
+
+    hit = cached_profile(model, testbed, "local", cache_dir=args.cache_dir)
+    if hit is not None:
+        return hit, 0.0
+    work = Path(tempfile.mkdtemp(prefix="bench_profile_"))
+    rt = LocalRuntime(testbed, work / "logs")
+    try:
+        t = time.perf_counter()
+        dep = rt.start()
+        start_s = time.perf_counter() - t
+        return profile(model, testbed, dep, work / "blocks", warmup=args.warmup, reps=args.reps,
+                       cache_dir=args.cache_dir, console=console), start_s
+    finally:
+        rt.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--devices", default=str(ROOT / "devices" / "edge4.yaml"))
+    ap.add_argument("--runtime", choices=("local", "docker"), default="local")
+    ap.add_argument("--cache", default=str(ROOT / ".cache"), help="where vit_b16.onnx is built")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--testbed-name", default="edge-profile", help="docker: the testbed's name")
+    ap.add_argument("--subnet", default="10.214.0.0/24", help="docker: the testbed's network")
+    ap.add_argument("--fresh", action="store_true", help="profile into an empty cache")
+    ap.add_argument("--rows", action="store_true", help="print the per-block table")
+    args = ap.parse_args()
+    console = Console()
+
+    model = Path(args.cache) / "vit_b16.onnx"
+    if not model.exists():
+        t = time.perf_counter()
+        build_vit(model)
+        console.print(f"built {model} in {time.perf_counter() - t:.1f} s")
+    args.cache_dir = Path(args.cache) / "profiles"
+    if args.fresh:
+        args.cache_dir = Path(tempfile.mkdtemp(prefix="bench_profile_cache_"))
+    testbed = load_devices(args.devices)
+
+    t = time.perf_counter()
+    if args.runtime == "docker":
+        p, start_s = _docker(testbed, model, args, console), None
+    else:
+        p, start_s = _local(testbed, model, args, console)
+    total = time.perf_counter() - t
+
+    nb = len(p.table.bounds) - 1
+    console.print(f"model {model.name} ({p.model_sha256[:12]}), {nb} blocks, {len(testbed.devices)} devices, "
+                  f"runtime {p.runtime}, warmup {args.warmup}, reps {args.reps}")
+    console.print(f"first call: {total:.1f} s in all"
+                  + (f" (nodes started in {start_s:.1f} s, profiling {p.seconds:.1f} s)" if start_s else "")
+                  + (" [cache hit: use --fresh to measure]" if p.cached else "")
+                  + f"; target < 120 s: {'ok' if total < 120 else 'MISSED'}")
+    for n in p.notes:
+        console.print(f"  note: {n}")
+    summary = Table(title="per device")
+    for col in ("device", "cpus", "threads", "chunks", "sum of blocks ms", "peak RSS MiB", "seconds"):
+        summary.add_column(col, justify="right")
+    for d in testbed.devices:
+        dp = p.devices[d.name]
+        summary.add_row(d.name, f"{d.cpus:g}", str(dp.threads), str(len(dp.chunks)),
+                        f"{p.device_total_s(d.name) * 1e3:.1f}", f"{dp.peak_rss_bytes / 1024**2:.0f}",
+                        f"{dp.seconds:.1f}")
+    console.print(summary)
+    if args.rows:
+        rows = profile_to_rows(p)
+        tbl = Table(title="per block")
+        for col in rows[0]:
+            tbl.add_column(col, justify="right")
+        for r in rows:
+            tbl.add_row(*r.values())
+        console.print(tbl)
+
+    t = time.perf_counter()
+    if p.runtime == "local":  # the whole convenience call: nothing starts on a hit
+        again = profile_local(model, testbed, cache_dir=args.cache_dir)
+    else:
+        again = cached_profile(model, testbed, p.runtime, cache_dir=args.cache_dir)
+    second = time.perf_counter() - t
+    assert again is not None and again.cached and again.table.block_s == p.table.block_s
+    console.print(f"second call (cached): {second * 1e3:.1f} ms")
+    if args.fresh:
+        shutil.rmtree(args.cache_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

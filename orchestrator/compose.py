@@ -1,0 +1,158 @@
+"""The Docker testbed as data: one spec, used both to start containers through the docker SDK
+(orchestrator/runtimes/docker.py) and to render docker-compose.yml, so the two cannot differ.
+
+A testbed is one bridge network with a fixed subnet and one container per device, named
+`<testbed>-<device>`, at a fixed address (.10, .11, ... in device order), labelled as the
+testbed's. Each node shapes its own egress at start from EDGE_TC_PEERS (see node/shaping.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .config import Testbed
+
+LABEL = "edge-testbed"  # "1" on everything a testbed creates
+LABEL_TESTBED = "edge-testbed.testbed"
+LABEL_DEVICE = "edge-testbed.device"
+LABEL_CONFIG = "edge-testbed.config"  # hash of the devices and links: does a running one match?
+LABEL_WORKSPACE = "edge-testbed.workspace"
+DEFAULT_NAME = "edge"
+DEFAULT_SUBNET = "10.213.0.0/24"
+NODE_PORT = 50051
+WORKSPACE_IN = "/workspace"  # where the host workspace (run folders) is mounted, read-only
+DEFAULT_DEVICES = "devices/edge4.yaml"
+COMPOSE_WORKSPACE = "./runs"  # docker-compose.yml mounts this (relative to the repo root)
+
+
+def image_tag() -> str:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        m = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (root / "pyproject.toml").read_text())
+        version = m.group(1) if m else "0.1.0"
+    except OSError:
+        version = "0.1.0"
+    return f"edge-testbed-node:{version}"
+
+
+@dataclass
+class ContainerSpec:
+    device: str
+    name: str
+    ip: str
+    nano_cpus: int
+    memory: int
+    cpuset: str | None
+    env: dict[str, str]
+    labels: dict[str, str]
+    command: list[str]
+    gpu_index: int | None = None
+
+
+@dataclass
+class TestbedSpec:
+    name: str
+    network: str
+    subnet: str
+    image: str
+    workspace: str  # host folder mounted at WORKSPACE_IN
+    config_hash: str
+    containers: list[ContainerSpec] = field(default_factory=list)
+
+    def by_device(self) -> dict[str, ContainerSpec]:
+        return {c.device: c for c in self.containers}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {LABEL: "1", LABEL_TESTBED: self.name, LABEL_CONFIG: self.config_hash}
+
+
+def config_hash(testbed: Testbed) -> str:
+    """Devices and links as the containers emulate them (names, caps, links): 12 hex digits."""
+    body = {"devices": [d.model_dump(exclude={"power", "type"}) for d in testbed.devices],
+            "links": {f"{a.name}>{b.name}": testbed.link(a.name, b.name).model_dump()
+                      for a in testbed.devices for b in testbed.devices if a.name != b.name}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def testbed_spec(testbed: Testbed, name: str = DEFAULT_NAME, subnet: str = DEFAULT_SUBNET,
+                 image: str | None = None, workspace: str | Path = "runs") -> TestbedSpec:
+    net = ipaddress.ip_network(subnet)
+    if net.num_addresses < len(testbed.devices) + 16:
+        raise ValueError(f"subnet {subnet} too small for {len(testbed.devices)} devices")
+    ips = {d.name: str(net.network_address + 10 + i) for i, d in enumerate(testbed.devices)}
+    h = config_hash(testbed)
+    spec = TestbedSpec(name=name, network=f"{name}-net", subnet=str(net), image=image or image_tag(),
+                       workspace=str(workspace), config_hash=h)
+    for d in testbed.devices:
+        peers = []
+        for o in testbed.devices:
+            if o.name == d.name:
+                continue
+            link = testbed.link(d.name, o.name)
+            if link.rate_bps or link.delay_s:
+                peers.append({"device": o.name, "ip": ips[o.name], "rate_bps": link.rate_bps,
+                              "delay_s": link.delay_s})
+        env = {"EDGE_TC_PEERS": json.dumps(peers, separators=(",", ":")),
+               "MALLOC_MMAP_THRESHOLD_": str(64 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(256 * 1024 * 1024)}
+        cmd = ["--device", d.name, "--port", str(NODE_PORT), "--host", "0.0.0.0"]
+        gpu = None
+        if d.gpu is not None:
+            gpu = d.gpu.index
+            cmd.append("--cuda")
+            env["NVIDIA_VISIBLE_DEVICES"] = str(d.gpu.index)
+            if d.gpu.memory:
+                env["ORT_CUDA_GPU_MEM_LIMIT"] = str(d.gpu.memory)
+            env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(max(1, math.floor(d.gpu.share * 100)))
+        labels = {**spec.labels, LABEL_DEVICE: d.name}
+        spec.containers.append(ContainerSpec(
+            device=d.name, name=f"{name}-{d.name}", ip=ips[d.name], nano_cpus=round(d.cpus * 1e9),
+            memory=d.memory, cpuset=d.cpuset, env=env, labels=labels, command=cmd, gpu_index=gpu))
+    return spec
+
+
+def render_compose(spec: TestbedSpec, devices_path: str = DEFAULT_DEVICES) -> str:
+    """docker-compose.yml for a spec: `docker compose up -d` gives what `orchestrator testbed up` does."""
+    services = {}
+    for c in spec.containers:
+        svc: dict = {
+            "image": spec.image,
+            "container_name": c.name,
+            "hostname": c.device,
+            "command": c.command,
+            "cpus": c.nano_cpus / 1e9,
+            "mem_limit": c.memory,
+            "memswap_limit": c.memory,
+            "cap_add": ["NET_ADMIN"],
+            "environment": dict(c.env),
+            "labels": {**c.labels, LABEL_WORKSPACE: spec.workspace},
+            "networks": {spec.network: {"ipv4_address": c.ip}},
+            "ports": [f"127.0.0.1::{NODE_PORT}"],
+            "volumes": [f"{spec.workspace}:{WORKSPACE_IN}:ro"],
+        }
+        if c.cpuset:
+            svc["cpuset"] = c.cpuset
+        if c.gpu_index is not None:
+            svc["deploy"] = {"resources": {"reservations": {"devices": [
+                {"driver": "nvidia", "device_ids": [str(c.gpu_index)], "capabilities": ["gpu"]}]}}}
+        services[c.device] = svc
+    doc = {
+        "version": "2.4",
+        "services": services,
+        "networks": {spec.network: {"name": spec.network, "driver": "bridge",
+                                    "labels": spec.labels,
+                                    "ipam": {"config": [{"subnet": spec.subnet}]}}},
+    }
+    head = (f"# The default testbed, rendered by `orchestrator testbed render` from {devices_path}:\n"
+            "# do not edit (tests/test_docker_compose.py fails when this drifts from the renderer).\n"
+            "# `docker-compose up -d` (or `docker compose up -d`) here gives the same testbed as\n"
+            "# `orchestrator testbed up` (make testbed-up); build the image first (make image).\n")
+    return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)

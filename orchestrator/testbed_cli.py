@@ -1,0 +1,190 @@
+"""`orchestrator testbed up/down/status/check/render` and `orchestrator stats`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .compose import LABEL_DEVICE, render_compose, testbed_spec
+from .config import load_devices
+from .errors import UserError
+from .runtimes import docker as dk
+
+LOGS = Path("logs")
+
+
+def _collector_pid_file(name: str) -> Path:
+    return LOGS / "stats" / f".collector-{name}.pid"
+
+
+def _start_collector(name: str) -> None:
+    """The background stats collector for a testbed up outside a run: logs/stats/<device>.jsonl."""
+    out = LOGS / "stats"
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    with open(LOGS / f"stats-collector-{name}.log", "a") as log:
+        p = subprocess.Popen([sys.executable, "-m", "orchestrator.stats_docker", "--testbed", name, "--out", str(out)],
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    _collector_pid_file(name).write_text(str(p.pid))
+
+
+def _stop_collector(name: str) -> None:
+    f = _collector_pid_file(name)
+    try:
+        pid = int(f.read_text())
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if b"orchestrator.stats_docker" in cmd:  # only the process we started
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError):
+        pass
+    f.unlink(missing_ok=True)
+
+
+def _containers(client, name: str) -> dict:
+    conts = {c.labels[LABEL_DEVICE]: c for c in dk.testbed_containers(client, name, all_=False)}
+    if not conts:
+        raise UserError(f"no testbed {name!r} is running: `orchestrator testbed up` first")
+    return conts
+
+
+def _uses_netem(cont) -> bool:
+    out = cont.exec_run(["tc", "qdisc", "show"]).output.decode(errors="replace")
+    return "netem" in out
+
+
+def fidelity_table(fid: dict) -> Table:
+    t = Table(title=f"fidelity: configured vs achieved ({fid['seconds']:.1f} s)")
+    for col in ("what", "configured", "achieved", "error", "delay cfg ms", "delay ms", ""):
+        t.add_column(col, justify="right" if col not in ("what", "") else "left")
+    for x in fid["links"]:
+        cfg, ach = x["configured_bps"], x["achieved_bps"]
+        t.add_row(f"link {x['from']} -> {x['to']}", f"{cfg / 1e6:.1f} Mbit/s" if cfg else "unshaped",
+                  f"{ach / 1e6:.1f} Mbit/s" if ach else "-",
+                  f"{x['error']:+.1%}" if x["error"] is not None else "-",
+                  f"{x['configured_delay_ms']:.2f}", f"{x['achieved_delay_ms']:.2f}",
+                  "[red]FLAG" if x["flagged"] else "ok")
+    for x in fid["cpus"]:
+        t.add_row(f"cpu {x['device']}", f"{x['configured']:g}", f"{x['achieved']:.3f}",
+                  f"{x['error']:+.1%}", "", "", "[red]FLAG" + (" (host busy)" if x["host_bound"] else "")
+                  if x["flagged"] else "ok")
+    return t
+
+
+def command(a: argparse.Namespace, client) -> int:
+    con = Console()
+    if a.action == "render":
+        tb = load_devices(a.devices)
+        text = render_compose(testbed_spec(tb, a.name, a.subnet, workspace="./runs"), a.devices)
+        if a.out:
+            Path(a.out).write_text(text)
+            con.print(f"wrote {a.out}")
+        else:
+            sys.stdout.write(text)
+        return 0
+    if a.action == "up":
+        tb = load_devices(a.devices)
+        spec = testbed_spec(tb, a.name, a.subnet, workspace=Path(a.workspace).resolve())
+        running = dk.testbed_containers(client, a.name)
+        if running and {c.labels.get(dk.LABEL_CONFIG) for c in running} == {spec.config_hash}:
+            dk.wait_nodes(client, a.name, 30)
+            con.print(f"testbed {a.name!r} is already up with these devices")
+            return 0
+        t0 = time.perf_counter()
+        hs = dk.up(client, spec)
+        dt = time.perf_counter() - t0
+        _start_collector(a.name)
+        con.print(f"testbed {a.name!r} up in {dt:.1f} s: {len(hs)} containers on {spec.network} ({spec.subnet}), "
+                  f"workspace {spec.workspace}; stats -> {LOGS / 'stats'}/<device>.jsonl")
+        return status(client, a.name, con)
+    if a.action == "down":
+        t0 = time.perf_counter()
+        _stop_collector(a.name)
+        n_c, n_n = dk.down(client, None if a.all else a.name)
+        con.print(f"removed {n_c} containers and {n_n} networks in {time.perf_counter() - t0:.1f} s")
+        return 0
+    if a.action == "status":
+        return status(client, a.name, con)
+    if a.action == "check":
+        from .fidelity import check
+
+        conts = _containers(client, a.name)
+        tb = load_devices(a.devices)
+        missing = [d.name for d in tb.devices if d.name not in conts]
+        if missing:
+            raise UserError(f"testbed {a.name!r} has no container for {', '.join(missing)}", a.devices)
+        ips = {d: next(iter(c.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"] for d, c in conts.items()}
+        fid = check(conts, ips, tb, node_adds_delay=not _uses_netem(next(iter(conts.values()))))
+        con.print(fidelity_table(fid))
+        out = Path(a.out) if a.out else LOGS / f"fidelity_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(fid, indent=2) + "\n")
+        for f in fid["flagged"]:
+            con.print(f"[red]off by more than 10%:[/red] {f}")
+        con.print(f"wrote {out}")
+        return 1 if fid["flagged"] else 0
+    raise AssertionError(a.action)
+
+
+def status(client, name: str | None, con: Console) -> int:
+    rows = dk.status(client, name)
+    if not rows:
+        con.print(f"no testbed {name!r} is running" if name else "no testbed is running")
+        return 0
+    t = Table(title="testbed")
+    for col in ("testbed", "device", "container", "status", "ip", "cpus", "memory MiB"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["testbed"], r["device"], r["container"], r["status"], r["ip"], f"{r['cpus']:g}",
+                  f"{r['memory'] / 2**20:.0f}")
+    con.print(t)
+    return 0
+
+
+def _stats_table(col, caps: dict[str, float]) -> Table:
+    t = Table(title="per-device stats (docker engine)")
+    for c in ("device", "CPU % of cap", "throttled", "memory MiB", "of limit", "peak MiB", "MB in", "MB out"):
+        t.add_column(c, justify="left" if c == "device" else "right")
+    for dev in sorted(col.containers):
+        s = col.latest.get(dev)
+        if not s:
+            t.add_row(dev, "...", "", "", "", "", "", "")
+            continue
+        mem, lim, peak = s.get("memory_bytes") or 0, s.get("memory_limit") or 0, s.get("memory_peak_bytes") or 0
+        t.add_row(dev, "-" if s["cpu_of_cap"] is None else f"{s['cpu_of_cap'] * 100:.0f}%",
+                  f"{s.get('throttled_periods') or 0}/{s.get('periods') or 0}", f"{mem / 2**20:.0f}",
+                  f"{mem / lim:.0%}" if lim else "-", f"{peak / 2**20:.0f}", f"{s['bytes_in'] / 1e6:.1f}",
+                  f"{s['bytes_out'] / 1e6:.1f}")
+    return t
+
+
+def stats(a: argparse.Namespace, client) -> int:
+    from .stats_docker import DockerStatsCollector
+
+    conts = _containers(client, a.name)
+    caps = {d: (c.attrs["HostConfig"].get("NanoCpus") or 0) / 1e9 for d, c in conts.items()}
+    con = Console()
+    with DockerStatsCollector(client, conts, caps) as col:
+        if not a.follow:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not all(
+                    (col.latest.get(d) or {}).get("cpu_of_cap") is not None for d in conts):
+                time.sleep(0.2)
+            con.print(_stats_table(col, caps))
+            return 0
+        with Live(_stats_table(col, caps), console=con, refresh_per_second=2) as live:
+            while col.alive():
+                time.sleep(1.0)
+                live.update(_stats_table(col, caps))
+    return 0

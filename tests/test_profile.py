@@ -1,0 +1,192 @@
+"""The profiler on the local runtime: measured block costs, chunking by memory, the cache, planning."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from orchestrator.config import Device
+from orchestrator.config import Testbed as TB
+from orchestrator.partition import partition
+from orchestrator.partition.cut import write_stages
+from orchestrator.partition.graph import load_graph
+from orchestrator.partition.memory import NODE_OVERHEAD_BYTES, resident_bytes, usable_bytes
+from orchestrator.partition.verify import verify_plan
+from orchestrator.profile import (
+    block_bounds,
+    cache_key,
+    cached_profile,
+    chunk_blocks,
+    chunk_request,
+    profile,
+    profile_to_rows,
+    synthetic_inputs,
+    trimmed_mean,
+)
+from orchestrator.runtimes.base import Deployment
+from orchestrator.runtimes.local import LocalRuntime
+
+ROOT = Path(__file__).resolve().parents[1]
+SQUEEZENET = ROOT / "tests" / "fixtures" / "squeezenet1_1.onnx"
+FAST = {"warmup": 1, "reps": 4}
+
+
+def _dev(name: str, cpus: float = 1, memory: str = "1GiB") -> Device:
+    return Device(name=name, cpus=cpus, memory=memory)
+
+
+# "small" has barely more than a node's own footprint: the blocks go in many loads
+BIG, SMALL, TWIN = _dev("big"), _dev("small", memory="110MiB"), _dev("twin")
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    rt = LocalRuntime(TB(devices=[BIG, SMALL, TWIN]), tmp_path_factory.mktemp("logs"))
+    try:
+        yield rt.start()
+    finally:
+        rt.stop()
+
+
+def _whole_model_s(model: Path, threads: int = 1, frames: int = 25) -> float:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    feeds = synthetic_inputs(load_graph(model))
+    times = []
+    for _ in range(frames):
+        t = time.perf_counter()
+        sess.run(None, feeds)
+        times.append(time.perf_counter() - t)
+    return trimmed_mean(times[3:])
+
+
+# -- without nodes ------------------------------------------------------------------------------------
+
+
+def test_trimmed_mean_drops_the_extremes():
+    assert trimmed_mean([1.0, 2.0, 3.0, 4.0, 100.0]) == pytest.approx(3.0)
+    assert trimmed_mean([5.0]) == 5.0
+    assert trimmed_mean([1.0, 3.0]) == 2.0
+
+
+def test_chunks_cover_every_block_and_fit():
+    g = load_graph(SQUEEZENET)
+    b = block_bounds(g)
+    nb = len(b) - 1
+    assert chunk_blocks(g, b, BIG) == [(0, nb)]
+    # room for the node itself and about 2 MiB of resident weights and activations
+    dev = _dev("x", memory=f"{int((NODE_OVERHEAD_BYTES + 2 * 1024**2) / 0.9)}B")
+    small = chunk_blocks(g, b, dev)
+    assert len(small) > 2
+    assert [c[0] for c in small] == [0, *[c[1] for c in small[:-1]]] and small[-1][1] == nb
+    for i, j in small:
+        w = g.weights_bytes(b[i], b[j])
+        act = max(g.max_activation(b[k], b[k + 1]) for k in range(i, j))
+        assert j - i == 1 or resident_bytes(w, act) <= usable_bytes(dev.memory)
+    assert len(chunk_blocks(g, b, SMALL)) > 3
+    assert all(j - i == 1 for i, j in chunk_blocks(g, b, _dev("tiny", memory="64MiB")))  # below a node's own size
+
+
+def test_chunk_request_routes_everything_home_on_the_same_device(tmp_path):
+    g = load_graph(SQUEEZENET)
+    b = block_bounds(g)
+    files = write_stages(g, b[1:-1], tmp_path)
+    dep = Deployment("local", {}, node_paces_rate=True, node_adds_delay=True)
+    req, carry = chunk_request(BIG, files, g, b, 2, 5, dep, tmp_path)
+    assert req.num_stages == 3 and req.source_device == req.first_device == "big" and not req.peers
+    assert [s.index for s in req.stages] == [0, 1, 2]
+    assert all(s.next_device == "big" for s in req.stages)
+    assert set(carry) <= set(g.live_at(b[2])) and set(files[2].inputs) <= set(carry)
+    assert set(req.stages[-1].forward) == set(g.live_at(b[5]))
+    for k, s in enumerate(req.stages[:-1]):  # each stage passes on what the next needs
+        assert set(files[2 + k + 1].inputs) <= set(s.forward)
+
+
+def test_cache_key_depends_on_what_changes_costs():
+    base = cache_key("ab" * 32, BIG, [0, 5, 9], "local", 1)
+    assert cache_key("ab" * 32, _dev("other-name"), [0, 5, 9], "local", 1) == base
+    for other in (
+        cache_key("ab" * 32, _dev("big", cpus=2), [0, 5, 9], "local", 1),
+        cache_key("ab" * 32, _dev("big", memory="2GiB"), [0, 5, 9], "local", 1),
+        cache_key("ab" * 32, BIG, [0, 4, 9], "local", 1),
+        cache_key("ab" * 32, BIG, [0, 5, 9], "docker", 1),
+        cache_key("ab" * 32, BIG, [0, 5, 9], "local", 8),
+        cache_key("cd" * 32, BIG, [0, 5, 9], "local", 1),
+    ):
+        assert other != base
+
+
+# -- on local nodes -------------------------------------------------------------------------------
+
+
+def test_profile_squeezenet_measures_every_block(nodes, tmp_path):
+    testbed = TB(devices=[BIG, SMALL])
+    cache = tmp_path / "cache"
+    p = profile(SQUEEZENET, testbed, nodes, tmp_path / "blocks", cache_dir=cache, **FAST)
+    g = load_graph(SQUEEZENET)
+    nb = len(block_bounds(g)) - 1
+    assert not p.cached and p.table.origin == "profiled"
+    assert p.table.bounds == block_bounds(g)
+    assert set(p.table.block_s) == {"big", "small"}
+    assert all(len(v) == nb for v in p.table.block_s.values())
+    assert all(t > 0 for v in p.table.block_s.values() for t in v)
+    assert len(p.block_memory) == nb and len(p.cut_bytes) == nb + 1
+    assert p.cut_bytes[0] == 3 * 224 * 224 * 4 and p.cut_bytes[-1] == 1000 * 4
+    assert all(m >= w for m, w in zip(p.block_memory, p.block_weights, strict=True))
+
+    # the memory-limited device took several loads and still measured every block
+    assert p.devices["big"].chunks == [(0, nb)]
+    chunks = p.devices["small"].chunks
+    assert len(chunks) > 3 and chunks == chunk_blocks(g, block_bounds(g), SMALL)
+    assert all(len(s) == FAST["reps"] for s in p.devices["small"].samples_s)
+
+    # the blocks add up to about the whole model at the same thread count
+    whole = _whole_model_s(SQUEEZENET, threads=1)
+    for dev in ("big", "small"):
+        assert 0.5 * whole <= p.device_total_s(dev) <= 2.0 * whole, (dev, p.device_total_s(dev), whole)
+
+    rows = profile_to_rows(p)
+    assert len(rows) == nb + 1 and rows[-1]["block"] == "total" and "small ms" in rows[0]
+
+    # second call: from the cache, no node touched
+    t = time.perf_counter()
+    again = profile(SQUEEZENET, testbed, nodes, tmp_path / "blocks", cache_dir=cache, **FAST)
+    assert time.perf_counter() - t < 0.5
+    assert again.cached and again.table.block_s == p.table.block_s
+    assert cached_profile(SQUEEZENET, testbed, "local", cache_dir=cache) is not None
+    assert cached_profile(SQUEEZENET, testbed, "docker", cache_dir=cache) is None
+
+    # a device whose cpus change is measured again; the other one still comes from the cache
+    changed = TB(devices=[_dev("big", cpus=2), SMALL])
+    assert cached_profile(SQUEEZENET, changed, "local", cache_dir=cache) is None
+    p2 = profile(SQUEEZENET, changed, nodes, tmp_path / "blocks", cache_dir=cache, **FAST)
+    assert not p2.cached
+    assert not p2.devices["big"].cached and p2.devices["small"].cached
+    assert p2.devices["big"].threads == 2
+
+
+def test_profiled_plan_verifies(nodes, tmp_path, tiny_vit):
+    testbed = TB(devices=[BIG, TWIN])  # same spec: measured once, figures shared
+    p = profile(tiny_vit, testbed, nodes, tmp_path / "blocks", cache_dir=tmp_path / "cache", **FAST)
+    assert p.table.block_s["big"] == p.table.block_s["twin"]
+    assert all(t > 0 for t in p.table.block_s["big"])
+    plan = partition(tiny_vit, testbed, algorithm="optimal", cost_table=p.table, out_dir=tmp_path / "plan")
+    assert verify_plan(tmp_path / "plan" / "plan.json").ok
+    # the plan's prediction is made of the measured figures
+    pred = plan.predicted.stage_s
+    assert sum(pred) == pytest.approx(p.device_total_s("big"), rel=1e-3, abs=1e-5)
+
+
+def test_partition_refuses_a_table_for_another_model(nodes, tmp_path, tiny_vit):
+    from orchestrator.errors import UserError
+
+    testbed = TB(devices=[BIG])
+    p = profile(SQUEEZENET, testbed, nodes, tmp_path / "blocks", cache_dir=tmp_path / "cache", warmup=0, reps=1)
+    with pytest.raises(UserError):
+        partition(tiny_vit, testbed, algorithm="optimal", cost_table=p.table, out_dir=tmp_path / "plan")
