@@ -25,9 +25,21 @@ def _cmd_partition(a: argparse.Namespace) -> int:
     testbed = load_devices(a.devices)
     from .partition import partition
 
-    plan = partition(Path(a.model), testbed, algorithm=a.algorithm, objective=a.objective,
-                     stages=a.stages, out_dir=Path(a.out))
     con = Console()
+    table = None
+    if a.algorithm == "optimal":
+        from .profile import cached_profile
+
+        prof = next((p for rt in ("docker", "local")
+                     if (p := cached_profile(a.model, testbed, rt, batch=1)) is not None), None)
+        if prof is not None:
+            table = prof.table
+            con.print(f"note: block costs from the {prof.runtime} profile in the cache")
+        else:
+            con.print("note: no profile cached for these devices: block costs estimated from FLOPs "
+                      "(`orchestrator profile` measures them)")
+    plan = partition(Path(a.model), testbed, algorithm=a.algorithm, objective=a.objective,
+                     stages=a.stages, source=a.source, out_dir=Path(a.out), cost_table=table)
     for note in getattr(plan, "notes", []) or []:
         con.print(f"note: {note}")
     for s in plan.stages:
@@ -44,6 +56,59 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     print(f"max abs diff {res.max_abs_diff:.3g} (tolerance {a.tolerance:g}), "
           f"top-1 agreement {res.top1_agreement:.4f}: {'OK' if ok else 'MISMATCH'}")
     return 0 if ok else 1
+
+
+def _cmd_profile(a: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from .config import load_devices
+    from .profile import profile, profile_to_rows
+    from .run import make_runtime, select_runtime
+    from .runtimes.docker import DockerDeployment
+
+    testbed = load_devices(a.devices)
+    model = Path(a.model)
+    if not model.exists():
+        raise UserError("model file not found", str(model))
+    con = Console()
+    rt_name, notes = select_runtime(a.runtime or "auto")
+    con.print(f"runtime: {rt_name}" + (f" ({notes[0]})" if notes else ""))
+    work = Path(a.workspace).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    with make_runtime(rt_name, testbed, work, None, None) as rt:
+        dep = rt.start()
+        ws = Path(dep.workspace) if isinstance(dep, DockerDeployment) else work
+        prof = profile(model, testbed, dep, ws / ".profile_blocks" / model.stem, batch=a.batch, console=con)
+    rows = profile_to_rows(prof)
+    t = Table(title=f"{model.name}: ms per block on each device ({rt_name} runtime"
+                    + (", cached)" if prof.cached else ")"))
+    for col in rows[0]:
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(*r.values())
+    con.print(t)
+    for n in prof.notes:
+        con.print(f"note: {n}")
+    con.print(f"profiled in {prof.seconds:.1f} s")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .compare import comparison_rows
+    from .report import rebuild, write_comparison
+    from .run import load_report
+
+    reps = [load_report(Path(d)) for d in a.run_dirs]
+    for d in a.run_dirs:
+        rebuild(Path(d))
+        print(f"rebuilt {Path(d) / 'report.md'}")
+    if len(a.run_dirs) > 1:
+        out = Path(a.out or a.run_dirs[0])
+        first = reps[0]
+        first["comparison"] = comparison_rows([(f"{Path(d).name}", r) for d, r in zip(a.run_dirs, reps, strict=True)])
+        write_comparison(out, first)
+        print(f"compared {len(reps)} runs in {out / 'report.md'}")
+    return 0
 
 
 def _cmd_model_vit(a: argparse.Namespace) -> int:
@@ -93,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--algorithm", default="even")
     pa.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
     pa.add_argument("--stages", type=int)
+    pa.add_argument("--source", help="device where inputs come from and results return (for the prediction)")
     pa.add_argument("--out", required=True)
     pa.set_defaults(func=_cmd_partition)
 
@@ -119,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--name", default=DEFAULT_NAME)
     st.add_argument("--follow", action="store_true", help="keep refreshing until Ctrl-C")
     st.set_defaults(func=_cmd_stats)
+
+    pr = sub.add_parser("profile", help="measure every block's time on every device, cached")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--devices", required=True)
+    pr.add_argument("--runtime", choices=["docker", "local"])
+    pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--workspace", default="runs", help="folder the nodes read block models from")
+    pr.set_defaults(func=_cmd_profile)
+
+    rp = sub.add_parser("report", help="rebuild run folders' reports and plots; compare several runs")
+    rp.add_argument("run_dirs", nargs="+")
+    rp.add_argument("--out", help="where the comparison goes (default: the first run folder)")
+    rp.set_defaults(func=_cmd_report)
 
     m = sub.add_parser("model", help="build models")
     msub = m.add_subparsers(dest="kind", required=True)

@@ -156,10 +156,27 @@ class Testbed(_Strict):
 
 
 class DatasetSpec(_Strict):
-    kind: Literal["synthetic", "imagenet"] = "synthetic"
-    path: str | None = None
-    limit: int | None = Field(default=None, gt=0)
+    """Where the images come from; `synthetic` makes seeded random inputs of the model's shape."""
+
+    kind: Literal["synthetic", "imagenet", "imagenet-tar", "imagefolder", "list"] = "synthetic"
+    path: str | None = None  # the val tar (or its folder), the ImageFolder root, or the list file
+    devkit: str | None = None  # ILSVRC2012_devkit_t12.tar.gz, default: beside the tar
+    classes: str | None = None  # ImageFolder: a class list file
+    limit: int | None = Field(default=None, gt=0)  # a class-balanced subset of this many images
     seed: int = 0
+    preprocessing: dict[str, Any] | None = None  # {size, mode: resize | resize-crop, mean, std}
+    workers: int = Field(default=2, ge=0)  # decoding threads running ahead of the pipeline
+
+
+class Variant(_Strict):
+    """One configuration of a comparison: what differs from the job's own."""
+
+    name: str | None = None
+    algorithm: str | None = None
+    objective: Literal["throughput", "latency"] | None = None
+    stages: int | None = Field(default=None, gt=0)
+    devices: str | None = None
+    source: str | None = None
 
 
 class Job(_Strict):
@@ -171,11 +188,17 @@ class Job(_Strict):
     objective: Literal["throughput", "latency"] = "throughput"
     stages: int | None = Field(default=None, gt=0)
     source: str | None = None  # device where frames originate and results return
-    requests: int = Field(default=50, gt=0)
+    requests: int = Field(default=50, gt=0)  # measured requests, after the warm-up ones
+    duration_s: float | None = Field(default=None, gt=0)  # or: send for this long (warm-up excluded)
     warmup: int = Field(default=5, ge=0)
-    concurrency: int = Field(default=2, gt=0)  # requests in flight
+    concurrency: int = Field(default=2, gt=0)  # closed loop: requests in flight
+    rate_hz: float | None = Field(default=None, gt=0)  # open loop: a fixed arrival rate instead
     batch: int = Field(default=1, gt=0)
+    repeat: int = Field(default=1, ge=1)  # measure this many times; figures give median and spread
+    agreement: int = Field(default=32, ge=0)  # images checked against the whole model in one process
     dataset: DatasetSpec = DatasetSpec()
+    compare: list[Variant] = []  # further configurations, run and reported side by side
+    fidelity_check: bool = True  # measure links and CPU caps before the run (docker)
     timeout_s: float = Field(default=600.0, gt=0)
     base_dir: str = "."  # folder of the job file: relative paths resolve from here
 

@@ -62,23 +62,22 @@ def throughput_over_time(series: list[dict], path: Path) -> Path:
 
 
 def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
-    """Median time a request spends in each part of the pipeline, in pipeline order."""
+    """Median time a request spends in each part of the pipeline, in pipeline order: a stage's
+    queue wait and compute; a hop's link wait, serialisation, transfer and deserialisation."""
+    from .metrics import HOP_PARTS, STAGE_PARTS, pipeline_order
+
     labels, parts = [], []
-    hop_by_src = {}
-    for h in hops:
-        hop_by_src.setdefault(h["from"], []).append(h)
-    for s in stages:
-        q = (s.get("queue_ms") or {}).get("p50") or 0.0
-        c = (s.get("compute_ms") or {}).get("p50") or 0.0
-        labels.append(f"stage {s['index']}\n{s['device']}")
-        parts.append({"queue": q, "compute": c})
-    for h in hops:
-        w = (h.get("link_wait_ms") or {}).get("p50") or 0.0
-        t = (h.get("transfer_ms") or {}).get("p50") or 0.0
-        labels.append(f"{h['from']} ->\n{h['to']}")
-        parts.append({"link wait": w, "transfer": t})
-    kinds = ["queue", "compute", "link wait", "transfer"]
-    colors = {"queue": _COLORS[7], "compute": _COLORS[0], "link wait": _COLORS[1], "transfer": _COLORS[2]}
+    for kind, fig in pipeline_order(stages, hops):
+        if kind == "stage":
+            labels.append(f"stage {fig['index']}\n{fig['device']}")
+            keys = STAGE_PARTS
+        else:
+            labels.append(f"{fig['from']} ->\n{fig['to']}")
+            keys = HOP_PARTS
+        parts.append({name: (fig.get(key) or {}).get("p50") or 0.0 for name, key in keys})
+    kinds = [name for name, _ in STAGE_PARTS + HOP_PARTS]
+    colors = {"queue": _COLORS[7], "compute": _COLORS[0], "link wait": _COLORS[1], "serialisation": _COLORS[4],
+              "transfer": _COLORS[2], "deserialisation": _COLORS[6]}
     fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(labels) + 1.5))
     y = np.arange(len(labels))
     left = np.zeros(len(labels))
@@ -150,39 +149,60 @@ def timeline(rows: list[dict], path: Path, first: int = 8) -> Path:
     """Gantt chart of the first requests: compute on each stage's device, hops between.
 
     `rows`: per request, {"id", "sent_ns", "done_ns", "stages": [(stage, device, start_ns, end_ns)],
-    "hops": [(src, dst, send_ns, recv_ns)]}.
+    "hops": [(src, dst, send_ns, recv_ns)]} (orchestrator/metrics.py timeline_rows). Optional
+    longer tuples are drawn too: a stage's recv_ns as a fifth item (its queue wait, a pale bar
+    before compute), a hop's serialize_ns and deserialize_ns as fifth and sixth (durations:
+    short ticks at the sender after send_ns and at the receiver before recv_ns).
     """
     rows = rows[:first]
     devices: list[str] = []
     for r in rows:
-        for _, dev, _, _ in r["stages"]:
-            if dev not in devices:
-                devices.append(dev)
+        for st in r["stages"]:
+            if st[1] not in devices:
+                devices.append(st[1])
     t0 = min((r["sent_ns"] for r in rows), default=0)
+    ms = lambda t: (t - t0) / 1e6  # noqa: E731
     fig, ax = plt.subplots(figsize=(9, 0.6 * len(devices) + 2))
+    queued = serdes = False
     for r in rows:
         c = _COLORS[r["id"] % len(_COLORS)]
-        for _, dev, s, e in r["stages"]:
+        for st in r["stages"]:
+            _, dev, s, e = st[:4]
             y = devices.index(dev)
-            ax.barh(y, (e - s) / 1e6, left=(s - t0) / 1e6, color=c, height=0.5, edgecolor="black", linewidth=0.3)
-            ax.text((s - t0) / 1e6, y, str(r["id"]), fontsize=6, va="center")
-        for src, dst, s, e in r["hops"]:
+            if len(st) > 4 and st[4] and st[4] < s:
+                ax.barh(y, (s - st[4]) / 1e6, left=ms(st[4]), color=c, alpha=0.2, height=0.5)
+                queued = True
+            ax.barh(y, (e - s) / 1e6, left=ms(s), color=c, height=0.5, edgecolor="black", linewidth=0.3)
+            ax.text(ms(s), y, str(r["id"]), fontsize=6, va="center")
+        for hop in r["hops"]:
+            src, dst, s, e = hop[:4]
             if src in devices and dst in devices:
-                ax.annotate("", xy=((e - t0) / 1e6, devices.index(dst)), xytext=((s - t0) / 1e6, devices.index(src)),
+                ys, yd = devices.index(src), devices.index(dst)
+                ax.annotate("", xy=(ms(e), yd), xytext=(ms(s), ys),
                             arrowprops={"arrowstyle": "->", "color": c, "alpha": 0.6, "linewidth": 0.8})
+                if len(hop) > 5:
+                    for dur, at, y in ((hop[4], s, ys), (hop[5], e - hop[5], yd)):
+                        if dur:
+                            ax.barh(y + 0.3, dur / 1e6, left=ms(at), color="black", height=0.1)
+                            serdes = True
     ax.set_yticks(range(len(devices)), devices)
     ax.invert_yaxis()
     ax.set_xlabel("time since the first request was sent (ms)")
-    ax.set_title(f"Timeline of the first {len(rows)} requests (bars: compute, arrows: transfers)")
+    extra = (", pale: queue wait" if queued else "") + (", ticks: (de)serialisation" if serdes else "")
+    ax.set_title(f"Timeline of the first {len(rows)} requests (bars: compute, arrows: transfers{extra})", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
 
 def comparison(names: list[str], throughput: list[float | None], p50: list[float | None],
-               p99: list[float | None], path: Path) -> Path:
+               p99: list[float | None], path: Path, predicted: list[float | None] | None = None) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 4))
     x = np.arange(len(names))
-    ax1.bar(x, [v or 0 for v in throughput], color=_COLORS[0])
+    ax1.bar(x, [v or 0 for v in throughput], color=_COLORS[0], label="measured")
+    if predicted and any(predicted):
+        ax1.scatter(x, [v if v else np.nan for v in predicted], color="black", marker="_", s=400, zorder=3,
+                    label="predicted")
+        ax1.legend(fontsize=8)
     ax1.set_xticks(x, names, rotation=20, fontsize=8)
     ax1.set_ylabel("throughput (images/s)")
     ax1.set_title("Throughput")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -46,7 +47,7 @@ from common.grpc_options import CHANNEL_OPTIONS
 
 from .config import Device, Testbed
 from .deploy import threads_for
-from .driver import drive
+from .driver import Feed, drive
 from .partition.costmodel import CostTable, reduce_candidates, segment_memory
 from .partition.cut import WEIGHTS_FILE, StageFile, write_stages
 from .partition.graph import ModelGraph, load_graph
@@ -454,9 +455,9 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
                 if not reply.ok:
                     raise RuntimeError(f"profiling {dev.name}: node refused blocks {i}..{j - 1}: {reply.error}")
                 threads = reply.threads or threads
-                pool = [{x: ref[x] for x in carry}]
-                records = drive(address, pool, warmup + reps, 1, on_done=lambda _r, c=ci: advance(c),
-                                timeout_s=timeout_s)
+                feed = Feed(arrays={x: ref[x] for x in carry})
+                records = drive(address, itertools.repeat(feed), total=warmup + reps, concurrency=1,
+                                on_done=lambda _r, c=ci: advance(c), timeout_s=timeout_s)
             finally:
                 slots.release(held)
             for r in records:

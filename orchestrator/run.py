@@ -1,9 +1,11 @@
-"""`orchestrator run`: partition, deploy, drive, measure, write the run folder."""
+"""`orchestrator run`: for each configuration of a job, start the runtime, plan (profiling where
+the algorithm needs measured costs), deploy, check fidelity, drive, measure, write the run folder."""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,33 +16,51 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import fidelity
+from .compare import comparison_rows, prediction_vs_measured
 from .config import Job, Testbed, load_devices, load_job
 from .deploy import deploy
 from .driver import Record, drive
 from .energy import device_energy
 from .errors import UserError
+from .inputs import Inputs, open_inputs
 from .latency import encode, histogram_of, per_second, summary
-from .metrics import HopSample, agreement, hop_figures, hop_samples, stage_figures, throughput
+from .metrics import HopSample, hop_figures, hop_samples, stage_figures, throughput
 from .partition import partition
 from .partition.graph import load_graph
 from .partition.plan import Plan
+from .quality import accuracy, agreement
 from .report import (
     git_revision,
     host_facts,
     partition_view,
     versions,
+    write_comparison,
     write_latencies,
     write_plots,
     write_report,
+    write_requests,
 )
 from .runtimes.docker import DockerDeployment, DockerRuntime, stage_plan_into
 from .runtimes.local import LocalRuntime
 from .stats_docker import DockerStatsCollector
 from .stats_local import LocalStatsSampler, device_summary
 
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-              "tensor(uint8)": np.uint8}
+# algorithms that plan on measured per-device costs: the runtime is profiled before planning
+PROFILED = {"optimal"}
+MIN_MEASURABLE_S = 0.005
+
+
+@dataclass
+class Config:
+    """One configuration of a job: the job's own, or one of its `compare` variants."""
+
+    name: str
+    algorithm: str
+    objective: str
+    stages: int | None
+    devices_file: Path
+    testbed: Testbed
+    source: str
 
 
 def whole_session(model: Path, threads: int = 0) -> ort.InferenceSession:
@@ -48,25 +68,6 @@ def whole_session(model: Path, threads: int = 0) -> ort.InferenceSession:
     if threads:
         so.intra_op_num_threads = threads
     return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-
-
-def synthetic_pool(sess: ort.InferenceSession, batch: int, size: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Seeded random inputs shaped like the model's, the batch dimension set to `batch`."""
-    rng = np.random.default_rng(seed)
-    pool = []
-    for _ in range(size):
-        feeds = {}
-        for inp in sess.get_inputs():
-            dtype = _ORT_TYPES.get(inp.type)
-            if dtype is None:
-                raise UserError(f"input {inp.name} has type {inp.type}, which synthetic data cannot fill")
-            shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1) for i, d in enumerate(inp.shape)]
-            if np.issubdtype(dtype, np.floating):
-                feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
-            else:
-                feeds[inp.name] = rng.integers(0, 2, size=shape).astype(dtype)
-        pool.append(feeds)
-    return pool
 
 
 def run_folder(job: Job, out: str | None) -> Path:
@@ -79,8 +80,35 @@ def run_folder(job: Job, out: str | None) -> Path:
     return d
 
 
+def configurations(job: Job, job_file: str) -> list[Config]:
+    """The job's own configuration first, then each `compare` entry over it."""
+    out: list[Config] = []
+    variants = [None, *job.compare]
+    for i, v in enumerate(variants):
+        where = f"compare[{i - 1}]" if v is not None else None
+        devices_file = job.path(v.devices if v is not None and v.devices else job.devices)
+        testbed = load_devices(devices_file)
+        source = (v.source if v is not None and v.source else None) or job.source or testbed.devices[0].name
+        if source not in [d.name for d in testbed.devices]:
+            raise UserError(f"unknown device {source!r} (in {devices_file})", job_file,
+                            f"{where}.source" if where else "source")
+        algorithm = (v.algorithm if v is not None and v.algorithm else None) or job.algorithm
+        name = (v.name if v is not None else None) or (algorithm if v is None or v.algorithm else devices_file.stem)
+        out.append(Config(name=name, algorithm=algorithm,
+                          objective=(v.objective if v is not None and v.objective else None) or job.objective,
+                          stages=v.stages if v is not None and v.stages else (job.stages if v is None or
+                                                                               not v.devices else None),
+                          devices_file=devices_file, testbed=testbed, source=source))
+    names = [c.name for c in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"two configurations are named {dup[0]!r}: give each compare entry a name", job_file,
+                        "compare")
+    return out
+
+
 def link_fidelity(samples: list[HopSample], measured_ids: set[int], testbed: Testbed) -> list[dict]:
-    """Achieved rate per shaped link: bytes over transmission time (queueing and delay excluded)."""
+    """Achieved rate per node-paced link: bytes over transmission time (queueing and delay excluded)."""
     acc: dict[tuple[str, str], list[float]] = {}
     for h in samples:
         rate = testbed.link(h.src, h.dst).rate_bps
@@ -102,12 +130,8 @@ def link_fidelity(samples: list[HopSample], measured_ids: set[int], testbed: Tes
     return out
 
 
-MIN_MEASURABLE_S = 0.005
-
-
-def select_runtime(job: Job, requested: str | None) -> tuple[str, list[str]]:
+def select_runtime(name: str) -> tuple[str, list[str]]:
     """docker where asked, or (auto) where an engine answers and has the node image; else local."""
-    name = requested or job.runtime
     if name == "local":
         return "local", []
     from .runtimes.docker import engine, image_present
@@ -127,132 +151,203 @@ def select_runtime(job: Job, requested: str | None) -> tuple[str, list[str]]:
 def execute(job_path: str, runtime: str | None = None, out: str | None = None,
             console: Console | None = None, fidelity_check: bool = True,
             testbed_name: str | None = None, subnet: str | None = None) -> tuple[Path, dict]:
+    """Run every configuration of the job; return the run folder and the first one's report."""
     console = console or Console()
     job = load_job(job_path)
-    testbed = load_devices(job.path(job.devices))
     model = job.path(job.model).resolve()
     if not model.exists():
         raise UserError(f"model file not found: {model}", job_path, "model")
-    source = job.source or testbed.devices[0].name
-    if source not in [d.name for d in testbed.devices]:
-        raise UserError(f"unknown device {source!r}", job_path, "source")
-    ds_notes = []
-    if job.dataset.kind != "synthetic":
-        ds_path = job.path(job.dataset.path) if job.dataset.path else None
-        if job.dataset.kind == "imagenet" and (ds_path is None or not ds_path.exists()):
-            ds_notes.append(f"dataset: the ImageNet files are absent ({ds_path or 'no path given'}): "
-                            "synthetic inputs used instead, accuracy not measured")
-            console.print(f"note: {ds_notes[-1]}")
-        else:
-            raise UserError("only synthetic data is available in this build", job_path, "dataset.kind")
-    rt_name, notes = select_runtime(job, runtime)
-    notes += ds_notes
-    console.print(f"runtime: {rt_name}" + (f" ({notes[0]})" if notes and notes[0].startswith("runtime") else ""))
-
+    configs = configurations(job, job_path)
+    rt_name, rt_notes = select_runtime(runtime or job.runtime)
+    console.print(f"runtime: {rt_name}" + (f" ({rt_notes[0]})" if rt_notes else ""))
     run_dir = run_folder(job, out)
-    t0 = time.perf_counter()
-    plan: Plan = partition(model, testbed, algorithm=job.algorithm, objective=job.objective,
-                           stages=job.stages, source=source, out_dir=run_dir)
-    notes += list(getattr(plan, "notes", []) or [])
-    console.print(f"partitioned {model.name} into {len(plan.stages)} stages "
-                  f"({job.algorithm}) in {time.perf_counter() - t0:.2f} s -> {run_dir}")
+    reports: list[tuple[str, dict]] = []
+    for i, cfg in enumerate(configs):
+        cfg_dir = run_dir if i == 0 else run_dir / "compare" / cfg.name
+        if len(configs) > 1:
+            console.rule(f"configuration {i + 1}/{len(configs)}: {cfg.name}")
+        rep = run_config(job, job_path, cfg, model, rt_name, cfg_dir, console,
+                         fidelity_check=fidelity_check and job.fidelity_check, testbed_name=testbed_name,
+                         subnet=subnet, notes=list(rt_notes))
+        rep["run_dir"] = str(cfg_dir)
+        reports.append((cfg.name, rep))
+        print_summary(console, rep, cfg_dir)
+    first = reports[0][1]
+    if len(reports) > 1:
+        first["comparison"] = comparison_rows(reports)
+        write_comparison(run_dir, first)
+        print_comparison(console, first["comparison"])
+    return run_dir, first
 
-    sess = whole_session(model, threads=1)
-    pool = synthetic_pool(sess, job.batch, min(8, job.requests + job.warmup), job.dataset.seed)
-    notes.append(f"synthetic inputs: {len(pool)} seeded random tensors, cycled (no dataset named)")
-    total = job.warmup + job.requests
-    runtime_obj: LocalRuntime | DockerRuntime
+
+def make_runtime(rt_name: str, testbed: Testbed, run_dir: Path, testbed_name: str | None, subnet: str | None):
     if rt_name == "docker":
         kw = {k: v for k, v in (("testbed_name", testbed_name), ("subnet", subnet)) if v}
-        runtime_obj = DockerRuntime(testbed, run_dir / "logs", workspace=run_dir, **kw)
-    else:
-        runtime_obj = LocalRuntime(testbed, run_dir / "logs")
-    records: list[Record]
-    fid: dict | None = None
-    with runtime_obj:
-        dep = runtime_obj.start()
-        notes += dep.notes
-        if isinstance(dep, DockerDeployment):
-            plan = stage_plan_into(plan, dep.workspace, run_dir)
-        loaded = deploy(plan, testbed, dep, source)
-        if dep.tc_shaped:
-            netem = any(v.netem for v in loaded.values())
-            notes.append("links: tc htb class per peer on each sender's egress; delay by "
-                         + ("netem" if netem else "the nodes themselves (this kernel has no netem)"))
-        if isinstance(runtime_obj, DockerRuntime):
-            if fidelity_check:
-                console.print("checking fidelity (links and CPU caps between the containers)...")
-                fid = fidelity.check(runtime_obj.containers, dep.ips, testbed,
-                                     node_adds_delay=not any(v.netem for v in loaded.values()))
-                console.print(f"fidelity checked in {fid['seconds']:.1f} s: "
-                              + (f"{len(fid['flagged'])} off by more than 10%" if fid["flagged"] else "all within 10%"))
-            else:
-                notes.append("fidelity check switched off (--no-check)")
-            sampler_cm = DockerStatsCollector(runtime_obj.client, runtime_obj.containers,
-                                              {d.name: d.cpus for d in testbed.devices}, run_dir / "stats")
-        else:
-            sampler_cm = LocalStatsSampler(dep, testbed, run_dir / "stats")
-        with sampler_cm as sampler, Progress(
-            TextColumn("[bold]driving"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True) as bar:
-            task = bar.add_task("requests", total=total)
-            if isinstance(sampler, DockerStatsCollector):
-                sampler.wait_samples(1)  # a first sample before the load, for CPU deltas
-            records = drive(dep.nodes[source].control_address, pool, total, job.concurrency,
-                            on_done=lambda r: bar.advance(task), timeout_s=job.timeout_s)
-            if isinstance(sampler, DockerStatsCollector):
-                sampler.wait_samples(1)  # and one that covers the end of the run
-        samples = sampler.samples
+        return DockerRuntime(testbed, run_dir / "logs", workspace=run_dir, **kw)
+    return LocalRuntime(testbed, run_dir / "logs")
 
-    reference = [dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds), strict=True))
-                 for feeds in pool]
+
+def plan_config(job: Job, cfg: Config, model: Path, dep, run_dir: Path, console: Console) -> tuple[Plan, dict | None]:
+    """Partition for this configuration; profile the running nodes first where the algorithm needs it."""
+    from .profile import cached_profile, profile
+
+    table, prof_info = None, None
+    prof = None
+    if cfg.algorithm in PROFILED:
+        ws = Path(dep.workspace) if isinstance(dep, DockerDeployment) else Path(".cache")
+        prof = profile(model, cfg.testbed, dep, ws / ".profile_blocks" / model.stem, batch=job.batch,
+                       console=console)
+    else:  # a profile measured earlier still makes the prediction better than FLOPs would
+        prof = cached_profile(model, cfg.testbed, dep.runtime, batch=job.batch)
+    if prof is not None:
+        table = prof.table
+        prof_info = {"seconds": round(prof.seconds, 3), "cached": prof.cached, "notes": list(prof.notes),
+                     "device_total_ms": {d: round(prof.device_total_s(d) * 1e3, 3) for d in prof.devices}}
+        console.print(f"profiled {len(prof.block_names)} blocks on {len(prof.devices)} devices in "
+                      f"{prof.seconds:.1f} s" + (" (cached)" if prof.cached else ""))
+    t0 = time.perf_counter()
+    plan = partition(model, cfg.testbed, algorithm=cfg.algorithm, objective=cfg.objective, stages=cfg.stages,
+                     source=cfg.source, out_dir=run_dir, cost_table=table)
+    console.print(f"partitioned {model.name} into {len(plan.stages)} stages ({cfg.algorithm}, "
+                  f"{cfg.objective}) in {time.perf_counter() - t0:.2f} s: "
+                  + " > ".join(s.device for s in plan.stages))
+    return plan, prof_info
+
+
+def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, run_dir: Path, console: Console,
+               *, fidelity_check: bool, testbed_name: str | None, subnet: str | None, notes: list[str]) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    testbed = cfg.testbed
+    sess = whole_session(model, threads=1)
+    inputs = open_inputs(job, job_file, sess)
+    fid: dict | None = None
+    all_records: list[Record] = []
+    measured_ids: set[int] = set()
+    repeats: list[list[Record]] = []
+    try:
+        with make_runtime(rt_name, testbed, run_dir, testbed_name, subnet) as rt:
+            dep = rt.start()
+            notes += dep.notes
+            plan, prof_info = plan_config(job, cfg, model, dep, run_dir, console)
+            notes += list(plan.notes)
+            node_plan = stage_plan_into(plan, dep.workspace, run_dir) if isinstance(dep, DockerDeployment) else plan
+            loaded = deploy(node_plan, testbed, dep, cfg.source)
+            if getattr(dep, "tc_shaped", False):
+                netem = any(v.netem for v in loaded.values())
+                notes.append("links: tc htb class per peer on each sender's egress; delay by "
+                             + ("netem" if netem else "the nodes themselves (this kernel has no netem)"))
+            if isinstance(rt, DockerRuntime):
+                if fidelity_check:
+                    console.print("checking fidelity (links and CPU caps between the containers)...")
+                    fid = fidelity.check(rt.containers, dep.ips, testbed,
+                                         node_adds_delay=not any(v.netem for v in loaded.values()))
+                    console.print(f"fidelity checked in {fid['seconds']:.1f} s: "
+                                  + (f"{len(fid['flagged'])} off by more than 10%" if fid["flagged"]
+                                     else "all within 10%"))
+                else:
+                    notes.append("fidelity check switched off")
+                sampler_cm = DockerStatsCollector(rt.client, rt.containers, {d.name: d.cpus for d in testbed.devices},
+                                                  run_dir / "stats")
+            else:
+                sampler_cm = LocalStatsSampler(dep, testbed, run_dir / "stats")
+            source_addr = dep.nodes[cfg.source].control_address
+            with sampler_cm as sampler:
+                if isinstance(sampler, DockerStatsCollector):
+                    sampler.wait_samples(1)  # a first sample before the load, for CPU deltas
+                for r in range(job.repeat):
+                    label = f"run {r + 1}/{job.repeat}" if job.repeat > 1 else "driving"
+                    warm = _drive(console, f"{label}: warm-up", source_addr, inputs, job, job.warmup, None)
+                    meas = _drive(console, label, source_addr, inputs, job, job.requests if not job.duration_s
+                                  else None, job.duration_s)
+                    for rec in warm + meas:
+                        rec.id = len(all_records)
+                        all_records.append(rec)
+                    measured_ids |= {rec.id for rec in meas if not rec.error and rec.done_ns}
+                    repeats.append([rec for rec in meas if not rec.error and rec.done_ns])
+                if isinstance(sampler, DockerStatsCollector):
+                    sampler.wait_samples(1)  # and one that covers the end of the run
+            samples = sampler.samples
+    finally:
+        inputs.close()
+    notes += inputs.notes
+
     n = len(plan.stages)
-    measured = [r for r in records if r.id >= job.warmup and not r.error and r.done_ns]
-    errors = [r for r in records if r.error]
-    measured_ids = {r.id for r in measured}
+    measured = [r for r in all_records if r.id in measured_ids]
+    errors = [r for r in all_records if r.error]
+    hops = hop_samples(all_records, n, lambda a, b: testbed.link(a, b).delay_s)
     latency_hist = histogram_of(r.latency_ms for r in measured)
-    window = (min(r.sent_ns for r in measured) / 1e9, max(r.done_ns for r in measured) / 1e9) if measured else None
-    hops = hop_samples(records, n, lambda a, b: testbed.link(a, b).delay_s)
+    window = (min(r.intended_ns for r in measured) / 1e9, max(r.done_ns for r in measured) / 1e9) if measured else None
+    reference = {k: dict(zip([o.name for o in sess.get_outputs()], sess.run(None, arrays), strict=True))
+                 for k, arrays in inputs.kept.items()}
+    per_repeat = [{"throughput_fps": throughput(rs, job.batch),
+                   "latency_ms": summary(histogram_of(r.latency_ms for r in rs))} for rs in repeats]
+    fps = [p["throughput_fps"] for p in per_repeat if p["throughput_fps"]]
+    predicted = plan.predicted.model_dump() if plan.predicted else None
     rep = {
-        "job": job.name, "runtime": rt_name, "model": str(model), "algorithm": plan.algorithm,
-        "objective": plan.objective, "source": source,
-        "requests": len(measured), "warmup": job.warmup, "batch": job.batch, "concurrency": job.concurrency,
-        "errors": len(errors), "first_error": errors[0].error if errors else None,
-        "throughput_fps": throughput(measured, job.batch),
+        "job": job.name, "configuration": cfg.name, "runtime": rt_name, "model": str(model),
+        "algorithm": plan.algorithm, "objective": plan.objective, "source": cfg.source,
+        "requests": len(measured), "warmup": job.warmup, "batch": job.batch,
+        "load": ({"mode": "open", "rate_hz": job.rate_hz} if job.rate_hz else
+                 {"mode": "closed", "concurrency": job.concurrency}) | (
+                     {"duration_s": job.duration_s} if job.duration_s else {}),
+        "concurrency": job.concurrency, "errors": len(errors), "first_error": errors[0].error if errors else None,
+        "throughput_fps": float(np.median(fps)) if fps else None,
         "latency_ms": summary(latency_hist),
         "latency_histogram": encode(latency_hist),
+        "repeats": per_repeat if job.repeat > 1 else None,
+        "repeat_spread": ({"throughput_fps_min": min(fps), "throughput_fps_max": max(fps),
+                           "spread_pct": round((max(fps) - min(fps)) / float(np.median(fps)) * 100, 2)}
+                          if job.repeat > 1 and fps else None),
         "per_second": per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], job.batch),
         "stages": stage_figures(measured, n),
         "hops": hop_figures(hops, measured_ids),
-        "agreement": agreement([r for r in records if not r.error], reference),
-        "accuracy": {"top1": None, "top5": None, "why": "synthetic data has no labels"},
+        "agreement": agreement([r for r in all_records if not r.error], reference),
+        "accuracy": (accuracy(measured, inputs.labels, sess.get_outputs()[0].name) if not inputs.synthetic
+                     else {"top1": None, "top5": None, "why": "synthetic data has no labels"}),
         "devices": device_summary(samples),
         "energy": device_energy(samples, testbed, window, len(measured) * job.batch),
         "nodes": {k: vars(v) for k, v in loaded.items()},
-        "predicted": json.loads(json.dumps(getattr(plan, "predicted", None), default=lambda o: vars(o))),
+        "predicted": predicted,
+        "profile": prof_info,
         "fidelity": ({"links": fid["links"], "cpus": fid["cpus"], "flagged": fid["flagged"],
                       "seconds": fid["seconds"], "links_from_hops": link_fidelity(hops, measured_ids, testbed)}
                      if fid is not None else
                      {"links": link_fidelity(hops, measured_ids, testbed), "cpus": None, "flagged": []}),
-        "configuration": {"job": job.model_dump(), "devices": testbed.model_dump(by_alias=True)},
+        "resolved": {"job": job.model_dump(), "devices": testbed.model_dump(by_alias=True),
+                     "devices_file": str(cfg.devices_file)},
         "versions": versions(), "host": host_facts(), "git_revision": git_revision(),
         "notes": notes,
     }
-    write_latencies(run_dir / "latencies.csv", records, hops, n, job.warmup)
-    rep["plots"] = write_plots(run_dir, rep, records, hops, samples, partition_view(plan, load_graph(model)))
+    rep["prediction_vs_measured"] = prediction_vs_measured(predicted, rep)
+    write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
+    write_requests(run_dir / "requests.jsonl", all_records, measured_ids)
+    rep["plots"] = write_plots(run_dir, rep, all_records, measured_ids, hops, samples,
+                               partition_view(plan, load_graph(model)))
     write_report(run_dir, rep)
-    print_summary(console, rep, run_dir)
-    return run_dir, rep
+    return rep
+
+
+def _drive(console: Console, label: str, source_addr: str, inputs: Inputs, job: Job, total: int | None,
+           duration_s: float | None) -> list[Record]:
+    if total == 0:
+        return []
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("requests", total=total)
+        return drive(source_addr, inputs.feeds, total=total, duration_s=duration_s, concurrency=job.concurrency,
+                     rate_hz=job.rate_hz, on_done=lambda r: bar.advance(task), timeout_s=job.timeout_s)
 
 
 def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
-    t = Table(title=f"{rep['job']}: {rep['requests']} requests, {rep['runtime']} runtime")
+    t = Table(title=f"{rep['job']} [{rep['configuration']}]: {rep['requests']} requests, {rep['runtime']} runtime")
     t.add_column("figure")
     t.add_column("value", justify="right")
     fps = rep["throughput_fps"]
     t.add_row("throughput", f"{fps:.2f} images/s" if fps else "not measured")
-    for k, v in (rep["latency_ms"] or {}).items():
-        t.add_row(f"latency {k}", f"{v:.1f} ms")
+    for k in ("p50", "p90", "p99", "max"):
+        v = (rep["latency_ms"] or {}).get(k)
+        if v is not None:
+            t.add_row(f"latency {k}", f"{v:.1f} ms")
     for s in rep["stages"]:
         c = s.get("compute_ms") or {}
         t.add_row(f"stage {s['index']} on {s['device']}", f"{c.get('p50', float('nan')):.1f} ms p50")
@@ -262,8 +357,35 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
     ag = rep["agreement"]
     if ag.get("max_abs_diff") is not None:
         t.add_row("agreement", f"max abs diff {ag['max_abs_diff']:.2e}, top-1 {ag['top1']}")
+    acc = rep["accuracy"]
+    t.add_row("accuracy", f"top-1 {acc['top1']:.3f}, top-5 {acc['top5']:.3f}" if acc.get("top1") is not None
+              else "not measured")
+    pv = rep.get("prediction_vs_measured") or {}
+    if (pv.get("throughput_fps") or {}).get("error_pct") is not None:
+        t.add_row("predicted throughput", f"{pv['throughput_fps']['predicted']:.2f} images/s "
+                  f"({pv['throughput_fps']['error_pct']:+.1f}%)")
     t.add_row("errors", str(rep["errors"]))
     for f in (rep.get("fidelity") or {}).get("flagged") or []:
         t.add_row("[bold red]fidelity off >10%", f)
     console.print(t)
     console.print(f"run folder: {run_dir}")
+
+
+def print_comparison(console: Console, rows: list[dict]) -> None:
+    t = Table(title="comparison")
+    for col in ("configuration", "stages on", "throughput", "predicted", "p50 ms", "p99 ms"):
+        t.add_column(col, justify="right" if col not in ("configuration", "stages on") else "left")
+    for r in rows:
+        t.add_row(r["name"], " > ".join(r["devices"]),
+                  f"{r['throughput_fps']:.2f}/s" if r["throughput_fps"] else "-",
+                  f"{r['predicted_fps']:.2f}/s" if r["predicted_fps"] else "-",
+                  f"{r['latency_p50_ms']:.1f}" if r["latency_p50_ms"] else "-",
+                  f"{r['latency_p99_ms']:.1f}" if r["latency_p99_ms"] else "-")
+    console.print(t)
+
+
+def load_report(run_dir: Path) -> dict:
+    p = Path(run_dir) / "report.json"
+    if not p.exists():
+        raise UserError("no report.json: not a run folder", str(run_dir))
+    return json.loads(p.read_text())

@@ -1,0 +1,56 @@
+"""Side by side: the planner's prediction against the measurement, and configurations of a job."""
+
+from __future__ import annotations
+
+
+def _err_pct(predicted: float | None, measured: float | None) -> float | None:
+    if predicted is None or not measured:
+        return None
+    return round((predicted / measured - 1) * 100, 1)
+
+
+def prediction_vs_measured(predicted: dict | None, rep: dict) -> dict | None:
+    """Predicted and measured throughput, latency, per-stage compute and per-cut transfer, with the
+    error of the prediction in percent of the measurement (positive: it promised too much time)."""
+    if not predicted:
+        return None
+    lat = rep.get("latency_ms") or {}
+    fps = rep.get("throughput_fps")
+    pred_lat = predicted.get("latency_s")
+    out = {
+        "throughput_fps": {"predicted": predicted.get("throughput_fps"), "measured": fps,
+                           "error_pct": _err_pct(predicted.get("throughput_fps"), fps)},
+        "latency_ms": {"predicted": round(pred_lat * 1e3, 3) if pred_lat is not None else None,
+                       "measured_p50": lat.get("p50"),
+                       "error_pct": _err_pct(pred_lat * 1e3 if pred_lat is not None else None, lat.get("p50"))},
+        "stages": [], "transfers": [],
+    }
+    for s, p in zip(rep["stages"], predicted.get("stage_s") or [], strict=False):
+        m = (s.get("compute_ms") or {}).get("mean")
+        out["stages"].append({"index": s["index"], "device": s["device"], "predicted_ms": round(p * 1e3, 3),
+                              "measured_ms": m, "error_pct": _err_pct(p * 1e3, m)})
+    devices = [s["device"] for s in rep["stages"]]
+    hops = {(h["from"], h["to"]): h for h in rep["hops"]}
+    for k, p in enumerate(predicted.get("transfer_s") or []):
+        if k + 1 >= len(devices):
+            break
+        h = hops.get((devices[k], devices[k + 1]))
+        m = (h.get("transfer_ms") or {}).get("mean") if h else None
+        out["transfers"].append({"from": devices[k], "to": devices[k + 1], "predicted_ms": round(p * 1e3, 3),
+                                 "measured_ms": m, "error_pct": _err_pct(p * 1e3, m)})
+    return out
+
+
+def comparison_rows(reports: list[tuple[str, dict]]) -> list[dict]:
+    """One row per configuration: what it was, what it predicted, what it achieved."""
+    rows = []
+    for name, rep in reports:
+        lat = rep.get("latency_ms") or {}
+        pred = rep.get("predicted") or {}
+        rows.append({"name": name, "algorithm": rep.get("algorithm"), "objective": rep.get("objective"),
+                     "devices": [s["device"] for s in rep["stages"]],
+                     "throughput_fps": rep.get("throughput_fps"), "latency_p50_ms": lat.get("p50"),
+                     "latency_p99_ms": lat.get("p99"), "predicted_fps": pred.get("throughput_fps"),
+                     "predicted_latency_ms": round(pred["latency_s"] * 1e3, 3) if pred.get("latency_s") else None,
+                     "errors": rep.get("errors"), "run_dir": rep.get("run_dir")})
+    return rows

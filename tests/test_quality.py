@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from orchestrator.driver import Record
+from orchestrator.quality import accuracy, agreement
+
+
+def _rec(key: int, logits: np.ndarray) -> Record:
+    r = Record(id=key, sent_ns=0, key=key, intended_ns=0)
+    r.outputs = {"logits": logits}
+    return r
+
+
+def test_accuracy_top1_and_top5():
+    logits = np.array([[0.0, 9, 8, 7, 6, 5, 4], [9, 0, 1, 2, 3, 4, 5]], dtype=np.float32)
+    labels = {0: np.array([1, 0])}  # both right at top-1
+    assert accuracy([_rec(0, logits)], labels, "logits") == {"top1": 1.0, "top5": 1.0, "images": 2}
+    labels = {0: np.array([5, 1])}  # first: 5th best -> top-5 only; second: worst -> neither
+    assert accuracy([_rec(0, logits)], labels, "logits") == {"top1": 0.0, "top5": 0.5, "images": 2}
+
+
+def test_accuracy_without_labels_is_not_measured():
+    assert accuracy([_rec(0, np.zeros((1, 3)))], {}, "logits")["top1"] is None
+
+
+def test_agreement_reports_largest_difference_and_top1():
+    ref = {0: {"logits": np.array([[1.0, 2.0, 3.0]])}}
+    same = agreement([_rec(0, np.array([[1.0, 2.0, 3.0]]))], ref)
+    assert same["max_abs_diff"] == 0.0 and same["top1"] == 1.0
+    off = agreement([_rec(0, np.array([[1.0, 4.0, 3.5]]))], ref)
+    assert off["max_abs_diff"] == pytest.approx(2.0) and off["top1"] == 0.0
+    assert agreement([_rec(7, np.zeros((1, 3)))], ref)["checked"] == 0
