@@ -1,15 +1,27 @@
 """Drive requests through the pipeline from the source node and collect what came back.
 
-The driver keeps `concurrency` requests in flight on one Drive stream (closed loop). Inputs
-come from a small pool made before the run, so that feeding never starves the first stage
-and the whole model's answer for each pool entry can be computed once, after the run.
+All requests travel on one Drive stream to the source node. Two ways to generate load:
+
+- closed loop (rate_hz None): `concurrency` requests in flight; the next one is sent when an
+  answer comes back. A stall holds the sender too, so only the requests in flight during the
+  stall see it: a closed loop hides stalls from its own statistics (coordinated omission).
+- open loop (rate_hz given): request i is due at t0 + i / rate_hz whatever the answers do, and
+  its latency is measured from that due time (Record.intended_ns), not from when it could
+  actually be sent: when the sender falls behind (a stall back-pressures the stream, or
+  `max_in_flight` is reached) the requests go out as soon as they can, late, and the lateness
+  counts in their latency. So a stall shows in the tail as every request it delayed.
+
+Inputs come from an iterator of Feeds pulled lazily, one per request and never one more than
+is sent; the next feed is pulled before waiting for its turn (its due time, or a free slot),
+so that pulling (a dataset prefetcher, say) stays off the timed path.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,6 +31,19 @@ from common import testbed_pb2 as pb
 from common.grpc_options import CHANNEL_OPTIONS
 from common.rpc import node_stub
 from common.tensors import TensorFrame
+
+log = logging.getLogger("orchestrator.driver")
+
+CONNECT_TIMEOUT_S = 10.0
+_POLL_S = 0.2
+
+
+@dataclass
+class Feed:
+    """The model inputs of one request; `key` is the caller's, copied to Record.key."""
+
+    arrays: dict[str, np.ndarray]
+    key: int = 0
 
 
 @dataclass
@@ -34,10 +59,12 @@ class Timing:
 
 @dataclass
 class Record:
-    """One request's round trip: driver clock for send/done, node stamps per stage."""
+    """One request's round trip: driver clock (time.time_ns) for intended/sent/done, node stamps
+    per stage. intended_ns is the scheduled send time in an open loop, sent_ns in a closed one."""
 
     id: int
-    pool_index: int
+    key: int
+    intended_ns: int
     sent_ns: int
     done_ns: int = 0
     timings: list[Timing] = field(default_factory=list)
@@ -46,43 +73,120 @@ class Record:
 
     @property
     def latency_ms(self) -> float:
-        return (self.done_ns - self.sent_ns) / 1e6
+        """From the intended send time to the answer: an open loop's late sends count."""
+        return (self.done_ns - self.intended_ns) / 1e6
 
 
-def drive(source_address: str, pool: list[dict[str, np.ndarray]], total: int, concurrency: int,
-          on_done: Callable[[Record], None] | None = None, timeout_s: float = 600.0) -> list[Record]:
-    """Send `total` requests (request i uses pool[i % len(pool)]), `concurrency` in flight."""
-    frames = [{name: np.asarray(arr, order="C") for name, arr in feeds.items()} for feeds in pool]
-    slots = threading.Semaphore(concurrency)
+def _wait_until(t_ns: int, stop: threading.Event) -> None:
+    while not stop.is_set():
+        remaining = t_ns - time.time_ns()
+        if remaining <= 0:
+            return
+        time.sleep(min(remaining / 1e9, 0.1))
+
+
+def drive(source_address: str, feeds: Iterator[Feed], *, total: int | None = None,
+          duration_s: float | None = None, concurrency: int = 1, rate_hz: float | None = None,
+          on_done: Callable[[Record], None] | None = None, timeout_s: float = 600.0,
+          max_in_flight: int = 1024) -> list[Record]:
+    """Send requests to the source node until `total` are sent, `duration_s` of sending has
+    passed (whichever comes first; at least one must be given) or `feeds` ends; then wait for
+    the answers. Closed loop with `concurrency` in flight, or open loop at `rate_hz` with at
+    most `max_in_flight` (a safety bound). Returns the records by id.
+
+    A request without an answer `timeout_s` after it was sent ends the run: it and every other
+    unanswered request get `error` set. Errors from the pipeline are recorded, not raised; an
+    unreachable source node (or a broken stream) raises RuntimeError; an exception from
+    `feeds` is raised after the requests already sent are answered."""
+    if total is None and duration_s is None:
+        raise ValueError("drive: give total, duration_s or both")
+    if total is not None and total < 0:
+        raise ValueError(f"drive: total must be >= 0, got {total}")
+    if duration_s is not None and duration_s <= 0:
+        raise ValueError(f"drive: duration_s must be positive, got {duration_s}")
+    if rate_hz is not None and rate_hz <= 0:
+        raise ValueError(f"drive: rate_hz must be positive, got {rate_hz}")
+    if concurrency < 1 or max_in_flight < 1:
+        raise ValueError("drive: concurrency and max_in_flight must be at least 1")
+    open_loop = rate_hz is not None
+    period_ns = 1e9 / rate_hz if rate_hz is not None else 0.0
+    duration_ns = None if duration_s is None else round(duration_s * 1e9)
+    it = iter(feeds)
+
+    slots = threading.Semaphore(max_in_flight if open_loop else concurrency)
     records: dict[int, Record] = {}
-    stop = threading.Event()
+    pending: dict[int, Record] = {}  # sent, not answered
     lock = threading.Lock()
+    stop = threading.Event()  # the call is over: the sender gives up
+    feed_error: list[BaseException] = []
 
-    def requests():
-        for i in range(total):
-            while not slots.acquire(timeout=0.2):
+    def pull(i: int, due_ns: int | None, t0: int | None) -> Feed | None:
+        """The next feed, or None when request i is not to be sent."""
+        if total is not None and i >= total:
+            return None
+        if duration_ns is not None and t0 is not None:
+            if (due_ns if due_ns is not None else time.time_ns()) - t0 >= duration_ns:
+                return None
+        return next(it, None)
+
+    def requests() -> Iterator[TensorFrame]:
+        t0: int | None = None
+        i = 0
+        try:
+            while not stop.is_set():
+                due = None if t0 is None or not open_loop else t0 + round(i * period_ns)
+                feed = pull(i, due, t0)  # before the wait: off the timed path
+                if feed is None:
+                    return
+                if t0 is None:  # the clock starts with the first request, its feed in hand
+                    t0 = time.time_ns()
+                    due = t0 if open_loop else None
+                if due is not None:
+                    _wait_until(due, stop)
+                while not slots.acquire(timeout=_POLL_S):
+                    if stop.is_set():
+                        return
                 if stop.is_set():
                     return
-            if stop.is_set():
-                return
-            k = i % len(pool)
-            now = time.time_ns()
-            with lock:
-                records[i] = Record(id=i, pool_index=k, sent_ns=now)
-            yield TensorFrame(pb.Frame(request_id=i, stage=0, sent_ns=now), frames[k])
-        # keep the stream open until every answer is home, so the node can send them
-        while not stop.is_set():
-            stop.wait(0.2)
+                now = time.time_ns()
+                rec = Record(id=i, key=feed.key, intended_ns=now if due is None else due, sent_ns=now)
+                with lock:
+                    records[i] = pending[i] = rec
+                yield TensorFrame(pb.Frame(request_id=i, stage=0, sent_ns=now), feed.arrays)
+                i += 1
+        except Exception as e:  # the feeds broke: end the stream, raise once the rest is home
+            feed_error.append(e)
 
-    done = 0
+    timed_out = threading.Event()
+
+    def watchdog(call: grpc.Future) -> None:
+        while not stop.wait(_POLL_S):
+            with lock:
+                oldest = min((r.sent_ns for r in pending.values()), default=None)
+            if oldest is not None and time.time_ns() - oldest > timeout_s * 1e9:
+                timed_out.set()
+                call.cancel()
+                return
+
     with grpc.insecure_channel(source_address, options=CHANNEL_OPTIONS) as ch:
-        responses = node_stub(ch).Drive(requests(), timeout=timeout_s)  # frame codec both ways
+        wait_s = min(CONNECT_TIMEOUT_S, timeout_s)
+        try:
+            grpc.channel_ready_future(ch).result(timeout=wait_s)
+        except grpc.FutureTimeoutError:
+            raise RuntimeError(f"source node {source_address} is unreachable "
+                               f"(no connection within {wait_s:g} s)") from None
+        responses = node_stub(ch).Drive(requests())  # frame codec both ways
+        guard = threading.Thread(target=watchdog, args=(responses,), name="drive-watchdog", daemon=True)
+        guard.start()
         try:
             for result in responses:
                 frame = result.header
                 now = time.time_ns()
                 with lock:
-                    rec = records[frame.request_id]
+                    rec = pending.pop(frame.request_id, None)
+                if rec is None:
+                    log.warning("result for unknown request %d ignored", frame.request_id)
+                    continue
                 rec.done_ns = now
                 rec.error = frame.error
                 rec.timings = [Timing(t.stage, t.device, t.recv_ns, t.start_ns, t.end_ns, t.send_ns,
@@ -90,12 +194,25 @@ def drive(source_address: str, pool: list[dict[str, np.ndarray]], total: int, co
                 if not frame.error:
                     rec.outputs = result.arrays
                 slots.release()
-                done += 1
                 if on_done is not None:
                     on_done(rec)
-                if done == total:
-                    break
+        except grpc.RpcError as e:
+            if not timed_out.is_set():
+                code = e.code() if hasattr(e, "code") else None
+                details = (e.details() if hasattr(e, "details") else "") or str(e)
+                name = code.name if code is not None else "error"
+                raise RuntimeError(f"source node {source_address}: {name}: {details}") from None
         finally:
             stop.set()
             responses.cancel()
-    return [records[i] for i in sorted(records)]
+            guard.join(timeout=1.0)
+    why = f"no result within {timeout_s:g} s" if timed_out.is_set() else "no result: the stream ended"
+    with lock:
+        for rec in pending.values():
+            rec.error = rec.error or why
+        out = [records[i] for i in sorted(records)]
+    if timed_out.is_set():
+        log.warning("drive: %d request(s) without a result after %g s", len(pending), timeout_s)
+    if feed_error:
+        raise feed_error[0]
+    return out

@@ -145,3 +145,20 @@ def drive(
 
     results = list(stub(address).Drive(frames(), timeout=timeout))
     return sorted(results, key=lambda f: f.header.request_id)
+
+
+def stall_once(server, stage: int, call: int, seconds: float) -> None:
+    """Make `stage` on this loaded node (a NodeServer) sleep `seconds` before its `call`-th run
+    from now (0-based), once: a planted stall. Wraps the stage's run in place."""
+    import itertools
+
+    st = server.servicer._pipe.stages[stage]
+    run = st.run
+    calls = itertools.count()
+
+    def stalled(feeds):
+        if next(calls) == call:
+            time.sleep(seconds)
+        return run(feeds)
+
+    st.run = stalled

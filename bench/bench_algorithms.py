@@ -1,0 +1,93 @@
+"""Algorithms compared on the default testbed: ViT-B/16 planned by `optimal`, `memory`, `even`,
+and run whole on one device. Two jobs: objective throughput (requests in flight) and objective
+latency (one at a time). Prints measured figures side by side, whether `optimal` is the best on
+its objective, and how far its prediction was from the measurement (target: within 15%)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.models.vit import build_vit  # noqa: E402
+from orchestrator.run import execute  # noqa: E402
+
+ONE_DEVICE = """
+devices:
+  - {name: laptop, type: laptop, cpus: 0.6, memory: 2GiB, power: {idle_w: 8.0, max_w: 35.0}}
+"""
+
+
+def run(job: dict, tmp: Path, runtime: str, quiet: bool) -> dict:
+    path = tmp / f"{job['name']}.yaml"
+    path.write_text(json.dumps(job))
+    _, rep = execute(str(path), runtime=runtime, out=str(tmp / job["name"]), console=Console(quiet=quiet))
+    return rep
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default=str(ROOT / "models" / "vit_b16.onnx"))
+    ap.add_argument("--devices", default=str(ROOT / "devices" / "edge4.yaml"))
+    ap.add_argument("--runtime", choices=["docker", "local"], default=None)
+    ap.add_argument("--requests", type=int, default=24)
+    ap.add_argument("--verbose", action="store_true")
+    a = ap.parse_args()
+    model = Path(a.model)
+    if not model.exists():
+        print(f"building ViT-B/16 at {model}")
+        build_vit(model)
+    runtime = a.runtime or ("docker" if _engine() else "local")
+    ok = True
+    with tempfile.TemporaryDirectory(dir=ROOT / "runs" if (ROOT / "runs").exists() else None) as tmp:
+        tmp = Path(tmp)
+        (tmp / "one.yaml").write_text(textwrap.dedent(ONE_DEVICE))
+        for objective, concurrency in (("throughput", 4), ("latency", 1)):
+            job = {"name": f"algorithms_{objective}", "model": str(model.resolve()), "devices": a.devices,
+                   "algorithm": "optimal", "objective": objective, "source": "laptop",
+                   "requests": a.requests, "warmup": 3, "concurrency": concurrency,
+                   "compare": [{"name": "memory", "algorithm": "memory"}, {"name": "even", "algorithm": "even"},
+                               {"name": "one-device", "devices": str(tmp / "one.yaml"), "algorithm": "even"}]}
+            rep = run(job, tmp, runtime, quiet=not a.verbose)
+            rows = rep["comparison"]
+            key = "throughput_fps" if objective == "throughput" else "latency_p50_ms"
+            print(f"\nobjective {objective} ({runtime} runtime, {concurrency} in flight, {a.requests} requests):")
+            print(f"  {'configuration':<12} {'stages on':<34} {'images/s':>9} {'p50 ms':>9} {'pred/s':>8} "
+                  f"{'pred ms':>8}")
+            for r in rows:
+                print(f"  {r['name']:<12} {' > '.join(r['devices']):<34} {r['throughput_fps'] or 0:>9.3f} "
+                      f"{r['latency_p50_ms'] or 0:>9.1f} {r['predicted_fps'] or 0:>8.3f} "
+                      f"{r['predicted_latency_ms'] or 0:>8.1f}")
+            values = {r["name"]: r[key] for r in rows if r[key]}
+            best = (max if objective == "throughput" else min)(values, key=values.get)
+            print(f"  best on {objective}: {best}" + ("" if best == "optimal" else "  <- NOT optimal"))
+            ok &= best == "optimal"
+            pv = rep["prediction_vs_measured"]
+            tp, lt = pv["throughput_fps"], pv["latency_ms"]
+            print(f"  optimal predicted {tp['predicted']:.3f} images/s, measured {tp['measured']:.3f}: "
+                  f"error {tp['error_pct']:+.1f}%")
+            print(f"  optimal predicted latency {lt['predicted']:.1f} ms, measured p50 {lt['measured_p50']:.1f}: "
+                  f"error {lt['error_pct']:+.1f}%")
+            err = tp["error_pct"] if objective == "throughput" else lt["error_pct"]
+            ok &= abs(err) <= 15
+    print("\nall targets met" if ok else "\nsome targets missed")
+    return 0
+
+
+def _engine() -> bool:
+    from orchestrator.runtimes.docker import engine, image_present
+
+    client = engine()
+    return client is not None and image_present(client)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
