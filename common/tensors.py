@@ -27,7 +27,8 @@ to_tensor / from_tensor are the copying protobuf path, for messages that embed a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,7 @@ class TensorFrame:
 
     header: pb.Frame = field(default_factory=pb.Frame)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    decode_ns: int = 0  # FrameReader: time decoding the frame's last message (after it arrived)
 
     @property
     def nbytes(self) -> int:
@@ -90,27 +92,51 @@ def _layout(header: pb.Frame, arrays: Mapping[str, np.ndarray]) -> tuple[list[me
     return pieces, pos
 
 
-def encode_messages(frame: TensorFrame, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+def encode_messages(
+    frame: TensorFrame,
+    chunk_bytes: int = CHUNK_BYTES,
+    on_payload: Callable[[pb.Frame, int, int], None] | None = None,
+) -> Iterator[bytes]:
     """A frame's wire messages: one (prefix, arrays, header) when the payload is at most
     chunk_bytes, else the first chunk of the payload with the header (payload_size set), then
     the following chunks, each a message of its own (prefix and bytes only). Each message is
-    made by a single join of buffer pieces; chunks are built as they are consumed."""
+    made by a single join of buffer pieces; chunks are built as they are consumed.
+
+    on_payload(header, elapsed_ns, payload_size), when given, is called after the first
+    message's payload bytes have been joined and before the header is serialized, elapsed_ns
+    being the time spent encoding so far: the caller can stamp that time (and anything else)
+    into the header that goes out with them. The first message then costs one more copy of its
+    payload part (at most chunk_bytes) to append the header."""
+    t0 = time.perf_counter_ns()
     header = frame.header
     del header.tensors[:]
     try:
         pieces, size = _layout(header, frame.arrays)
         if size > chunk_bytes:
             header.payload_size = size
+        chunks = _chunks(pieces, size, chunk_bytes)
+        body = None
+        if on_payload is not None:
+            body = b"".join(next(chunks))
+            on_payload(header, time.perf_counter_ns() - t0, size)
         head = header.SerializeToString()
     finally:  # in memory the arrays are the truth
         del header.tensors[:]
         header.payload_size = 0
+    yield b"".join([*next(chunks), head]) if body is None else body + head
+    for parts in chunks:
+        yield b"".join(parts)  # type: ignore[arg-type]
+
+
+def _chunks(pieces: list[memoryview], size: int, chunk_bytes: int) -> Iterator[list[Any]]:
+    """Each message's parts (its prefix, then its payload pieces) as consumed, in order: all
+    the payload in one message when it is at most chunk_bytes, else chunk_bytes a message."""
     if size <= chunk_bytes:
-        yield b"".join([_prefix(size), *pieces, head])
+        yield [_prefix(size), *pieces]
         return
-    k, used, first = 0, 0, True  # piece index, bytes of it already sent
+    k, used = 0, 0  # piece index, bytes of it already sent
     while k < len(pieces):
-        parts: list[object] = [b""]
+        parts: list[Any] = [b""]
         room = chunk_bytes
         while room and k < len(pieces):
             piece = pieces[k][used : used + room]
@@ -120,10 +146,7 @@ def encode_messages(frame: TensorFrame, chunk_bytes: int = CHUNK_BYTES) -> Itera
             if used == len(pieces[k]):
                 k, used = k + 1, 0
         parts[0] = _prefix(chunk_bytes - room)
-        if first:
-            parts.append(head)
-            first = False
-        yield b"".join(parts)  # type: ignore[arg-type]
+        yield parts
 
 
 def encode_frame(frame: TensorFrame) -> bytes:
@@ -196,6 +219,13 @@ class FrameReader:
         self._filled = 0
 
     def feed(self, data: bytes) -> TensorFrame | None:
+        t0 = time.perf_counter_ns()
+        frame = self._feed(data)
+        if frame is not None:
+            frame.decode_ns = time.perf_counter_ns() - t0
+        return frame
+
+    def _feed(self, data: bytes) -> TensorFrame | None:
         start, size, header = _split(data)
         if self._buffer is None:
             if header is None:

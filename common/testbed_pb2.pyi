@@ -23,7 +23,7 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ..., nbytes: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class StageTiming(_message.Message):
-    __slots__ = ("stage", "device", "recv_ns", "start_ns", "end_ns", "send_ns", "bytes_out")
+    __slots__ = ("stage", "device", "recv_ns", "start_ns", "end_ns", "send_ns", "bytes_out", "serialize_ns", "deserialize_ns")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     RECV_NS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,8 @@ class StageTiming(_message.Message):
     END_NS_FIELD_NUMBER: _ClassVar[int]
     SEND_NS_FIELD_NUMBER: _ClassVar[int]
     BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    SERIALIZE_NS_FIELD_NUMBER: _ClassVar[int]
+    DESERIALIZE_NS_FIELD_NUMBER: _ClassVar[int]
     stage: int
     device: str
     recv_ns: int
@@ -38,7 +40,9 @@ class StageTiming(_message.Message):
     end_ns: int
     send_ns: int
     bytes_out: int
-    def __init__(self, stage: _Optional[int] = ..., device: _Optional[str] = ..., recv_ns: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
+    serialize_ns: int
+    deserialize_ns: int
+    def __init__(self, stage: _Optional[int] = ..., device: _Optional[str] = ..., recv_ns: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., bytes_out: _Optional[int] = ..., serialize_ns: _Optional[int] = ..., deserialize_ns: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns", "payload", "payload_size")
@@ -141,14 +145,16 @@ class Empty(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthReply(_message.Message):
-    __slots__ = ("device", "loaded", "status")
+    __slots__ = ("device", "loaded", "status", "now_ns")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    NOW_NS_FIELD_NUMBER: _ClassVar[int]
     device: str
     loaded: bool
     status: str
-    def __init__(self, device: _Optional[str] = ..., loaded: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...
+    now_ns: int
+    def __init__(self, device: _Optional[str] = ..., loaded: _Optional[bool] = ..., status: _Optional[str] = ..., now_ns: _Optional[int] = ...) -> None: ...
 
 class StatsReply(_message.Message):
     __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads")

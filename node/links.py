@@ -8,7 +8,13 @@ to it, and the delay overlaps between frames like a real link's propagation dela
 
 When tc shapes the rate (rate 0 here) and the node only adds the delay, the transmission ends
 when the frame arrives, which only the receiver sees: the frame carries hold_ns = delay and the
-receiver holds it that long after arrival."""
+receiver holds it that long after arrival.
+
+Serialisation: the sender encodes each frame itself (common/tensors.py encode_messages) and
+hands gRPC the bytes. The first message's payload is joined first, then the time that took is
+stamped as serialize_ns on the frame's last StageTiming (the stage that sent it), then the
+link is paced, and only then is the header serialized: the stamp rides in the frame it
+describes, and the emulated transmission starts after the frame was serialized."""
 
 from __future__ import annotations
 
@@ -20,9 +26,10 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
+from common import testbed_pb2 as pb
 from common.grpc_options import CHANNEL_OPTIONS
-from common.rpc import node_stub
-from common.tensors import TensorFrame, frame_nbytes
+from common.rpc import SERVICE
+from common.tensors import TensorFrame, encode_messages, frame_nbytes
 
 log = logging.getLogger("node.links")
 
@@ -73,7 +80,10 @@ class PeerSender:
         self._carry: object = None
         self._stopping = threading.Event()
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._stub = node_stub(self._channel)  # Push in the frame codec
+        # Push with the frame codec's messages as they are (this sender encodes them itself)
+        self._push = self._channel.stream_unary(
+            f"/{SERVICE.full_name}/Push", request_serializer=None, response_deserializer=pb.Empty.FromString
+        )
         self._thread = threading.Thread(target=self._run, name=f"send->{self.name}", daemon=True)
         self._thread.start()
 
@@ -106,7 +116,19 @@ class PeerSender:
         elif self.delay_ns > 0:
             frame.header.hold_ns = self.delay_ns
 
-    def _requests(self, first: TensorFrame, dead: threading.Event, done: threading.Event) -> Iterator[TensorFrame]:
+    def _messages(self, frame: TensorFrame) -> Iterator[bytes]:
+        """The frame's wire messages: serialize_ns stamped on the sending stage's timing, the
+        link paced (deliver_after_ns / hold_ns), then the header serialized."""
+        size = frame_nbytes(frame)
+
+        def stamp(header: pb.Frame, elapsed_ns: int, payload: int) -> None:
+            if header.timings:
+                header.timings[-1].serialize_ns = elapsed_ns
+            self._pace(frame, size)
+
+        return encode_messages(frame, on_payload=stamp)
+
+    def _requests(self, first: TensorFrame, dead: threading.Event, done: threading.Event) -> Iterator[bytes]:
         """The request iterator of one Push call. gRPC consumes it on its own thread; after the
         call dies it may still be blocked here, so it polls `dead` and leaves any frame it took
         in self._carry, so that no two streams ever take from the queue at once."""
@@ -117,9 +139,8 @@ class PeerSender:
                     return
                 assert isinstance(item, TensorFrame)
                 size = frame_nbytes(item)
-                self._pace(item, size)
                 self._inflight = item
-                yield item
+                yield from self._messages(item)
                 self.frames_out += 1
                 self.bytes_out += size
                 while True:
@@ -154,7 +175,7 @@ class PeerSender:
             self._carry = None
             dead, done = threading.Event(), threading.Event()
             try:
-                self._stub.Push(self._requests(item, dead, done))
+                self._push(self._requests(item, dead, done))
                 return  # the iterator ended: closed
             except grpc.RpcError as e:
                 msg = f"link to {self.name} at {self.address} failed: {e.code().name} {e.details()}"

@@ -8,6 +8,7 @@ queue blocks the receiver, which pushes back on the sender through gRPC flow con
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -83,8 +84,11 @@ class _DelayLine:
     until the head frame's time is enough, and receiving goes on meanwhile (a frame's arrival
     time must not wait for the previous frame's release)."""
 
-    def __init__(self, route: Callable[[TensorFrame, int], None], depth: int = 256) -> None:
+    def __init__(
+        self, route: Callable[[TensorFrame, int], None], clock: Callable[[], int], depth: int = 256
+    ) -> None:
         self._route = route
+        self._clock = clock
         self._queue: queue.Queue[tuple[int, TensorFrame] | None] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="delay-line", daemon=True)
         self._thread.start()
@@ -104,7 +108,7 @@ class _DelayLine:
             due, frame = item
             sleep_until(due)
             try:
-                self._route(frame, time.time_ns())
+                self._route(frame, self._clock())
             except Exception:
                 log.exception("routing frame %d", frame.header.request_id)
 
@@ -119,8 +123,14 @@ class NodeServicer(pb_grpc.NodeServicer):
         use_cuda: bool = False,
         limits: resources.Limits | None = None,
         connect_timeout_s: float = 10.0,
+        clock_offset_ns: int | None = None,
     ) -> None:
         self.device = device
+        # added to the node's stamps and Health.now_ns only (tests plant a skewed clock with it;
+        # pacing and link delays keep the real clock); default: $TESTBED_CLOCK_OFFSET_NS or 0
+        if clock_offset_ns is None:
+            clock_offset_ns = int(os.environ.get("TESTBED_CLOCK_OFFSET_NS", "0") or 0)
+        self.clock_offset_ns = clock_offset_ns
         self.use_cuda = use_cuda
         self.connect_timeout_s = connect_timeout_s
         self.limits = limits or resources.limits()
@@ -131,6 +141,10 @@ class NodeServicer(pb_grpc.NodeServicer):
         self.frames_in = self.bytes_in = 0
         self._closed_frames_out = self._closed_bytes_out = 0
         self._results_out = self._result_bytes_out = 0
+
+    def now_ns(self) -> int:
+        """This node's clock for stamps: time.time_ns(), plus the planted offset if any."""
+        return time.time_ns() + self.clock_offset_ns
 
     # -- service ---------------------------------------------------------------------------
 
@@ -182,10 +196,10 @@ class NodeServicer(pb_grpc.NodeServicer):
                 if frame.header.hold_ns:
                     due = max(due, arrived + frame.header.hold_ns)
                 if line is None and due <= arrived:
-                    self._route(frame, arrived)
+                    self._route(frame, arrived + self.clock_offset_ns)
                     continue
                 if line is None:
-                    line = _DelayLine(self._route)
+                    line = _DelayLine(self._route, self.now_ns)
                 line.put(due, frame)
         finally:
             if line is not None:
@@ -235,7 +249,9 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     def Health(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.HealthReply:
         loaded = self._pipe is not None
-        return pb.HealthReply(device=self.device, loaded=loaded, status="ready" if loaded else "idle")
+        return pb.HealthReply(
+            device=self.device, loaded=loaded, status="ready" if loaded else "idle", now_ns=self.now_ns()
+        )
 
     def Stats(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.StatsReply:
         p = self._pipe
@@ -369,7 +385,7 @@ class NodeServicer(pb_grpc.NodeServicer):
     def _ingress(self, frame: TensorFrame, out: queue.Queue[object]) -> None:
         """A driver frame on the source node: stamp stage -1 and send it to stage 0's device."""
         p = self._pipe
-        now = time.time_ns()
+        now = self.now_ns()
         if p is None or not p.is_source:
             frame.header.error = f"node {self.device} is not loaded as the source"
             out.put(frame)
@@ -381,8 +397,10 @@ class NodeServicer(pb_grpc.NodeServicer):
             device=self.device,
             recv_ns=now,
             bytes_out=frame.nbytes,
-            send_ns=time.time_ns(),
+            send_ns=self.now_ns(),
+            deserialize_ns=frame.decode_ns,
         )
+        frame.decode_ns = 0
         self._send(p, p.first_device, frame)
 
     def _deliver_result(self, p: _Pipeline, frame: TensorFrame, recv_ns: int) -> None:
@@ -394,7 +412,10 @@ class NodeServicer(pb_grpc.NodeServicer):
                 p.source_device,
             )
             return
-        frame.header.timings.add(stage=p.num_stages, device=self.device, recv_ns=recv_ns)
+        frame.header.timings.add(
+            stage=p.num_stages, device=self.device, recv_ns=recv_ns, deserialize_ns=frame.decode_ns
+        )
+        frame.decode_ns = 0
         out = self._pending.pop(frame.header.request_id, None)
         if out is None:
             log.warning("result %d has no waiting driver: dropped", frame.header.request_id)
@@ -403,7 +424,8 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     def _send(self, p: _Pipeline, device: str, frame: TensorFrame) -> None:
         if device == self.device:
-            self._route(frame, time.time_ns())  # same device: no link
+            frame.decode_ns = 0  # no link, nothing decoded
+            self._route(frame, self.now_ns())  # same device: no link
             return
         sender = p.senders.get(device)
         if sender is None:
@@ -419,7 +441,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         frame.header.stage = p.num_stages
         frame.arrays.clear()
         if p.is_source:
-            self._deliver_result(p, frame, time.time_ns())
+            self._deliver_result(p, frame, self.now_ns())
         else:
             self._send(p, p.source_device, frame)
 
@@ -446,19 +468,25 @@ class NodeServicer(pb_grpc.NodeServicer):
                 frame, recv_ns = q.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
-            start = time.time_ns()
+            start = self.now_ns()
             try:
                 feeds = {k: v for k, v in frame.arrays.items() if k in needed}
                 outs = stage.run(feeds)
                 err = ""
             except Exception as e:
                 outs, err = {}, f"stage {idx} on {self.device}: {type(e).__name__}: {e}"
-            end = time.time_ns()
+            end = self.now_ns()
             timing = frame.header.timings.add(
-                stage=idx, device=self.device, recv_ns=recv_ns, start_ns=start, end_ns=end
+                stage=idx,
+                device=self.device,
+                recv_ns=recv_ns,
+                start_ns=start,
+                end_ns=end,
+                deserialize_ns=frame.decode_ns,
             )
+            frame.decode_ns = 0
             if err:
-                timing.send_ns = time.time_ns()
+                timing.send_ns = self.now_ns()
                 self._fail_frame(p, frame, err)
                 continue
             try:
@@ -467,7 +495,7 @@ class NodeServicer(pb_grpc.NodeServicer):
                 frame.arrays = arrays
                 timing.bytes_out = frame.nbytes
                 frame.header.stage = idx + 1
-                timing.send_ns = time.time_ns()
+                timing.send_ns = self.now_ns()
                 self._send(p, next_device, frame)
             except Exception as e:
                 log.exception("stage %d: sending frame %d", idx, frame.header.request_id)
@@ -486,12 +514,13 @@ class NodeServer:
         use_cuda: bool = False,
         max_workers: int = 64,
         connect_timeout_s: float = 10.0,
+        clock_offset_ns: int | None = None,
         servicer: NodeServicer | None = None,
     ) -> None:
         self.device = device
         self.host = host
         self.servicer = servicer or NodeServicer(
-            device, use_cuda=use_cuda, connect_timeout_s=connect_timeout_s
+            device, use_cuda=use_cuda, connect_timeout_s=connect_timeout_s, clock_offset_ns=clock_offset_ns
         )
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=SERVER_OPTIONS)
         add_node_servicer(self.servicer, self.server)  # Push and Drive in the frame codec

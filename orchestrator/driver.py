@@ -55,6 +55,8 @@ class Timing:
     end_ns: int
     send_ns: int
     bytes_out: int
+    serialize_ns: int = 0  # the sender's encoding of the frame that left this stage
+    deserialize_ns: int = 0  # this node's decoding of the frame that reached it
 
 
 @dataclass
@@ -190,7 +192,7 @@ def drive(source_address: str, feeds: Iterator[Feed], *, total: int | None = Non
                 rec.done_ns = now
                 rec.error = frame.error
                 rec.timings = [Timing(t.stage, t.device, t.recv_ns, t.start_ns, t.end_ns, t.send_ns,
-                                      t.bytes_out) for t in frame.timings]
+                                      t.bytes_out, t.serialize_ns, t.deserialize_ns) for t in frame.timings]
                 if not frame.error:
                     rec.outputs = result.arrays
                 slots.release()

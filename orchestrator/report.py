@@ -11,7 +11,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .driver import Record, Timing
-from .metrics import HopSample, hops_of
+from .metrics import HopSample, timeline_rows
 
 
 def versions() -> dict[str, str | None]:
@@ -148,6 +148,17 @@ def render_markdown(rep: dict) -> str:
         for r in rep["comparison"]:
             lines.append(f"| {r['name']} | {' > '.join(r['devices'])} | {_fmt(r['throughput_fps'], 2)} | "
                          f"{_fmt(r['predicted_fps'], 2)} | {_fmt(r['latency_p50_ms'])} | {_fmt(r['latency_p99_ms'])} |")
+    if rep.get("breakdown"):
+        lines += ["", "## Where the time goes", "", "| part | where | p50 ms | mean ms | share of end to end |",
+                  "|---|---|---|---|---|"]
+        for row in rep["breakdown"]:
+            lines.append(f"| {row['part']} | {row['where']} | {_fmt(row['p50_ms'], 2)} | {_fmt(row['mean_ms'], 2)} | "
+                         f"{_fmt(row['share_pct'])}% |")
+        if rep.get("clocks"):
+            offs = ", ".join(f"{d} {c['offset_ns'] / 1e6:+.3f} ms (+/- {c['uncertainty_ns'] / 1e6:.3f})"
+                             for d, c in rep["clocks"].items())
+            lines += ["", f"Node clocks against the orchestrator's (removed from the figures where larger than "
+                          f"their uncertainty): {offs}."]
     lines += ["", "## Stages", "", "| stage | device | queue p50 ms | compute p50 ms | compute p99 ms |",
               "|---|---|---|---|---|"]
     for s in rep["stages"]:
@@ -204,17 +215,6 @@ def write_report(run_dir: Path, rep: dict) -> None:
     (run_dir / "report.md").write_text(render_markdown(rep))
 
 
-def timeline_rows(records: list[Record], samples: list[HopSample], num_stages: int) -> list[dict]:
-    """Per request: its stages' compute spans and its hops' send/receive times, for the timeline."""
-    hops = {}
-    for r in records:
-        for src, dst, _, send_ns, recv_ns in hops_of(r, num_stages):
-            hops.setdefault(r.id, []).append((src, dst, send_ns, recv_ns))
-    return [{"id": r.id, "sent_ns": r.sent_ns, "done_ns": r.done_ns,
-             "stages": [(t.stage, t.device, t.start_ns, t.end_ns) for t in r.timings if 0 <= t.stage < num_stages],
-             "hops": hops.get(r.id, [])} for r in records if r.done_ns and not r.error]
-
-
 def write_requests(path: Path, records: list[Record], measured_ids: set[int]) -> None:
     """Every request's raw stamps, so that `orchestrator report` can redraw the run."""
     with open(path, "w") as f:
@@ -222,7 +222,8 @@ def write_requests(path: Path, records: list[Record], measured_ids: set[int]) ->
             f.write(json.dumps({"id": r.id, "key": r.key, "measured": r.id in measured_ids,
                                 "intended_ns": r.intended_ns, "sent_ns": r.sent_ns, "done_ns": r.done_ns,
                                 "error": r.error, "timings": [[t.stage, t.device, t.recv_ns, t.start_ns, t.end_ns,
-                                                               t.send_ns, t.bytes_out] for t in r.timings]}) + "\n")
+                                                               t.send_ns, t.bytes_out, t.serialize_ns,
+                                                               t.deserialize_ns] for t in r.timings]}) + "\n")
 
 
 def read_requests(path: Path) -> tuple[list[Record], set[int]]:
@@ -244,7 +245,7 @@ def read_stats(stats_dir: Path) -> dict[str, list[dict]]:
 
 
 def write_plots(run_dir: Path, rep: dict, records: list[Record], measured_ids: set[int],
-                samples: list[HopSample], stats: dict[str, list[dict]], view: dict | None) -> list[str]:
+                stats: dict[str, list[dict]], view: dict | None, offsets: dict[str, int] | None = None) -> list[str]:
     """Draw every plot of the run into run_dir/plots; return their paths relative to run_dir."""
     from . import plots
     from .latency import per_second
@@ -259,7 +260,7 @@ def write_plots(run_dir: Path, rep: dict, records: list[Record], measured_ids: s
     made.append(plots.breakdown(rep["stages"], rep["hops"], out / "breakdown.png"))
     if any(stats.values()):
         made.append(plots.device_usage(stats, out / "devices.png"))
-    made.append(plots.timeline(timeline_rows(records, samples, n), out / "timeline.png"))
+    made.append(plots.timeline(timeline_rows(records, n, offsets), out / "timeline.png"))
     if view:
         rep["partition_view"] = view
         made.append(plots.partition_map(view["cost"], view["live_bytes"], view["cuts"], view["devices"],
@@ -287,17 +288,11 @@ def write_comparison(run_dir: Path, rep: dict) -> None:
 
 def rebuild(run_dir: Path) -> dict:
     """Redraw a run folder's plots and report.md from report.json, requests.jsonl and stats/."""
-    from .metrics import hop_samples
-
     run_dir = Path(run_dir)
     rep = json.loads((run_dir / "report.json").read_text())
     records, measured = read_requests(run_dir / "requests.jsonl")
-    bed = rep["resolved"]["devices"]
-    default = {d["name"]: d["delay"] for d in bed["devices"]}
-    override = {(x["from"], x["to"]): x["delay"] for x in bed.get("links", []) if x.get("delay") is not None}
-    hops = hop_samples(records, len(rep["stages"]), lambda a, b: override.get((a, b), default.get(a, 0.0)))
-    rep["plots"] = write_plots(run_dir, rep, records, measured, hops, read_stats(run_dir / "stats"),
-                               rep.get("partition_view"))
+    rep["plots"] = write_plots(run_dir, rep, records, measured, read_stats(run_dir / "stats"),
+                               rep.get("partition_view"), rep.get("clock_offsets_ns"))
     write_report(run_dir, rep)
     return rep
 

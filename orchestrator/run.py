@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import fidelity
+from .clocks import estimate_offsets, offsets_ns
 from .compare import comparison_rows, prediction_vs_measured
 from .config import Job, Testbed, load_devices, load_job
 from .deploy import deploy
@@ -24,7 +25,7 @@ from .energy import device_energy
 from .errors import UserError
 from .inputs import Inputs, open_inputs
 from .latency import encode, histogram_of, per_second, summary
-from .metrics import HopSample, hop_figures, hop_samples, stage_figures, throughput
+from .metrics import HopSample, breakdown_table, hop_figures, hop_samples, stage_figures, throughput
 from .partition import partition
 from .partition.graph import load_graph
 from .partition.plan import Plan
@@ -250,6 +251,8 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
                                                   run_dir / "stats")
             else:
                 sampler_cm = LocalStatsSampler(dep, testbed, run_dir / "stats")
+            clocks = estimate_offsets({d: h.control_address for d, h in dep.nodes.items()})
+            offsets = offsets_ns(clocks)
             source_addr = dep.nodes[cfg.source].control_address
             with sampler_cm as sampler:
                 if isinstance(sampler, DockerStatsCollector):
@@ -274,7 +277,7 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
     n = len(plan.stages)
     measured = [r for r in all_records if r.id in measured_ids]
     errors = [r for r in all_records if r.error]
-    hops = hop_samples(all_records, n, lambda a, b: testbed.link(a, b).delay_s)
+    hops = hop_samples(all_records, n, lambda a, b: testbed.link(a, b).delay_s, offsets=offsets)
     latency_hist = histogram_of(r.latency_ms for r in measured)
     window = (min(r.intended_ns for r in measured) / 1e9, max(r.done_ns for r in measured) / 1e9) if measured else None
     reference = {k: dict(zip([o.name for o in sess.get_outputs()], sess.run(None, arrays), strict=True))
@@ -299,7 +302,7 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
                            "spread_pct": round((max(fps) - min(fps)) / float(np.median(fps)) * 100, 2)}
                           if job.repeat > 1 and fps else None),
         "per_second": per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], job.batch),
-        "stages": stage_figures(measured, n),
+        "stages": stage_figures(measured, n, offsets=offsets),
         "hops": hop_figures(hops, measured_ids),
         "agreement": agreement([r for r in all_records if not r.error], reference),
         "accuracy": (accuracy(measured, inputs.labels, sess.get_outputs()[0].name) if not inputs.synthetic
@@ -319,10 +322,13 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
         "notes": notes,
     }
     rep["prediction_vs_measured"] = prediction_vs_measured(predicted, rep)
+    rep["breakdown"] = breakdown_table(rep["stages"], rep["hops"], (rep["latency_ms"] or {}).get("mean"))
+    rep["clocks"] = {d: c.as_dict() for d, c in clocks.items()}
+    rep["clock_offsets_ns"] = offsets
     write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
     write_requests(run_dir / "requests.jsonl", all_records, measured_ids)
-    rep["plots"] = write_plots(run_dir, rep, all_records, measured_ids, hops, samples,
-                               partition_view(plan, load_graph(model)))
+    rep["plots"] = write_plots(run_dir, rep, all_records, measured_ids, samples,
+                               partition_view(plan, load_graph(model)), offsets)
     write_report(run_dir, rep)
     return rep
 

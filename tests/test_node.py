@@ -192,3 +192,47 @@ def test_stage_threads_and_spinning(tmp_path):
     assert out["h1"].shape == (3, 8)
     with pytest.raises(ValueError, match="no output"):
         Stage(StageConfig(index=0, model_path=stages[0]["model"], outputs=["nope"]), threads=1)
+
+
+def test_serialize_and_deserialize_stamped_for_a_big_tensor(nodes, tmp_path):
+    """Every hop's sender stamps serialize_ns on its record and the receiver deserialize_ns on
+    its own; stages on one device (no link) stamp neither. 4 MiB: a chunked frame."""
+    stages = write_stages(tmp_path)
+    servers = nodes("src", "a", "b")
+    _load_all(servers, stages, ["src", "a", "b"])
+    x = np.random.default_rng(3).standard_normal((1 << 18, 4)).astype(np.float32)
+    results = drive(servers["src"].address, [x, x[:2]])
+    for r in results:
+        assert r.header.error == ""
+        _check_timings(r, 3)
+        t = {s.stage: s for s in r.header.timings}
+        assert t[-1].serialize_ns == 0 and t[0].deserialize_ns == 0  # src -> src: no link
+        for sender, receiver in ((0, 1), (1, 2), (2, 3)):
+            assert t[sender].serialize_ns > 0, sender
+            assert t[receiver].deserialize_ns > 0, receiver
+            assert t[sender].serialize_ns < t[receiver].recv_ns - t[sender].send_ns
+    big, small = ({s.stage: s for s in r.header.timings} for r in results)
+    assert big[0].bytes_out > 4 << 20
+    assert big[0].serialize_ns > small[0].serialize_ns  # the payload's copy is in it
+
+
+def test_encode_with_on_payload_makes_the_same_messages():
+    from common.tensors import FrameReader, encode_messages
+
+    a = np.arange(300_000, dtype=np.float32)
+    for arrays in ({"a": a, "b": a[:7]}, {"a": a[:10]}, {}):
+        plain = list(encode_messages(TensorFrame(pb.Frame(request_id=4), dict(arrays)), 256 << 10))
+        seen = []
+
+        def hook(header, elapsed_ns, size, seen=seen):
+            seen.append((elapsed_ns, size))
+            header.sent_ns = 77
+
+        frame = TensorFrame(pb.Frame(request_id=4), dict(arrays))
+        hooked = list(encode_messages(frame, 256 << 10, on_payload=hook))
+        assert len(hooked) == len(plain) and hooked[1:] == plain[1:]
+        assert len(seen) == 1 and seen[0][0] > 0
+        reader = FrameReader()
+        got = [f for m in hooked if (f := reader.feed(m)) is not None]
+        assert len(got) == 1 and got[0].header.sent_ns == 77 and got[0].decode_ns > 0
+        assert all(np.array_equal(got[0].arrays[k], v) for k, v in arrays.items())
