@@ -17,7 +17,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.models.vit import build_vit  # noqa: E402
+from orchestrator.models import ensure_vit  # noqa: E402
 from orchestrator.run import execute  # noqa: E402
 
 ONE_DEVICE = """
@@ -41,10 +41,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=24)
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
-    model = Path(a.model)
-    if not model.exists():
-        print(f"building ViT-B/16 at {model}")
-        build_vit(model)
+    model = ensure_vit(a.model)
     runtime = a.runtime or ("docker" if _engine() else "local")
     ok = True
     with tempfile.TemporaryDirectory(dir=ROOT / "runs" if (ROOT / "runs").exists() else None) as tmp:

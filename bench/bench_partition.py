@@ -18,21 +18,17 @@ sys.path.insert(0, str(ROOT))
 import onnx.utils  # noqa: E402
 
 from orchestrator.config import Device, Testbed  # noqa: E402
-from orchestrator.models import build_vit  # noqa: E402
+from orchestrator.models import ensure_vit  # noqa: E402
 from orchestrator.partition import partition  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--stages", type=int, default=4)
-    ap.add_argument("--cache", default=str(ROOT / ".cache"))
+    ap.add_argument("--model", default=str(ROOT / "models" / "vit_b16.onnx"))
     args = ap.parse_args()
 
-    model = Path(args.cache) / "vit_b16.onnx"
-    if not model.exists():
-        t = time.perf_counter()
-        build_vit(model)
-        print(f"built {model} in {time.perf_counter() - t:.1f} s")
+    model = ensure_vit(args.model)
     testbed = Testbed(devices=[Device(name=f"dev{i}", memory="4GiB") for i in range(args.stages)])
 
     work = Path(tempfile.mkdtemp(prefix="bench_partition_"))

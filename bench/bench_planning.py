@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import Device, Link, Testbed  # noqa: E402
-from orchestrator.models import build_vit  # noqa: E402
+from orchestrator.models import ensure_vit  # noqa: E402
 from orchestrator.partition import Problem, load_graph  # noqa: E402
 from orchestrator.partition.algorithms import even  # noqa: E402
 from orchestrator.partition.costmodel import build_arrays, evaluate  # noqa: E402
@@ -55,15 +55,11 @@ def brute_force_count(blocks: int, devices: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--cache", default=str(ROOT / ".cache"))
+    ap.add_argument("--model", default=str(ROOT / "models" / "vit_b16.onnx"))
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
 
-    model = Path(args.cache) / "vit_b16.onnx"
-    if not model.exists():
-        t = time.perf_counter()
-        build_vit(model)
-        print(f"built {model} in {time.perf_counter() - t:.1f} s")
+    model = ensure_vit(args.model)
     tb = testbed()
     t = time.perf_counter()
     g = load_graph(model)

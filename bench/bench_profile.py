@@ -22,7 +22,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from orchestrator.config import load_devices  # noqa: E402
-from orchestrator.models import build_vit  # noqa: E402
+from orchestrator.models import ensure_vit  # noqa: E402
 from orchestrator.profile import (  # noqa: E402
     Profile,
     cached_profile,
@@ -81,7 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--devices", default=str(ROOT / "devices" / "edge4.yaml"))
     ap.add_argument("--runtime", choices=("local", "docker"), default="local")
-    ap.add_argument("--cache", default=str(ROOT / ".cache"), help="where vit_b16.onnx is built")
+    ap.add_argument("--model", default=str(ROOT / "models" / "vit_b16.onnx"))
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--testbed-name", default="edge-profile", help="docker: the testbed's name")
@@ -91,12 +91,8 @@ def main() -> None:
     args = ap.parse_args()
     console = Console()
 
-    model = Path(args.cache) / "vit_b16.onnx"
-    if not model.exists():
-        t = time.perf_counter()
-        build_vit(model)
-        console.print(f"built {model} in {time.perf_counter() - t:.1f} s")
-    args.cache_dir = Path(args.cache) / "profiles"
+    model = ensure_vit(args.model)
+    args.cache_dir = ROOT / ".cache" / "profiles"
     if args.fresh:
         args.cache_dir = Path(tempfile.mkdtemp(prefix="bench_profile_cache_"))
     testbed = load_devices(args.devices)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,3 +31,27 @@ def fixture_copy(tmp_path):
         return dst
 
     return copy
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The engine's client; tests that need one are skipped, with the reason, where none answers."""
+    try:
+        import docker
+
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # no SDK, no socket, engine down: all mean "no engine answers"
+        pytest.skip(f"no Docker engine answers: {e}")
+    return client
+
+
+@pytest.fixture(scope="session")
+def node_image(docker_client) -> str:
+    """Build (or refresh: all cache hits when nothing changed) the node image, offline."""
+    from orchestrator.compose import image_tag
+
+    r = subprocess.run([str(ROOT / "scripts" / "build_image.sh")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=1800)
+    assert r.returncode == 0, f"scripts/build_image.sh failed:\n{r.stderr[-3000:]}"
+    return image_tag()

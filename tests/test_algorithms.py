@@ -285,3 +285,15 @@ def test_user_algorithm_ianvs_signature(tmp_path: Path, monkeypatch: pytest.Monk
 def _problem(g) -> Problem:  # noqa: ANN001
     tb = _testbed()
     return Problem(graph=g, devices=tb.devices, stages=None, objective="throughput", points=[], block_cost=g.cost)
+
+
+def test_cost_table_splits_a_block_by_flops_for_cuts_between_bounds() -> None:
+    g = load_graph(FIX / "squeezenet1_1.onnx")
+    bounds = [0, *reduce_candidates(g), g.n]
+    coarse = CostTable(bounds=[0, g.n], block_s={"a": [1.0]}, origin="profiled")
+    mid = bounds[len(bounds) // 2]
+    fine = coarse.regroup([0, mid, g.n], g)
+    flops = sum(g.cost[:mid]) / sum(g.cost)
+    assert fine.block_s["a"] == pytest.approx([flops, 1.0 - flops])
+    with pytest.raises(ValueError):
+        coarse.regroup([0, mid, g.n])  # without the graph there is nothing to split by

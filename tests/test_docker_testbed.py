@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -33,29 +32,6 @@ devices:
 links:
   - {from: one, to: half, bandwidth: 30mbit}
 """
-
-
-@pytest.fixture(scope="session")
-def docker_client():
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:  # no SDK, no socket, engine down: all mean "no engine answers"
-        pytest.skip(f"no Docker engine answers: {e}")
-    return client
-
-
-@pytest.fixture(scope="session")
-def node_image(docker_client) -> str:
-    """Build (or refresh: all cache hits when nothing changed) the node image, offline."""
-    r = subprocess.run([str(ROOT / "scripts" / "build_image.sh")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=1800)
-    assert r.returncode == 0, f"scripts/build_image.sh failed:\n{r.stderr[-3000:]}"
-    from orchestrator.compose import image_tag
-
-    return image_tag()
 
 
 def _leftovers(client, name: str) -> tuple[list, list]:

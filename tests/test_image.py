@@ -6,44 +6,9 @@ scripts/build_image.sh when it is missing: minutes the first time, under a secon
 
 from __future__ import annotations
 
-import re
-import subprocess
-
 import pytest
 
-from tests.conftest import ROOT
-
 pytestmark = pytest.mark.docker
-
-# [project] version (no tomllib: the project supports Python 3.10)
-VERSION = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
-IMAGE = f"edge-testbed-node:{VERSION}"
-
-
-@pytest.fixture(scope="session")
-def docker_client():
-    try:
-        import docker
-
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:  # no SDK, no socket, engine down: all mean "no engine answers"
-        pytest.skip(f"no Docker engine answers: {e}")
-    return client
-
-
-@pytest.fixture(scope="session")
-def node_image(docker_client) -> str:
-    import docker
-
-    try:
-        docker_client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        r = subprocess.run(
-            [str(ROOT / "scripts" / "build_image.sh")], cwd=ROOT, capture_output=True, text=True, timeout=1200
-        )
-        assert r.returncode == 0, f"scripts/build_image.sh failed:\n{r.stderr[-3000:]}"
-    return IMAGE
 
 
 def _run(client, image: str, entrypoint: list[str], cmd: list[str], **kw) -> str:

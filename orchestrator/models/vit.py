@@ -199,3 +199,12 @@ def build_vit(
         onnx.checker.check_model(model)
         path.write_bytes(model.SerializeToString())
     return path
+
+
+def ensure_vit(path: str | Path) -> Path:
+    """The default ViT-B/16 at `path`, built there first if it is missing (benchmarks, demos)."""
+    path = Path(path)
+    if not path.exists():
+        print(f"building ViT-B/16 at {path}")
+        build_vit(path)
+    return path

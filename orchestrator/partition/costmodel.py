@@ -12,6 +12,7 @@ tested without ONNX graphs.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,20 +63,41 @@ class CostTable:
             origin="flops",
         )
 
-    def regroup(self, bounds: Sequence[int]) -> CostTable:
-        """The same costs on coarser blocks (bounds must be a subset of this table's bounds).
+    def regroup(self, bounds: Sequence[int], graph: ModelGraph | None = None) -> CostTable:
+        """The same costs on other blocks: coarser ones exactly; with `graph`, a bound inside one of
+        this table's blocks splits it (see `split`).
 
         Lets a profile taken at fine granularity serve any candidate set chosen later.
         """
         index = {p: i for i, p in enumerate(self.bounds)}
         missing = [p for p in bounds if p not in index]
         if missing:
-            raise ValueError(f"bounds {missing} are not bounds of the cost table")
+            if graph is None:
+                raise ValueError(f"bounds {missing} are not bounds of the cost table")
+            return self.split(graph, missing).regroup(bounds)
         out: dict[str, list[float]] = {}
         for dev, costs in self.block_s.items():
             pre = prefix(costs)
             out[dev] = [pre[index[bounds[i + 1]]] - pre[index[bounds[i]]] for i in range(len(bounds) - 1)]
         return CostTable(bounds=list(bounds), block_s=out, origin=self.origin)
+
+    def split(self, graph: ModelGraph, positions: Sequence[int]) -> CostTable:
+        """Finer blocks: a block cut at a new position shares its measured time between the parts
+        by their estimated FLOPs (by node count where it has none), so a plan that cuts between
+        profiled bounds (`memory`, `even`, `manual`) still gets a prediction from the profile."""
+        bounds = sorted(set(self.bounds) | set(positions))
+        pre = prefix(graph.cost)
+        out: dict[str, list[float]] = {}
+        for dev, costs in self.block_s.items():
+            vals = []
+            for lo, hi in zip(bounds, bounds[1:], strict=False):
+                k = bisect.bisect_right(self.bounds, lo) - 1
+                blo, bhi = self.bounds[k], self.bounds[k + 1]
+                total = pre[bhi] - pre[blo]
+                share = (pre[hi] - pre[lo]) / total if total > 0 else (hi - lo) / (bhi - blo)
+                vals.append(costs[k] * share)
+            out[dev] = vals
+        return CostTable(bounds=bounds, block_s=out, origin=self.origin)
 
 
 def reduce_candidates(
@@ -238,7 +260,7 @@ def build_arrays(
     if table is None:
         table = CostTable.from_flops(graph, devices, bounds)
     elif table.bounds != bounds:
-        table = table.regroup(bounds)
+        table = table.regroup(bounds, graph)
     names = [d.name for d in devices]
     testbed = Testbed(devices=list(devices), links=list(links))
     rate, delay = link_matrices(testbed, names)
