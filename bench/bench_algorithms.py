@@ -65,8 +65,15 @@ def main() -> int:
                       f"{r['predicted_latency_ms'] or 0:>8.1f}")
             values = {r["name"]: r[key] for r in rows if r[key]}
             best = (max if objective == "throughput" else min)(values, key=values.get)
-            print(f"  best on {objective}: {best}" + ("" if best == "optimal" else "  <- NOT optimal"))
-            ok &= best == "optimal"
+            by = {r["name"]: r for r in rows}
+            # another configuration that ran the very same placement measures the same plan again
+            same = best != "optimal" and (by[best]["devices"], by[best]["cut_tensors"]) == (
+                by["optimal"]["devices"], by["optimal"]["cut_tensors"])
+            gap = abs(values[best] / values["optimal"] - 1) * 100
+            print(f"  best on {objective}: {best}" + ("" if best == "optimal" else
+                  f" ({gap:.1f}% apart; " + ("the same placement as optimal's: run-to-run noise)" if same
+                                              else "a different placement)  <- NOT optimal")))
+            ok &= best == "optimal" or same
             pv = rep["prediction_vs_measured"]
             tp, lt = pv["throughput_fps"], pv["latency_ms"]
             print(f"  optimal predicted {tp['predicted']:.3f} images/s, measured {tp['measured']:.3f}: "

@@ -48,7 +48,7 @@ def comparison_rows(reports: list[tuple[str, dict]]) -> list[dict]:
         lat = rep.get("latency_ms") or {}
         pred = rep.get("predicted") or {}
         rows.append({"name": name, "algorithm": rep.get("algorithm"), "objective": rep.get("objective"),
-                     "devices": [s["device"] for s in rep["stages"]],
+                     "devices": [s["device"] for s in rep["stages"]], "cut_tensors": rep.get("cut_tensors"),
                      "throughput_fps": rep.get("throughput_fps"), "latency_p50_ms": lat.get("p50"),
                      "latency_p99_ms": lat.get("p99"), "predicted_fps": pred.get("throughput_fps"),
                      "predicted_latency_ms": round(pred["latency_s"] * 1e3, 3) if pred.get("latency_s") else None,

@@ -289,6 +289,7 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
     rep = {
         "job": job.name, "configuration": cfg.name, "runtime": rt_name, "model": str(model),
         "algorithm": plan.algorithm, "objective": plan.objective, "source": cfg.source,
+        "cut_tensors": [list(st.outputs) for st in plan.stages[:-1]],
         "requests": len(measured), "warmup": job.warmup, "batch": job.batch,
         "load": ({"mode": "open", "rate_hz": job.rate_hz} if job.rate_hz else
                  {"mode": "closed", "concurrency": job.concurrency}) | (
