@@ -147,10 +147,16 @@ HOP_PARTS = (("link wait", "link_wait_ms"), ("serialisation", "serialize_ms"), (
              ("deserialisation", "deserialize_ms"))
 
 
-def pipeline_order(stage_figs: list[dict], hop_figs: list[dict]) -> list[tuple[str, dict]]:
+def pipeline_order(stage_figs: list[dict], hop_figs: list[dict], source: str | None = None) -> list[tuple[str, dict]]:
     """Stages and hops as a request meets them: ("hop", h) into stage 0's device, ("stage", s),
-    the hop to the next stage's device, ... the hop home; hops not on that path at the end."""
+    the hop to the next stage's device, ... the hop home; hops not on that path at the end.
+    Without `source`, a hop into stage 0's device from the last stage's is taken for the one home."""
     left = list(hop_figs)
+    ordered = sorted(stage_figs, key=lambda s: s["index"])
+    if source is None and ordered:
+        last = ordered[-1]["device"]
+        ins = [h for h in left if h["to"] == ordered[0]["device"] and h["from"] != last]
+        source = ins[0]["from"] if ins else ordered[0]["device"]
 
     def take(src: str | None, dst: str | None) -> list[tuple[str, dict]]:
         found = [h for h in left if (src is None or h["from"] == src) and (dst is None or h["to"] == dst)]
@@ -160,27 +166,27 @@ def pipeline_order(stage_figs: list[dict], hop_figs: list[dict]) -> list[tuple[s
 
     out: list[tuple[str, dict]] = []
     prev = None
-    for s in sorted(stage_figs, key=lambda s: s["index"]):
+    for s in ordered:
         if prev is None:
-            out += take(None, s["device"])
+            out += take(source, s["device"]) if source != s["device"] else []
         elif prev != s["device"]:
             out += take(prev, s["device"])
         out.append(("stage", s))
         prev = s["device"]
-    if prev is not None:
-        out += take(prev, None)
+    if prev is not None and prev != source:
+        out += take(prev, source)
     return out + [("hop", h) for h in left]
 
 
 def breakdown_table(stage_figs: list[dict], hop_figs: list[dict],
-                    end_to_end_ms: float | None = None) -> list[dict]:
+                    end_to_end_ms: float | None = None, source: str | None = None) -> list[dict]:
     """Where the time goes, one row per part in pipeline order: {"part", "where", "p50_ms",
     "mean_ms", "share_pct"}; share_pct is the part's mean as a percentage of end_to_end_ms (the
     end-to-end mean latency), or, when that is not given, of the sum of the parts' means.
     Parts: a stage's queue and compute; a hop's link wait, serialisation, transfer and
     deserialisation (hops that carry no such field, from older runs, leave it out)."""
     rows = []
-    for kind, fig in pipeline_order(stage_figs, hop_figs):
+    for kind, fig in pipeline_order(stage_figs, hop_figs, source):
         if kind == "stage":
             where, parts = f"stage {fig['index']} on {fig['device']}", STAGE_PARTS
         else:

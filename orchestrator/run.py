@@ -323,7 +323,8 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
         "notes": notes,
     }
     rep["prediction_vs_measured"] = prediction_vs_measured(predicted, rep)
-    rep["breakdown"] = breakdown_table(rep["stages"], rep["hops"], (rep["latency_ms"] or {}).get("mean"))
+    rep["breakdown"] = breakdown_table(rep["stages"], rep["hops"], (rep["latency_ms"] or {}).get("mean"),
+                                       cfg.source)
     rep["clocks"] = {d: c.as_dict() for d, c in clocks.items()}
     rep["clock_offsets_ns"] = offsets
     write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
