@@ -71,6 +71,14 @@ def queue_limit_packets(rate_bps: int, seconds: float = 0.05) -> int:
     return max(64, math.ceil(rate_bps / 8 * seconds / MTU_FRAME))
 
 
+def gso_max_size(peers: list[PeerShape], lump_s: float = 0.002) -> int:
+    """Largest offload segment: about `lump_s` of the slowest shaped link, one frame to 64 KB."""
+    slowest = min((p.rate_bps for p in peers), default=0)
+    if not slowest:
+        return 65536
+    return max(MTU_FRAME, min(65536, int(slowest / 8 * lump_s)))
+
+
 def _classid(i: int) -> str:
     return f"1:{FIRST_PEER_MINOR + i:x}"  # tc parses class minors as hex
 
@@ -114,6 +122,9 @@ def shaping_commands(iface: str, peers: list[PeerShape], netem: bool) -> Shaping
 
     default_minor = DEFAULT_CLASS.split(":")[1]
     cmds: list[list[str]] = [
+        # Segmentation offload hands htb up to 64 KB at once, which it lets through as a unit: a
+        # 10 mbit link would deliver in 52 ms lumps. Cap the lumps at ~2 ms of the slowest link.
+        _cmd(f"ip link set dev {iface} gso_max_size {gso_max_size(peers)}"),
         _cmd(f"tc qdisc add dev {iface} root handle {ROOT_HANDLE} htb default {default_minor}"),
         _htb_class(iface, DEFAULT_CLASS, DEFAULT_RATE_BPS),
         _cmd(f"tc qdisc add dev {iface} parent {DEFAULT_CLASS} handle 2: pfifo limit 1000"),

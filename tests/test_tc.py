@@ -34,7 +34,11 @@ def test_commands_htb_per_peer_with_u32_and_default_class():
         "eth0", [PeerShape("10.0.0.2", 10_000_000), PeerShape("10.0.0.3", 50_000_000)], netem=False
     )
     text = _flat(plan.commands)
-    assert text[0] == "tc qdisc add dev eth0 root handle 1: htb default 1"
+    # offload lumps capped first: ~2 ms of the slowest link, 2500 bytes at 10 mbit
+    assert text[0] == "ip link set dev eth0 gso_max_size 2500"
+    assert tc.gso_max_size([PeerShape("10.0.0.2", 100_000_000)]) == 25_000
+    assert tc.gso_max_size([PeerShape("10.0.0.2", 10_000_000_000)]) == 65536
+    assert text[1] == "tc qdisc add dev eth0 root handle 1: htb default 1"
     assert any("classid 1:10 htb rate 10000000bit ceil 10000000bit" in c for c in text)
     assert any("classid 1:11 htb rate 50000000bit ceil 50000000bit" in c for c in text)
     assert any("match ip dst 10.0.0.2/32 flowid 1:10" in c for c in text)
