@@ -181,6 +181,9 @@ def render_markdown(rep: dict) -> str:
         lines.append(f"| {name} | {_fmt(pm / 2**20 if pm else None)} | {_fmt(d.get('cpu_mean_of_cap'), 2)} | "
                      f"{_fmt(d.get('cpu_peak_of_cap'), 2)} | {_fmt(e.get('energy_per_image_j'), 3)} | "
                      f"{_fmt(e.get('peak_power_w'), 2)} |")
+    for name, g in (rep.get("gpu_energy") or {}).items():
+        lines.append(f"| {name} GPU | | | | {_fmt(g.get('energy_per_image_j'), 3)} | {_fmt(g.get('peak_power_w'), 2)} "
+                     f"({g.get('method')}) |")
     if energy:
         lines += ["", "Energy and power are modelled from each device's CPU share and its power model "
                       "(idle_w + (max_w - idle_w) x CPU share of its cap), not measured; memory and CPU "

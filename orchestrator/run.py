@@ -23,6 +23,7 @@ from .deploy import deploy
 from .driver import Record, drive
 from .energy import device_energy
 from .errors import UserError
+from .gpu_power import NvmlPowerSampler, gpu_energy
 from .inputs import Inputs, open_inputs
 from .latency import encode, histogram_of, per_second, summary
 from .metrics import HopSample, breakdown_table, hop_figures, hop_samples, stage_figures, throughput
@@ -254,7 +255,8 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
             clocks = estimate_offsets({d: h.control_address for d, h in dep.nodes.items()})
             offsets = offsets_ns(clocks)
             source_addr = dep.nodes[cfg.source].control_address
-            with sampler_cm as sampler:
+            gpus = {d.name: d.gpu.index for d in testbed.devices if d.gpu is not None}
+            with sampler_cm as sampler, NvmlPowerSampler(list(gpus.values())) as gpu_power:
                 if isinstance(sampler, DockerStatsCollector):
                     sampler.wait_samples(1)  # a first sample before the load, for CPU deltas
                 for r in range(job.repeat):
@@ -310,6 +312,9 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
                      else {"top1": None, "top5": None, "why": "synthetic data has no labels"}),
         "devices": device_summary(samples),
         "energy": device_energy(samples, testbed, window, len(measured) * job.batch),
+        "gpu_energy": {d: (gpu_energy(gpu_power.samples.get(i, []), window, len(measured) * job.batch)
+                           if gpu_power.available else {"method": f"not measured: {gpu_power.error}"})
+                       for d, i in gpus.items()} or None,
         "nodes": {k: vars(v) for k, v in loaded.items()},
         "predicted": predicted,
         "profile": prof_info,
