@@ -300,14 +300,6 @@ def from_tensor(tensor: pb.Tensor) -> np.ndarray:
     return np.frombuffer(data, dtype=np.dtype(tensor.dtype)).reshape(tuple(tensor.shape))
 
 
-def to_tensors(arrays: Mapping[str, np.ndarray]) -> list[pb.Tensor]:
-    return [to_tensor(k, v) for k, v in arrays.items()]
-
-
-def from_tensors(tensors: Iterable[pb.Tensor]) -> dict[str, np.ndarray]:
-    return {t.name: from_tensor(t) for t in tensors}
-
-
 def tensor_nbytes(tensors: Iterable[pb.Tensor]) -> int:
     """Raw data bytes from dtype and shape. Not ByteSize(): upb computes that by serializing."""
     total = 0

@@ -17,10 +17,8 @@ from .config import Job
 from .datasets import Prefetcher, open_dataset
 from .driver import Feed
 from .errors import UserError
+from .partition.verify import random_feeds
 
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-              "tensor(uint8)": np.uint8}
 SYNTHETIC_POOL = 8  # distinct synthetic inputs, cycled
 
 
@@ -35,23 +33,8 @@ class Inputs:
 
 
 def synthetic_pool(sess: ort.InferenceSession, batch: int, size: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Seeded random inputs shaped like the model's, the batch dimension set to `batch`."""
-    rng = np.random.default_rng(seed)
-    pool = []
-    for _ in range(size):
-        feeds = {}
-        for inp in sess.get_inputs():
-            dtype = _ORT_TYPES.get(inp.type)
-            if dtype is None:
-                raise UserError(f"input {inp.name} has type {inp.type}, which synthetic data cannot fill")
-            shape = [d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1)
-                     for i, d in enumerate(inp.shape)]
-            if np.issubdtype(dtype, np.floating):
-                feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
-            else:
-                feeds[inp.name] = rng.integers(0, 2, size=shape).astype(dtype)
-        pool.append(feeds)
-    return pool
+    """`size` seeded random inputs shaped like the model's, the batch dimension set to `batch`."""
+    return [random_feeds(sess, batch, seed + k) for k in range(size)]
 
 
 def _synthetic(job: Job, sess: ort.InferenceSession, note: str) -> Inputs:

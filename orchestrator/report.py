@@ -115,6 +115,8 @@ def render_markdown(rep: dict) -> str:
                      f"{_fmt(e.get('energy_per_image_j'), 3)} J (modelled) |")
     flagged = fid.get("flagged") or []
     lines.append(f"| fidelity | {'; '.join(flagged) if flagged else 'no link or CPU cap off by more than 10%'} |")
+    if rep.get("host_cpu_busy") is not None:
+        lines.append(f"| host CPUs busy while driving | {rep['host_cpu_busy']:.0%} |")
     lines.append(f"| errors | {rep.get('errors', 0)} |")
     if rep.get("repeats"):
         sp = rep.get("repeat_spread") or {}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -50,6 +51,14 @@ from .stats_local import LocalStatsSampler, device_summary
 # algorithms that plan on measured per-device costs: the runtime is profiled before planning
 PROFILED = {"optimal"}
 MIN_MEASURABLE_S = 0.005
+HOST_BUSY_FLAG = 0.90  # share of all host CPUs busy while driving, above which a run is flagged
+
+
+def host_busy_share(before, after) -> float:
+    """Share of the host's CPU time spent busy between two psutil.cpu_times() readings."""
+    total = sum(after) - sum(before)
+    idle = (after.idle - before.idle) + (getattr(after, "iowait", 0.0) - getattr(before, "iowait", 0.0))
+    return max(0.0, 1.0 - idle / total) if total > 0 else 0.0
 
 
 @dataclass
@@ -256,6 +265,7 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
             offsets = offsets_ns(clocks)
             source_addr = dep.nodes[cfg.source].control_address
             gpus = {d.name: d.gpu.index for d in testbed.devices if d.gpu is not None}
+            host_before = psutil.cpu_times()
             with sampler_cm as sampler, NvmlPowerSampler(list(gpus.values())) as gpu_power:
                 if isinstance(sampler, DockerStatsCollector):
                     sampler.wait_samples(1)  # a first sample before the load, for CPU deltas
@@ -272,6 +282,7 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
                 if isinstance(sampler, DockerStatsCollector):
                     sampler.wait_samples(1)  # and one that covers the end of the run
             samples = sampler.samples
+            host_busy = host_busy_share(host_before, psutil.cpu_times())
     finally:
         inputs.close()
     notes += inputs.notes
@@ -327,6 +338,11 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
         "versions": versions(), "host": host_facts(), "git_revision": git_revision(),
         "notes": notes,
     }
+    rep["host_cpu_busy"] = round(host_busy, 4)
+    if host_busy > HOST_BUSY_FLAG:
+        rep["fidelity"]["flagged"].append(
+            f"host CPUs {host_busy:.0%} busy while driving: the host itself may have been the bottleneck, "
+            "so devices may have had less than their CPU caps")
     rep["prediction_vs_measured"] = prediction_vs_measured(predicted, rep)
     rep["breakdown"] = breakdown_table(rep["stages"], rep["hops"], (rep["latency_ms"] or {}).get("mean"),
                                        cfg.source)

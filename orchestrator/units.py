@@ -67,17 +67,3 @@ def parse_delay(text: object) -> float:
     if factor is None:
         raise ValueError(f"{text!r}: unknown time unit {unit!r} (use us, ms, s)")
     return value * factor
-
-
-def format_rate(bps: float) -> str:
-    for unit, f in (("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3)):
-        if bps >= f:
-            return f"{bps / f:.4g}{unit}"
-    return f"{bps:.4g}bit"
-
-
-def format_size(n: float) -> str:
-    for unit, f in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if abs(n) >= f:
-            return f"{n / f:.3g} {unit}"
-    return f"{int(n)} B"

@@ -59,13 +59,6 @@ def random_feeds(sess: ort.InferenceSession, batch: int, seed: int) -> dict[str,
     return feeds
 
 
-def run_whole(model_path: str | Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Outputs of the unpartitioned model, by name."""
-    sess = _session(Path(model_path))
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
-
-
 def run_stages(plan: Plan, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run the stages in order, each fed by name from the inputs and earlier stages' outputs."""
     env = dict(feeds)
