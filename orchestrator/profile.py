@@ -54,9 +54,8 @@ from .partition.graph import ModelGraph, load_graph
 from .partition.memory import MEMORY_HEADROOM, usable_bytes
 from .runtimes.base import Deployment
 
-CACHE_VERSION = 1
+CACHE_VERSION = 3  # 2: per-block times from chunk totals; 3: per-frame node overhead
 DEFAULT_CACHE_DIR = Path(".cache/profiles")
-TRIM = 0.2  # share of the measured frames dropped at each end before averaging
 BLOCKS_MARK = "blocks.json"  # in blocks_dir: which model and bounds the block files hold
 _MODELS_INDEX = "models.json"  # in cache_dir: path/size/mtime -> sha256 and block facts
 
@@ -69,12 +68,13 @@ class DeviceProfile:
     """One device's measurements (or the cache entry they came from)."""
 
     device: str
-    block_s: list[float]  # trimmed mean per block, seconds
+    block_s: list[float]  # per block, seconds (see chunk_block_times)
     samples_s: list[list[float]]  # per block, the measured (non warm-up) times
     chunks: list[tuple[int, int]]  # block ranges [i, j) loaded together
     threads: int
     peak_rss_bytes: int  # the node's peak RSS while profiling (0: not reported)
     seconds: float  # wall time spent on this device
+    overhead_s: float = 0.0  # per frame: taking one activation in and sending one on, beside compute
     cached: bool = False
 
     def to_json(self) -> dict:
@@ -85,6 +85,7 @@ class DeviceProfile:
             "threads": self.threads,
             "peak_rss_bytes": self.peak_rss_bytes,
             "seconds": self.seconds,
+            "overhead_s": self.overhead_s,
         }
 
     @classmethod
@@ -97,6 +98,7 @@ class DeviceProfile:
             threads=int(d.get("threads", 0)),
             peak_rss_bytes=int(d.get("peak_rss_bytes", 0)),
             seconds=float(d.get("seconds", 0.0)),
+            overhead_s=float(d.get("overhead_s", 0.0)),
             cached=True,
         )
 
@@ -134,16 +136,21 @@ class Profile:
 # -- small pieces --------------------------------------------------------------------------------
 
 
-def trimmed_mean(values: Sequence[float], trim: float = TRIM) -> float:
-    """Mean after dropping floor(trim * n) values at each end (all kept when that leaves none)."""
-    xs = sorted(values)
-    if not xs:
-        return float("nan")
-    k = int(len(xs) * trim)
-    if len(xs) - 2 * k < 1:
-        k = 0
-    kept = xs[k : len(xs) - k]
-    return float(sum(kept) / len(kept))
+def chunk_block_times(samples: Sequence[Sequence[float]], totals: Sequence[float]) -> list[float]:
+    """Each block's time: its share of the chunk from the plain mean of its samples, scaled to the
+    median of the per-frame chunk totals.
+
+    Under a CPU quota a block either runs at full speed or waits out the rest of the CFS period,
+    so its samples are bimodal: trimming them per block would drop exactly the throttled waits
+    that the quota adds. The per-frame total carries those waits evenly; its median keeps one
+    disturbed frame from counting.
+    """
+    means = [float(np.mean(s)) if len(s) else 0.0 for s in samples]
+    chunk = sum(means)
+    if chunk <= 0 or not totals:
+        return means
+    scale = float(np.median(totals)) / chunk
+    return [m * scale for m in means]
 
 
 def device_spec(dev: Device) -> dict:
@@ -247,7 +254,7 @@ def _assemble(facts: _ModelFacts, devs: dict[str, DeviceProfile], runtime: str, 
               seconds: float, notes: list[str]) -> Profile:
     return Profile(
         table=CostTable(bounds=list(facts.bounds), block_s={n: list(p.block_s) for n, p in devs.items()},
-                        origin="profiled"),
+                        origin="profiled", overhead_s={n: p.overhead_s for n, p in devs.items()}),
         block_memory=[w + a * batch for w, a in zip(facts.weights, facts.activation, strict=True)],
         block_weights=list(facts.weights),
         cut_bytes=[b * batch for b in facts.live],
@@ -441,6 +448,8 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
     t0 = time.perf_counter()
     nb = len(bounds) - 1
     samples: list[list[float]] = [[] for _ in range(nb)]
+    block_s: list[float] = [0.0] * nb
+    overheads: list[float] = []
     peak = 0
     threads = threads_for(dev.cpus)
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
@@ -463,10 +472,17 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
             for r in records:
                 if r.error:
                     raise RuntimeError(f"profiling {dev.name}: blocks {i}..{j - 1}: {r.error}")
+            totals = []
             for r in records[warmup:]:
+                total = 0.0
                 for t in r.timings:
                     if 0 <= t.stage < j - i:
                         samples[i + t.stage].append((t.end_ns - t.start_ns) / 1e9)
+                        total += (t.end_ns - t.start_ns) / 1e9
+                totals.append(total)
+                # the round trip less compute: the node receiving, decoding, encoding, sending
+                overheads.append(max(0.0, (r.done_ns - r.sent_ns) / 1e9 - total))
+            block_s[i:j] = chunk_block_times(samples[i:j], totals)
             try:
                 st = stub.Stats(pb.Empty(), timeout=10.0)
                 peak = max(peak, st.peak_rss_bytes, st.rss_bytes)
@@ -482,12 +498,13 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
         raise RuntimeError(f"profiling {dev.name}: no timing came back for blocks {missing}")
     return DeviceProfile(
         device=dev.name,
-        block_s=[trimmed_mean(s) for s in samples],
+        block_s=block_s,
         samples_s=samples,
         chunks=chunks,
         threads=threads,
         peak_rss_bytes=int(peak),
         seconds=time.perf_counter() - t0,
+        overhead_s=float(np.median(overheads)) if overheads else 0.0,
     )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,6 +44,8 @@ class CostTable:
     bounds: list[int]
     block_s: dict[str, list[float]]
     origin: str = "flops"
+    # per device, per frame: taking an activation in and sending one on (a profile measures it)
+    overhead_s: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_flops(
@@ -79,7 +81,7 @@ class CostTable:
         for dev, costs in self.block_s.items():
             pre = prefix(costs)
             out[dev] = [pre[index[bounds[i + 1]]] - pre[index[bounds[i]]] for i in range(len(bounds) - 1)]
-        return CostTable(bounds=list(bounds), block_s=out, origin=self.origin)
+        return CostTable(bounds=list(bounds), block_s=out, origin=self.origin, overhead_s=dict(self.overhead_s))
 
     def split(self, graph: ModelGraph, positions: Sequence[int]) -> CostTable:
         """Finer blocks: a block cut at a new position shares its measured time between the parts
@@ -97,7 +99,7 @@ class CostTable:
                 share = (pre[hi] - pre[lo]) / total if total > 0 else (hi - lo) / (bhi - blo)
                 vals.append(costs[k] * share)
             out[dev] = vals
-        return CostTable(bounds=bounds, block_s=out, origin=self.origin)
+        return CostTable(bounds=bounds, block_s=out, origin=self.origin, overhead_s=dict(self.overhead_s))
 
 
 def reduce_candidates(
@@ -290,6 +292,11 @@ def predict(
     bounds = [0, *cuts, graph.n]
     a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
     ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names])
+    over = table.overhead_s if table is not None else {}
+    # a stage's device also spends CPU taking its input in and sending its output on, and the
+    # source's device handles the requests' ingress and results as well
+    ev.stage_s = [st + over.get(d, 0.0) * (2 if d == source else 1) for st, d in zip(ev.stage_s, device_names,
+                                                                                        strict=True)]
     slowest = ev.bottleneck_s
     return Predicted(
         stage_s=[round(s, 6) for s in ev.stage_s],
