@@ -8,11 +8,11 @@ the chunk's input tensors, taken from one reference run of the whole chain in th
 a seeded synthetic input, so every block computes on real intermediate values. The node's own
 `start_ns`/`end_ns` stamps give each block's compute time, measured where the device is
 emulated (inside its container under its caps; in the local runtime under the same thread
-count). Warm-up frames are dropped and the rest averaged with the extremes trimmed.
+count). Warm-up frames are dropped; see `chunk_block_times` for how the rest are averaged,
+and `DeviceProfile.overhead_s` for the per-frame cost beside compute.
 
-Chunks are cut so their resident weights (about twice the weights: ONNX Runtime keeps pre-packed
-copies) and largest activation fit the device's memory, less headroom and the node's own
-footprint; between chunks the node is emptied first (a Load replaces the
+Chunks are cut so that a node holding them fits the device's memory by the planner's own memory
+model (`partition.memory`); between chunks the node is emptied first (a Load replaces the
 old pipeline only once the new one is built, which a small device could not hold twice).
 
 Devices are profiled in parallel, one thread each, within what the host can give without the
