@@ -20,6 +20,9 @@ sys.path.insert(0, str(ROOT))
 from orchestrator.models import ensure_vit  # noqa: E402
 from orchestrator.run import execute  # noqa: E402
 
+# One placement measured twice here differs by up to ~4%: closer than that is not a ranking.
+NOISE_PCT = 3.0
+
 ONE_DEVICE = """
 devices:
   - {name: laptop, type: laptop, cpus: 0.6, memory: 2GiB, power: {idle_w: 8.0, max_w: 35.0}}
@@ -66,22 +69,25 @@ def main() -> int:
             values = {r["name"]: r[key] for r in rows if r[key]}
             best = (max if objective == "throughput" else min)(values, key=values.get)
             by = {r["name"]: r for r in rows}
-            # another configuration that ran the very same placement measures the same plan again
+            # another configuration that ran the very same placement measures the same plan again;
+            # a different one within NOISE_PCT of optimal is a tie at this machine's run-to-run spread
             same = best != "optimal" and (by[best]["devices"], by[best]["cut_tensors"]) == (
                 by["optimal"]["devices"], by["optimal"]["cut_tensors"])
             gap = abs(values[best] / values["optimal"] - 1) * 100
+            tie = best != "optimal" and (same or gap <= NOISE_PCT)
             print(f"  best on {objective}: {best}" + ("" if best == "optimal" else
-                  f" ({gap:.1f}% apart; " + ("the same placement as optimal's: run-to-run noise)" if same
+                  f" ({gap:.1f}% apart; " + ("the same placement as optimal's: run-to-run noise)" if same else
+                                              f"within the {NOISE_PCT:g}% run-to-run spread: a tie)" if tie
                                               else "a different placement)  <- NOT optimal")))
-            ok &= best == "optimal" or same
+            ok &= best == "optimal" or tie
             pv = rep["prediction_vs_measured"]
             tp, lt = pv["throughput_fps"], pv["latency_ms"]
             print(f"  optimal predicted {tp['predicted']:.3f} images/s, measured {tp['measured']:.3f}: "
                   f"error {tp['error_pct']:+.1f}%")
-            print(f"  optimal predicted latency {lt['predicted']:.1f} ms, measured p50 {lt['measured_p50']:.1f}: "
+            print(f"  optimal predicted latency {lt['predicted']:.1f} ms at {concurrency} in flight (unloaded "
+                  f"{lt['predicted_unloaded']:.1f}), measured p50 {lt['measured_p50']:.1f}: "
                   f"error {lt['error_pct']:+.1f}%")
-            err = tp["error_pct"] if objective == "throughput" else lt["error_pct"]
-            ok &= abs(err) <= 15
+            ok &= abs(tp["error_pct"]) <= 15 and abs(lt["error_pct"]) <= 15
     print("\nall targets met" if ok else "\nsome targets missed")
     return 0
 

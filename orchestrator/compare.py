@@ -9,6 +9,18 @@ def _err_pct(predicted: float | None, measured: float | None) -> float | None:
     return round((predicted / measured - 1) * 100, 1)
 
 
+def loaded_latency_s(predicted: dict, load: dict) -> float | None:
+    """The latency the plan predicts under the run's load. With N requests in flight in a closed
+    loop, a request waits behind the others once the pipeline is full: by Little's law it takes
+    N / throughput, never less than the unloaded sum. An open loop below capacity adds no queue."""
+    lat, fps = predicted.get("latency_s"), predicted.get("throughput_fps")
+    if lat is None:
+        return None
+    if load.get("mode", "closed") == "closed" and fps:
+        return max(lat, load.get("concurrency", 1) / fps)  # fps: the plan's frames (requests) per second
+    return lat
+
+
 def prediction_vs_measured(predicted: dict | None, rep: dict) -> dict | None:
     """Predicted and measured throughput, latency, per-stage compute and per-cut transfer, with the
     error of the prediction in percent of the measurement (positive: it promised too much time)."""
@@ -16,11 +28,15 @@ def prediction_vs_measured(predicted: dict | None, rep: dict) -> dict | None:
         return None
     lat = rep.get("latency_ms") or {}
     fps = rep.get("throughput_fps")
-    pred_lat = predicted.get("latency_s")
+    pred_lat = loaded_latency_s(predicted, rep.get("load") or {})
+    batch = rep.get("batch", 1)
+    # the plan predicts frames per second; a frame carries `batch` images
+    pred_fps = predicted["throughput_fps"] * batch if predicted.get("throughput_fps") else None
     out = {
-        "throughput_fps": {"predicted": predicted.get("throughput_fps"), "measured": fps,
-                           "error_pct": _err_pct(predicted.get("throughput_fps"), fps)},
+        "throughput_fps": {"predicted": pred_fps, "measured": fps, "error_pct": _err_pct(pred_fps, fps)},
         "latency_ms": {"predicted": round(pred_lat * 1e3, 3) if pred_lat is not None else None,
+                       "predicted_unloaded": round(predicted["latency_s"] * 1e3, 3)
+                       if predicted.get("latency_s") is not None else None,
                        "measured_p50": lat.get("p50"),
                        "error_pct": _err_pct(pred_lat * 1e3 if pred_lat is not None else None, lat.get("p50"))},
         "stages": [], "transfers": [],

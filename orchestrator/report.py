@@ -135,8 +135,8 @@ def render_markdown(rep: dict) -> str:
                   "|---|---|---|---|",
                   f"| throughput images/s | {_fmt(tp['predicted'], 2)} | {_fmt(tp['measured'], 2)} | "
                   f"{_pct(tp['error_pct'])} |",
-                  f"| latency ms (measured p50) | {_fmt(lt['predicted'])} | {_fmt(lt['measured_p50'])} | "
-                  f"{_pct(lt['error_pct'])} |"]
+                  f"| latency ms at this load (measured p50; unloaded {_fmt(lt.get('predicted_unloaded'))} "
+                  f"predicted) | {_fmt(lt['predicted'])} | {_fmt(lt['measured_p50'])} | {_pct(lt['error_pct'])} |"]
         for st in pv["stages"]:
             lines.append(f"| stage {st['index']} on {st['device']} compute ms (mean) | {_fmt(st['predicted_ms'], 2)} | "
                          f"{_fmt(st['measured_ms'], 2)} | {_pct(st['error_pct'])} |")

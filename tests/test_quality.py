@@ -32,3 +32,12 @@ def test_agreement_reports_largest_difference_and_top1():
     off = agreement([_rec(0, np.array([[1.0, 4.0, 3.5]]))], ref)
     assert off["max_abs_diff"] == pytest.approx(2.0) and off["top1"] == 0.0
     assert agreement([_rec(7, np.zeros((1, 3)))], ref)["checked"] == 0
+
+
+def test_predicted_latency_follows_the_load():
+    from orchestrator.compare import loaded_latency_s
+
+    plan = {"latency_s": 1.0, "throughput_fps": 2.0}  # 4 stages of 0.5 s, say
+    assert loaded_latency_s(plan, {"mode": "closed", "concurrency": 1}) == 1.0  # nothing to wait behind
+    assert loaded_latency_s(plan, {"mode": "closed", "concurrency": 6}) == 3.0  # Little's law: 6 / 2 per s
+    assert loaded_latency_s(plan, {"mode": "open", "rate_hz": 1.0}) == 1.0
