@@ -54,6 +54,8 @@ from .partition.graph import ModelGraph, load_graph
 from .partition.memory import MEMORY_HEADROOM, usable_bytes
 from .runtimes.base import Deployment
 
+# Docker sets CPU caps (NanoCpus) as CFS quotas over a 100 ms period; local nodes have no quota.
+CFS_PERIOD_S = {"docker": 0.1}
 CACHE_VERSION = 3  # 2: per-block times from chunk totals; 3: per-frame node overhead
 DEFAULT_CACHE_DIR = Path(".cache/profiles")
 BLOCKS_MARK = "blocks.json"  # in blocks_dir: which model and bounds the block files hold
@@ -254,7 +256,8 @@ def _assemble(facts: _ModelFacts, devs: dict[str, DeviceProfile], runtime: str, 
               seconds: float, notes: list[str]) -> Profile:
     return Profile(
         table=CostTable(bounds=list(facts.bounds), block_s={n: list(p.block_s) for n, p in devs.items()},
-                        origin="profiled", overhead_s={n: p.overhead_s for n, p in devs.items()}),
+                        origin="profiled", overhead_s={n: p.overhead_s for n, p in devs.items()},
+                        cfs_period_s=CFS_PERIOD_S.get(runtime)),
         block_memory=[w + a * batch for w, a in zip(facts.weights, facts.activation, strict=True)],
         block_weights=list(facts.weights),
         cut_bytes=[b * batch for b in facts.live],

@@ -297,3 +297,13 @@ def test_cost_table_splits_a_block_by_flops_for_cuts_between_bounds() -> None:
     assert fine.block_s["a"] == pytest.approx([flops, 1.0 - flops])
     with pytest.raises(ValueError):
         coarse.regroup([0, mid, g.n])  # without the graph there is nothing to split by
+
+
+def test_burst_wall_time_under_a_quota():
+    from orchestrator.partition.costmodel import burst_wall_s
+
+    # 0.2 CPU, 100 ms period: 10 ms of CPU, always busy, takes 50 ms; from a fresh quota, 10 ms
+    assert burst_wall_s(0.050, 0.2, 0.1) == pytest.approx(0.010)
+    # 50 ms of CPU: two periods' quota (40 ms) with their waits, then 10 ms
+    assert burst_wall_s(0.250, 0.2, 0.1) == pytest.approx(0.210)
+    assert burst_wall_s(0.3, 1.0, 0.1) == 0.3  # a whole CPU is never throttled

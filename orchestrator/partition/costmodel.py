@@ -13,6 +13,7 @@ tested without ONNX graphs.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +47,8 @@ class CostTable:
     origin: str = "flops"
     # per device, per frame: taking an activation in and sending one on (a profile measures it)
     overhead_s: dict[str, float] = field(default_factory=dict)
+    # the CFS period of the CPU quotas the figures were measured under (Docker), None without quotas
+    cfs_period_s: float | None = None
 
     @classmethod
     def from_flops(
@@ -81,7 +84,8 @@ class CostTable:
         for dev, costs in self.block_s.items():
             pre = prefix(costs)
             out[dev] = [pre[index[bounds[i + 1]]] - pre[index[bounds[i]]] for i in range(len(bounds) - 1)]
-        return CostTable(bounds=list(bounds), block_s=out, origin=self.origin, overhead_s=dict(self.overhead_s))
+        return CostTable(bounds=list(bounds), block_s=out, origin=self.origin, overhead_s=dict(self.overhead_s),
+                         cfs_period_s=self.cfs_period_s)
 
     def split(self, graph: ModelGraph, positions: Sequence[int]) -> CostTable:
         """Finer blocks: a block cut at a new position shares its measured time between the parts
@@ -99,7 +103,8 @@ class CostTable:
                 share = (pre[hi] - pre[lo]) / total if total > 0 else (hi - lo) / (bhi - blo)
                 vals.append(costs[k] * share)
             out[dev] = vals
-        return CostTable(bounds=bounds, block_s=out, origin=self.origin, overhead_s=dict(self.overhead_s))
+        return CostTable(bounds=bounds, block_s=out, origin=self.origin, overhead_s=dict(self.overhead_s),
+                         cfs_period_s=self.cfs_period_s)
 
 
 def reduce_candidates(
@@ -278,6 +283,18 @@ def build_arrays(
     return arrays, bounds
 
 
+def burst_wall_s(busy_wall_s: float, cpus: float, period_s: float) -> float:
+    """Wall time of work that takes `busy_wall_s` under a CPU quota when always busy (cpu time / cpus),
+    started instead with the period's whole quota unspent: it runs at full speed for each period's
+    quota and waits out the rest of the period between."""
+    if cpus >= 1.0 or busy_wall_s <= 0:
+        return busy_wall_s
+    cpu = busy_wall_s * cpus
+    quota = cpus * period_s
+    full = math.ceil(cpu / quota) - 1
+    return full * period_s + (cpu - full * quota)
+
+
 def predict(
     graph: ModelGraph,
     cuts: Sequence[int],
@@ -298,9 +315,16 @@ def predict(
     ev.stage_s = [st + over.get(d, 0.0) * (2 if d == source else 1) for st, d in zip(ev.stage_s, device_names,
                                                                                         strict=True)]
     slowest = ev.bottleneck_s
+    latency = ev.latency_s
+    if table is not None and table.cfs_period_s:
+        # a stage that is not the bottleneck waits for its frames, so it starts each one with a fresh
+        # quota and runs at full speed until that is spent; the profile measured it always busy
+        cpus = {d.name: d.cpus for d in testbed.devices}
+        latency += sum(burst_wall_s(st, cpus[d], table.cfs_period_s) - st
+                       for st, d in zip(ev.stage_s, device_names, strict=True) if st < slowest)
     return Predicted(
-        stage_s=[round(s, 6) for s in ev.stage_s],
-        transfer_s=[round(s, 6) for s in ev.transfer_s],
+        stage_s=[round(x, 6) for x in ev.stage_s],
+        transfer_s=[round(x, 6) for x in ev.transfer_s],
         throughput_fps=round(1.0 / slowest, 3) if slowest > 0 else None,
-        latency_s=round(ev.latency_s, 6),
+        latency_s=round(latency, 6),
     )
