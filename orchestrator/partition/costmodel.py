@@ -310,18 +310,20 @@ def predict(
     a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
     ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names])
     over = table.overhead_s if table is not None else {}
-    # a stage's device also spends CPU taking its input in and sending its output on, and the
-    # source's device handles the requests' ingress and results as well
-    ev.stage_s = [st + over.get(d, 0.0) * (2 if d == source else 1) for st, d in zip(ev.stage_s, device_names,
+    compute = list(ev.stage_s)
+    # a busy device also spends CPU taking its input in and sending its output on (the source's
+    # handles the requests' ingress and results as well): under its quota that slows each frame.
+    # It is not added to latency: a hop's transfer time already holds its (de)serialisation.
+    ev.stage_s = [st + over.get(d, 0.0) * (2 if d == source else 1) for st, d in zip(compute, device_names,
                                                                                         strict=True)]
     slowest = ev.bottleneck_s
-    latency = ev.latency_s
+    latency = ev.latency_s - sum(ev.stage_s) + sum(compute)
     if table is not None and table.cfs_period_s:
         # a stage that is not the bottleneck waits for its frames, so it starts each one with a fresh
         # quota and runs at full speed until that is spent; the profile measured it always busy
         cpus = {d.name: d.cpus for d in testbed.devices}
-        latency += sum(burst_wall_s(st, cpus[d], table.cfs_period_s) - st
-                       for st, d in zip(ev.stage_s, device_names, strict=True) if st < slowest)
+        latency += sum(burst_wall_s(c, cpus[d], table.cfs_period_s) - c
+                       for c, st, d in zip(compute, ev.stage_s, device_names, strict=True) if st < slowest)
     return Predicted(
         stage_s=[round(x, 6) for x in ev.stage_s],
         transfer_s=[round(x, 6) for x in ev.transfer_s],
