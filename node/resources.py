@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,48 +117,45 @@ def _min(values: list[float | None]) -> float | None:
     return min(present) if present else None
 
 
+def _tightest(root: str | Path, proc_cgroup: str | Path, controller: str,
+              read_v1: Callable[[Path], float | None], read_v2: Callable[[Path], float | None]) -> float | None:
+    """The tightest limit along this process's cgroup path, read from v1 and v2 trees alike (a host
+    may mount v1 controllers with a v2 tree beside them)."""
+    root = Path(root)
+    v1, v2 = parse_proc_cgroup(_read(Path(proc_cgroup)) or "")
+    found: list[float | None] = []
+    mount = _v1_mount(root, controller)
+    if mount is not None:
+        found += [read_v1(d) for d in _candidate_dirs(mount, v1.get(controller))]
+    mount2 = _v2_mount(root)
+    if mount2 is not None:
+        found += [read_v2(d) for d in _candidate_dirs(mount2, v2)]
+    return _min(found)
+
+
+def _parsed(path: Path, parse: Callable[[str], float | None]) -> float | None:
+    text = _read(path)
+    return None if text is None else parse(text)
+
+
 def cpu_quota(
     root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup"
 ) -> float | None:
     """CPUs the process may use per period (tightest of v1 and v2 along its path), None if none."""
-    root = Path(root)
-    v1, v2 = parse_proc_cgroup(_read(Path(proc_cgroup)) or "")
-    found: list[float | None] = []
-    mount = _v1_mount(root, "cpu")
-    if mount is not None:
-        for d in _candidate_dirs(mount, v1.get("cpu")):
-            q, p = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
-            if q is not None and p is not None:
-                found.append(parse_cfs(q, p))
-    mount2 = _v2_mount(root)
-    if mount2 is not None:
-        for d in _candidate_dirs(mount2, v2):
-            text = _read(d / "cpu.max")
-            if text is not None:
-                found.append(parse_cpu_max(text))
-    return _min(found)
+
+    def v1(d: Path) -> float | None:
+        q, p = _read(d / "cpu.cfs_quota_us"), _read(d / "cpu.cfs_period_us")
+        return parse_cfs(q, p) if q is not None and p is not None else None
+
+    return _tightest(root, proc_cgroup, "cpu", v1, lambda d: _parsed(d / "cpu.max", parse_cpu_max))
 
 
 def memory_limit(
     root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup"
 ) -> int | None:
     """Hard memory limit in bytes (tightest of v1 and v2 along the path), None if none."""
-    root = Path(root)
-    v1, v2 = parse_proc_cgroup(_read(Path(proc_cgroup)) or "")
-    found: list[float | None] = []
-    mount = _v1_mount(root, "memory")
-    if mount is not None:
-        for d in _candidate_dirs(mount, v1.get("memory")):
-            text = _read(d / "memory.limit_in_bytes")
-            if text is not None:
-                found.append(parse_memory_limit(text))
-    mount2 = _v2_mount(root)
-    if mount2 is not None:
-        for d in _candidate_dirs(mount2, v2):
-            text = _read(d / "memory.max")
-            if text is not None:
-                found.append(parse_memory_limit(text))
-    m = _min(found)
+    m = _tightest(root, proc_cgroup, "memory", lambda d: _parsed(d / "memory.limit_in_bytes", parse_memory_limit),
+                  lambda d: _parsed(d / "memory.max", parse_memory_limit))
     return None if m is None else int(m)
 
 
