@@ -141,9 +141,10 @@ so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
 x = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
 for _ in range(3): s.run(None, {"x": x})
-n, t = 150, time.perf_counter()  # well over many 100 ms CFS periods: the quota shows, not one burst
-for _ in range(n):
+n, t = 0, time.perf_counter()
+while time.perf_counter() - t < 1.5:  # fifteen 100 ms CFS periods or more: the quota shows, not one burst
     s.run(None, {"x": x})
+    n += 1
 print(json.dumps((time.perf_counter() - t) / n))
 """
 
@@ -151,13 +152,18 @@ print(json.dumps((time.perf_counter() - t) / n))
 def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
     model = _matmul_model(testbed["ws"] / "mm.onnx")
     os.chmod(model, 0o644)
-    times = {}
-    for dev in ("one", "half"):  # one at a time: the caps, not the two containers, compete
-        r = testbed["containers"][dev].exec_run(["python", "-c", _TIME_STAGE, "/workspace/mm.onnx"], user="10001")
-        assert r.exit_code == 0, r.output.decode()
-        times[dev] = json.loads(r.output.decode().strip().splitlines()[-1])
-    ratio = times["half"] / times["one"]
-    print(f"ORT stage mean over 150 runs: 1 CPU {times['one'] * 1e3:.1f} ms, 0.5 CPU {times['half'] * 1e3:.1f} ms, "
+    times: dict[str, list[float]] = {"one": [], "half": []}
+    # One container at a time (the caps, not the two containers, compete), interleaved over three
+    # rounds and the fastest round kept per device: the host's own noise only ever adds time.
+    for _ in range(3):
+        for dev in ("one", "half"):
+            r = testbed["containers"][dev].exec_run(["python", "-c", _TIME_STAGE, "/workspace/mm.onnx"],
+                                                    user="10001")
+            assert r.exit_code == 0, r.output.decode()
+            times[dev].append(json.loads(r.output.decode().strip().splitlines()[-1]))
+    one, half = min(times["one"]), min(times["half"])
+    ratio = half / one
+    print(f"ORT stage mean over 1.5 s, best of 3: 1 CPU {one * 1e3:.1f} ms, 0.5 CPU {half * 1e3:.1f} ms, "
           f"ratio {ratio:.2f}")
     assert 1.6 <= ratio <= 2.4, times
 
