@@ -9,6 +9,23 @@ def _err_pct(predicted: float | None, measured: float | None) -> float | None:
     return round((predicted / measured - 1) * 100, 1)
 
 
+def loaded_throughput_fps(predicted: dict, load: dict) -> float | None:
+    """The frames per second the plan predicts under the run's load. A closed loop with N requests in
+    flight cannot keep the bottleneck busy when N requests take longer to cross the whole pipeline
+    than N frames take at the bottleneck: it then completes N per unloaded latency. (For fixed step
+    times this is exact: the cycle time is the larger of the N-request circuit and the slowest step.)
+    An open loop completes what arrives, up to the pipeline's capacity."""
+    fps, lat = predicted.get("throughput_fps"), predicted.get("latency_s")
+    if not fps:
+        return None
+    mode = load.get("mode", "closed")
+    if mode == "closed" and lat:
+        return min(fps, load.get("concurrency", 1) / lat)
+    if mode == "open" and load.get("rate_hz"):
+        return min(fps, float(load["rate_hz"]))
+    return fps
+
+
 def loaded_latency_s(predicted: dict, load: dict) -> float | None:
     """The latency the plan predicts under the run's load. With N requests in flight in a closed
     loop, a request waits behind the others once the pipeline is full: by Little's law it takes
@@ -31,9 +48,12 @@ def prediction_vs_measured(predicted: dict | None, rep: dict) -> dict | None:
     pred_lat = loaded_latency_s(predicted, rep.get("load") or {})
     batch = rep.get("batch", 1)
     # the plan predicts frames per second; a frame carries `batch` images
-    pred_fps = predicted["throughput_fps"] * batch if predicted.get("throughput_fps") else None
+    frames = loaded_throughput_fps(predicted, rep.get("load") or {})
+    pred_fps = frames * batch if frames else None
     out = {
-        "throughput_fps": {"predicted": pred_fps, "measured": fps, "error_pct": _err_pct(pred_fps, fps)},
+        "throughput_fps": {"predicted": round(pred_fps, 3) if pred_fps else None,
+                           "predicted_unloaded": predicted.get("throughput_fps"),
+                           "measured": fps, "error_pct": _err_pct(pred_fps, fps)},
         "latency_ms": {"predicted": round(pred_lat * 1e3, 3) if pred_lat is not None else None,
                        "predicted_unloaded": round(predicted["latency_s"] * 1e3, 3)
                        if predicted.get("latency_s") is not None else None,

@@ -133,7 +133,8 @@ def render_markdown(rep: dict) -> str:
         tp, lt = pv["throughput_fps"], pv["latency_ms"]
         lines += ["", "## Predicted and measured", "", "| figure | predicted | measured | error |",
                   "|---|---|---|---|",
-                  f"| throughput images/s | {_fmt(tp['predicted'], 2)} | {_fmt(tp['measured'], 2)} | "
+                  f"| throughput images/s at this load (pipeline full: {_fmt(tp.get('predicted_unloaded'), 2)}) | "
+                  f"{_fmt(tp['predicted'], 2)} | {_fmt(tp['measured'], 2)} | "
                   f"{_pct(tp['error_pct'])} |",
                   f"| latency ms at this load (measured p50; unloaded {_fmt(lt.get('predicted_unloaded'))} "
                   f"predicted) | {_fmt(lt['predicted'])} | {_fmt(lt['measured_p50'])} | {_pct(lt['error_pct'])} |"]

@@ -37,7 +37,17 @@ def test_agreement_reports_largest_difference_and_top1():
 def test_predicted_latency_follows_the_load():
     from orchestrator.compare import loaded_latency_s
 
-    plan = {"latency_s": 1.0, "throughput_fps": 2.0}  # 4 stages of 0.5 s, say
+    plan = {"latency_s": 1.0, "throughput_fps": 2.0}  # 2 stages of 0.5 s, say
     assert loaded_latency_s(plan, {"mode": "closed", "concurrency": 1}) == 1.0  # nothing to wait behind
     assert loaded_latency_s(plan, {"mode": "closed", "concurrency": 6}) == 3.0  # Little's law: 6 / 2 per s
     assert loaded_latency_s(plan, {"mode": "open", "rate_hz": 1.0}) == 1.0
+
+
+def test_predicted_throughput_follows_the_load():
+    from orchestrator.compare import loaded_throughput_fps
+
+    plan = {"latency_s": 1.0, "throughput_fps": 2.0}  # 2 stages of 0.5 s, say
+    assert loaded_throughput_fps(plan, {"mode": "closed", "concurrency": 1}) == 1.0  # one request crosses it all
+    assert loaded_throughput_fps(plan, {"mode": "closed", "concurrency": 6}) == 2.0  # the bottleneck is kept busy
+    assert loaded_throughput_fps(plan, {"mode": "open", "rate_hz": 1.5}) == 1.5  # what arrives
+    assert loaded_throughput_fps(plan, {"mode": "open", "rate_hz": 9.0}) == 2.0  # up to capacity
