@@ -56,7 +56,9 @@ from .runtimes.base import Deployment
 
 # Docker sets CPU caps (NanoCpus) as CFS quotas over a 100 ms period; local nodes have no quota.
 CFS_PERIOD_S = {"docker": 0.1}
-CACHE_VERSION = 3  # 2: per-block times from chunk totals; 3: per-frame node overhead
+# 2: per-block times from chunk totals; 3: per-frame node overhead; 4: overhead at saturation, round trip
+CACHE_VERSION = 4
+SATURATION_IN_FLIGHT = 2  # enough to keep one node always busy: a frame waits while the other runs
 DEFAULT_CACHE_DIR = Path(".cache/profiles")
 BLOCKS_MARK = "blocks.json"  # in blocks_dir: which model and bounds the block files hold
 _MODELS_INDEX = "models.json"  # in cache_dir: path/size/mtime -> sha256 and block facts
@@ -76,7 +78,8 @@ class DeviceProfile:
     threads: int
     peak_rss_bytes: int  # the node's peak RSS while profiling (0: not reported)
     seconds: float  # wall time spent on this device
-    overhead_s: float = 0.0  # per frame: taking one activation in and sending one on, beside compute
+    overhead_s: float = 0.0  # per frame while always busy, beside compute (see `saturation_overhead_s`)
+    roundtrip_s: float = 0.0  # per request at one in flight: driver to node and back, less compute
     cached: bool = False
 
     def to_json(self) -> dict:
@@ -88,6 +91,7 @@ class DeviceProfile:
             "peak_rss_bytes": self.peak_rss_bytes,
             "seconds": self.seconds,
             "overhead_s": self.overhead_s,
+            "roundtrip_s": self.roundtrip_s,
         }
 
     @classmethod
@@ -101,6 +105,7 @@ class DeviceProfile:
             peak_rss_bytes=int(d.get("peak_rss_bytes", 0)),
             seconds=float(d.get("seconds", 0.0)),
             overhead_s=float(d.get("overhead_s", 0.0)),
+            roundtrip_s=float(d.get("roundtrip_s", 0.0)),
             cached=True,
         )
 
@@ -153,6 +158,20 @@ def chunk_block_times(samples: Sequence[Sequence[float]], totals: Sequence[float
         return means
     scale = float(np.median(totals)) / chunk
     return [m * scale for m in means]
+
+
+def saturation_overhead_s(done_ns: Sequence[int], skip: int, compute_s: float) -> float:
+    """Per-frame time beside compute of a node kept always busy: the interval between completions
+    (after `skip` frames that filled the pipe) less the chunk's compute per frame.
+
+    Everything the node spends per frame outside its stages (decoding the input, encoding the
+    output, gRPC) shares the device's CPU quota with compute, so it stretches every frame of a busy
+    stage; at one in flight it hides in the gaps between frames, so it is measured here.
+    """
+    t = sorted(done_ns)[skip:]
+    if len(t) < 2:
+        return 0.0
+    return max(0.0, (t[-1] - t[0]) / 1e9 / (len(t) - 1) - compute_s)
 
 
 def device_spec(dev: Device) -> dict:
@@ -257,6 +276,7 @@ def _assemble(facts: _ModelFacts, devs: dict[str, DeviceProfile], runtime: str, 
     return Profile(
         table=CostTable(bounds=list(facts.bounds), block_s={n: list(p.block_s) for n, p in devs.items()},
                         origin="profiled", overhead_s={n: p.overhead_s for n, p in devs.items()},
+                        roundtrip_s={n: p.roundtrip_s for n, p in devs.items()},
                         cfs_period_s=CFS_PERIOD_S.get(runtime)),
         block_memory=[w + a * batch for w, a in zip(facts.weights, facts.activation, strict=True)],
         block_weights=list(facts.weights),
@@ -452,6 +472,7 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
     nb = len(bounds) - 1
     samples: list[list[float]] = [[] for _ in range(nb)]
     block_s: list[float] = [0.0] * nb
+    roundtrips: list[float] = []
     overheads: list[float] = []
     peak = 0
     threads = threads_for(dev.cpus)
@@ -470,9 +491,12 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
                 feed = Feed(arrays={x: ref[x] for x in carry})
                 records = drive(address, itertools.repeat(feed), total=warmup + reps, concurrency=1,
                                 on_done=lambda _r, c=ci: advance(c), timeout_s=timeout_s)
+                busy = drive(address, itertools.repeat(feed), total=SATURATION_IN_FLIGHT + reps,
+                             concurrency=SATURATION_IN_FLIGHT, on_done=lambda _r, c=ci: advance(c),
+                             timeout_s=timeout_s)
             finally:
                 slots.release(held)
-            for r in records:
+            for r in [*records, *busy]:
                 if r.error:
                     raise RuntimeError(f"profiling {dev.name}: blocks {i}..{j - 1}: {r.error}")
             totals = []
@@ -483,9 +507,11 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
                         samples[i + t.stage].append((t.end_ns - t.start_ns) / 1e9)
                         total += (t.end_ns - t.start_ns) / 1e9
                 totals.append(total)
-                # the round trip less compute: the node receiving, decoding, encoding, sending
-                overheads.append(max(0.0, (r.done_ns - r.sent_ns) / 1e9 - total))
+                # the round trip less compute: the driver's trip in, the node's handling, the trip out
+                roundtrips.append(max(0.0, (r.done_ns - r.sent_ns) / 1e9 - total))
             block_s[i:j] = chunk_block_times(samples[i:j], totals)
+            overheads.append(saturation_overhead_s([r.done_ns for r in busy], SATURATION_IN_FLIGHT,
+                                                   sum(block_s[i:j])))
             try:
                 st = stub.Stats(pb.Empty(), timeout=10.0)
                 peak = max(peak, st.peak_rss_bytes, st.rss_bytes)
@@ -508,6 +534,7 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
         peak_rss_bytes=int(peak),
         seconds=time.perf_counter() - t0,
         overhead_s=float(np.median(overheads)) if overheads else 0.0,
+        roundtrip_s=float(np.median(roundtrips)) if roundtrips else 0.0,
     )
 
 
@@ -575,7 +602,7 @@ def profile(model_path: str | Path, testbed: Testbed, deployment: Deployment, bl
                             TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
                             transient=False)
     tasks: dict[str, int] = {}
-    per_frame = warmup + reps
+    per_frame = warmup + reps + SATURATION_IN_FLIGHT + reps
 
     def advancer(name: str):
         n = len(chunks[name])
@@ -672,4 +699,9 @@ def profile_to_rows(p: Profile) -> list[dict[str, str]]:
     for n in names:
         total[f"{n} ms"] = f"{p.device_total_s(n) * 1e3:.2f}"
     rows.append(total)
+    blank = {k: "" for k in total}
+    rows.append(blank | {"block": "per frame", "first node": "beside compute, when busy"}
+                | {f"{n} ms": f"{p.table.overhead_s.get(n, 0.0) * 1e3:.2f}" for n in names})
+    rows.append(blank | {"block": "round trip", "first node": "driver to node and back"}
+                | {f"{n} ms": f"{p.table.roundtrip_s.get(n, 0.0) * 1e3:.2f}" for n in names})
     return rows

@@ -71,6 +71,7 @@ def _random_arrays(rng: np.random.Generator) -> Arrays:
         mem=mem,
         dev_mem=rng.uniform(30, 300, d_n),  # sometimes nothing fits
         source=int(rng.integers(0, d_n)) if rng.random() < 0.5 else None,
+        overhead=rng.uniform(0, 0.05, d_n) if rng.random() < 0.5 else None,  # per-frame node overhead
     )
 
 
@@ -94,6 +95,7 @@ def test_optimal_matches_brute_force(seed: int) -> None:
                     objective,
                     stages=stages,
                     source=a.source,
+                    overhead=a.overhead,
                 )
                 if want == INF:
                     infeasible += 1

@@ -157,7 +157,9 @@ def test_profile_squeezenet_measures_every_block(nodes, tmp_path):
         assert 0.5 * whole <= p.device_total_s(dev) <= 2.0 * whole, (dev, p.device_total_s(dev), whole)
 
     rows = profile_to_rows(p)
-    assert len(rows) == nb + 1 and rows[-1]["block"] == "total" and "small ms" in rows[0]
+    assert len(rows) == nb + 3 and rows[nb]["block"] == "total" and "small ms" in rows[0]
+    assert [r["block"] for r in rows[-2:]] == ["per frame", "round trip"]
+    assert float(rows[-1]["small ms"]) > 0  # a request's trip through the node takes some time
 
     # second call: from the cache, no node touched
     t = time.perf_counter()

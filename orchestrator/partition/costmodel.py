@@ -45,8 +45,12 @@ class CostTable:
     bounds: list[int]
     block_s: dict[str, list[float]]
     origin: str = "flops"
-    # per device, per frame: taking an activation in and sending one on (a profile measures it)
+    # per device, per frame, while busy: the CPU time beside compute (taking an activation in and
+    # sending one on) as wall time under its quota; a profile measures it at saturation
     overhead_s: dict[str, float] = field(default_factory=dict)
+    # per device: a request's round trip from the driver through the device's node and back, less
+    # compute, at one in flight (the source's share of every request's latency); a profile measures it
+    roundtrip_s: dict[str, float] = field(default_factory=dict)
     # the CFS period of the CPU quotas the figures were measured under (Docker), None without quotas
     cfs_period_s: float | None = None
 
@@ -84,8 +88,7 @@ class CostTable:
         for dev, costs in self.block_s.items():
             pre = prefix(costs)
             out[dev] = [pre[index[bounds[i + 1]]] - pre[index[bounds[i]]] for i in range(len(bounds) - 1)]
-        return CostTable(bounds=list(bounds), block_s=out, origin=self.origin, overhead_s=dict(self.overhead_s),
-                         cfs_period_s=self.cfs_period_s)
+        return self._with(list(bounds), out)
 
     def split(self, graph: ModelGraph, positions: Sequence[int]) -> CostTable:
         """Finer blocks: a block cut at a new position shares its measured time between the parts
@@ -103,8 +106,11 @@ class CostTable:
                 share = (pre[hi] - pre[lo]) / total if total > 0 else (hi - lo) / (bhi - blo)
                 vals.append(costs[k] * share)
             out[dev] = vals
-        return CostTable(bounds=bounds, block_s=out, origin=self.origin, overhead_s=dict(self.overhead_s),
-                         cfs_period_s=self.cfs_period_s)
+        return self._with(bounds, out)
+
+    def _with(self, bounds: list[int], block_s: dict[str, list[float]]) -> CostTable:
+        return CostTable(bounds=bounds, block_s=block_s, origin=self.origin, overhead_s=dict(self.overhead_s),
+                         roundtrip_s=dict(self.roundtrip_s), cfs_period_s=self.cfs_period_s)
 
 
 def reduce_candidates(
@@ -200,6 +206,16 @@ class Arrays:
     mem: np.ndarray  # (B,) per block (summed per stage) or (B+1, B+1) per stage [i, j]
     dev_mem: np.ndarray  # (D,) usable bytes (headroom already taken off)
     source: int | None = None  # device index where inputs come from and results return
+    # (D,) seconds per frame a busy device spends beside compute; the source pays it twice when it
+    # holds a stage (it also takes the requests in and sends the results out), once to relay otherwise.
+    # It slows the pipeline's steps, not a request's path: latency counts compute and transfers.
+    overhead: np.ndarray | None = None
+
+    def busy_s(self, device: int) -> float:
+        """Per-frame time a device holding a stage spends beside compute."""
+        if self.overhead is None:
+            return 0.0
+        return float(self.overhead[device]) * (2 if device == self.source else 1)
 
 
 @dataclass
@@ -211,11 +227,13 @@ class Evaluation:
     input_s: float  # source -> stage 0 (0 without a source or on the same device)
     output_s: float  # last stage -> source
     fits: bool
+    busy_s: list[float] = field(default_factory=list)  # per stage: compute and per-frame overhead
+    relay_s: float = 0.0  # a source holding no stage still relays every frame
 
     @property
     def bottleneck_s(self) -> float:
         """The slowest step of the pipeline; the source's trips count, they carry every frame."""
-        return max([*self.stage_s, *self.transfer_s, self.input_s, self.output_s])
+        return max([*(self.busy_s or self.stage_s), *self.transfer_s, self.input_s, self.output_s, self.relay_s])
 
     @property
     def latency_s(self) -> float:
@@ -244,7 +262,9 @@ def evaluate(a: Arrays, cuts: Sequence[int], devices: Sequence[int]) -> Evaluati
         if devices[-1] != s:
             out = transfer_s(a.cut_bytes[nb], a.link_rate[devices[-1], s], a.link_delay[devices[-1], s])
     fits = all(stage_mem(a.mem, b[k], b[k + 1]) <= a.dev_mem[d] for k, d in enumerate(devices))
-    return Evaluation(stage, trans, inp, out, fits)
+    busy = [st + a.busy_s(d) for st, d in zip(stage, devices, strict=True)]
+    relay = float(a.overhead[s]) if a.overhead is not None and s is not None and s not in devices else 0.0
+    return Evaluation(stage, trans, inp, out, fits, busy, relay)
 
 
 def build_arrays(
@@ -279,6 +299,7 @@ def build_arrays(
         mem=segment_memory(graph, bounds),
         dev_mem=np.array([usable_bytes(d.memory, headroom) for d in devices], dtype=float),
         source=names.index(source) if source is not None and source in names else None,
+        overhead=np.array([table.overhead_s.get(n, 0.0) for n in names], dtype=float) if table.overhead_s else None,
     )
     return arrays, bounds
 
@@ -309,23 +330,19 @@ def predict(
     bounds = [0, *cuts, graph.n]
     a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
     ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names])
-    over = table.overhead_s if table is not None else {}
-    compute = list(ev.stage_s)
-    # a busy device also spends CPU taking its input in and sending its output on (the source's
-    # handles the requests' ingress and results as well): under its quota that slows each frame.
-    # It is not added to latency: a hop's transfer time already holds its (de)serialisation.
-    ev.stage_s = [st + over.get(d, 0.0) * (2 if d == source else 1) for st, d in zip(compute, device_names,
-                                                                                        strict=True)]
     slowest = ev.bottleneck_s
-    latency = ev.latency_s - sum(ev.stage_s) + sum(compute)
+    latency = ev.latency_s
+    if table is not None and source is not None:
+        # the driver's trip into the source's node and the result's trip out of it
+        latency += table.roundtrip_s.get(source, 0.0)
     if table is not None and table.cfs_period_s:
         # a stage that is not the bottleneck waits for its frames, so it starts each one with a fresh
         # quota and runs at full speed until that is spent; the profile measured it always busy
         cpus = {d.name: d.cpus for d in testbed.devices}
         latency += sum(burst_wall_s(c, cpus[d], table.cfs_period_s) - c
-                       for c, st, d in zip(compute, ev.stage_s, device_names, strict=True) if st < slowest)
+                       for c, b, d in zip(ev.stage_s, ev.busy_s, device_names, strict=True) if b < slowest)
     return Predicted(
-        stage_s=[round(x, 6) for x in ev.stage_s],
+        stage_s=[round(x, 6) for x in ev.busy_s],
         transfer_s=[round(x, 6) for x in ev.transfer_s],
         throughput_fps=round(1.0 / slowest, 3) if slowest > 0 else None,
         latency_s=round(latency, 6),

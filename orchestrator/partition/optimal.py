@@ -42,15 +42,23 @@ def _transfer(nbytes: float, rate: np.ndarray, delay: np.ndarray) -> np.ndarray:
 
 
 def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> Solution:
-    """One DP pass; `cap` (if given) forbids any step slower than it."""
+    """One DP pass; `cap` (if given) forbids any step slower than it.
+
+    With `max` a stage counts as compute plus its device's per-frame overhead (how long the step
+    takes while the pipeline is full); with `+` as compute alone (a request's path), while the cap
+    still applies to the busy step."""
     d_n, b_n = a.block_cost.shape
     m_n = 1 << d_n
     inf = np.inf
     src = d_n  # a virtual "device" for the empty prefix: the source, or nowhere
+    busy = np.array([a.busy_s(d) for d in range(d_n)])
+    relay = float(a.overhead[a.source]) if a.overhead is not None and a.source is not None else 0.0
 
     # stage time comp[d, i, j] for blocks i..j-1 on device d; inf where it does not fit
     pre = np.concatenate([np.zeros((d_n, 1)), np.cumsum(a.block_cost, axis=1)], axis=1)
     comp = pre[:, None, :] - pre[:, :, None]
+    if combine is np.maximum:
+        comp = comp + busy[:, None, None]
     if a.mem.ndim == 2:
         mem = a.mem
     else:
@@ -60,7 +68,7 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> 
     bad = (idx[None, :] <= idx[:, None])[None] | (mem[None] > a.dev_mem[:, None, None])
     comp = np.where(bad, inf, comp)
     if cap is not None:
-        comp = np.where(comp > cap, inf, comp)
+        comp = np.where(comp + (0.0 if combine is np.maximum else busy[:, None, None]) > cap, inf, comp)
 
     # trans[j][d, d2]: moving bound j's live set from d to d2; row `src` only at j = 0
     trans = np.full((b_n + 1, d_n + 1, d_n), inf)
@@ -97,6 +105,12 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> 
             f[j + 1 :, w + (1 << d), d] = np.minimum(tgt, h[:, w, d])
 
     end = combine(f[b_n, :, :d_n], home[None])
+    if a.source is not None and relay > 0:  # a source holding no stage relays every frame
+        off = (masks >> a.source) & 1 == 0
+        if combine is np.maximum:
+            end[off] = np.maximum(end[off], relay)
+        elif cap is not None and relay > cap:
+            end[off] = inf
     if stages is not None:
         pop = np.array([bin(m).count("1") for m in range(m_n)])
         end = np.where((pop == stages)[:, None], end, inf)
@@ -143,6 +157,7 @@ def solve(
     objective: str,
     stages: int | None = None,
     source: int | None = None,
+    overhead: np.ndarray | None = None,
 ) -> Solution:
     """Best placement over plain arrays (see `costmodel.Arrays` for shapes and units).
 
@@ -157,6 +172,7 @@ def solve(
         mem=np.asarray(block_mem, dtype=float),
         dev_mem=np.asarray(dev_mem, dtype=float),
         source=source,
+        overhead=None if overhead is None else np.asarray(overhead, dtype=float),
     )
     return solve_arrays(a, objective, stages)
 
