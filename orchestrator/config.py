@@ -199,6 +199,9 @@ class Job(_Strict):
     dataset: DatasetSpec = DatasetSpec()
     compare: list[Variant] = []  # further configurations, run and reported side by side
     fidelity_check: bool = True  # measure links and CPU caps before the run (docker)
+    # measure each planned stage as a whole on its device before the run (a few seconds) and
+    # predict throughput from those step times instead of the sum of the profiled blocks
+    measure_stages: bool = True
     timeout_s: float = Field(default=600.0, gt=0)
     base_dir: str = "."  # folder of the job file: relative paths resolve from here
 

@@ -27,6 +27,7 @@ device only, and identical devices are profiled once.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -639,8 +640,7 @@ def profile(model_path: str | Path, testbed: Testbed, deployment: Deployment, bl
         for d in group:
             dk = cache_key(facts.sha256, d, bounds, runtime, batch)
             _write_json(_key_file(cache_dir, dk), {"key": dk, "measured_as": dp.device, **dp.to_json()})
-            devs[d.name] = DeviceProfile(d.name, dp.block_s, dp.samples_s, dp.chunks, dp.threads,
-                                         dp.peak_rss_bytes, dp.seconds)
+            devs[d.name] = dataclasses.replace(dp, device=d.name)
     devs.update(hits)
     ordered = {d.name: devs[d.name] for d in testbed.devices}
     return _assemble(facts, ordered, runtime, batch, time.perf_counter() - t0, notes)

@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import fidelity
+from .calibrate import calibrated, measure_stages
 from .clocks import estimate_offsets, offsets_ns
 from .compare import comparison_rows, prediction_vs_measured
 from .config import Job, Testbed, load_devices, load_job
@@ -242,6 +243,19 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
             plan, prof_info = plan_config(job, cfg, model, dep, run_dir, console)
             notes += list(plan.notes)
             node_plan = stage_plan_into(plan, dep.workspace, run_dir) if isinstance(dep, DockerDeployment) else plan
+            from_blocks = None
+            if job.measure_stages and plan.predicted.throughput_fps:
+                console.print("measuring each stage as a whole on its device...")
+                t0 = time.perf_counter()
+                busy = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
+                from_blocks = plan.predicted.model_dump()
+                plan.predicted = calibrated(plan.predicted, busy)
+                plan.save(run_dir)
+                notes.append(f"prediction: each stage measured as a whole on its device, busy, in "
+                             f"{time.perf_counter() - t0:.1f} s (" + ", ".join(
+                                 f"{s.device} {b * 1e3:.0f} ms" for s, b in zip(plan.stages, busy, strict=True))
+                             + "); the sum of its profiled blocks said " + ", ".join(
+                                 f"{x * 1e3:.0f} ms" for x in from_blocks["stage_s"] or []))
             loaded = deploy(node_plan, testbed, dep, cfg.source)
             if getattr(dep, "tc_shaped", False):
                 netem = any(v.netem for v in loaded.values())
@@ -328,6 +342,7 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
                        for d, i in gpus.items()} or None,
         "nodes": {k: vars(v) for k, v in loaded.items()},
         "predicted": predicted,
+        "predicted_from_blocks": from_blocks,
         "profile": prof_info,
         "fidelity": ({"links": fid["links"], "cpus": fid["cpus"], "flagged": fid["flagged"],
                       "seconds": fid["seconds"], "links_from_hops": link_fidelity(hops, measured_ids, testbed)}

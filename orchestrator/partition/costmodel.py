@@ -346,4 +346,5 @@ def predict(
         transfer_s=[round(x, 6) for x in ev.transfer_s],
         throughput_fps=round(1.0 / slowest, 3) if slowest > 0 else None,
         latency_s=round(latency, 6),
+        slowest_other_s=max([*ev.transfer_s, ev.input_s, ev.output_s, ev.relay_s]),
     )

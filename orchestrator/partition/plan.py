@@ -31,6 +31,9 @@ class Predicted(BaseModel):
     transfer_s: list[float] | None = None
     throughput_fps: float | None = None
     latency_s: float | None = None
+    # the slowest step that is not a stage (a link, the source's relay); kept in memory, so that
+    # stage times measured later still give a throughput (see orchestrator.calibrate)
+    slowest_other_s: float | None = Field(default=None, exclude=True)
 
 
 class Plan(BaseModel):
