@@ -9,6 +9,9 @@ its CPU share: that is what the quota grants it in the run, and it does not coun
 host that is busier now, with every device saturated, than it will be while one stage limits the
 rest. Elsewhere (no quota, or threads within it) the interval between completions is the step time.
 
+A few requests also go through each stage one at a time first (warm-up, then measured): their
+compute and the round trip through the source's node give the latency of a request alone.
+
 The planner's choice does not change: this only makes the prediction a measurement of the
 stages chosen. Stage inputs are real intermediate tensors: the plan's stages run once in this
 process on a seeded input.
@@ -20,6 +23,7 @@ import concurrent.futures as cf
 import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -37,6 +41,7 @@ from .partition.verify import random_feeds
 from .runtimes.base import Deployment
 
 IN_FLIGHT = 2  # one frame waits while the other runs: the stage never idles
+LONE_WARMUP, LONE_FRAMES = 2, 6  # one request at a time: a fresh session's first runs, then measured
 MEASURE_S = 2.0  # per stage, about: twenty CFS periods, so a quota shows as it does in the run
 MIN_FRAMES, MAX_FRAMES = 6, 40
 
@@ -70,8 +75,17 @@ def step_time_s(done_ns: Sequence[int], skip: int = IN_FLIGHT) -> float | None:
     return (t[-1] - t[0]) / 1e9 / (len(t) - 1) if len(t) >= 2 else None
 
 
+@dataclass
+class StageMeasure:
+    """One stage alone on its device: its step time kept busy, and a lone request through it."""
+
+    busy_s: float  # per frame with two in flight (see the module's docstring)
+    compute_s: float  # mean compute of a lone request (one in flight)
+    roundtrip_s: float  # a lone request from the driver through the node and back, less compute
+
+
 def _measure(plan: Plan, node_plan: Plan, k: int, testbed: Testbed, dep: Deployment,
-             feed: dict[str, np.ndarray], frames: int, timeout_s: float) -> float:
+             feed: dict[str, np.ndarray], frames: int, timeout_s: float) -> StageMeasure:
     s = plan.stages[k]
     dev = testbed.device(s.device)
     req = pb.LoadRequest(
@@ -85,26 +99,28 @@ def _measure(plan: Plan, node_plan: Plan, k: int, testbed: Testbed, dep: Deploym
         reply = stub.Load(req, timeout=timeout_s)
         if not reply.ok:
             raise RuntimeError(f"measuring stage {k} on {dev.name}: the node refused it: {reply.error}")
-        drive(address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT, concurrency=1,
-              timeout_s=timeout_s)  # warm-up: ORT's first runs allocate
+        lone = drive(address, itertools.repeat(Feed(arrays=feed)), total=LONE_WARMUP + LONE_FRAMES, concurrency=1,
+                     timeout_s=timeout_s)[LONE_WARMUP:]  # the first runs of a fresh session allocate
         cpu0 = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds
         records = drive(address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT + frames,
                         concurrency=IN_FLIGHT, timeout_s=timeout_s)
         cpu = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds - cpu0
-    bad = [r.error for r in records if r.error]
+    bad = [r.error for r in [*lone, *records] if r.error]
     if bad:
         raise RuntimeError(f"measuring stage {k} on {dev.name}: {bad[0]}")
     t = step_time_s([r.done_ns for r in records])
     if t is None:
         raise RuntimeError(f"measuring stage {k} on {dev.name}: too few frames came back")
     if reply.cpu_quota and reply.cpu_quota < reply.threads:
-        return cpu / len(records) / reply.cpu_quota
-    return t
+        t = cpu / len(records) / reply.cpu_quota
+    compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in lone]
+    trip = [(r.done_ns - r.sent_ns) / 1e9 - c for r, c in zip(lone, compute, strict=True)]
+    return StageMeasure(t, float(np.mean(compute)), max(0.0, float(np.median(trip))))
 
 
 def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deployment, *, batch: int = 1,
-                   timeout_s: float = 300.0) -> list[float]:
-    """Seconds per frame of each stage on its device while kept busy, all devices at once.
+                   timeout_s: float = 300.0) -> list[StageMeasure]:
+    """Each stage on its device, all devices at once: kept busy, and one request at a time.
 
     Leaves each node holding its stage alone: load the pipeline afterwards."""
     feeds = stage_inputs(plan, batch)
@@ -112,7 +128,7 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
     by_device: dict[str, list[int]] = {}
     for s in plan.stages:
         by_device.setdefault(s.device, []).append(s.index)
-    out: list[float] = [0.0] * len(plan.stages)
+    out: list[StageMeasure] = [StageMeasure(0.0, 0.0, 0.0)] * len(plan.stages)
 
     def run_device(ks: list[int]) -> None:  # a device holding two stages measures them in turn
         for k in ks:
@@ -124,13 +140,17 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
     return out
 
 
-def calibrated(predicted: Predicted, stage_busy_s: Sequence[float]) -> Predicted:
-    """The prediction with each stage's step time measured as a whole: throughput from the slowest
-    of those and of the steps that are not stages (links, the source's relay); latency unchanged
-    (it is a request's path at its load, predicted from compute and transfers)."""
+def calibrated(predicted: Predicted, measured: Sequence[StageMeasure], source_index: int | None) -> Predicted:
+    """The prediction from the stages measured as a whole: throughput from the slowest of their
+    busy step times and of the steps that are not stages (links, the source's relay); latency as
+    their lone compute plus the transfers, plus the round trip of the source's stage
+    (`source_index`; None when the source holds no stage, and the profile's figure stands)."""
     others = predicted.slowest_other_s if predicted.slowest_other_s is not None else max(predicted.transfer_s or [0.0])
-    slowest = max([*stage_busy_s, others])
-    return predicted.model_copy(update={
-        "stage_s": [round(x, 6) for x in stage_busy_s],
-        "throughput_fps": round(1.0 / slowest, 3) if slowest > 0 else None,
-    })
+    busy = [m.busy_s for m in measured]
+    slowest = max([*busy, others])
+    update: dict = {"stage_s": [round(x, 6) for x in busy],
+                    "throughput_fps": round(1.0 / slowest, 3) if slowest > 0 else None}
+    if predicted.transfers_total_s is not None:
+        trip = measured[source_index].roundtrip_s if source_index is not None else (predicted.source_roundtrip_s or 0.0)
+        update["latency_s"] = round(sum(m.compute_s for m in measured) + predicted.transfers_total_s + trip, 6)
+    return predicted.model_copy(update=update)

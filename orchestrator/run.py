@@ -247,15 +247,19 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
             if job.measure_stages and plan.predicted.throughput_fps:
                 console.print("measuring each stage as a whole on its device...")
                 t0 = time.perf_counter()
-                busy = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
+                measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
                 from_blocks = plan.predicted.model_dump()
-                plan.predicted = calibrated(plan.predicted, busy)
+                on_source = [s.index for s in plan.stages if s.device == cfg.source]
+                plan.predicted = calibrated(plan.predicted, measured, on_source[0] if on_source else None)
                 plan.save(run_dir)
-                notes.append(f"prediction: each stage measured as a whole on its device, busy, in "
-                             f"{time.perf_counter() - t0:.1f} s (" + ", ".join(
-                                 f"{s.device} {b * 1e3:.0f} ms" for s, b in zip(plan.stages, busy, strict=True))
-                             + "); the sum of its profiled blocks said " + ", ".join(
-                                 f"{x * 1e3:.0f} ms" for x in from_blocks["stage_s"] or []))
+                notes.append(f"prediction: each stage measured as a whole on its device in "
+                             f"{time.perf_counter() - t0:.1f} s, busy (" + ", ".join(
+                                 f"{s.device} {m.busy_s * 1e3:.0f} ms" for s, m in zip(plan.stages, measured,
+                                                                                       strict=True))
+                             + "; the sum of its profiled blocks and the node's overhead said " + ", ".join(
+                                 f"{x * 1e3:.0f} ms" for x in from_blocks["stage_s"] or [])
+                             + f"); a lone request {plan.predicted.latency_s * 1e3:.0f} ms (the profile said "
+                             f"{from_blocks['latency_s'] * 1e3:.0f} ms)")
             loaded = deploy(node_plan, testbed, dep, cfg.source)
             if getattr(dep, "tc_shaped", False):
                 netem = any(v.netem for v in loaded.values())

@@ -332,9 +332,8 @@ def predict(
     ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names])
     slowest = ev.bottleneck_s
     latency = ev.latency_s
-    if table is not None and source is not None:
-        # the driver's trip into the source's node and the result's trip out of it
-        latency += table.roundtrip_s.get(source, 0.0)
+    trip = table.roundtrip_s.get(source, 0.0) if table is not None and source is not None else 0.0
+    latency += trip  # the driver's trip into the source's node and the result's trip out of it
     if table is not None and table.cfs_period_s:
         # a stage that is not the bottleneck waits for its frames, so it starts each one with a fresh
         # quota and runs at full speed until that is spent; the profile measured it always busy
@@ -347,4 +346,6 @@ def predict(
         throughput_fps=round(1.0 / slowest, 3) if slowest > 0 else None,
         latency_s=round(latency, 6),
         slowest_other_s=max([*ev.transfer_s, ev.input_s, ev.output_s, ev.relay_s]),
+        transfers_total_s=sum(ev.transfer_s) + ev.input_s + ev.output_s,
+        source_roundtrip_s=trip,
     )

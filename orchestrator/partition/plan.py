@@ -34,6 +34,8 @@ class Predicted(BaseModel):
     # the slowest step that is not a stage (a link, the source's relay); kept in memory, so that
     # stage times measured later still give a throughput (see orchestrator.calibrate)
     slowest_other_s: float | None = Field(default=None, exclude=True)
+    transfers_total_s: float | None = Field(default=None, exclude=True)  # a request's links, in and out
+    source_roundtrip_s: float | None = Field(default=None, exclude=True)  # driver to the source and back
 
 
 class Plan(BaseModel):
