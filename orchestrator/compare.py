@@ -20,7 +20,9 @@ def loaded_throughput_fps(predicted: dict, load: dict) -> float | None:
         return None
     mode = load.get("mode", "closed")
     if mode == "closed" and lat:
-        return min(fps, load.get("concurrency", 1) / lat)
+        n = load.get("concurrency", 1)
+        # one at a time, no step ever holds two frames: the lone request's time is the whole story
+        return 1.0 / lat if n == 1 else min(fps, n / lat)
     if mode == "open" and load.get("rate_hz"):
         return min(fps, float(load["rate_hz"]))
     return fps
@@ -34,7 +36,8 @@ def loaded_latency_s(predicted: dict, load: dict) -> float | None:
     if lat is None:
         return None
     if load.get("mode", "closed") == "closed" and fps:
-        return max(lat, load.get("concurrency", 1) / fps)  # fps: the plan's frames (requests) per second
+        n = load.get("concurrency", 1)
+        return lat if n == 1 else max(lat, n / fps)  # fps: the plan's frames (requests) per second
     return lat
 
 

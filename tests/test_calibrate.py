@@ -40,10 +40,10 @@ def test_step_time_is_the_interval_between_completions_once_the_pipe_is_full():
 
 
 def test_frames_cover_a_couple_of_seconds_within_bounds():
-    assert frames_for(0.1) == 20
+    assert frames_for(0.1) == 30
     assert frames_for(0.001) == 40  # a fast stage: capped
-    assert frames_for(5.0) == 6  # a slow one: a few frames still
-    assert frames_for(None) == 6
+    assert frames_for(5.0) == 8  # a slow one: a few frames still
+    assert frames_for(None) == 8
 
 
 def test_calibrated_prediction_comes_from_the_measured_stages():

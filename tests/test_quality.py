@@ -51,3 +51,13 @@ def test_predicted_throughput_follows_the_load():
     assert loaded_throughput_fps(plan, {"mode": "closed", "concurrency": 6}) == 2.0  # the bottleneck is kept busy
     assert loaded_throughput_fps(plan, {"mode": "open", "rate_hz": 1.5}) == 1.5  # what arrives
     assert loaded_throughput_fps(plan, {"mode": "open", "rate_hz": 9.0}) == 2.0  # up to capacity
+
+
+def test_one_request_at_a_time_is_the_lone_request_whatever_the_busy_steps():
+    from orchestrator.compare import loaded_latency_s, loaded_throughput_fps
+
+    plan = {"latency_s": 0.4, "throughput_fps": 2.0}  # a busy step (0.5 s) measured above the lone request
+    assert loaded_throughput_fps(plan, {"mode": "closed", "concurrency": 1}) == 2.5
+    assert loaded_latency_s(plan, {"mode": "closed", "concurrency": 1}) == 0.4
+    assert loaded_throughput_fps(plan, {"mode": "closed", "concurrency": 2}) == 2.0
+    assert loaded_latency_s(plan, {"mode": "closed", "concurrency": 2}) == 1.0
