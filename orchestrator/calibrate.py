@@ -41,7 +41,8 @@ from .partition.verify import random_feeds
 from .runtimes.base import Deployment
 
 IN_FLIGHT = 2  # one frame waits while the other runs: the stage never idles
-LONE_WARMUP, LONE_FRAMES = 2, 6  # one request at a time: a fresh session's first runs, then measured
+LONE_WARMUP = 2  # one request at a time: a fresh session's first runs, not measured
+LONE_S, MIN_LONE, MAX_LONE = 3.0, 4, 12  # then about three seconds of lone requests
 MEASURE_S = 3.0  # per stage, about: thirty CFS periods, so a quota shows as it does in the run
 MIN_FRAMES, MAX_FRAMES = 8, 40
 
@@ -62,11 +63,12 @@ def stage_inputs(plan: Plan, batch: int = 1, seed: int = 0) -> list[dict[str, np
     return out
 
 
-def frames_for(expected_s: float | None) -> int:
-    """Frames to drive for a stage expected to take `expected_s` per frame."""
+def frames_for(expected_s: float | None, seconds: float = MEASURE_S, lo: int = MIN_FRAMES,
+               hi: int = MAX_FRAMES) -> int:
+    """Frames to drive for about `seconds` of a stage expected to take `expected_s` per frame."""
     if not expected_s or expected_s <= 0:
-        return MIN_FRAMES
-    return max(MIN_FRAMES, min(MAX_FRAMES, math.ceil(MEASURE_S / expected_s)))
+        return lo
+    return max(lo, min(hi, math.ceil(seconds / expected_s)))
 
 
 def step_time_s(done_ns: Sequence[int], skip: int = IN_FLIGHT) -> float | None:
@@ -80,12 +82,12 @@ class StageMeasure:
     """One stage alone on its device: its step time kept busy, and a lone request through it."""
 
     busy_s: float  # per frame with two in flight (see the module's docstring)
-    compute_s: float  # mean compute of a lone request (one in flight)
+    compute_s: float  # median compute of a lone request (one in flight)
     roundtrip_s: float  # a lone request from the driver through the node and back, less compute
 
 
 def _measure(plan: Plan, node_plan: Plan, k: int, testbed: Testbed, dep: Deployment,
-             feed: dict[str, np.ndarray], frames: int, timeout_s: float) -> StageMeasure:
+             feed: dict[str, np.ndarray], frames: int, lone_frames: int, timeout_s: float) -> StageMeasure:
     s = plan.stages[k]
     dev = testbed.device(s.device)
     req = pb.LoadRequest(
@@ -99,7 +101,7 @@ def _measure(plan: Plan, node_plan: Plan, k: int, testbed: Testbed, dep: Deploym
         reply = stub.Load(req, timeout=timeout_s)
         if not reply.ok:
             raise RuntimeError(f"measuring stage {k} on {dev.name}: the node refused it: {reply.error}")
-        lone = drive(address, itertools.repeat(Feed(arrays=feed)), total=LONE_WARMUP + LONE_FRAMES, concurrency=1,
+        lone = drive(address, itertools.repeat(Feed(arrays=feed)), total=LONE_WARMUP + lone_frames, concurrency=1,
                      timeout_s=timeout_s)[LONE_WARMUP:]  # the first runs of a fresh session allocate
         cpu0 = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds
         records = drive(address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT + frames,
@@ -117,7 +119,8 @@ def _measure(plan: Plan, node_plan: Plan, k: int, testbed: Testbed, dep: Deploym
         t = min(t, cpu / len(records) / reply.cpu_quota)
     compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in lone]
     trip = [(r.done_ns - r.sent_ns) / 1e9 - c for r, c in zip(lone, compute, strict=True)]
-    return StageMeasure(t, float(np.mean(compute)), max(0.0, float(np.median(trip))))
+    # medians: a lone request under a quota can fall on either side of a period's end
+    return StageMeasure(t, float(np.median(compute)), max(0.0, float(np.median(trip))))
 
 
 def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deployment, *, batch: int = 1,
@@ -134,7 +137,8 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
 
     def run_device(ks: list[int]) -> None:  # a device holding two stages measures them in turn
         for k in ks:
-            out[k] = _measure(plan, node_plan, k, testbed, dep, feeds[k], frames_for(expected[k]), timeout_s)
+            out[k] = _measure(plan, node_plan, k, testbed, dep, feeds[k], frames_for(expected[k]),
+                              frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE), timeout_s)
 
     with cf.ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="calibrate") as ex:
         for f in [ex.submit(run_device, ks) for ks in by_device.values()]:

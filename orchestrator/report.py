@@ -139,11 +139,14 @@ def render_markdown(rep: dict) -> str:
                   f"| latency ms at this load (measured p50; unloaded {_fmt(lt.get('predicted_unloaded'))} "
                   f"predicted) | {_fmt(lt['predicted'])} | {_fmt(lt['measured_p50'])} | {_pct(lt['error_pct'])} |"]
         for st in pv["stages"]:
-            lines.append(f"| stage {st['index']} on {st['device']} compute ms (mean) | {_fmt(st['predicted_ms'], 2)} | "
+            lines.append(f"| stage {st['index']} on {st['device']} ms per frame (busy; measured: compute mean) | "
+                         f"{_fmt(st['predicted_ms'], 2)} | "
                          f"{_fmt(st['measured_ms'], 2)} | {_pct(st['error_pct'])} |")
         for tr in pv["transfers"]:
             lines.append(f"| transfer {tr['from']} -> {tr['to']} ms (mean) | {_fmt(tr['predicted_ms'], 2)} | "
                          f"{_fmt(tr['measured_ms'], 2)} | {_pct(tr['error_pct'])} |")
+        lines += ["", "A stage's predicted time is its step while kept busy; a stage that waits for its frames "
+                  "starts each one with a fresh CPU quota and computes faster than that."]
     if rep.get("comparison"):
         lines += ["", "## Configurations compared", "",
                   "| configuration | stages on | throughput images/s | predicted | p50 ms | p99 ms |",

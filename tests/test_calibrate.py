@@ -44,6 +44,7 @@ def test_frames_cover_a_couple_of_seconds_within_bounds():
     assert frames_for(0.001) == 40  # a fast stage: capped
     assert frames_for(5.0) == 8  # a slow one: a few frames still
     assert frames_for(None) == 8
+    assert frames_for(0.35, 3.0, 4, 12) == 9  # lone requests: about three seconds too
 
 
 def test_calibrated_prediction_comes_from_the_measured_stages():
