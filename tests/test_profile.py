@@ -151,10 +151,11 @@ def test_profile_squeezenet_measures_every_block(nodes, tmp_path):
     assert len(chunks) > 3 and chunks == chunk_blocks(g, block_bounds(g), SMALL)
     assert all(len(s) == FAST["reps"] for s in p.devices["small"].samples_s)
 
-    # the blocks add up to about the whole model at the same thread count
+    # the blocks add up to about the whole model at the same thread count (a 5 ms model in 15
+    # blocks: each block's session run has its own fixed cost, and this host's noise is a few ms)
     whole = _whole_model_s(SQUEEZENET, threads=1)
     for dev in ("big", "small"):
-        assert 0.5 * whole <= p.device_total_s(dev) <= 2.0 * whole, (dev, p.device_total_s(dev), whole)
+        assert 0.5 * whole <= p.device_total_s(dev) <= 3.0 * whole, (dev, p.device_total_s(dev), whole)
 
     rows = profile_to_rows(p)
     assert len(rows) == nb + 3 and rows[nb]["block"] == "total" and "small ms" in rows[0]
