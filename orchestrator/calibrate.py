@@ -2,15 +2,17 @@
 
 Summing a stage's blocks misestimates it (DIME's point): merged into one ONNX Runtime session the
 blocks run differently, and a busy stage also spends its device's quota on taking its frame in and
-sending its result on. So before the pipeline is loaded, every device holds its stage alone and
-is driven with two frames in flight, all devices at once. A device under a CPU quota that its
-threads could exceed takes, per frame, the CPU its node spent (ORT and everything beside it) over
-its CPU share (what the quota grants it in the run, without the waits of a host busier now, with
-every device saturated, than while one stage limits the rest), or the interval between completions
-where that is smaller. Elsewhere (no quota, or threads within it) the interval is the step time.
+sending its output over its link. So before the pipeline is loaded:
 
-A few requests also go through each stage one at a time first (warm-up, then measured): their
-compute and the round trip through the source's node give the latency of a request alone.
+- one request at a time: every device holds its stage alone (all devices at once); the lone
+  requests' compute, and the round trip through the source's node, give a request's latency;
+- kept busy: two frames in flight while the stage's output crosses its real link to the next
+  stage's device, where a sink takes it (one number per tensor goes home). Devices take part in
+  at most one measurement at a time, so this runs in rounds. A device under a CPU quota that its
+  threads could exceed takes, per frame, the CPU its node spent (ORT and everything beside it)
+  over its CPU share (what the quota grants it in the run, without the waits of a host busier now
+  than while one stage limits the rest), or the interval between completions where that is
+  smaller. Elsewhere (no quota, or threads within it) the interval is the step time.
 
 The planner's choice does not change: this only makes the prediction a measurement of the
 stages chosen. Stage inputs are real intermediate tensors: the plan's stages run once in this
@@ -22,21 +24,25 @@ from __future__ import annotations
 import concurrent.futures as cf
 import itertools
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pbg
 from common.grpc_options import CHANNEL_OPTIONS
 
 from .config import Testbed
-from .deploy import threads_for
+from .deploy import load_requests
 from .driver import Feed, drive
-from .partition.plan import Plan, Predicted
+from .partition.plan import Plan, Predicted, StagePlan
 from .partition.verify import random_feeds
 from .runtimes.base import Deployment
 
@@ -79,71 +85,163 @@ def step_time_s(done_ns: Sequence[int], skip: int = IN_FLIGHT) -> float | None:
 
 @dataclass
 class StageMeasure:
-    """One stage alone on its device: its step time kept busy, and a lone request through it."""
+    """One stage on its device: its step time kept busy, and a lone request through it."""
 
     busy_s: float  # per frame with two in flight (see the module's docstring)
     compute_s: float  # median compute of a lone request (one in flight)
     roundtrip_s: float  # a lone request from the driver through the node and back, less compute
 
 
-def _measure(plan: Plan, node_plan: Plan, k: int, testbed: Testbed, dep: Deployment,
-             feed: dict[str, np.ndarray], frames: int, lone_frames: int, timeout_s: float) -> StageMeasure:
+def sink_model(path: Path, arrays: dict[str, np.ndarray]) -> list[str]:
+    """A stage that takes `arrays` in and sends home one number per tensor: it stands for the next
+    stage while a stage is measured sending its output over its real link. Returns its outputs."""
+    nodes, inputs, outputs = [], [], []
+    for i, (name, a) in enumerate(arrays.items()):
+        inputs.append(helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)))
+        nodes.append(helper.make_node("Cast", [name], [f"calibration_f{i}"], to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("ReduceSum", [f"calibration_f{i}"], [f"calibration_sum{i}"], keepdims=0))
+        outputs.append(helper.make_tensor_value_info(f"calibration_sum{i}", TensorProto.FLOAT, []))
+    graph = helper.make_graph(nodes, "calibration_sink", inputs, outputs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    os.chmod(path, 0o644)  # the node may run as another user
+    return [o.name for o in outputs]
+
+
+def _load(dep: Deployment, requests: dict[str, pb.LoadRequest], timeout_s: float) -> dict[str, pb.LoadReply]:
+    replies = {}
+    for name, req in requests.items():
+        with grpc.insecure_channel(dep.nodes[name].control_address, options=CHANNEL_OPTIONS) as ch:
+            replies[name] = reply = pbg.NodeStub(ch).Load(req, timeout=timeout_s)
+        if not reply.ok:
+            raise RuntimeError(f"measuring stages: node {name} refused its stage: {reply.error}")
+    return replies
+
+
+def _mini_plan(plan: Plan, node_plan: Plan, k: int, sink: tuple[str, str, list[str]] | None) -> Plan:
+    """Stage k alone, or followed by a sink (device, file, outputs) on the next stage's device."""
     s = plan.stages[k]
-    dev = testbed.device(s.device)
-    req = pb.LoadRequest(
-        device=dev.name, num_stages=1, source_device=dev.name, first_device=dev.name,
-        threads=threads_for(dev.cpus), queue_depth=IN_FLIGHT,
-        stages=[pb.StageSpec(index=0, model_path=dep.node_path(node_plan.stage_path(k)), inputs=list(s.inputs),
-                             outputs=list(s.outputs), forward=list(plan.forward_after(k)), next_device=dev.name)])
-    address = dep.nodes[dev.name].control_address
+    stages = [StagePlan(index=0, device=s.device, model=s.model, inputs=s.inputs, outputs=s.outputs)]
+    outputs = list(plan.forward_after(k))
+    if sink is not None:
+        device, file, outputs = sink
+        stages.append(StagePlan(index=1, device=device, model=file, inputs=list(plan.forward_after(k)),
+                                outputs=outputs))
+    mini = Plan(model=plan.model, model_sha256=plan.model_sha256, algorithm=plan.algorithm,
+                objective=plan.objective, inputs=list(plan.forward_after(k - 1)), outputs=outputs, stages=stages)
+    mini._dir = node_plan.dir
+    return mini
+
+
+def _lone(dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int,
+          timeout_s: float) -> tuple[float, float]:
+    """(median compute, median round trip less compute) of lone requests through stage 0."""
+    records = drive(dep.nodes[device].control_address, itertools.repeat(Feed(arrays=feed)),
+                    total=LONE_WARMUP + frames, concurrency=1, timeout_s=timeout_s)
+    _raise_errors(device, records)
+    records = records[LONE_WARMUP:]  # the first runs of a fresh session allocate
+    compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in records]
+    trip = [(r.done_ns - r.sent_ns) / 1e9 - c for r, c in zip(records, compute, strict=True)]
+    # medians: a lone request under a quota can fall on either side of a period's end
+    return float(np.median(compute)), max(0.0, float(np.median(trip)))
+
+
+def _busy(dep: Deployment, device: str, reply: pb.LoadReply, feed: dict[str, np.ndarray], frames: int,
+          timeout_s: float) -> float:
+    address = dep.nodes[device].control_address
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
         stub = pbg.NodeStub(ch)
-        reply = stub.Load(req, timeout=timeout_s)
-        if not reply.ok:
-            raise RuntimeError(f"measuring stage {k} on {dev.name}: the node refused it: {reply.error}")
-        lone = drive(address, itertools.repeat(Feed(arrays=feed)), total=LONE_WARMUP + lone_frames, concurrency=1,
-                     timeout_s=timeout_s)[LONE_WARMUP:]  # the first runs of a fresh session allocate
+        drive(address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT, concurrency=IN_FLIGHT,
+              timeout_s=timeout_s)  # a fresh session's first runs, the link's first frames
         cpu0 = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds
         records = drive(address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT + frames,
                         concurrency=IN_FLIGHT, timeout_s=timeout_s)
         cpu = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds - cpu0
-    bad = [r.error for r in [*lone, *records] if r.error]
-    if bad:
-        raise RuntimeError(f"measuring stage {k} on {dev.name}: {bad[0]}")
+    _raise_errors(device, records)
     t = step_time_s([r.done_ns for r in records])
     if t is None:
-        raise RuntimeError(f"measuring stage {k} on {dev.name}: too few frames came back")
+        raise RuntimeError(f"measuring the stage on {device}: too few frames came back")
     if reply.cpu_quota and reply.cpu_quota < reply.threads:
         # each figure can only overstate the step: the interval by the host's waits, the CPU by
         # whatever else the node did meanwhile; the smaller is the closer
         t = min(t, cpu / len(records) / reply.cpu_quota)
-    compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in lone]
-    trip = [(r.done_ns - r.sent_ns) / 1e9 - c for r, c in zip(lone, compute, strict=True)]
-    # medians: a lone request under a quota can fall on either side of a period's end
-    return StageMeasure(t, float(np.median(compute)), max(0.0, float(np.median(trip))))
+    return t
+
+
+def _raise_errors(device: str, records) -> None:
+    bad = [r.error for r in records if r.error]
+    if bad:
+        raise RuntimeError(f"measuring the stage on {device}: {bad[0]}")
+
+
+def rounds(pairs: Sequence[tuple[str, str | None]]) -> list[list[int]]:
+    """Stage indices grouped so that no device takes part twice in a group: stage k uses its own
+    device and, while its output goes over the link, the next stage's device."""
+    out: list[tuple[set[str], list[int]]] = []
+    for k, (dev, nxt) in enumerate(pairs):
+        uses = {dev} | ({nxt} if nxt else set())
+        for used, ks in out:
+            if not used & uses:
+                used |= uses
+                ks.append(k)
+                break
+        else:
+            out.append((set(uses), [k]))
+    return [ks for _, ks in out]
 
 
 def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deployment, *, batch: int = 1,
-                   timeout_s: float = 300.0) -> list[StageMeasure]:
-    """Each stage on its device, all devices at once: kept busy, and one request at a time.
+                   source: str | None = None, timeout_s: float = 300.0) -> list[StageMeasure]:
+    """Each stage on its device: one request at a time (every device at once, each stage alone),
+    then kept busy while its output crosses its real link to the next stage's device, where a
+    sink takes it (in rounds, every device in at most one measurement at a time).
 
-    Leaves each node holding its stage alone: load the pipeline afterwards."""
+    Leaves the nodes holding calibration stages: load the pipeline afterwards."""
+    n = len(plan.stages)
     feeds = stage_inputs(plan, batch)
-    expected = plan.predicted.stage_s or [None] * len(plan.stages)
-    by_device: dict[str, list[int]] = {}
-    for s in plan.stages:
-        by_device.setdefault(s.device, []).append(s.index)
-    out: list[StageMeasure] = [StageMeasure(0.0, 0.0, 0.0)] * len(plan.stages)
+    expected = plan.predicted.stage_s or [None] * n
+    source = source or plan.stages[0].device
 
-    def run_device(ks: list[int]) -> None:  # a device holding two stages measures them in turn
+    def pool(jobs):
+        with cf.ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="calibrate") as ex:
+            return [f.result() for f in [ex.submit(j) for j in jobs]]
+
+    # one request at a time: each stage alone on its device, devices in parallel
+    lone: dict[int, tuple[float, float]] = {}
+    for ks in rounds([(s.device, None) for s in plan.stages]):
         for k in ks:
-            out[k] = _measure(plan, node_plan, k, testbed, dep, feeds[k], frames_for(expected[k]),
-                              frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE), timeout_s)
+            _load(dep, _alone_requests(plan, node_plan, k, testbed, dep), timeout_s)
+        got = pool([lambda k=k: _lone(dep, plan.stages[k].device, feeds[k],
+                                      frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE), timeout_s) for k in ks])
+        lone.update(zip(ks, got, strict=True))
 
-    with cf.ThreadPoolExecutor(max_workers=len(by_device), thread_name_prefix="calibrate") as ex:
-        for f in [ex.submit(run_device, ks) for ks in by_device.values()]:
-            f.result()
-    return out
+    # kept busy, the output over the link to the next stage's device (the last stage's result
+    # goes home over a link too, but it is small: it goes to the driver here)
+    pairs: list[tuple[str, str | None]] = []
+    for k, s in enumerate(plan.stages):
+        nxt = plan.stages[k + 1].device if k + 1 < n else None
+        pairs.append((s.device, nxt if nxt != s.device else None))
+    busy: dict[int, float] = {}
+    for ks in rounds(pairs):
+        replies: dict[int, pb.LoadReply] = {}
+        for k in ks:
+            dev, nxt = pairs[k]
+            sink = None
+            if nxt is not None:
+                file = f"calibration_sink_{k}.onnx"
+                sink = (nxt, file, sink_model(node_plan.dir / file, feeds[k + 1]))
+            reqs = load_requests(_mini_plan(plan, node_plan, k, sink), testbed, dep, dev, queue_depth=IN_FLIGHT)
+            replies[k] = _load(dep, {d: reqs[d] for d in ([nxt, dev] if nxt else [dev])}, timeout_s)[dev]
+        got = pool([lambda k=k, r=replies[k]: _busy(dep, pairs[k][0], r, feeds[k], frames_for(expected[k]), timeout_s)
+                    for k in ks])
+        busy.update(zip(ks, got, strict=True))
+    return [StageMeasure(busy[k], lone[k][0], lone[k][1]) for k in range(n)]
+
+
+def _alone_requests(plan: Plan, node_plan: Plan, k: int, testbed: Testbed,
+                    dep: Deployment) -> dict[str, pb.LoadRequest]:
+    dev = plan.stages[k].device
+    reqs = load_requests(_mini_plan(plan, node_plan, k, None), testbed, dep, dev, queue_depth=IN_FLIGHT)
+    return {dev: reqs[dev]}
 
 
 def calibrated(predicted: Predicted, measured: Sequence[StageMeasure], source_index: int | None) -> Predicted:

@@ -14,6 +14,8 @@ from orchestrator.calibrate import (
     calibrated,
     frames_for,
     measure_stages,
+    rounds,
+    sink_model,
     stage_inputs,
     step_time_s,
 )
@@ -66,6 +68,27 @@ def test_calibrated_prediction_comes_from_the_measured_stages():
     fast = [StageMeasure(0.01, 0.01, 0.0)] * 2
     assert calibrated(read_back, fast, 0).throughput_fps == pytest.approx(50.0)
     assert calibrated(read_back, fast, 0).latency_s == 0.25
+
+
+def test_rounds_never_put_one_device_in_two_measurements_at_once():
+    # a > b > c > d, each stage sending to the next device: a->b and c->d together, then b->c and d alone
+    pairs = [("a", "b"), ("b", "c"), ("c", "d"), ("d", None)]
+    got = rounds(pairs)
+    assert got == [[0, 2], [1, 3]]
+    for ks in got:
+        used = [d for k in ks for d in pairs[k] if d]
+        assert len(used) == len(set(used))
+    assert rounds([("a", None), ("b", None), ("c", None)]) == [[0, 1, 2]]  # alone: all at once
+    assert sorted(k for ks in rounds([("a", "b"), ("a", "c")]) for k in ks) == [0, 1]  # a twice: two rounds
+
+
+def test_sink_takes_any_tensor_and_sends_one_number_each(tmp_path):
+    arrays = {"h": np.ones((1, 3, 4), np.float32), "ids": np.arange(6, dtype=np.int64).reshape(2, 3),
+              "mask": np.array([True, False])}
+    outs = sink_model(tmp_path / "sink.onnx", arrays)
+    sess = ort.InferenceSession(str(tmp_path / "sink.onnx"), providers=["CPUExecutionProvider"])
+    got = dict(zip(outs, sess.run(outs, arrays), strict=True))
+    assert [float(got[o]) for o in outs] == [12.0, 15.0, 1.0]
 
 
 def test_stage_inputs_are_the_tensors_each_stage_takes_in(tmp_path, tiny_vit):
