@@ -4,7 +4,7 @@ Summing a stage's blocks misestimates it (DIME's point): merged into one ONNX Ru
 blocks run differently, and a busy stage also spends its device's quota on taking its frame in and
 sending its output over its link. So before the pipeline is loaded:
 
-- one request at a time: every device holds its stage alone (all devices at once); the lone
+- one request at a time (after the busy rounds): every device holds its stage alone (all devices at once); the lone
   requests' compute, and the round trip through the source's node, give a request's latency;
 - kept busy: two frames in flight while the stage's output crosses its real link to the next
   stage's device, where a sink takes it (one number per tensor goes home). Devices take part in
@@ -47,7 +47,7 @@ from .partition.verify import random_feeds
 from .runtimes.base import Deployment
 
 IN_FLIGHT = 2  # one frame waits while the other runs: the stage never idles
-LONE_WARMUP = 2  # one request at a time: a fresh session's first runs, not measured
+LONE_WARMUP = 3  # one request at a time: a fresh session's first runs, not measured
 LONE_S, MIN_LONE, MAX_LONE = 3.0, 4, 12  # then about three seconds of lone requests
 MEASURE_S = 3.0  # per stage, about: thirty CFS periods, so a quota shows as it does in the run
 MIN_FRAMES, MAX_FRAMES = 8, 40
@@ -191,9 +191,9 @@ def rounds(pairs: Sequence[tuple[str, str | None]]) -> list[list[int]]:
 
 def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deployment, *, batch: int = 1,
                    source: str | None = None, timeout_s: float = 300.0) -> list[StageMeasure]:
-    """Each stage on its device: one request at a time (every device at once, each stage alone),
-    then kept busy while its output crosses its real link to the next stage's device, where a
-    sink takes it (in rounds, every device in at most one measurement at a time).
+    """Each stage on its device: kept busy while its output crosses its real link to the next
+    stage's device, where a sink takes it (in rounds, every device in at most one measurement at a
+    time), then one request at a time (every device at once, each stage alone).
 
     Leaves the nodes holding calibration stages: load the pipeline afterwards."""
     n = len(plan.stages)
@@ -204,15 +204,6 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
     def pool(jobs):
         with cf.ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="calibrate") as ex:
             return [f.result() for f in [ex.submit(j) for j in jobs]]
-
-    # one request at a time: each stage alone on its device, devices in parallel
-    lone: dict[int, tuple[float, float]] = {}
-    for ks in rounds([(s.device, None) for s in plan.stages]):
-        for k in ks:
-            _load(dep, _alone_requests(plan, node_plan, k, testbed, dep), timeout_s)
-        got = pool([lambda k=k: _lone(dep, plan.stages[k].device, feeds[k],
-                                      frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE), timeout_s) for k in ks])
-        lone.update(zip(ks, got, strict=True))
 
     # kept busy, the output over the link to the next stage's device (the last stage's result
     # goes home over a link too, but it is small: it goes to the driver here)
@@ -234,6 +225,16 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
         got = pool([lambda k=k, r=replies[k]: _busy(dep, pairs[k][0], r, feeds[k], frames_for(expected[k]), timeout_s)
                     for k in ks])
         busy.update(zip(ks, got, strict=True))
+    # then one request at a time, each stage alone on its device, devices in parallel (after the
+    # busy rounds: the weights are in memory and the host is warm, as they are during the run)
+    lone: dict[int, tuple[float, float]] = {}
+    for ks in rounds([(s.device, None) for s in plan.stages]):
+        for k in ks:
+            _load(dep, _alone_requests(plan, node_plan, k, testbed, dep), timeout_s)
+        got = pool([lambda k=k: _lone(dep, plan.stages[k].device, feeds[k],
+                                      frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE), timeout_s) for k in ks])
+        lone.update(zip(ks, got, strict=True))
+
     return [StageMeasure(busy[k], lone[k][0], lone[k][1]) for k in range(n)]
 
 
