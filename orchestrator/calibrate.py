@@ -4,15 +4,15 @@ Summing a stage's blocks misestimates it (DIME's point): merged into one ONNX Ru
 blocks run differently, and a busy stage also spends its device's quota on taking its frame in and
 sending its output over its link. So before the pipeline is loaded:
 
-- one request at a time (after the busy rounds): every device holds its stage alone (all devices at once); the lone
-  requests' compute, and the round trip through the source's node, give a request's latency;
 - kept busy: two frames in flight while the stage's output crosses its real link to the next
   stage's device, where a sink takes it (one number per tensor goes home). Devices take part in
   at most one measurement at a time, so this runs in rounds. A device under a CPU quota that its
   threads could exceed takes, per frame, the CPU its node spent (ORT and everything beside it)
   over its CPU share (what the quota grants it in the run, without the waits of a host busier now
   than while one stage limits the rest), or the interval between completions where that is
-  smaller. Elsewhere (no quota, or threads within it) the interval is the step time.
+  smaller. Elsewhere (no quota, or threads within it) the interval is the step time;
+- then one request at a time: every device holds its stage alone (all devices at once); the lone
+  requests' compute, and the round trip through the source's node, give a request's latency.
 
 The planner's choice does not change: this only makes the prediction a measurement of the
 stages chosen. Stage inputs are real intermediate tensors: the plan's stages run once in this
