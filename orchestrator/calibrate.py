@@ -5,7 +5,9 @@ blocks run differently, and a busy stage also spends its device's quota on takin
 sending its output over its link. So before the pipeline is loaded:
 
 - kept busy: two frames in flight while the stage's output crosses its real link to the next
-  stage's device, where a sink takes it (one number per tensor goes home). Devices take part in
+  stage's device, where a sink takes it (one number per tensor goes home), and, where tc shapes
+  the links, its input comes over its real link from the previous stage's device, where a relay
+  passes the driver's frames on (taking a trickle in costs more than a burst). Devices take part in
   at most one measurement at a time, so this runs in rounds. A device under a CPU quota that its
   threads could exceed takes, per frame, the CPU its node spent (ORT and everything beside it)
   over its CPU share (what the quota grants it in the run, without the waits of a host busier now
@@ -107,6 +109,22 @@ def sink_model(path: Path, arrays: dict[str, np.ndarray]) -> list[str]:
     return [o.name for o in outputs]
 
 
+def relay_model(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    """A stage that passes `arrays` on unchanged under their own names, taking them in under new
+    ones: it stands for the previous stage, so that a measured stage takes its input over its real
+    incoming link. Returns {new input name: tensor name}."""
+    names = {f"calibration_in{i}": name for i, name in enumerate(arrays)}
+    nodes = [helper.make_node("Identity", [new], [name]) for new, name in names.items()]
+    inputs = [helper.make_tensor_value_info(new, helper.np_dtype_to_tensor_dtype(arrays[n].dtype),
+                                            list(arrays[n].shape)) for new, n in names.items()]
+    outputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(arrays[n].dtype),
+                                             list(arrays[n].shape)) for n in names.values()]
+    graph = helper.make_graph(nodes, "calibration_relay", inputs, outputs)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    os.chmod(path, 0o644)
+    return names
+
+
 def _load(dep: Deployment, requests: dict[str, pb.LoadRequest], timeout_s: float) -> dict[str, pb.LoadReply]:
     replies = {}
     for name, req in requests.items():
@@ -117,17 +135,25 @@ def _load(dep: Deployment, requests: dict[str, pb.LoadRequest], timeout_s: float
     return replies
 
 
-def _mini_plan(plan: Plan, node_plan: Plan, k: int, sink: tuple[str, str, list[str]] | None) -> Plan:
-    """Stage k alone, or followed by a sink (device, file, outputs) on the next stage's device."""
+def _mini_plan(plan: Plan, node_plan: Plan, k: int, sink: tuple[str, str, list[str]] | None,
+               relay: tuple[str, str, list[str]] | None = None) -> Plan:
+    """Stage k, after a relay (device, file, its inputs) on the previous stage's device and before
+    a sink (device, file, outputs) on the next stage's device, where given."""
     s = plan.stages[k]
-    stages = [StagePlan(index=0, device=s.device, model=s.model, inputs=s.inputs, outputs=s.outputs)]
+    stages: list[StagePlan] = []
+    inputs = list(plan.forward_after(k - 1))
+    if relay is not None:
+        device, file, inputs = relay
+        stages.append(StagePlan(index=0, device=device, model=file, inputs=inputs,
+                                outputs=list(plan.forward_after(k - 1))))
+    stages.append(StagePlan(index=len(stages), device=s.device, model=s.model, inputs=s.inputs, outputs=s.outputs))
     outputs = list(plan.forward_after(k))
     if sink is not None:
         device, file, outputs = sink
-        stages.append(StagePlan(index=1, device=device, model=file, inputs=list(plan.forward_after(k)),
+        stages.append(StagePlan(index=len(stages), device=device, model=file, inputs=list(plan.forward_after(k)),
                                 outputs=outputs))
     mini = Plan(model=plan.model, model_sha256=plan.model_sha256, algorithm=plan.algorithm,
-                objective=plan.objective, inputs=list(plan.forward_after(k - 1)), outputs=outputs, stages=stages)
+                objective=plan.objective, inputs=inputs, outputs=outputs, stages=stages)
     mini._dir = node_plan.dir
     return mini
 
@@ -145,10 +171,11 @@ def _lone(dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int
     return float(np.median(compute)), max(0.0, float(np.median(trip)))
 
 
-def _busy(dep: Deployment, device: str, reply: pb.LoadReply, feed: dict[str, np.ndarray], frames: int,
-          timeout_s: float) -> float:
-    address = dep.nodes[device].control_address
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
+def _busy(dep: Deployment, device: str, driven: str, reply: pb.LoadReply, feed: dict[str, np.ndarray],
+          frames: int, timeout_s: float) -> float:
+    """Step time of `device`'s stage, frames driven into `driven` (the device itself or its relay)."""
+    address = dep.nodes[driven].control_address
+    with grpc.insecure_channel(dep.nodes[device].control_address, options=CHANNEL_OPTIONS) as ch:
         stub = pbg.NodeStub(ch)
         drive(address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT, concurrency=IN_FLIGHT,
               timeout_s=timeout_s)  # a fresh session's first runs, the link's first frames
@@ -173,12 +200,12 @@ def _raise_errors(device: str, records) -> None:
         raise RuntimeError(f"measuring the stage on {device}: {bad[0]}")
 
 
-def rounds(pairs: Sequence[tuple[str, str | None]]) -> list[list[int]]:
-    """Stage indices grouped so that no device takes part twice in a group: stage k uses its own
-    device and, while its output goes over the link, the next stage's device."""
+def rounds(groups: Sequence[Sequence[str | None]]) -> list[list[int]]:
+    """Stage indices grouped so that no device takes part twice in a group: stage k uses the devices
+    in groups[k] (its own; the previous and next stage's while its input and output cross links)."""
     out: list[tuple[set[str], list[int]]] = []
-    for k, (dev, nxt) in enumerate(pairs):
-        uses = {dev} | ({nxt} if nxt else set())
+    for k, devs in enumerate(groups):
+        uses = {d for d in devs if d}
         for used, ks in out:
             if not used & uses:
                 used |= uses
@@ -205,30 +232,43 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
         with cf.ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="calibrate") as ex:
             return [f.result() for f in [ex.submit(j) for j in jobs]]
 
-    # kept busy, the output over the link to the next stage's device (the last stage's result
-    # goes home over a link too, but it is small: it goes to the driver here)
-    pairs: list[tuple[str, str | None]] = []
+    # kept busy, the input over the link from the previous stage's device (where tc shapes links:
+    # receiving a trickle costs more than a burst) and the output over the link to the next one
+    # (the last stage's result goes home over a link too, but it is small: it goes to the driver)
+    groups: list[tuple[str | None, str, str | None]] = []
     for k, s in enumerate(plan.stages):
+        prv = plan.stages[k - 1].device if k > 0 and dep.tc_shaped else None
         nxt = plan.stages[k + 1].device if k + 1 < n else None
-        pairs.append((s.device, nxt if nxt != s.device else None))
+        groups.append((prv if prv != s.device else None, s.device, nxt if nxt != s.device else None))
     busy: dict[int, float] = {}
-    for ks in rounds(pairs):
+    for ks in rounds(groups):
         replies: dict[int, pb.LoadReply] = {}
+        feeds_in: dict[int, dict[str, np.ndarray]] = {}
         for k in ks:
-            dev, nxt = pairs[k]
-            sink = None
+            prv, dev, nxt = groups[k]
+            sink = relay = None
+            feeds_in[k] = feeds[k]
             if nxt is not None:
                 file = f"calibration_sink_{k}.onnx"
                 sink = (nxt, file, sink_model(node_plan.dir / file, feeds[k + 1]))
-            reqs = load_requests(_mini_plan(plan, node_plan, k, sink), testbed, dep, dev, queue_depth=IN_FLIGHT)
-            replies[k] = _load(dep, {d: reqs[d] for d in ([nxt, dev] if nxt else [dev])}, timeout_s)[dev]
-        got = pool([lambda k=k, r=replies[k]: _busy(dep, pairs[k][0], r, feeds[k], frames_for(expected[k]), timeout_s)
+            if prv is not None:
+                file = f"calibration_relay_{k}.onnx"
+                names = relay_model(node_plan.dir / file, feeds[k])
+                relay = (prv, file, list(names))
+                feeds_in[k] = {new: feeds[k][old] for new, old in names.items()}
+            driven = prv or dev
+            reqs = load_requests(_mini_plan(plan, node_plan, k, sink, relay), testbed, dep, driven,
+                                 queue_depth=IN_FLIGHT)
+            order = [d for d in (nxt, dev, prv) if d]  # downstream first: a frame finds its next stage
+            replies[k] = _load(dep, {d: reqs[d] for d in dict.fromkeys(order)}, timeout_s)[dev]
+        got = pool([lambda k=k, r=replies[k], f=feeds_in[k]: _busy(dep, groups[k][1], groups[k][0] or groups[k][1], r,
+                                                                   f, frames_for(expected[k]), timeout_s)
                     for k in ks])
         busy.update(zip(ks, got, strict=True))
     # then one request at a time, each stage alone on its device, devices in parallel (after the
     # busy rounds: the weights are in memory and the host is warm, as they are during the run)
     lone: dict[int, tuple[float, float]] = {}
-    for ks in rounds([(s.device, None) for s in plan.stages]):
+    for ks in rounds([(s.device,) for s in plan.stages]):
         for k in ks:
             _load(dep, _alone_requests(plan, node_plan, k, testbed, dep), timeout_s)
         got = pool([lambda k=k: _lone(dep, plan.stages[k].device, feeds[k],

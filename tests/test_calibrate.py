@@ -78,8 +78,22 @@ def test_rounds_never_put_one_device_in_two_measurements_at_once():
     for ks in got:
         used = [d for k in ks for d in pairs[k] if d]
         assert len(used) == len(set(used))
-    assert rounds([("a", None), ("b", None), ("c", None)]) == [[0, 1, 2]]  # alone: all at once
+    assert rounds([("a",), ("b",), ("c",)]) == [[0, 1, 2]]  # alone: all at once
     assert sorted(k for ks in rounds([("a", "b"), ("a", "c")]) for k in ks) == [0, 1]  # a twice: two rounds
+    # with the input over a link too: previous, own, next device
+    triples = [(None, "a", "b"), ("a", "b", "c"), ("b", "c", "d"), ("c", "d", None)]
+    assert rounds(triples) == [[0, 3], [1], [2]]
+
+
+def test_relay_passes_tensors_on_under_their_names(tmp_path):
+    from orchestrator.calibrate import relay_model
+
+    arrays = {"/vit/h": np.ones((1, 3, 4), np.float32), "ids": np.arange(3, dtype=np.int64)}
+    names = relay_model(tmp_path / "relay.onnx", arrays)
+    assert list(names.values()) == list(arrays)
+    sess = ort.InferenceSession(str(tmp_path / "relay.onnx"), providers=["CPUExecutionProvider"])
+    out = sess.run(list(arrays), {new: arrays[old] for new, old in names.items()})
+    assert all(np.array_equal(o, a) for o, a in zip(out, arrays.values(), strict=True))
 
 
 def test_sink_takes_any_tensor_and_sends_one_number_each(tmp_path):
