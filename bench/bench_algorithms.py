@@ -45,6 +45,7 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=8,
                     help="requests in flight for the throughput objective (enough to keep the pipeline full)")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--objectives", default="throughput,latency", help="which objectives to run, comma-separated")
     ap.add_argument("--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)")
     a = ap.parse_args()
     model = ensure_vit(a.model)
@@ -54,7 +55,8 @@ def main() -> int:
         tmp = Path(a.keep) if a.keep else Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "one.yaml").write_text(textwrap.dedent(ONE_DEVICE))
-        for objective, concurrency in (("throughput", a.in_flight), ("latency", 1)):
+        wanted = a.objectives.split(",")
+        for objective, concurrency in [(o, c) for o, c in (("throughput", a.in_flight), ("latency", 1)) if o in wanted]:
             job = {"name": f"algorithms_{objective}", "model": str(model.resolve()), "devices": a.devices,
                    "algorithm": "optimal", "objective": objective, "source": "laptop",
                    "requests": a.requests, "warmup": 3, "concurrency": concurrency,

@@ -27,7 +27,9 @@ import concurrent.futures as cf
 import itertools
 import math
 import os
-from collections.abc import Sequence
+import random
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,7 @@ from .partition.verify import random_feeds
 from .runtimes.base import Deployment
 
 IN_FLIGHT = 2  # one frame waits while the other runs: the stage never idles
+CFS_PERIOD_S = 0.1  # Docker's CPU quota period
 LONE_WARMUP = 3  # one request at a time: a fresh session's first runs, not measured
 LONE_S, MIN_LONE, MAX_LONE = 3.0, 4, 12  # then about three seconds of lone requests
 MEASURE_S = 3.0  # per stage, about: thirty CFS periods, so a quota shows as it does in the run
@@ -161,14 +164,24 @@ def _mini_plan(plan: Plan, node_plan: Plan, k: int, sink: tuple[str, str, list[s
 def _lone(dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int,
           timeout_s: float) -> tuple[float, float]:
     """(median compute, median round trip less compute) of lone requests through stage 0."""
-    records = drive(dep.nodes[device].control_address, itertools.repeat(Feed(arrays=feed)),
-                    total=LONE_WARMUP + frames, concurrency=1, timeout_s=timeout_s)
+    records = drive(dep.nodes[device].control_address, _spaced(feed), total=LONE_WARMUP + frames, concurrency=1,
+                    timeout_s=timeout_s)
     _raise_errors(device, records)
     records = records[LONE_WARMUP:]  # the first runs of a fresh session allocate
     compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in records]
     trip = [(r.done_ns - r.sent_ns) / 1e9 - c for r, c in zip(records, compute, strict=True)]
     # medians: a lone request under a quota can fall on either side of a period's end
     return float(np.median(compute)), max(0.0, float(np.median(trip)))
+
+
+def _spaced(feed: dict[str, np.ndarray], seed: int = 0) -> Iterator[Feed]:
+    """The same feed after a random pause of up to one CFS period, off the timed path: a lone
+    request under a quota takes a period more or less by where in the period it starts, and
+    back-to-back requests can lock into one phase; spacing them samples every phase."""
+    rng = random.Random(seed)
+    while True:
+        time.sleep(rng.uniform(0.0, CFS_PERIOD_S))
+        yield Feed(arrays=feed)
 
 
 def _busy(dep: Deployment, device: str, driven: str, reply: pb.LoadReply, feed: dict[str, np.ndarray],
