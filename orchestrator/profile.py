@@ -46,6 +46,7 @@ from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pbg
 from common.grpc_options import CHANNEL_OPTIONS
 
+from .calibrate import step_time_s
 from .config import Device, Testbed
 from .deploy import threads_for
 from .driver import Feed, drive
@@ -169,10 +170,8 @@ def saturation_overhead_s(done_ns: Sequence[int], skip: int, compute_s: float) -
     output, gRPC) shares the device's CPU quota with compute, so it stretches every frame of a busy
     stage; at one in flight it hides in the gaps between frames, so it is measured here.
     """
-    t = sorted(done_ns)[skip:]
-    if len(t) < 2:
-        return 0.0
-    return max(0.0, (t[-1] - t[0]) / 1e9 / (len(t) - 1) - compute_s)
+    step = step_time_s(done_ns, skip)
+    return max(0.0, step - compute_s) if step is not None else 0.0
 
 
 def device_spec(dev: Device) -> dict:
