@@ -230,7 +230,7 @@ def rounds(groups: Sequence[Sequence[str | None]]) -> list[list[int]]:
 
 
 def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deployment, *, batch: int = 1,
-                   source: str | None = None, timeout_s: float = 300.0) -> list[StageMeasure]:
+                   timeout_s: float = 300.0) -> list[StageMeasure]:
     """Each stage on its device: kept busy while its output crosses its real link to the next
     stage's device, where a sink takes it (in rounds, every device in at most one measurement at a
     time), then one request at a time (every device at once, each stage alone).
@@ -239,7 +239,6 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
     n = len(plan.stages)
     feeds = stage_inputs(plan, batch)
     expected = plan.predicted.stage_s or [None] * n
-    source = source or plan.stages[0].device
 
     def pool(jobs):
         with cf.ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="calibrate") as ex:

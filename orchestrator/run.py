@@ -247,7 +247,7 @@ def run_config(job: Job, job_file: str, cfg: Config, model: Path, rt_name: str, 
             if job.measure_stages and plan.predicted.throughput_fps:
                 console.print("measuring each stage as a whole on its device...")
                 t0 = time.perf_counter()
-                measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, source=cfg.source,
+                measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch,
                                           timeout_s=job.timeout_s)
                 from_blocks = plan.predicted.model_dump()
                 on_source = [s.index for s in plan.stages if s.device == cfg.source]
