@@ -42,8 +42,12 @@ def main() -> int:
     ap.add_argument("--devices", default=str(ROOT / "devices" / "edge4.yaml"))
     ap.add_argument("--runtime", choices=["docker", "local"], default=None)
     ap.add_argument("--requests", type=int, default=32)
-    ap.add_argument("--in-flight", type=int, default=8,
-                    help="requests in flight for the throughput objective (enough to keep the pipeline full)")
+    ap.add_argument(
+        "--in-flight",
+        type=int,
+        default=8,
+        help="requests in flight for the throughput objective (enough to keep the pipeline full)",
+    )
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--objectives", default="throughput,latency", help="which objectives to run, comma-separated")
     ap.add_argument("--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)")
@@ -57,46 +61,80 @@ def main() -> int:
         (tmp / "one.yaml").write_text(textwrap.dedent(ONE_DEVICE))
         wanted = a.objectives.split(",")
         for objective, concurrency in [(o, c) for o, c in (("throughput", a.in_flight), ("latency", 1)) if o in wanted]:
-            job = {"name": f"algorithms_{objective}", "model": str(model.resolve()), "devices": a.devices,
-                   "algorithm": "optimal", "objective": objective, "source": "laptop",
-                   "requests": a.requests, "warmup": 3, "concurrency": concurrency,
-                   # one request at a time under 100 ms CFS quotas: a run can lock into one phase of
-                   # the quota periods for its whole length; three runs give the median
-                   "repeat": 1 if objective == "throughput" else 3,
-                   "compare": [{"name": "memory", "algorithm": "memory"}, {"name": "even", "algorithm": "even"},
-                               {"name": "one-device", "devices": str(tmp / "one.yaml"), "algorithm": "even"}]}
+            job = {
+                "name": f"algorithms_{objective}",
+                "model": str(model.resolve()),
+                "devices": a.devices,
+                "algorithm": "optimal",
+                "objective": objective,
+                "source": "laptop",
+                "requests": a.requests,
+                "warmup": 3,
+                "concurrency": concurrency,
+                # one request at a time under 100 ms CFS quotas: a run can lock into one phase of
+                # the quota periods for its whole length; three runs give the median
+                "repeat": 1 if objective == "throughput" else 3,
+                "compare": [
+                    {"name": "memory", "algorithm": "memory"},
+                    {"name": "even", "algorithm": "even"},
+                    {"name": "one-device", "devices": str(tmp / "one.yaml"), "algorithm": "even"},
+                ],
+            }
             rep = run(job, tmp, runtime, quiet=not a.verbose)
             rows = rep["comparison"]
             key = "throughput_fps" if objective == "throughput" else "latency_p50_ms"
-            print(f"\nobjective {objective} ({runtime} runtime, {concurrency} in flight, {a.requests} requests"
-                  + (f", median of {job['repeat']} runs" if job["repeat"] > 1 else "") + "):")
-            print(f"  {'configuration':<12} {'stages on':<34} {'images/s':>9} {'p50 ms':>9} {'pred/s':>8} "
-                  f"{'pred ms':>8}")
+            print(
+                f"\nobjective {objective} ({runtime} runtime, {concurrency} in flight, {a.requests} requests"
+                + (f", median of {job['repeat']} runs" if job["repeat"] > 1 else "")
+                + "):"
+            )
+            print(
+                f"  {'configuration':<12} {'stages on':<34} {'images/s':>9} {'p50 ms':>9} {'pred/s':>8} {'pred ms':>8}"
+            )
             for r in rows:
-                print(f"  {r['name']:<12} {' > '.join(r['devices']):<34} {r['throughput_fps'] or 0:>9.3f} "
-                      f"{r['latency_p50_ms'] or 0:>9.1f} {r['predicted_fps'] or 0:>8.3f} "
-                      f"{r['predicted_latency_ms'] or 0:>8.1f}")
+                print(
+                    f"  {r['name']:<12} {' > '.join(r['devices']):<34} {r['throughput_fps'] or 0:>9.3f} "
+                    f"{r['latency_p50_ms'] or 0:>9.1f} {r['predicted_fps'] or 0:>8.3f} "
+                    f"{r['predicted_latency_ms'] or 0:>8.1f}"
+                )
             values = {r["name"]: r[key] for r in rows if r[key]}
             best = (max if objective == "throughput" else min)(values, key=values.get)
             by = {r["name"]: r for r in rows}
             # another configuration that ran the very same placement measures the same plan again;
             # a different one within NOISE_PCT of optimal is a tie at this machine's run-to-run spread
             same = best != "optimal" and (by[best]["devices"], by[best]["cut_tensors"]) == (
-                by["optimal"]["devices"], by["optimal"]["cut_tensors"])
+                by["optimal"]["devices"],
+                by["optimal"]["cut_tensors"],
+            )
             gap = abs(values[best] / values["optimal"] - 1) * 100
             tie = best != "optimal" and (same or gap <= NOISE_PCT)
-            print(f"  best on {objective}: {best}" + ("" if best == "optimal" else
-                  f" ({gap:.1f}% apart; " + ("the same placement as optimal's: run-to-run noise)" if same else
-                                              f"within the {NOISE_PCT:g}% run-to-run spread: a tie)" if tie
-                                              else "a different placement)  <- NOT optimal")))
+            print(
+                f"  best on {objective}: {best}"
+                + (
+                    ""
+                    if best == "optimal"
+                    else f" ({gap:.1f}% apart; "
+                    + (
+                        "the same placement as optimal's: run-to-run noise)"
+                        if same
+                        else f"within the {NOISE_PCT:g}% run-to-run spread: a tie)"
+                        if tie
+                        else "a different placement)  <- NOT optimal"
+                    )
+                )
+            )
             ok &= best == "optimal" or tie
             pv = rep["prediction_vs_measured"]
             tp, lt = pv["throughput_fps"], pv["latency_ms"]
-            print(f"  optimal predicted {tp['predicted']:.3f} images/s at {concurrency} in flight (pipeline full "
-                  f"{tp['predicted_unloaded']:.3f}), measured {tp['measured']:.3f}: error {tp['error_pct']:+.1f}%")
-            print(f"  optimal predicted latency {lt['predicted']:.1f} ms at {concurrency} in flight (unloaded "
-                  f"{lt['predicted_unloaded']:.1f}), measured p50 {lt['measured_p50']:.1f}: "
-                  f"error {lt['error_pct']:+.1f}%")
+            print(
+                f"  optimal predicted {tp['predicted']:.3f} images/s at {concurrency} in flight (pipeline full "
+                f"{tp['predicted_unloaded']:.3f}), measured {tp['measured']:.3f}: error {tp['error_pct']:+.1f}%"
+            )
+            print(
+                f"  optimal predicted latency {lt['predicted']:.1f} ms at {concurrency} in flight (unloaded "
+                f"{lt['predicted_unloaded']:.1f}), measured p50 {lt['measured_p50']:.1f}: "
+                f"error {lt['error_pct']:+.1f}%"
+            )
             ok &= abs(tp["error_pct"]) <= 15 and abs(lt["error_pct"]) <= 15
     print("\nall targets met" if ok else "\nsome targets missed")
     return 0

@@ -16,10 +16,10 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.compose import LABEL_DEVICE, testbed_spec  # noqa: E402
 from orchestrator.config import load_devices  # noqa: E402
-from orchestrator.fidelity import check  # noqa: E402
 from orchestrator.runtimes import docker as dk  # noqa: E402
+from orchestrator.runtimes.docker_fidelity import check  # noqa: E402
+from orchestrator.runtimes.docker_testbed import LABEL_DEVICE, testbed_spec  # noqa: E402
 from orchestrator.testbed_cli import fidelity_table  # noqa: E402
 
 NAME, SUBNET = "benchfid", "10.213.250.0/24"
@@ -44,8 +44,9 @@ def main() -> int:
         dk.down(client, NAME)
         down_s = time.perf_counter() - t1
     con.print(fidelity_table(fid))
-    con.print(f"4-device testbed: up {up_s:.1f} s, down {down_s:.1f} s (target under 15 s each); "
-              f"check {fid['seconds']:.1f} s")
+    con.print(
+        f"4-device testbed: up {up_s:.1f} s, down {down_s:.1f} s (target under 15 s each); check {fid['seconds']:.1f} s"
+    )
     worst_link = max(abs(x["error"]) for x in fid["links"] if x["error"] is not None)
     worst_cpu = max(abs(x["error"]) for x in fid["cpus"])
     con.print(f"worst link rate error {worst_link:.1%}, worst CPU cap error {worst_cpu:.1%} (tolerance 10%)")

@@ -66,8 +66,11 @@ def make_archives(root: Path, n: int, classes: int = 100) -> Path:
             Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(b, format="JPEG", quality=90)
             _add(tf, f"ILSVRC2012_val_{k + 1:08d}.JPEG", b.getvalue())
     with tarfile.open(root / "ILSVRC2012_devkit_t12.tar.gz", "w:gz") as tf:
-        _add(tf, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
-             "".join(f"{i}\n" for i in ids).encode())
+        _add(
+            tf,
+            "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
+            "".join(f"{i}\n" for i in ids).encode(),
+        )
         _add(tf, "ILSVRC2012_devkit_t12/data/meta.mat", synsets_mat([(i, f"n{i:08d}") for i in range(1, classes + 1)]))
     return val
 
@@ -96,8 +99,10 @@ def main() -> None:
         root = Path(tmp)
         t = time.perf_counter()
         val = make_archives(root, args.images)
-        print(f"made {args.images} JPEGs (500x375, q90, {val.stat().st_size / args.images / 1024:.0f} KiB avg) "
-              f"in {time.perf_counter() - t:.1f} s")
+        print(
+            f"made {args.images} JPEGs (500x375, q90, {val.stat().st_size / args.images / 1024:.0f} KiB avg) "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
         t = time.perf_counter()
         ds = open_dataset({"kind": "imagenet-tar", "path": str(val), "cache_dir": str(root / "cache")})
         print(f"indexed the tar in {1000 * (time.perf_counter() - t):.0f} ms")
@@ -108,8 +113,10 @@ def main() -> None:
         for k, v in results.items():
             print(f"  {k:18s} {v:7.1f} images/s")
         fps = results[f"{args.workers} threads"]
-        print(f"loader {fps:.0f} images/s vs pipeline {args.pipeline_fps} images/s: "
-              f"{fps / args.pipeline_fps:.0f}x (target >= 3x)")
+        print(
+            f"loader {fps:.0f} images/s vs pipeline {args.pipeline_fps} images/s: "
+            f"{fps / args.pipeline_fps:.0f}x (target >= 3x)"
+        )
 
 
 if __name__ == "__main__":

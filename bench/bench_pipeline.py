@@ -30,18 +30,30 @@ def main() -> int:
     model = ensure_vit(a.model)
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job.yaml"
-        job.write_text(json.dumps({
-            "name": "bench_pipeline", "model": str(model), "devices": str(ROOT / "devices" / "local2.yaml"),
-            "runtime": "local", "stages": 2, "requests": a.requests, "warmup": 4,
-            "concurrency": a.concurrency}))
+        job.write_text(
+            json.dumps(
+                {
+                    "name": "bench_pipeline",
+                    "model": str(model),
+                    "devices": str(ROOT / "devices" / "local2.yaml"),
+                    "runtime": "local",
+                    "stages": 2,
+                    "requests": a.requests,
+                    "warmup": 4,
+                    "concurrency": a.concurrency,
+                }
+            )
+        )
         _, rep = execute(str(job), out=str(Path(tmp) / "run"), console=Console(quiet=True))
     fps = rep["throughput_fps"]
     slowest = max(s["compute_ms"]["p50"] for s in rep["stages"])
     eff = fps * slowest / 1e3
     for s in rep["stages"]:
         print(f"stage {s['index']} on {s['device']}: compute p50 {s['compute_ms']['p50']:.1f} ms")
-    print(f"pipeline efficiency: throughput {fps:.3f} images/s x slowest stage p50 {slowest:.1f} ms "
-          f"= {eff:.3f} (target >= 0.85)")
+    print(
+        f"pipeline efficiency: throughput {fps:.3f} images/s x slowest stage p50 {slowest:.1f} ms "
+        f"= {eff:.3f} (target >= 0.85)"
+    )
     return 0
 
 

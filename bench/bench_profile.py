@@ -23,7 +23,7 @@ from rich.table import Table  # noqa: E402
 
 from orchestrator.config import load_devices  # noqa: E402
 from orchestrator.models import ensure_vit  # noqa: E402
-from orchestrator.profile import (  # noqa: E402
+from orchestrator.profiling.blocks import (  # noqa: E402
     Profile,
     cached_profile,
     profile,
@@ -51,8 +51,9 @@ def _docker(testbed, model: Path, args, console: Console) -> Profile:
     console.print(f"docker testbed ready in {time.perf_counter() - t:.1f} s")
     blocks = Path(getattr(dep, "workspace", workspace)) / "profile_blocks"
     try:
-        return profile(model, testbed, dep, blocks, warmup=args.warmup, reps=args.reps,
-                       cache_dir=args.cache_dir, console=console)
+        return profile(
+            model, testbed, dep, blocks, warmup=args.warmup, reps=args.reps, cache_dir=args.cache_dir, console=console
+        )
     finally:
         rt.stop()
 
@@ -70,8 +71,16 @@ def _local(testbed, model: Path, args, console: Console) -> tuple[Profile, float
         t = time.perf_counter()
         dep = rt.start()
         start_s = time.perf_counter() - t
-        return profile(model, testbed, dep, work / "blocks", warmup=args.warmup, reps=args.reps,
-                       cache_dir=args.cache_dir, console=console), start_s
+        return profile(
+            model,
+            testbed,
+            dep,
+            work / "blocks",
+            warmup=args.warmup,
+            reps=args.reps,
+            cache_dir=args.cache_dir,
+            console=console,
+        ), start_s
     finally:
         rt.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -105,12 +114,16 @@ def main() -> None:
     total = time.perf_counter() - t
 
     nb = len(p.table.bounds) - 1
-    console.print(f"model {model.name} ({p.model_sha256[:12]}), {nb} blocks, {len(testbed.devices)} devices, "
-                  f"runtime {p.runtime}, warmup {args.warmup}, reps {args.reps}")
-    console.print(f"first call: {total:.1f} s in all"
-                  + (f" (nodes started in {start_s:.1f} s, profiling {p.seconds:.1f} s)" if start_s else "")
-                  + (" [cache hit: use --fresh to measure]" if p.cached else "")
-                  + f"; target < 120 s: {'ok' if total < 120 else 'MISSED'}")
+    console.print(
+        f"model {model.name} ({p.model_sha256[:12]}), {nb} blocks, {len(testbed.devices)} devices, "
+        f"runtime {p.runtime}, warmup {args.warmup}, reps {args.reps}"
+    )
+    console.print(
+        f"first call: {total:.1f} s in all"
+        + (f" (nodes started in {start_s:.1f} s, profiling {p.seconds:.1f} s)" if start_s else "")
+        + (" [cache hit: use --fresh to measure]" if p.cached else "")
+        + f"; target < 120 s: {'ok' if total < 120 else 'MISSED'}"
+    )
     for n in p.notes:
         console.print(f"  note: {n}")
     summary = Table(title="per device")
@@ -118,9 +131,15 @@ def main() -> None:
         summary.add_column(col, justify="right")
     for d in testbed.devices:
         dp = p.devices[d.name]
-        summary.add_row(d.name, f"{d.cpus:g}", str(dp.threads), str(len(dp.chunks)),
-                        f"{p.device_total_s(d.name) * 1e3:.1f}", f"{dp.peak_rss_bytes / 1024**2:.0f}",
-                        f"{dp.seconds:.1f}")
+        summary.add_row(
+            d.name,
+            f"{d.cpus:g}",
+            str(dp.threads),
+            str(len(dp.chunks)),
+            f"{p.device_total_s(d.name) * 1e3:.1f}",
+            f"{dp.peak_rss_bytes / 1024**2:.0f}",
+            f"{dp.seconds:.1f}",
+        )
     console.print(summary)
     if args.rows:
         rows = profile_to_rows(p)

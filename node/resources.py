@@ -117,8 +117,13 @@ def _min(values: list[float | None]) -> float | None:
     return min(present) if present else None
 
 
-def _tightest(root: str | Path, proc_cgroup: str | Path, controller: str,
-              read_v1: Callable[[Path], float | None], read_v2: Callable[[Path], float | None]) -> float | None:
+def _tightest(
+    root: str | Path,
+    proc_cgroup: str | Path,
+    controller: str,
+    read_v1: Callable[[Path], float | None],
+    read_v2: Callable[[Path], float | None],
+) -> float | None:
     """The tightest limit along this process's cgroup path, read from v1 and v2 trees alike (a host
     may mount v1 controllers with a v2 tree beside them)."""
     root = Path(root)
@@ -138,9 +143,7 @@ def _parsed(path: Path, parse: Callable[[str], float | None]) -> float | None:
     return None if text is None else parse(text)
 
 
-def cpu_quota(
-    root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup"
-) -> float | None:
+def cpu_quota(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup") -> float | None:
     """CPUs the process may use per period (tightest of v1 and v2 along its path), None if none."""
 
     def v1(d: Path) -> float | None:
@@ -150,12 +153,15 @@ def cpu_quota(
     return _tightest(root, proc_cgroup, "cpu", v1, lambda d: _parsed(d / "cpu.max", parse_cpu_max))
 
 
-def memory_limit(
-    root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup"
-) -> int | None:
+def memory_limit(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup") -> int | None:
     """Hard memory limit in bytes (tightest of v1 and v2 along the path), None if none."""
-    m = _tightest(root, proc_cgroup, "memory", lambda d: _parsed(d / "memory.limit_in_bytes", parse_memory_limit),
-                  lambda d: _parsed(d / "memory.max", parse_memory_limit))
+    m = _tightest(
+        root,
+        proc_cgroup,
+        "memory",
+        lambda d: _parsed(d / "memory.limit_in_bytes", parse_memory_limit),
+        lambda d: _parsed(d / "memory.max", parse_memory_limit),
+    )
     return None if m is None else int(m)
 
 

@@ -84,9 +84,7 @@ class _DelayLine:
     until the head frame's time is enough, and receiving goes on meanwhile (a frame's arrival
     time must not wait for the previous frame's release)."""
 
-    def __init__(
-        self, route: Callable[[TensorFrame, int], None], clock: Callable[[], int], depth: int = 256
-    ) -> None:
+    def __init__(self, route: Callable[[TensorFrame, int], None], clock: Callable[[], int], depth: int = 256) -> None:
         self._route = route
         self._clock = clock
         self._queue: queue.Queue[tuple[int, TensorFrame] | None] = queue.Queue(maxsize=depth)
@@ -163,9 +161,7 @@ class NodeServicer(pb_grpc.NodeServicer):
                 t = threading.Thread(target=self._work, args=(new, stage), name=f"stage-{idx}", daemon=True)
                 new.workers.append(t)
                 t.start()
-            providers = sorted({p for s in new.stages.values() for p in s.providers}) or [
-                "CPUExecutionProvider"
-            ]
+            providers = sorted({p for s in new.stages.values() for p in s.providers}) or ["CPUExecutionProvider"]
             log.info(
                 "loaded %s: stages %s of %d, source %s, threads %d, quota %s",
                 self.device,
@@ -206,9 +202,7 @@ class NodeServicer(pb_grpc.NodeServicer):
                 line.close()
         return pb.Empty()
 
-    def Drive(
-        self, request_iterator: Iterator[TensorFrame], context: grpc.ServicerContext
-    ) -> Iterator[TensorFrame]:
+    def Drive(self, request_iterator: Iterator[TensorFrame], context: grpc.ServicerContext) -> Iterator[TensorFrame]:
         """The driver's stream on the source node: requests in, results (or errors) out.
 
         Ends when the driver has closed its side and every request it sent has come back."""
@@ -271,9 +265,7 @@ class NodeServicer(pb_grpc.NodeServicer):
             peak_rss_bytes=resources.peak_rss_bytes(),
             cpu_seconds=resources.cpu_seconds(),
             cpu_quota=self.limits.cpu_quota or 0.0,
-            threads=p.threads
-            if p is not None
-            else resources.ort_threads(self.limits.cpu_quota, self.limits.cores),
+            threads=p.threads if p is not None else resources.ort_threads(self.limits.cpu_quota, self.limits.cores),
         )
 
     def close(self) -> None:
@@ -311,10 +303,13 @@ class NodeServicer(pb_grpc.NodeServicer):
             for name, p in peers.items():
                 if (p.tc_rate_bps > 0 or p.tc_delay_s > 0) and not p.ip:
                     raise ValueError(f"peer {name}: tc shaping asked without its ip")
-            node_delay = shaping.ensure([
-                shaping.LinkSpec(name, p.ip, p.tc_rate_bps, p.tc_delay_s)
-                for name, p in peers.items() if p.tc_rate_bps > 0 or p.tc_delay_s > 0
-            ]).node_delay_s
+            node_delay = shaping.ensure(
+                [
+                    shaping.LinkSpec(name, p.ip, p.tc_rate_bps, p.tc_delay_s)
+                    for name, p in peers.items()
+                    if p.tc_rate_bps > 0 or p.tc_delay_s > 0
+                ]
+            ).node_delay_s
 
         depth = req.queue_depth if req.queue_depth > 0 else DEFAULT_QUEUE_DEPTH
         stages: dict[int, Stage] = {}

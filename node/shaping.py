@@ -87,12 +87,20 @@ def ensure(links: list[LinkSpec]) -> Shaping:
         readback = tc.read_back(iface)
         by_ip = {x.ip: x.device for x in rated}
         for i, p in enumerate(peers):
-            log.info("tc on %s: class 1:%x -> %s (%s) rate %d bit/s, delay %.1f ms by %s", iface,
-                     tc.FIRST_PEER_MINOR + i, by_ip[p.ip], p.ip, p.rate_bps, p.delay_s * 1e3,
-                     "netem" if p.delay_s > 0 and p.ip not in plan.node_delay_s else "the node")
+            log.info(
+                "tc on %s: class 1:%x -> %s (%s) rate %d bit/s, delay %.1f ms by %s",
+                iface,
+                tc.FIRST_PEER_MINOR + i,
+                by_ip[p.ip],
+                p.ip,
+                p.rate_bps,
+                p.delay_s * 1e3,
+                "netem" if p.delay_s > 0 and p.ip not in plan.node_delay_s else "the node",
+            )
         log.info("tc read back on %s:\n%s", iface, readback.rstrip())
-        _current = Shaping(iface=iface, netem=_netem, links=links_t,
-                           node_delay_s={**unrated, **plan.node_delay_s}, readback=readback)
+        _current = Shaping(
+            iface=iface, netem=_netem, links=links_t, node_delay_s={**unrated, **plan.node_delay_s}, readback=readback
+        )
         return _current
 
 
@@ -102,8 +110,10 @@ def links_from_env(value: str | None = None) -> list[LinkSpec]:
         return []
     try:
         items = json.loads(raw)
-        return [LinkSpec(str(d.get("device", "")), str(d["ip"]), int(d.get("rate_bps", 0)),
-                         float(d.get("delay_s", 0.0))) for d in items]
+        return [
+            LinkSpec(str(d.get("device", "")), str(d["ip"]), int(d.get("rate_bps", 0)), float(d.get("delay_s", 0.0)))
+            for d in items
+        ]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{ENV} is not a JSON list of {{ip, rate_bps, delay_s}}: {e}") from e
 

@@ -71,8 +71,7 @@ class Stage:
         if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
             providers = [("CUDAExecutionProvider", cuda_options()), "CPUExecutionProvider"]
         elif use_cuda:
-            log.warning("stage %d: CUDA asked for but this onnxruntime has no CUDA provider: CPU used",
-                        config.index)
+            log.warning("stage %d: CUDA asked for but this onnxruntime has no CUDA provider: CPU used", config.index)
         self.session = ort.InferenceSession(config.model_path, sess_options=so, providers=providers)
         self.providers: list[str] = list(self.session.get_providers())
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -207,9 +207,7 @@ _CLASS_RE = re.compile(r"^class htb (\S+) .*?\brate (\d+(?:\.\d+)?)([KMGT]?i?)bi
 
 def parse_htb_rates(text: str) -> dict[str, int]:
     """classid -> rate in bit/s, from `tc [-s] class show` output (tc prints e.g. `rate 10Mbit`)."""
-    return {
-        m.group(1): round(float(m.group(2)) * _UNITS[m.group(3).lower()]) for m in _CLASS_RE.finditer(text)
-    }
+    return {m.group(1): round(float(m.group(2)) * _UNITS[m.group(3).lower()]) for m in _CLASS_RE.finditer(text)}
 
 
 def verify(iface: str, peers: list[PeerShape], netns: str | None = None) -> dict[str, int]:
@@ -236,9 +234,7 @@ def has_root_qdisc(iface: str, netns: str | None = None) -> bool:
     return any(" root " in ln and not re.search(r"qdisc \S+ 0: ", ln) for ln in out.splitlines())
 
 
-def shape(
-    iface: str, peers: list[PeerShape], netem: bool | None = None, netns: str | None = None
-) -> ShapingPlan:
+def shape(iface: str, peers: list[PeerShape], netem: bool | None = None, netns: str | None = None) -> ShapingPlan:
     """Replace whatever root qdisc `iface` has with the shaping for `peers`, then verify it."""
     if netem is None:
         netem = has_netem(netns)

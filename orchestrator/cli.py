@@ -9,37 +9,48 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .errors import UserError
+from orchestrator.errors import UserError
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from .run import execute
+    from orchestrator.run import execute
 
     _, rep = execute(a.job, runtime=a.runtime, out=a.out, fidelity_check=not a.no_check)
     return 1 if rep["errors"] else 0
 
 
 def _cmd_partition(a: argparse.Namespace) -> int:
-    from .config import load_devices
+    from orchestrator.config import load_devices
 
     testbed = load_devices(a.devices)
-    from .partition import partition
+    from orchestrator.partition import partition
 
     con = Console()
     table = None
     if a.algorithm == "optimal":
-        from .profile import cached_profile
+        from orchestrator.profiling.blocks import cached_profile
 
-        prof = next((p for rt in ("docker", "local")
-                     if (p := cached_profile(a.model, testbed, rt, batch=1)) is not None), None)
+        prof = next(
+            (p for rt in ("docker", "local") if (p := cached_profile(a.model, testbed, rt, batch=1)) is not None), None
+        )
         if prof is not None:
             table = prof.table
             con.print(f"note: block costs from the {prof.runtime} profile in the cache")
         else:
-            con.print("note: no profile cached for these devices: block costs estimated from FLOPs "
-                      "(`orchestrator profile` measures them)")
-    plan = partition(Path(a.model), testbed, algorithm=a.algorithm, objective=a.objective,
-                     stages=a.stages, source=a.source, out_dir=Path(a.out), cost_table=table)
+            con.print(
+                "note: no profile cached for these devices: block costs estimated from FLOPs "
+                "(`orchestrator profile` measures them)"
+            )
+    plan = partition(
+        Path(a.model),
+        testbed,
+        algorithm=a.algorithm,
+        objective=a.objective,
+        stages=a.stages,
+        source=a.source,
+        out_dir=Path(a.out),
+        cost_table=table,
+    )
     for note in getattr(plan, "notes", []) or []:
         con.print(f"note: {note}")
     for s in plan.stages:
@@ -49,22 +60,24 @@ def _cmd_partition(a: argparse.Namespace) -> int:
 
 
 def _cmd_verify(a: argparse.Namespace) -> int:
-    from .partition.verify import verify_plan
+    from orchestrator.partition.verify import verify_plan
 
     res = verify_plan(Path(a.plan), batch=a.batch)
     ok = res.max_abs_diff <= a.tolerance and res.top1_agreement == 1.0
-    print(f"max abs diff {res.max_abs_diff:.3g} (tolerance {a.tolerance:g}), "
-          f"top-1 agreement {res.top1_agreement:.4f}: {'OK' if ok else 'MISMATCH'}")
+    print(
+        f"max abs diff {res.max_abs_diff:.3g} (tolerance {a.tolerance:g}), "
+        f"top-1 agreement {res.top1_agreement:.4f}: {'OK' if ok else 'MISMATCH'}"
+    )
     return 0 if ok else 1
 
 
 def _cmd_profile(a: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .config import load_devices
-    from .profile import profile, profile_to_rows
-    from .run import make_runtime, select_runtime
-    from .runtimes.docker import DockerDeployment
+    from orchestrator.config import load_devices
+    from orchestrator.profiling.blocks import profile, profile_to_rows
+    from orchestrator.run import make_runtime, select_runtime
+    from orchestrator.runtimes.docker import DockerDeployment
 
     testbed = load_devices(a.devices)
     model = Path(a.model)
@@ -80,8 +93,9 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         ws = Path(dep.workspace) if isinstance(dep, DockerDeployment) else work
         prof = profile(model, testbed, dep, ws / ".profile_blocks" / model.stem, batch=a.batch, console=con)
     rows = profile_to_rows(prof)
-    t = Table(title=f"{model.name}: ms per block on each device ({rt_name} runtime"
-                    + (", cached)" if prof.cached else ")"))
+    t = Table(
+        title=f"{model.name}: ms per block on each device ({rt_name} runtime" + (", cached)" if prof.cached else ")")
+    )
     for col in rows[0]:
         t.add_column(col, justify="right")
     for r in rows:
@@ -94,9 +108,9 @@ def _cmd_profile(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from .compare import comparison_rows
-    from .report import rebuild, write_comparison
-    from .run import load_report
+    from orchestrator.figures.compare import comparison_rows
+    from orchestrator.reporting.report import rebuild, write_comparison
+    from orchestrator.run import load_report
 
     reps = [load_report(Path(d)) for d in a.run_dirs]
     for d in a.run_dirs:
@@ -112,16 +126,25 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_model_vit(a: argparse.Namespace) -> int:
-    from .models.vit import build_vit
+    from orchestrator.models.vit import build_vit
 
-    path = build_vit(Path(a.out), image_size=a.image_size, patch=a.patch, layers=a.layers, hidden=a.hidden,
-                     heads=a.heads, mlp=a.mlp, classes=a.classes, seed=a.seed)
+    path = build_vit(
+        Path(a.out),
+        image_size=a.image_size,
+        patch=a.patch,
+        layers=a.layers,
+        hidden=a.hidden,
+        heads=a.heads,
+        mlp=a.mlp,
+        classes=a.classes,
+        seed=a.seed,
+    )
     print(f"wrote {path}")
     return 0
 
 
 def _client():
-    from .runtimes.docker import engine
+    from orchestrator.runtimes.docker import engine
 
     client = engine()
     if client is None:
@@ -130,13 +153,13 @@ def _client():
 
 
 def _cmd_testbed(a: argparse.Namespace) -> int:
-    from . import testbed_cli
+    from orchestrator import testbed_cli
 
     return testbed_cli.command(a, _client())
 
 
 def _cmd_stats(a: argparse.Namespace) -> int:
-    from . import testbed_cli
+    from orchestrator import testbed_cli
 
     return testbed_cli.stats(a, _client())
 
@@ -168,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tolerance", type=float, default=1e-4)
     v.set_defaults(func=_cmd_verify)
 
-    from .compose import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET
+    from orchestrator.runtimes.docker_testbed import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET
 
     tb = sub.add_parser("testbed", help="start, stop, show or check the Docker testbed")
     tb.add_argument("action", choices=["up", "down", "status", "check", "render"])
@@ -203,8 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="kind", required=True)
     vit = msub.add_parser("vit", help="a ViT classifier (pixel_values -> logits) with seeded weights")
     vit.add_argument("--out", required=True)
-    for flag, default in (("image-size", 224), ("patch", 16), ("layers", 12), ("hidden", 768), ("heads", 12),
-                          ("mlp", 3072), ("classes", 1000), ("seed", 0)):
+    for flag, default in (
+        ("image-size", 224),
+        ("patch", 16),
+        ("layers", 12),
+        ("hidden", 768),
+        ("heads", 12),
+        ("mlp", 3072),
+        ("classes", 1000),
+        ("seed", 0),
+    ):
         vit.add_argument(f"--{flag}", type=int, default=default)
     vit.set_defaults(func=_cmd_model_vit)
     return p

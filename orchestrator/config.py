@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import UserError
-from .units import parse_delay, parse_rate, parse_size
+from orchestrator.errors import UserError
+from orchestrator.units import parse_delay, parse_rate, parse_size
 
 _DNS = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -244,8 +244,7 @@ def _first_error(e: ValidationError) -> tuple[str, str]:
 def _is_ianvs(raw: dict) -> bool:
     devs = raw.get("devices") or []
     return any(isinstance(d, dict) and ("bandwith" in d or "freq" in d) for d in devs) or any(
-        isinstance(d, dict) and isinstance(d.get("memory"), str) and d["memory"].strip().isdigit()
-        for d in devs
+        isinstance(d, dict) and isinstance(d.get("memory"), str) and d["memory"].strip().isdigit() for d in devs
     )
 
 

@@ -16,10 +16,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .compose import LABEL_DEVICE, render_compose, testbed_spec
-from .config import load_devices
-from .errors import UserError
-from .runtimes import docker as dk
+from orchestrator.config import load_devices
+from orchestrator.errors import UserError
+from orchestrator.runtimes import docker as dk
+from orchestrator.runtimes.docker_testbed import LABEL_DEVICE, render_compose, testbed_spec
 
 LOGS = Path("logs")
 
@@ -32,11 +32,18 @@ def _start_collector(name: str) -> None:
     """The background stats collector for a testbed up outside a run: logs/stats/<device>.jsonl."""
     out = LOGS / "stats"
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    )
     with open(LOGS / f"stats-collector-{name}.log", "a") as log:
-        p = subprocess.Popen([sys.executable, "-m", "orchestrator.stats_docker", "--testbed", name, "--out", str(out)],
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.runtimes.docker_stats", "--testbed", name, "--out", str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
     _collector_pid_file(name).write_text(str(p.pid))
 
 
@@ -45,7 +52,7 @@ def _stop_collector(name: str) -> None:
     try:
         pid = int(f.read_text())
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"orchestrator.stats_docker" in cmd:  # only the process we started
+        if b"orchestrator.runtimes.docker_stats" in cmd:  # only the process we started
             os.kill(pid, signal.SIGTERM)
     except (OSError, ValueError):
         pass
@@ -70,15 +77,25 @@ def fidelity_table(fid: dict) -> Table:
         t.add_column(col, justify="right" if col not in ("what", "") else "left")
     for x in fid["links"]:
         cfg, ach = x["configured_bps"], x["achieved_bps"]
-        t.add_row(f"link {x['from']} -> {x['to']}", f"{cfg / 1e6:.1f} Mbit/s" if cfg else "unshaped",
-                  f"{ach / 1e6:.1f} Mbit/s" if ach else "-",
-                  f"{x['error']:+.1%}" if x["error"] is not None else "-",
-                  f"{x['configured_delay_ms']:.2f}", f"{x['achieved_delay_ms']:.2f}",
-                  "[red]FLAG" if x["flagged"] else "ok")
+        t.add_row(
+            f"link {x['from']} -> {x['to']}",
+            f"{cfg / 1e6:.1f} Mbit/s" if cfg else "unshaped",
+            f"{ach / 1e6:.1f} Mbit/s" if ach else "-",
+            f"{x['error']:+.1%}" if x["error"] is not None else "-",
+            f"{x['configured_delay_ms']:.2f}",
+            f"{x['achieved_delay_ms']:.2f}",
+            "[red]FLAG" if x["flagged"] else "ok",
+        )
     for x in fid["cpus"]:
-        t.add_row(f"cpu {x['device']}", f"{x['configured']:g}", f"{x['achieved']:.3f}",
-                  f"{x['error']:+.1%}", "", "", "[red]FLAG" + (" (host busy)" if x["host_bound"] else "")
-                  if x["flagged"] else "ok")
+        t.add_row(
+            f"cpu {x['device']}",
+            f"{x['configured']:g}",
+            f"{x['achieved']:.3f}",
+            f"{x['error']:+.1%}",
+            "",
+            "",
+            "[red]FLAG" + (" (host busy)" if x["host_bound"] else "") if x["flagged"] else "ok",
+        )
     return t
 
 
@@ -105,8 +122,10 @@ def command(a: argparse.Namespace, client) -> int:
         hs = dk.up(client, spec)
         dt = time.perf_counter() - t0
         _start_collector(a.name)
-        con.print(f"testbed {a.name!r} up in {dt:.1f} s: {len(hs)} containers on {spec.network} ({spec.subnet}), "
-                  f"workspace {spec.workspace}; stats -> {LOGS / 'stats'}/<device>.jsonl")
+        con.print(
+            f"testbed {a.name!r} up in {dt:.1f} s: {len(hs)} containers on {spec.network} ({spec.subnet}), "
+            f"workspace {spec.workspace}; stats -> {LOGS / 'stats'}/<device>.jsonl"
+        )
         return status(client, a.name, con)
     if a.action == "down":
         t0 = time.perf_counter()
@@ -117,7 +136,7 @@ def command(a: argparse.Namespace, client) -> int:
     if a.action == "status":
         return status(client, a.name, con)
     if a.action == "check":
-        from .fidelity import check
+        from orchestrator.runtimes.docker_fidelity import check
 
         conts = _containers(client, a.name)
         tb = load_devices(a.devices)
@@ -146,8 +165,15 @@ def status(client, name: str | None, con: Console) -> int:
     for col in ("testbed", "device", "container", "status", "ip", "cpus", "memory MiB"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["testbed"], r["device"], r["container"], r["status"], r["ip"], f"{r['cpus']:g}",
-                  f"{r['memory'] / 2**20:.0f}")
+        t.add_row(
+            r["testbed"],
+            r["device"],
+            r["container"],
+            r["status"],
+            r["ip"],
+            f"{r['cpus']:g}",
+            f"{r['memory'] / 2**20:.0f}",
+        )
     con.print(t)
     return 0
 
@@ -162,15 +188,21 @@ def _stats_table(col, caps: dict[str, float]) -> Table:
             t.add_row(dev, "...", "", "", "", "", "", "")
             continue
         mem, lim, peak = s.get("memory_bytes") or 0, s.get("memory_limit") or 0, s.get("memory_peak_bytes") or 0
-        t.add_row(dev, "-" if s["cpu_of_cap"] is None else f"{s['cpu_of_cap'] * 100:.0f}%",
-                  f"{s.get('throttled_periods') or 0}/{s.get('periods') or 0}", f"{mem / 2**20:.0f}",
-                  f"{mem / lim:.0%}" if lim else "-", f"{peak / 2**20:.0f}", f"{s['bytes_in'] / 1e6:.1f}",
-                  f"{s['bytes_out'] / 1e6:.1f}")
+        t.add_row(
+            dev,
+            "-" if s["cpu_of_cap"] is None else f"{s['cpu_of_cap'] * 100:.0f}%",
+            f"{s.get('throttled_periods') or 0}/{s.get('periods') or 0}",
+            f"{mem / 2**20:.0f}",
+            f"{mem / lim:.0%}" if lim else "-",
+            f"{peak / 2**20:.0f}",
+            f"{s['bytes_in'] / 1e6:.1f}",
+            f"{s['bytes_out'] / 1e6:.1f}",
+        )
     return t
 
 
 def stats(a: argparse.Namespace, client) -> int:
-    from .stats_docker import DockerStatsCollector
+    from orchestrator.runtimes.docker_stats import DockerStatsCollector
 
     conts = _containers(client, a.name)
     caps = {d: (c.attrs["HostConfig"].get("NanoCpus") or 0) / 1e9 for d, c in conts.items()}
@@ -179,7 +211,8 @@ def stats(a: argparse.Namespace, client) -> int:
         if not a.follow:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not all(
-                    (col.latest.get(d) or {}).get("cpu_of_cap") is not None for d in conts):
+                (col.latest.get(d) or {}).get("cpu_of_cap") is not None for d in conts
+            ):
                 time.sleep(0.2)
             con.print(_stats_table(col, caps))
             return 0

@@ -49,9 +49,10 @@ def docker_client():
 @pytest.fixture(scope="session")
 def node_image(docker_client) -> str:
     """Build (or refresh: all cache hits when nothing changed) the node image, offline."""
-    from orchestrator.compose import image_tag
+    from orchestrator.runtimes.docker_testbed import image_tag
 
-    r = subprocess.run([str(ROOT / "scripts" / "build_image.sh")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=1800)
+    r = subprocess.run(
+        [str(ROOT / "scripts" / "build_image.sh")], cwd=ROOT, capture_output=True, text=True, timeout=1800
+    )
     assert r.returncode == 0, f"scripts/build_image.sh failed:\n{r.stderr[-3000:]}"
     return image_tag()

@@ -48,9 +48,7 @@ def write_stages(folder: Path) -> list[dict]:
     s1 = _model(_N2, [_vi("h1", 8)], [_vi("h2", 6)], [numpy_helper.from_array(W2, "W2")], "s1")
     s2 = _model(_N3, [_vi("h2", 6), _vi("x", 4)], [_vi("y", 6)], [numpy_helper.from_array(W3, "W3")], "s2")
     onnx.save(s0, folder / "stage_0.onnx")
-    onnx.save(
-        s1, folder / "stage_1.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0
-    )
+    onnx.save(s1, folder / "stage_1.onnx", save_as_external_data=True, location="weights.bin", size_threshold=0)
     onnx.save(s2, folder / "stage_2.onnx")
     return [
         {
@@ -134,9 +132,7 @@ def stub(address: str) -> pb_grpc.NodeStub:
     return node_stub(grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
 
 
-def drive(
-    address: str, inputs: Iterable[np.ndarray], name: str = "x", timeout: float = 30
-) -> list[TensorFrame]:
+def drive(address: str, inputs: Iterable[np.ndarray], name: str = "x", timeout: float = 30) -> list[TensorFrame]:
     """Send all frames on one Drive stream (all in flight), return the results by request id."""
 
     def frames():

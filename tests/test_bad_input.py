@@ -31,8 +31,11 @@ def devices_case(body: str):
 # (case id, devices.yaml text, fragments the one-line message must contain)
 DEVICE_CASES = [
     ("broken-yaml", "devices:\n  - {name: phone, cpus: [1\n", ["devices.yaml", "not valid YAML"]),
-    ("unknown-link-device", GOOD_DEVICES + "links:\n  - {from: phone, to: tv, bandwidth: 1mbit}\n",
-     ["links[0]", "unknown device 'tv'"]),
+    (
+        "unknown-link-device",
+        GOOD_DEVICES + "links:\n  - {from: phone, to: tv, bandwidth: 1mbit}\n",
+        ["links[0]", "unknown device 'tv'"],
+    ),
     ("bad-rate-unit", "devices:\n  - {name: phone, bandwidth: 20furlongs}\n", ["devices.0.bandwidth", "unit"]),
     ("rate-without-unit", "devices:\n  - {name: phone, bandwidth: 20}\n", ["devices.0.bandwidth", "no unit"]),
     ("bad-size", "devices:\n  - {name: phone, memory: lots}\n", ["devices.0.memory"]),
@@ -46,9 +49,11 @@ DEVICE_CASES = [
     ("no-devices-key", "hosts: []\n", ["devices", "missing"]),
     ("devices-not-a-list", "devices: phone\n", ["devices", "list"]),
     ("not-a-mapping", "- phone\n- laptop\n", ["mapping"]),
-    ("partition-device-unknown", GOOD_DEVICES
-     + "partition_points:\n  - {input_names: [x], output_names: [y], device_name: tv}\n",
-     ["partition_points[0].device_name", "unknown device 'tv'"]),
+    (
+        "partition-device-unknown",
+        GOOD_DEVICES + "partition_points:\n  - {input_names: [x], output_names: [y], device_name: tv}\n",
+        ["partition_points[0].device_name", "unknown device 'tv'"],
+    ),
 ]
 
 
@@ -73,15 +78,35 @@ def test_bad_devices_file(tmp_path, capsys, fixture_copy, case, text, fragments)
 
 
 def test_missing_devices_file(tmp_path, capsys, fixture_copy):
-    code, err = run_cli(["partition", "--model", str(fixture_copy("squeezenet1_1.onnx")), "--devices",
-                         str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(
+        [
+            "partition",
+            "--model",
+            str(fixture_copy("squeezenet1_1.onnx")),
+            "--devices",
+            str(tmp_path / "nope.yaml"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "nope.yaml" in err and "not found" in err
 
 
 def test_missing_model(tmp_path, capsys):
     devices = write(tmp_path, "devices.yaml", GOOD_DEVICES)
-    code, err = run_cli(["partition", "--model", str(tmp_path / "missing.onnx"), "--devices", str(devices),
-                         "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(
+        [
+            "partition",
+            "--model",
+            str(tmp_path / "missing.onnx"),
+            "--devices",
+            str(devices),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "missing.onnx" in err and len(err.strip().splitlines()) == 1
 
 
@@ -90,42 +115,94 @@ def test_not_an_onnx_file(tmp_path, capsys, content):
     devices = write(tmp_path, "devices.yaml", GOOD_DEVICES)
     model = tmp_path / "model.onnx"
     model.write_bytes(content)
-    code, err = run_cli(["partition", "--model", str(model), "--devices", str(devices),
-                         "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(
+        ["partition", "--model", str(model), "--devices", str(devices), "--out", str(tmp_path / "o")], capsys
+    )
     assert code == 2 and "model.onnx" in err and len(err.strip().splitlines()) == 1
 
 
 def test_partition_point_not_in_graph(tmp_path, capsys, fixture_copy):
-    devices = write(tmp_path, "devices.yaml", GOOD_DEVICES + textwrap.dedent("""
+    devices = write(
+        tmp_path,
+        "devices.yaml",
+        GOOD_DEVICES
+        + textwrap.dedent("""
         partition_points:
           - {input_names: [input], output_names: [no_such_tensor], device_name: phone}
           - {input_names: [no_such_tensor], output_names: [output], device_name: laptop}
-        """))
-    code, err = run_cli(["partition", "--model", str(fixture_copy("squeezenet1_1.onnx")), "--devices",
-                         str(devices), "--algorithm", "manual", "--out", str(tmp_path / "o")], capsys)
+        """),
+    )
+    code, err = run_cli(
+        [
+            "partition",
+            "--model",
+            str(fixture_copy("squeezenet1_1.onnx")),
+            "--devices",
+            str(devices),
+            "--algorithm",
+            "manual",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2
     assert "partition_points[0].output_names" in err and "no_such_tensor" in err
 
 
 def test_unknown_algorithm(tmp_path, capsys, fixture_copy):
     devices = write(tmp_path, "devices.yaml", GOOD_DEVICES)
-    code, err = run_cli(["partition", "--model", str(fixture_copy("squeezenet1_1.onnx")), "--devices",
-                         str(devices), "--algorithm", "clairvoyant", "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(
+        [
+            "partition",
+            "--model",
+            str(fixture_copy("squeezenet1_1.onnx")),
+            "--devices",
+            str(devices),
+            "--algorithm",
+            "clairvoyant",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "clairvoyant" in err and "even" in err
 
 
 def test_more_stages_than_devices(tmp_path, capsys, fixture_copy):
     devices = write(tmp_path, "devices.yaml", GOOD_DEVICES)
-    code, err = run_cli(["partition", "--model", str(fixture_copy("squeezenet1_1.onnx")), "--devices",
-                         str(devices), "--stages", "5", "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(
+        [
+            "partition",
+            "--model",
+            str(fixture_copy("squeezenet1_1.onnx")),
+            "--devices",
+            str(devices),
+            "--stages",
+            "5",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "stages" in err
 
 
 def test_stage_cannot_fit_memory(tmp_path, capsys, fixture_copy):
     tiny = "devices:\n  - {name: watch, memory: 1MiB}\n  - {name: ring, memory: 1MiB}\n"
     devices = write(tmp_path, "devices.yaml", tiny)
-    code, err = run_cli(["partition", "--model", str(fixture_copy("squeezenet1_1.onnx")), "--devices",
-                         str(devices), "--out", str(tmp_path / "o")], capsys)
+    code, err = run_cli(
+        [
+            "partition",
+            "--model",
+            str(fixture_copy("squeezenet1_1.onnx")),
+            "--devices",
+            str(devices),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capsys,
+    )
     assert code == 2 and "memory" in err and len(err.strip().splitlines()) == 1
 
 
@@ -160,8 +237,23 @@ def test_verify_missing_plan(tmp_path, capsys):
 def test_real_process_prints_no_traceback(tmp_path):
     """Through the installed console script: one line on stderr, exit 2."""
     devices = write(tmp_path, "devices.yaml", "devices:\n  - {name: phone, bandwidth: 20furlongs}\n")
-    r = subprocess.run([sys.executable, "-m", "orchestrator", "partition", "--model", "x.onnx", "--devices",
-                        str(devices), "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "partition",
+            "--model",
+            "x.onnx",
+            "--devices",
+            str(devices),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

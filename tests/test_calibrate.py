@@ -9,7 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from orchestrator.calibrate import (
+from orchestrator.config import load_devices
+from orchestrator.partition import partition
+from orchestrator.partition.plan import Predicted
+from orchestrator.profiling.stages import (
     StageMeasure,
     calibrated,
     frames_for,
@@ -19,9 +22,6 @@ from orchestrator.calibrate import (
     stage_inputs,
     step_time_s,
 )
-from orchestrator.config import load_devices
-from orchestrator.partition import partition
-from orchestrator.partition.plan import Predicted
 from orchestrator.run import execute
 from orchestrator.runtimes.local import LocalRuntime
 
@@ -50,10 +50,19 @@ def test_frames_cover_a_couple_of_seconds_within_bounds():
 
 
 def test_calibrated_prediction_comes_from_the_measured_stages():
-    pred = Predicted(stage_s=[0.1, 0.1], transfer_s=[0.02], throughput_fps=10.0, latency_s=0.25,
-                     slowest_other_s=0.02, transfers_total_s=0.03, source_roundtrip_s=0.01)
-    measured = [StageMeasure(busy_s=0.125, compute_s=0.09, roundtrip_s=0.005),
-                StageMeasure(busy_s=0.08, compute_s=0.07, roundtrip_s=0.004)]
+    pred = Predicted(
+        stage_s=[0.1, 0.1],
+        transfer_s=[0.02],
+        throughput_fps=10.0,
+        latency_s=0.25,
+        slowest_other_s=0.02,
+        transfers_total_s=0.03,
+        source_roundtrip_s=0.01,
+    )
+    measured = [
+        StageMeasure(busy_s=0.125, compute_s=0.09, roundtrip_s=0.005),
+        StageMeasure(busy_s=0.08, compute_s=0.07, roundtrip_s=0.004),
+    ]
     cal = calibrated(pred, measured, source_index=0)
     assert cal.throughput_fps == pytest.approx(8.0) and cal.stage_s == [0.125, 0.08]
     # a lone request: both stages' compute, the links, and the trip through the source's stage
@@ -86,7 +95,7 @@ def test_rounds_never_put_one_device_in_two_measurements_at_once():
 
 
 def test_relay_passes_tensors_on_under_their_names(tmp_path):
-    from orchestrator.calibrate import relay_model
+    from orchestrator.profiling.stages import relay_model
 
     arrays = {"/vit/h": np.ones((1, 3, 4), np.float32), "ids": np.arange(3, dtype=np.int64)}
     names = relay_model(tmp_path / "relay.onnx", arrays)
@@ -97,8 +106,11 @@ def test_relay_passes_tensors_on_under_their_names(tmp_path):
 
 
 def test_sink_takes_any_tensor_and_sends_one_number_each(tmp_path):
-    arrays = {"h": np.ones((1, 3, 4), np.float32), "ids": np.arange(6, dtype=np.int64).reshape(2, 3),
-              "mask": np.array([True, False])}
+    arrays = {
+        "h": np.ones((1, 3, 4), np.float32),
+        "ids": np.arange(6, dtype=np.int64).reshape(2, 3),
+        "mask": np.array([True, False]),
+    }
     outs = sink_model(tmp_path / "sink.onnx", arrays)
     sess = ort.InferenceSession(str(tmp_path / "sink.onnx"), providers=["CPUExecutionProvider"])
     got = dict(zip(outs, sess.run(outs, arrays), strict=True))
@@ -136,8 +148,17 @@ def test_measure_stages_on_local_nodes(tmp_path, tiny_vit):
 
 def test_a_run_predicts_from_the_measured_stages_and_keeps_the_block_sums(tmp_path, tiny_vit):
     (tmp_path / "d.yaml").write_text(textwrap.dedent(DEVICES))
-    job = {"name": "t", "model": str(tiny_vit), "devices": "d.yaml", "runtime": "local", "requests": 6,
-           "warmup": 1, "concurrency": 2, "algorithm": "even", "stages": 2}
+    job = {
+        "name": "t",
+        "model": str(tiny_vit),
+        "devices": "d.yaml",
+        "runtime": "local",
+        "requests": 6,
+        "warmup": 1,
+        "concurrency": 2,
+        "algorithm": "even",
+        "stages": 2,
+    }
     (tmp_path / "job.yaml").write_text(json.dumps(job))
     run_dir, rep = execute(str(tmp_path / "job.yaml"), out=str(tmp_path / "run"))
     assert rep["predicted_from_blocks"]["stage_s"] and rep["predicted"]["stage_s"]

@@ -9,9 +9,9 @@ import pytest
 
 from common import testbed_pb2 as pb
 from node.server import NodeServer
-from orchestrator import plots
-from orchestrator.clocks import ClockOffset, estimate_offsets, offsets_ns
-from orchestrator.metrics import (
+from orchestrator.reporting import plots
+from orchestrator.driving.clocks import ClockOffset, estimate_offsets, offsets_ns
+from orchestrator.figures.metrics import (
     breakdown_table,
     hop_figures,
     hop_samples,
@@ -36,8 +36,15 @@ class Record:
 
 
 def Timing(stage, device, recv_ns, start_ns, end_ns, send_ns, bytes_out) -> pb.StageTiming:  # noqa: N802
-    return pb.StageTiming(stage=stage, device=device, recv_ns=recv_ns, start_ns=start_ns, end_ns=end_ns,
-                          send_ns=send_ns, bytes_out=bytes_out)
+    return pb.StageTiming(
+        stage=stage,
+        device=device,
+        recv_ns=recv_ns,
+        start_ns=start_ns,
+        end_ns=end_ns,
+        send_ns=send_ns,
+        bytes_out=bytes_out,
+    )
 
 
 @pytest.fixture
@@ -90,8 +97,7 @@ def _record(rid: int, shift: int, ser: int = 0, deser: int = 0) -> Record:
     base = 1_000_000_000_000 + rid * 100 * ms
     tim = [
         Timing(-1, "src", base, 0, 0, base + ms, 100),
-        Timing(0, "a", base + 3 * ms + shift, base + 4 * ms + shift, base + 9 * ms + shift,
-               base + 10 * ms + shift, 50),
+        Timing(0, "a", base + 3 * ms + shift, base + 4 * ms + shift, base + 9 * ms + shift, base + 10 * ms + shift, 50),
         Timing(1, "src", base + 12 * ms, 0, 0, 0, 0),
     ]
     tim[0].serialize_ns, tim[1].deserialize_ns = ser, deser
@@ -123,10 +129,17 @@ def test_breakdown_table_in_pipeline_order(tmp_path):
     stages = stage_figures(recs, 1)
     rows = breakdown_table(stages, hops)
     assert [(r["part"], r["where"]) for r in rows] == [
-        ("link wait", "src -> a"), ("serialisation", "src -> a"), ("transfer", "src -> a"),
-        ("deserialisation", "src -> a"), ("queue", "stage 0 on a"), ("compute", "stage 0 on a"),
-        ("link wait", "a -> src"), ("serialisation", "a -> src"), ("transfer", "a -> src"),
-        ("deserialisation", "a -> src")]
+        ("link wait", "src -> a"),
+        ("serialisation", "src -> a"),
+        ("transfer", "src -> a"),
+        ("deserialisation", "src -> a"),
+        ("queue", "stage 0 on a"),
+        ("compute", "stage 0 on a"),
+        ("link wait", "a -> src"),
+        ("serialisation", "a -> src"),
+        ("transfer", "a -> src"),
+        ("deserialisation", "a -> src"),
+    ]
     assert sum(r["share_pct"] for r in rows) == pytest.approx(100, abs=0.5)
     assert sum(r["mean_ms"] for r in rows) == pytest.approx(10.0)  # receive home - send to a + ingress
     e2e = breakdown_table(stages, hops, end_to_end_ms=14.0)
@@ -147,8 +160,10 @@ def test_cross_device_hops_right_only_after_correction(servers, tmp_path):
     for name, s in nodes.items():
         assert stub(s.address).Load(load_request(name, stages, ["src", "a", "b"], addresses, "src")).ok
     results = drive(nodes["src"].address, [np.ones((4, 4), np.float32)] * 5)
-    recs = [Record(id=r.header.request_id, sent_ns=r.header.sent_ns, done_ns=1,
-                   timings=list(r.header.timings)) for r in results]
+    recs = [
+        Record(id=r.header.request_id, sent_ns=r.header.sent_ns, done_ns=1, timings=list(r.header.timings))
+        for r in results
+    ]
     offsets = offsets_ns(estimate_offsets(addresses, probes=10))
     assert offsets["src"] == 0 == offsets["b"] and abs(offsets["a"] - SHIFT) < 5_000_000
     for h in hop_samples(recs, 3):

@@ -66,8 +66,11 @@ def make_imagenet(root: Path, meta: bytes = META_MAT, gt: list[int] = GT_IDS) ->
             add_bytes(tf, f"ILSVRC2012_val_{k + 1:08d}.JPEG", jpeg(COLOURS[WNID_CLASS[ID_WNID[gt[k]]]]))
     devkit = root / "ILSVRC2012_devkit_t12.tar.gz"
     with tarfile.open(devkit, "w:gz") as tf:
-        add_bytes(tf, "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
-                  "".join(f"{i}\n" for i in gt).encode())
+        add_bytes(
+            tf,
+            "ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt",
+            "".join(f"{i}\n" for i in gt).encode(),
+        )
         add_bytes(tf, "ILSVRC2012_devkit_t12/data/meta.mat", meta)
         add_bytes(tf, "ILSVRC2012_devkit_t12/readme.txt", b"fixture\n")
     return val, devkit
@@ -139,12 +142,14 @@ def test_matv5_matches_scipy(compress: bool) -> None:
     arr[0, 1] = (np.array([[1.0]]), "n02119789", "kit fox", np.zeros((1, 0)))
     arr[0, 2] = (np.array([[1001.0]]), "n00001740", "entity", np.array([[1.0, 7.0]]))
     b = io.BytesIO()
-    sio.savemat(b, {"synsets": arr, "m": np.arange(6.0).reshape(2, 3), "c": np.array(["ab", "cd"])},
-                do_compression=compress)
+    sio.savemat(
+        b, {"synsets": arr, "m": np.arange(6.0).reshape(2, 3), "c": np.array(["ab", "cd"])}, do_compression=compress
+    )
     got = matv5.loadmat(b.getvalue())
     ref = sio.loadmat(io.BytesIO(b.getvalue()), squeeze_me=True, struct_as_record=False)
     assert [(int(s["ILSVRC2012_ID"].ravel()[0]), s["WNID"], s["words"]) for s in got["synsets"]] == [
-        (int(s.ILSVRC2012_ID), s.WNID, s.words) for s in ref["synsets"]]
+        (int(s.ILSVRC2012_ID), s.WNID, s.words) for s in ref["synsets"]
+    ]
     np.testing.assert_array_equal(got["m"], np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(got["synsets"][2]["children"].ravel(), [1.0, 7.0])
     assert got["c"] == ["ab", "cd"]
@@ -245,8 +250,9 @@ def test_preprocessing_resize_crop_and_modes(tmp_path: Path) -> None:
     img.convert("L").save(tmp_path / "g.png")  # grayscale input is converted to RGB
     img.save(tmp_path / "c.png")
     (tmp_path / "l.txt").write_text("c.png 0\ng.png 1\n")
-    ds = open_dataset({"kind": "list", "path": str(tmp_path / "l.txt"),
-                       "preprocessing": {"size": 64, "mode": "resize-crop"}})
+    ds = open_dataset(
+        {"kind": "list", "path": str(tmp_path / "l.txt"), "preprocessing": {"size": 64, "mode": "resize-crop"}}
+    )
     x = ds.load(0)
     assert x.shape == (3, 64, 64)
     np.testing.assert_allclose(x[:, 32, 0], [1.0, -1.0, -1.0], atol=1e-6)  # red at the left edge
@@ -331,8 +337,9 @@ def test_bad_inputs(tmp_path: Path) -> None:
 
     data = tmp_path / "d"
     val, devkit = make_imagenet(data)
-    assert "not a readable uncompressed tar" in err({"kind": "imagenet-tar", "path": str(devkit),
-                                                     "devkit": str(devkit)})
+    assert "not a readable uncompressed tar" in err(
+        {"kind": "imagenet-tar", "path": str(devkit), "devkit": str(devkit)}
+    )
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"\x01" * 3000)
     assert err({"kind": "imagenet-tar", "path": str(junk), "devkit": str(devkit)}).startswith("path:")
@@ -341,8 +348,9 @@ def test_bad_inputs(tmp_path: Path) -> None:
     cut.write_bytes(val.read_bytes()[:2000])
     assert err({"kind": "imagenet-tar", "path": str(cut), "devkit": str(devkit)}).startswith("path:")
 
-    assert err({"kind": "imagenet-tar", "path": str(val), "devkit": str(tmp_path / "x.tar.gz")}) \
-        .startswith("devkit: no such file")
+    assert err({"kind": "imagenet-tar", "path": str(val), "devkit": str(tmp_path / "x.tar.gz")}).startswith(
+        "devkit: no such file"
+    )
     bad_meta = make_imagenet(tmp_path / "m", meta=b"MATLAB" + b"\0" * 200)[0]
     assert err({"kind": "imagenet-tar", "path": str(bad_meta)}).startswith("devkit: cannot read meta.mat")
     short_gt = make_imagenet(tmp_path / "g", gt=GT_IDS)[0]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.compose import LABEL, LABEL_DEVICE, LABEL_TESTBED, render_compose
-from orchestrator.compose import testbed_spec as make_spec
 from orchestrator.config import load_devices
+from orchestrator.runtimes.docker_testbed import LABEL, LABEL_DEVICE, LABEL_TESTBED, render_compose
+from orchestrator.runtimes.docker_testbed import testbed_spec as make_spec
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker
@@ -105,10 +105,11 @@ def test_qdiscs_inside_match_the_links(testbed):
 
 
 def test_10mbit_link_measures_within_10_percent(testbed):
-    from orchestrator.fidelity import check_links
+    from orchestrator.runtimes.docker_fidelity import check_links
 
-    links = check_links(testbed["containers"], {c.device: c.ip for c in testbed["spec"].containers},
-                        testbed["tb"], node_adds_delay=True)
+    links = check_links(
+        testbed["containers"], {c.device: c.ip for c in testbed["spec"].containers}, testbed["tb"], node_adds_delay=True
+    )
     by = {(x["from"], x["to"]): x for x in links}
     half_one = by[("half", "one")]
     assert half_one["configured_bps"] == 10_000_000
@@ -128,8 +129,13 @@ def _matmul_model(path: Path) -> Path:
         inits.append(w)
         nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"h{i}"]))
         prev = f"h{i}"
-    g = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 512])],
-                          [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [256, 512])], inits)
+    g = helper.make_graph(
+        nodes,
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 512])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [256, 512])],
+        inits,
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -157,24 +163,26 @@ def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
     # rounds and the fastest round kept per device: the host's own noise only ever adds time.
     for _ in range(3):
         for dev in ("one", "half"):
-            r = testbed["containers"][dev].exec_run(["python", "-c", _TIME_STAGE, "/workspace/mm.onnx"],
-                                                    user="10001")
+            r = testbed["containers"][dev].exec_run(["python", "-c", _TIME_STAGE, "/workspace/mm.onnx"], user="10001")
             assert r.exit_code == 0, r.output.decode()
             times[dev].append(json.loads(r.output.decode().strip().splitlines()[-1]))
     one, half = min(times["one"]), min(times["half"])
     ratio = half / one
-    print(f"ORT stage mean over 1.5 s, best of 3: 1 CPU {one * 1e3:.1f} ms, 0.5 CPU {half * 1e3:.1f} ms, "
-          f"ratio {ratio:.2f}")
+    print(
+        f"ORT stage mean over 1.5 s, best of 3: 1 CPU {one * 1e3:.1f} ms, 0.5 CPU {half * 1e3:.1f} ms, "
+        f"ratio {ratio:.2f}"
+    )
     assert 1.6 <= ratio <= 2.4, times
 
 
 def test_stats_collector_reads_every_container(testbed, docker_client, tmp_path):
-    from orchestrator.stats_docker import DockerStatsCollector
+    from orchestrator.runtimes.docker_stats import DockerStatsCollector
 
     conts = testbed["containers"]
     with DockerStatsCollector(docker_client, conts, {"half": 0.5, "one": 1.0}, tmp_path):
-        busy = conts["half"].exec_run(["python", "-c", "import time\nt=time.time()\nwhile time.time()-t<2.5: pass"],
-                                      user="10001", detach=True)
+        busy = conts["half"].exec_run(
+            ["python", "-c", "import time\nt=time.time()\nwhile time.time()-t<2.5: pass"], user="10001", detach=True
+        )
         assert busy is not None
         time.sleep(3.5)
     for dev in conts:
@@ -207,13 +215,21 @@ def test_vit_runs_across_three_containers(docker_client, node_image, tmp_path, t
     from orchestrator.run import execute
 
     (tmp_path / "devices.yaml").write_text(textwrap.dedent(THREE))
-    job = {"name": "dockervit", "model": str(tiny_vit), "devices": "devices.yaml", "runtime": "docker",
-           "stages": 3, "source": "cam", "requests": 12, "warmup": 2, "concurrency": 2}
+    job = {
+        "name": "dockervit",
+        "model": str(tiny_vit),
+        "devices": "devices.yaml",
+        "runtime": "docker",
+        "stages": 3,
+        "source": "cam",
+        "requests": 12,
+        "warmup": 2,
+        "concurrency": 2,
+    }
     (tmp_path / "job.yaml").write_text(json.dumps(job))
     name, subnet = f"{NAME}r", f"10.213.{200 + os.getpid() % 50}.0/24"
     try:
-        run_dir, rep = execute(str(tmp_path / "job.yaml"), out=str(tmp_path / "run"), testbed_name=name,
-                               subnet=subnet)
+        run_dir, rep = execute(str(tmp_path / "job.yaml"), out=str(tmp_path / "run"), testbed_name=name, subnet=subnet)
     finally:
         conts, nets = _leftovers(docker_client, name)
         if conts or nets:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from node.server import NodeServer
-from orchestrator.driver import Feed, Record, drive
-from orchestrator.latency import histogram_of, summary
+from orchestrator.driving.driver import Feed, Record, drive
+from orchestrator.figures.latency import histogram_of, summary
 from tests.node_helpers import load_request, reference, stall_once, stub, write_stages
 
 
@@ -64,8 +64,7 @@ def _p99(records: list[Record]) -> float:
 def test_closed_loop_answers_all_with_concurrency_in_flight(pipeline):
     feeds = Feeds(100)  # more than asked for: the driver pulls only what it sends
     done: list[int] = []
-    recs = drive(pipeline["src"].address, iter(feeds), total=40, concurrency=3,
-                 on_done=lambda r: done.append(r.id))
+    recs = drive(pipeline["src"].address, iter(feeds), total=40, concurrency=3, on_done=lambda r: done.append(r.id))
     assert feeds.pulled == 40
     assert [r.id for r in recs] == list(range(40)) and sorted(done) == list(range(40))
     ref = reference(np.concatenate(feeds.xs[:40])).reshape(40, 2, 6)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator import config
-from orchestrator.energy import device_energy
+from orchestrator.figures.energy import device_energy
 
 
 def _bed() -> config.Testbed:
@@ -12,8 +12,13 @@ def _bed() -> config.Testbed:
 
 def test_energy_integrates_the_power_model():
     # busy at half its cap for 2 s, then fully busy for 2 s
-    rows = [{"time": 0.0, "cpu_of_cap": None}, {"time": 1.0, "cpu_of_cap": 0.5}, {"time": 2.0, "cpu_of_cap": 0.5},
-            {"time": 3.0, "cpu_of_cap": 1.0}, {"time": 4.0, "cpu_of_cap": 1.0}]
+    rows = [
+        {"time": 0.0, "cpu_of_cap": None},
+        {"time": 1.0, "cpu_of_cap": 0.5},
+        {"time": 2.0, "cpu_of_cap": 0.5},
+        {"time": 3.0, "cpu_of_cap": 1.0},
+        {"time": 4.0, "cpu_of_cap": 1.0},
+    ]
     e = device_energy({"phone": rows}, _bed(), None, images=10)["phone"]
     # samples with a CPU share start at t=1: 1 s at 3 W, then 2 s at 5 W
     assert e["energy_j"] == pytest.approx(3.0 + 10.0)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.gpu_power import NvmlPowerSampler, gpu_energy
+from orchestrator.figures.gpu_power import NvmlPowerSampler, gpu_energy
 
 
 def test_gpu_energy_integrates_power_samples():

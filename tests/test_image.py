@@ -12,9 +12,7 @@ pytestmark = pytest.mark.docker
 
 
 def _run(client, image: str, entrypoint: list[str], cmd: list[str], **kw) -> str:
-    out = client.containers.run(
-        image, entrypoint=entrypoint, command=cmd, remove=True, stdout=True, stderr=True, **kw
-    )
+    out = client.containers.run(image, entrypoint=entrypoint, command=cmd, remove=True, stdout=True, stderr=True, **kw)
     return out.decode()
 
 
@@ -35,9 +33,7 @@ def test_entrypoint_drops_to_user_node_keeping_only_net_admin(docker_client, nod
         "id -u; grep CapEff /proc/self/status; "
         "tc qdisc add dev eth0 root handle 1: htb default 1 && tc qdisc show dev eth0"
     )
-    out = _run(
-        docker_client, node_image, ["node-entrypoint"], ["sh", "-c", script], cap_add=["NET_ADMIN"]
-    ).splitlines()
+    out = _run(docker_client, node_image, ["node-entrypoint"], ["sh", "-c", script], cap_add=["NET_ADMIN"]).splitlines()
     assert out[0] == "10001"  # user "node", not root
     assert out[1].split()[1] == f"{1 << 12:016x}"  # CAP_NET_ADMIN (bit 12) and nothing else
     assert out[2].startswith("qdisc htb 1: root")  # and tc works with it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.latency import decode, encode, histogram_of, per_second, summary
+from orchestrator.figures.latency import decode, encode, histogram_of, per_second, summary
 
 
 @pytest.mark.parametrize("dist", ["lognormal", "uniform", "bimodal"])

@@ -37,9 +37,7 @@ def link(tmp_path):
     a = NodeServer("a").start()
 
     def configure(rate_bps: float, delay_s: float) -> str:
-        stage = pb.StageSpec(
-            index=0, model_path=model, inputs=["x"], outputs=["y"], forward=["y"], next_device="src"
-        )
+        stage = pb.StageSpec(index=0, model_path=model, inputs=["x"], outputs=["y"], forward=["y"], next_device="src")
         ra = stub(a.address).Load(
             pb.LoadRequest(
                 device="a",

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from orchestrator.metrics import pipeline_order
+from orchestrator.figures.metrics import pipeline_order
 
 
 def _names(order):

@@ -73,12 +73,7 @@ def test_three_nodes_match_whole_model(nodes, tmp_path):
         _check_timings(r, 3)
         assert [t.device for t in r.header.timings] == ["src", "src", "a", "b", "src"]
     st = stub(servers["a"].address).Stats(pb.Empty())
-    assert (
-        st.frames_in == 20
-        and st.frames_out == 20
-        and st.bytes_in > 0
-        and st.peak_rss_bytes >= st.rss_bytes > 0
-    )
+    assert st.frames_in == 20 and st.frames_out == 20 and st.bytes_in > 0 and st.peak_rss_bytes >= st.rss_bytes > 0
     assert stub(servers["src"].address).Health(pb.Empty()).loaded
 
 

@@ -22,9 +22,7 @@ FIX = Path(__file__).parent / "fixtures"
 TINY = dict(image_size=32, patch=8, layers=4, hidden=64, heads=4, mlp=128, classes=10)
 
 
-def make_testbed(
-    n: int = 4, memory: str = "1GiB", points: list[PartitionPoint] | None = None
-) -> config.Testbed:
+def make_testbed(n: int = 4, memory: str = "1GiB", points: list[PartitionPoint] | None = None) -> config.Testbed:
     return config.Testbed(
         devices=[Device(name=f"d{i}", memory=memory) for i in range(n)],
         partition_points=points or [],
@@ -93,9 +91,7 @@ def test_even_partition_verifies(name: str, k: int, tiny_vit: Path, tmp_path: Pa
     for f in stage_files:
         m = onnx.load(str(f), load_external_data=False)
         ext = [t for t in m.graph.initializer if t.data_location == TensorProto.EXTERNAL]
-        assert ext and {e.value for t in ext for e in t.external_data if e.key == "location"} == {
-            "weights.bin"
-        }
+        assert ext and {e.value for t in ext for e in t.external_data if e.key == "location"} == {"weights.bin"}
         for vi in list(m.graph.input) + list(m.graph.output):  # boundary tensors are typed, with a rank
             assert vi.type.tensor_type.elem_type and vi.type.tensor_type.HasField("shape")
 

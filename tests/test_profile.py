@@ -12,11 +12,11 @@ import pytest
 from orchestrator.config import Device
 from orchestrator.config import Testbed as TB
 from orchestrator.partition import partition
-from orchestrator.partition.cut import write_stages
 from orchestrator.partition.graph import load_graph
 from orchestrator.partition.memory import NODE_OVERHEAD_BYTES, resident_bytes, usable_bytes
+from orchestrator.partition.stage_files import write_stages
 from orchestrator.partition.verify import verify_plan
-from orchestrator.profile import (
+from orchestrator.profiling.blocks import (
     block_bounds,
     cache_key,
     cached_profile,

@@ -15,8 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_generated_code_matches_proto(tmp_path):
     pytest.importorskip("grpc_tools")
     shutil.copytree(ROOT / "protos", tmp_path / "protos")
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Icommon=protos", "--python_out=.",
-                    "--pyi_out=.", "--grpc_python_out=.", "protos/testbed.proto"], cwd=tmp_path, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-Icommon=protos",
+            "--python_out=.",
+            "--pyi_out=.",
+            "--grpc_python_out=.",
+            "protos/testbed.proto",
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
     for name in ("testbed_pb2.py", "testbed_pb2.pyi", "testbed_pb2_grpc.py"):
         fresh = (tmp_path / "common" / name).read_text()
         committed = (ROOT / "common" / name).read_text()

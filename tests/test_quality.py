@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.driver import Record
-from orchestrator.quality import accuracy, agreement
+from orchestrator.driving.driver import Record
+from orchestrator.figures.quality import accuracy, agreement
 
 
 def _rec(key: int, logits: np.ndarray) -> Record:
@@ -35,7 +35,7 @@ def test_agreement_reports_largest_difference_and_top1():
 
 
 def test_predicted_latency_follows_the_load():
-    from orchestrator.compare import loaded_latency_s
+    from orchestrator.figures.compare import loaded_latency_s
 
     plan = {"latency_s": 1.0, "throughput_fps": 2.0}  # 2 stages of 0.5 s, say
     assert loaded_latency_s(plan, {"mode": "closed", "concurrency": 1}) == 1.0  # nothing to wait behind
@@ -44,7 +44,7 @@ def test_predicted_latency_follows_the_load():
 
 
 def test_predicted_throughput_follows_the_load():
-    from orchestrator.compare import loaded_throughput_fps
+    from orchestrator.figures.compare import loaded_throughput_fps
 
     plan = {"latency_s": 1.0, "throughput_fps": 2.0}  # 2 stages of 0.5 s, say
     assert loaded_throughput_fps(plan, {"mode": "closed", "concurrency": 1}) == 1.0  # one request crosses it all
@@ -54,7 +54,7 @@ def test_predicted_throughput_follows_the_load():
 
 
 def test_one_request_at_a_time_is_the_lone_request_whatever_the_busy_steps():
-    from orchestrator.compare import loaded_latency_s, loaded_throughput_fps
+    from orchestrator.figures.compare import loaded_latency_s, loaded_throughput_fps
 
     plan = {"latency_s": 0.4, "throughput_fps": 2.0}  # a busy step (0.5 s) measured above the lone request
     assert loaded_throughput_fps(plan, {"mode": "closed", "concurrency": 1}) == 2.5

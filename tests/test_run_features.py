@@ -29,8 +29,16 @@ devices:
 def _job(tmp: Path, model: Path, **fields) -> Path:
     (tmp / "three.yaml").write_text(textwrap.dedent(THREE))
     (tmp / "one.yaml").write_text(textwrap.dedent(ONE))
-    job = {"name": "t", "model": str(model), "devices": "three.yaml", "runtime": "local", "requests": 8,
-           "warmup": 2, "concurrency": 2, **fields}
+    job = {
+        "name": "t",
+        "model": str(model),
+        "devices": "three.yaml",
+        "runtime": "local",
+        "requests": 8,
+        "warmup": 2,
+        "concurrency": 2,
+        **fields,
+    }
     p = tmp / "job.yaml"
     p.write_text(json.dumps(job))
     return p
@@ -38,9 +46,17 @@ def _job(tmp: Path, model: Path, **fields) -> Path:
 
 def test_compare_runs_each_configuration_side_by_side(tmp_path, tiny_vit, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the profile cache goes under ./.cache
-    job = _job(tmp_path, tiny_vit, algorithm="even", stages=3, source="phone",
-               compare=[{"name": "optimal", "algorithm": "optimal"},
-                        {"name": "one-device", "devices": "one.yaml", "source": "laptop"}])
+    job = _job(
+        tmp_path,
+        tiny_vit,
+        algorithm="even",
+        stages=3,
+        source="phone",
+        compare=[
+            {"name": "optimal", "algorithm": "optimal"},
+            {"name": "one-device", "devices": "one.yaml", "source": "laptop"},
+        ],
+    )
     run_dir, rep = execute(str(job), out=str(tmp_path / "run"))
     rows = {r["name"]: r for r in rep["comparison"]}
     assert set(rows) == {"even", "optimal", "one-device"}
@@ -67,8 +83,16 @@ def _image_folder(root: Path, classes: int, per_class: int) -> None:
 
 def test_dataset_run_measures_accuracy(tmp_path, tiny_vit):
     _image_folder(tmp_path / "val", classes=10, per_class=2)
-    job = _job(tmp_path, tiny_vit, stages=2, requests=10, warmup=0, batch=2, agreement=4,
-               dataset={"kind": "imagefolder", "path": "val", "preprocessing": {"size": 32}})
+    job = _job(
+        tmp_path,
+        tiny_vit,
+        stages=2,
+        requests=10,
+        warmup=0,
+        batch=2,
+        agreement=4,
+        dataset={"kind": "imagefolder", "path": "val", "preprocessing": {"size": 32}},
+    )
     _, rep = execute(str(job), out=str(tmp_path / "run"))
     acc = rep["accuracy"]
     assert acc["images"] == 20 and 0.0 <= acc["top1"] <= acc["top5"] <= 1.0
@@ -95,8 +119,11 @@ def test_open_loop_repeats_and_report_rebuild(tmp_path, tiny_vit):
     run_dir, rep = execute(str(job), out=str(tmp_path / "run"))
     assert rep["load"] == {"mode": "open", "rate_hz": 40}
     assert len(rep["repeats"]) == 2 and rep["requests"] == 40
-    assert rep["repeat_spread"]["throughput_fps_min"] <= rep["throughput_fps"] <= rep["repeat_spread"][
-        "throughput_fps_max"]
+    assert (
+        rep["repeat_spread"]["throughput_fps_min"]
+        <= rep["throughput_fps"]
+        <= rep["repeat_spread"]["throughput_fps_max"]
+    )
     # open loop at 40/s: throughput follows the arrival rate, not the pipeline's capacity
     assert rep["throughput_fps"] == pytest.approx(40, rel=0.25)
     for p in (run_dir / "plots").glob("*.png"):
@@ -104,5 +131,11 @@ def test_open_loop_repeats_and_report_rebuild(tmp_path, tiny_vit):
     (run_dir / "report.md").unlink()
     assert main(["report", str(run_dir)]) == 0
     assert {p.name for p in (run_dir / "plots").glob("*.png")} >= {
-        "latency_cdf.png", "throughput.png", "breakdown.png", "timeline.png", "partition.png", "devices.png"}
+        "latency_cdf.png",
+        "throughput.png",
+        "breakdown.png",
+        "timeline.png",
+        "partition.png",
+        "devices.png",
+    }
     assert "## Repeats (2)" in (run_dir / "report.md").read_text()

@@ -22,8 +22,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _write_job(tmp: Path, model: Path, devices: str, **extra) -> Path:
     (tmp / "devices.yaml").write_text(textwrap.dedent(devices))
-    job = {"name": "t", "model": str(model), "devices": "devices.yaml", "runtime": "local",
-           "requests": 12, "warmup": 2, "concurrency": 3, **extra}
+    job = {
+        "name": "t",
+        "model": str(model),
+        "devices": "devices.yaml",
+        "runtime": "local",
+        "requests": 12,
+        "warmup": 2,
+        "concurrency": 3,
+        **extra,
+    }
     p = tmp / "job.yaml"
     p.write_text(json.dumps(job))
     return p
@@ -53,11 +61,25 @@ def test_three_stage_run_writes_the_run_folder(tmp_path, tiny_vit):
     assert [s["device"] for s in rep["stages"]] == ["phone", "tablet", "laptop"]
     assert all(s["compute_ms"]["p50"] > 0 for s in rep["stages"])
     # phone -> tablet -> laptop, then the result goes home to phone
-    assert [(h["from"], h["to"]) for h in rep["hops"]] == [("phone", "tablet"), ("tablet", "laptop"),
-                                                         ("laptop", "phone")]
+    assert [(h["from"], h["to"]) for h in rep["hops"]] == [
+        ("phone", "tablet"),
+        ("tablet", "laptop"),
+        ("laptop", "phone"),
+    ]
     assert all(h["bytes"] > 0 for h in rep["hops"])
-    for key in ("job", "runtime", "throughput_fps", "latency_ms", "stages", "hops", "agreement", "accuracy",
-                "devices", "predicted", "fidelity"):
+    for key in (
+        "job",
+        "runtime",
+        "throughput_fps",
+        "latency_ms",
+        "stages",
+        "hops",
+        "agreement",
+        "accuracy",
+        "devices",
+        "predicted",
+        "fidelity",
+    ):
         assert key in rep
     assert rep["accuracy"]["top1"] is None  # synthetic data: not measured, never 0
     for name in ("report.json", "report.md", "plan.json", "latencies.csv"):
@@ -75,8 +97,9 @@ def _two_op_model(path: Path, floats: int) -> Path:
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", floats])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", floats])
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y"])],
-                          "two", [x], [y])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Neg", ["h"], ["y"])], "two", [x], [y]
+    )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -112,8 +135,12 @@ def test_ctrl_c_leaves_no_node_running(tmp_path, fixture_copy):
     """
     job = _write_job(tmp_path, model, devices, stages=2, requests=50, warmup=0, concurrency=1)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", "--job", str(job), "--out",
-                             str(tmp_path / "run")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "run", "--job", str(job), "--out", str(tmp_path / "run")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     # wait until the nodes are up and driving has begun (the run folder gets its stats files)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not list((tmp_path / "run").glob("stats/*.jsonl")):

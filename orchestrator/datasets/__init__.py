@@ -15,19 +15,41 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .base import Dataset, Preprocessing, Subset, balanced_indices, preprocess
-from .files import ImageFolder, ListFile, Synthetic, read_class_list
-from .imagenet_tar import DEVKIT, VAL_TAR, ImageNetValTar, tar_index
-from .prefetch import Prefetcher
+from orchestrator.datasets.base import Dataset, Preprocessing, Subset, balanced_indices, preprocess
+from orchestrator.datasets.files import ImageFolder, ListFile, Synthetic, read_class_list
+from orchestrator.datasets.imagenet_tar import DEVKIT, VAL_TAR, ImageNetValTar, tar_index
+from orchestrator.datasets.prefetch import Prefetcher
 
 __all__ = [
-    "Dataset", "ImageFolder", "ImageNetValTar", "ListFile", "Prefetcher", "Preprocessing", "Subset",
-    "Synthetic", "balanced_indices", "open_dataset", "preprocess", "tar_index",
+    "Dataset",
+    "ImageFolder",
+    "ImageNetValTar",
+    "ListFile",
+    "Prefetcher",
+    "Preprocessing",
+    "Subset",
+    "Synthetic",
+    "balanced_indices",
+    "open_dataset",
+    "preprocess",
+    "tar_index",
 ]
 
 KINDS = ("imagenet-tar", "imagefolder", "list", "synthetic", "imagenet")
-_FIELDS = {"kind", "path", "devkit", "classes", "limit", "seed", "count", "num_classes", "preprocessing",
-           "size", "mode", "cache_dir"}
+_FIELDS = {
+    "kind",
+    "path",
+    "devkit",
+    "classes",
+    "limit",
+    "seed",
+    "count",
+    "num_classes",
+    "preprocessing",
+    "size",
+    "mode",
+    "cache_dir",
+}
 
 
 def _as_dict(spec: Any) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Dataset, Preprocessing
+from orchestrator.datasets.base import Dataset, Preprocessing
 
 IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 

@@ -20,8 +20,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from . import matv5
-from .base import Dataset, Preprocessing
+from orchestrator.datasets import matv5
+from orchestrator.datasets.base import Dataset, Preprocessing
 
 VAL_TAR = "ILSVRC2012_img_val.tar"
 DEVKIT = "ILSVRC2012_devkit_t12.tar.gz"
@@ -82,8 +82,17 @@ def tar_index(tar: Path, cache_dir: Path | None = None, field: str = "path") -> 
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"version": INDEX_VERSION, "tar": str(tar.resolve()), "size": st.st_size,
-                                   "mtime_ns": st.st_mtime_ns, "members": members}))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "version": INDEX_VERSION,
+                    "tar": str(tar.resolve()),
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "members": members,
+                }
+            )
+        )
         os.replace(tmp, cached)
     except OSError:
         pass

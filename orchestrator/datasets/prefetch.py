@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Dataset
+from orchestrator.datasets.base import Dataset
 
 _WORKER_DS: Dataset | None = None
 
@@ -43,8 +43,15 @@ class Prefetcher:
     call close(); closing cancels queued work and joins the pool.
     """
 
-    def __init__(self, dataset: Dataset, indices: Iterable[int] | None = None, batch: int = 1,
-                 workers: int = 2, depth: int = 4, mode: str = "thread") -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        indices: Iterable[int] | None = None,
+        batch: int = 1,
+        workers: int = 2,
+        depth: int = 4,
+        mode: str = "thread",
+    ) -> None:
         if batch <= 0:
             raise ValueError(f"batch: must be positive, got {batch}")
         if depth <= 0:
@@ -74,8 +81,9 @@ class Prefetcher:
         if self.mode == "thread":
             return ThreadPoolExecutor(self.workers, thread_name_prefix="prefetch")
         # spawn, not fork: the driver runs gRPC threads, which do not survive a fork
-        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.dataset,))
+        return ProcessPoolExecutor(
+            self.workers, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(self.dataset,)
+        )
 
     def _submit(self, idx: Sequence[int]) -> list[Future[tuple[np.ndarray, int]]]:
         assert self._pool is not None

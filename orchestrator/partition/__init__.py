@@ -5,13 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..config import Testbed
-from ..errors import UserError
-from .algorithms import ALGORITHMS, Placement, Problem, check_memory, check_placement, get_algorithm
-from .costmodel import CostTable, predict
-from .cut import WEIGHTS_FILE, write_stages
-from .graph import ModelGraph, load_graph
-from .plan import Plan, StagePlan
+from orchestrator.config import Testbed
+from orchestrator.errors import UserError
+from orchestrator.partition.algorithms import (
+    ALGORITHMS,
+    Placement,
+    Problem,
+    check_memory,
+    check_placement,
+    get_algorithm,
+)
+from orchestrator.partition.costmodel import CostTable, predict
+from orchestrator.partition.graph import ModelGraph, load_graph
+from orchestrator.partition.plan import Plan, StagePlan
+from orchestrator.partition.stage_files import WEIGHTS_FILE, write_stages
 
 __all__ = [
     "ALGORITHMS",
@@ -47,9 +54,7 @@ def partition(
     model_path = Path(model_path)
     src = testbed.source
     if objective not in OBJECTIVES:
-        raise UserError(
-            f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})", None, "objective"
-        )
+        raise UserError(f"unknown objective {objective!r} (known: {', '.join(OBJECTIVES)})", None, "objective")
     algo = get_algorithm(algorithm)
     if stages is not None and stages < 1:
         raise UserError(f"need at least one stage, got {stages}", None, "stages")
@@ -64,8 +69,11 @@ def partition(
         )
     if cost_table is not None:
         if not cost_table.bounds or cost_table.bounds[0] != 0 or cost_table.bounds[-1] != graph.n:
-            raise UserError("the cost table was made for another model (its blocks do not cover this one)",
-                            str(model_path), "cost_table")
+            raise UserError(
+                "the cost table was made for another model (its blocks do not cover this one)",
+                str(model_path),
+                "cost_table",
+            )
         lacking = [d.name for d in testbed.devices if d.name not in cost_table.block_s]
         if lacking:
             raise UserError(f"the cost table has no figures for {', '.join(lacking)}", src, "cost_table")

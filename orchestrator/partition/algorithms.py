@@ -11,14 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..config import Device, Link, PartitionPoint, Testbed
-from ..errors import UserError
-from .graph import ModelGraph, prefix
-from .memory import NODE_OVERHEAD_BYTES, WEIGHTS_RESIDENT_FACTOR, resident_bytes
-from .plan import Predicted
+from orchestrator.config import Device, Link, PartitionPoint, Testbed
+from orchestrator.errors import UserError
+from orchestrator.partition.graph import ModelGraph, prefix
+from orchestrator.partition.memory import NODE_OVERHEAD_BYTES, WEIGHTS_RESIDENT_FACTOR, resident_bytes
+from orchestrator.partition.plan import Predicted
 
 if TYPE_CHECKING:
-    from .costmodel import CostTable
+    from orchestrator.partition.costmodel import CostTable
 
 
 @dataclass
@@ -70,17 +70,13 @@ def manual(problem: Problem) -> Placement:
     """
     g, pts, src = problem.graph, problem.points, problem.devices_file
     if not pts:
-        raise UserError(
-            "the manual algorithm needs partition_points in the devices file", src, "partition_points"
-        )
+        raise UserError("the manual algorithm needs partition_points in the devices file", src, "partition_points")
     known = set(g.prod) | set(g.initializers) | set(g.const_producer)
     for i, pt in enumerate(pts):
         for fld, names in (("output_names", pt.output_names), ("input_names", pt.input_names)):
             for x in names:
                 if x not in known:
-                    raise UserError(
-                        f"{x!r} is not a tensor of the model", src, f"partition_points[{i}].{fld}"
-                    )
+                    raise UserError(f"{x!r} is not a tensor of the model", src, f"partition_points[{i}].{fld}")
     names = [d.name for d in problem.devices]
     if len(pts) > len(names) and any(p.device_name is None for p in pts):
         raise UserError(f"{len(pts)} partition points but {len(names)} devices", src, "partition_points")
@@ -162,14 +158,14 @@ def even(problem: Problem) -> Placement:
 
 def optimal(problem: Problem) -> Placement:
     """Exact best devices, order and cuts for the objective (see optimal.py)."""
-    from .optimal import optimal as run  # lazy: optimal.py imports this module
+    from orchestrator.partition.optimal import optimal as run  # lazy: optimal.py imports this module
 
     return run(problem)
 
 
 def memory(problem: Problem) -> Placement:
     """Ianvs's automatic baseline: cut by each device's share of memory (see memory_baseline.py)."""
-    from .memory_baseline import memory_partition
+    from orchestrator.partition.memory_baseline import memory_partition
 
     return memory_partition(problem)
 
@@ -196,7 +192,7 @@ def get_algorithm(name: str) -> Algorithm:
             raise UserError(f"cannot load algorithm {name!r}: {type(e).__name__}: {e}", None, "algorithm") from None
         if not callable(obj):
             raise UserError(f"{name!r} is not callable", None, "algorithm")
-        from .user import wrap_user_algorithm
+        from orchestrator.partition.user import wrap_user_algorithm
 
         return wrap_user_algorithm(name, obj)
     known = ", ".join(sorted(ALGORITHMS))
@@ -235,10 +231,6 @@ def check_placement(problem: Problem, placement: Placement) -> None:
     g = problem.graph
     c = placement.cuts
     if any(not isinstance(p, int) for p in c) or any(p < 1 or p >= g.n for p in c) or c != sorted(set(c)):
-        raise UserError(
-            f"cut positions must be increasing integers in 1..{g.n - 1}, got {c}", None, "algorithm"
-        )
+        raise UserError(f"cut positions must be increasing integers in 1..{g.n - 1}, got {c}", None, "algorithm")
     if len(placement.devices) != len(c) + 1:
-        raise UserError(
-            f"{len(c) + 1} stages but {len(placement.devices)} devices in the placement", None, "algorithm"
-        )
+        raise UserError(f"{len(c) + 1} stages but {len(placement.devices)} devices in the placement", None, "algorithm")

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import Device, Link, Testbed
-from .graph import ModelGraph, prefix, tensor_nbytes
-from .memory import MEMORY_HEADROOM, resident_bytes, usable_bytes
-from .plan import Predicted
+from orchestrator.config import Device, Link, Testbed
+from orchestrator.partition.graph import ModelGraph, prefix, tensor_nbytes
+from orchestrator.partition.memory import MEMORY_HEADROOM, resident_bytes, usable_bytes
+from orchestrator.partition.plan import Predicted
 
 # A rough sustained rate for FLOP-based estimates, per host CPU of quota. Profiling replaces it.
 ROUGH_FLOPS_PER_CPU = 30e9
@@ -109,8 +109,14 @@ class CostTable:
         return self._with(bounds, out)
 
     def _with(self, bounds: list[int], block_s: dict[str, list[float]]) -> CostTable:
-        return CostTable(bounds=bounds, block_s=block_s, origin=self.origin, overhead_s=dict(self.overhead_s),
-                         roundtrip_s=dict(self.roundtrip_s), cfs_period_s=self.cfs_period_s)
+        return CostTable(
+            bounds=bounds,
+            block_s=block_s,
+            origin=self.origin,
+            overhead_s=dict(self.overhead_s),
+            roundtrip_s=dict(self.roundtrip_s),
+            cfs_period_s=self.cfs_period_s,
+        )
 
 
 def reduce_candidates(
@@ -338,8 +344,11 @@ def predict(
         # a stage that is not the bottleneck waits for its frames, so it starts each one with a fresh
         # quota and runs at full speed until that is spent; the profile measured it always busy
         cpus = {d.name: d.cpus for d in testbed.devices}
-        latency += sum(burst_wall_s(c, cpus[d], table.cfs_period_s) - c
-                       for c, b, d in zip(ev.stage_s, ev.busy_s, device_names, strict=True) if b < slowest)
+        latency += sum(
+            burst_wall_s(c, cpus[d], table.cfs_period_s) - c
+            for c, b, d in zip(ev.stage_s, ev.busy_s, device_names, strict=True)
+            if b < slowest
+        )
     return Predicted(
         stage_s=[round(x, 6) for x in ev.busy_s],
         transfer_s=[round(x, 6) for x in ev.transfer_s],

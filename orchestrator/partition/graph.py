@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, shape_inference
 
-from ..errors import UserError
+from orchestrator.errors import UserError
 
 # Initializers up to this size stay embedded in the copy used for shape inference (Reshape
 # targets, axes, scalars: inference needs their values); bigger ones become typed inputs.
@@ -213,9 +213,7 @@ def _load_small(t: TensorProto, base: Path) -> TensorProto:
     return c
 
 
-def _infer(
-    model: onnx.ModelProto, inits: dict[str, TensorProto], base: Path, batch1: bool
-) -> onnx.ModelProto:
+def _infer(model: onnx.ModelProto, inits: dict[str, TensorProto], base: Path, batch1: bool) -> onnx.ModelProto:
     """Shape inference on a light copy: big initializers replaced by typed inputs."""
     src = model.graph
     m = onnx.ModelProto(ir_version=model.ir_version)
@@ -364,9 +362,7 @@ def analyse(model: onnx.ModelProto, path: str | Path, sha256: str = "") -> Model
         if i.name not in inits and any(not d.HasField("dim_value") for d in i.type.tensor_type.shape.dim[1:])
     ]
     if sym_inputs:
-        notes.append(
-            f"inputs {', '.join(sym_inputs)}: symbolic dims other than the batch taken as 1 for sizes"
-        )
+        notes.append(f"inputs {', '.join(sym_inputs)}: symbolic dims other than the batch taken as 1 for sizes")
 
     nbytes: dict[str, int] = {}
     for name, dims in shapes1.items():

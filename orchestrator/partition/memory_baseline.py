@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
-from .algorithms import Placement, Problem
-from .graph import ModelGraph, tensor_nbytes
+from orchestrator.errors import UserError
+from orchestrator.partition.algorithms import Placement, Problem
+from orchestrator.partition.graph import ModelGraph, tensor_nbytes
 
 
 def weight_per_node(graph: ModelGraph) -> list[int]:

@@ -18,10 +18,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import UserError
-from .algorithms import Placement, Problem, _fmt_bytes
-from .costmodel import Arrays, build_arrays, evaluate, predict
-from .graph import ModelGraph
+from orchestrator.errors import UserError
+from orchestrator.partition.algorithms import Placement, Problem, _fmt_bytes
+from orchestrator.partition.costmodel import Arrays, build_arrays, evaluate, predict
+from orchestrator.partition.graph import ModelGraph
 
 OBJECTIVES = ("throughput", "latency")
 MAX_DEVICES = 12  # 2^12 device sets keep planning well under a second; beyond, use --stages or `even`

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from ..errors import UserError
+from orchestrator.errors import UserError
 
 PLAN_FILE = "plan.json"
 
@@ -32,7 +32,7 @@ class Predicted(BaseModel):
     throughput_fps: float | None = None
     latency_s: float | None = None
     # the slowest step that is not a stage (a link, the source's relay); kept in memory, so that
-    # stage times measured later still give a throughput (see orchestrator.calibrate)
+    # stage times measured later still give a throughput (see orchestrator.profiling.stages)
     slowest_other_s: float | None = Field(default=None, exclude=True)
     transfers_total_s: float | None = Field(default=None, exclude=True)  # a request's links, in and out
     source_roundtrip_s: float | None = Field(default=None, exclude=True)  # driver to the source and back

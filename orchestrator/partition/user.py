@@ -22,9 +22,9 @@ from typing import Any
 
 import onnx
 
-from ..errors import UserError
-from .algorithms import Algorithm, Placement, Problem
-from .graph import ModelGraph
+from orchestrator.errors import UserError
+from orchestrator.partition.algorithms import Algorithm, Placement, Problem
+from orchestrator.partition.graph import ModelGraph
 
 _IANVS_PARAMS = {"initial_model", "model", "model_path", "model_file", "path"}
 

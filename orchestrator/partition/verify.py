@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..errors import UserError
-from .plan import Plan
+from orchestrator.errors import UserError
+from orchestrator.partition.plan import Plan
 
 # ORT element type strings -> numpy dtypes, for random feeds.
 _DTYPES = {

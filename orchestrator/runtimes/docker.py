@@ -17,7 +17,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..compose import (
+from orchestrator.config import Testbed
+from orchestrator.errors import UserError
+from orchestrator.runtimes.base import Deployment, NodeHandle, wait_healthy
+from orchestrator.runtimes.docker_testbed import (
     DEFAULT_NAME,
     DEFAULT_SUBNET,
     LABEL,
@@ -31,9 +34,6 @@ from ..compose import (
     image_tag,
     testbed_spec,
 )
-from ..config import Testbed
-from ..errors import UserError
-from .base import Deployment, NodeHandle, wait_healthy
 
 
 def engine(timeout_s: float = 5.0):
@@ -59,7 +59,7 @@ def image_present(client, image: str | None = None) -> bool:
 def stage_plan_into(plan, workspace: Path, run_dir: Path):
     """The plan as the containers can read it: itself when under the workspace, else its files
     hard-linked (copied across file systems) into <workspace>/.plans/<run folder name>/."""
-    from ..partition.plan import Plan
+    from orchestrator.partition.plan import Plan
 
     ws = Path(workspace).resolve()
     try:
@@ -94,8 +94,9 @@ class DockerDeployment(Deployment):
         try:
             rel = p.relative_to(self.workspace)
         except ValueError:
-            raise RuntimeError(f"{p} is outside the testbed's workspace {self.workspace}, "
-                               "which is all the containers see") from None
+            raise RuntimeError(
+                f"{p} is outside the testbed's workspace {self.workspace}, which is all the containers see"
+            ) from None
         return f"{WORKSPACE_IN}/{rel.as_posix()}"
 
 
@@ -131,17 +132,27 @@ def up(client, spec: TestbedSpec, wait_s: float = 60.0) -> dict[str, NodeHandle]
             if c.cpuset:
                 kw["cpuset_cpus"] = c.cpuset
             if c.gpu_index is not None:
-                kw["device_requests"] = [docker.types.DeviceRequest(device_ids=[str(c.gpu_index)],
-                                                                    capabilities=[["gpu"]])]
+                kw["device_requests"] = [
+                    docker.types.DeviceRequest(device_ids=[str(c.gpu_index)], capabilities=[["gpu"]])
+                ]
             cont = client.containers.create(
-                spec.image, command=c.command, name=c.name, hostname=c.device, detach=True,
-                nano_cpus=c.nano_cpus, mem_limit=c.memory, memswap_limit=c.memory, cap_add=["NET_ADMIN"],
-                environment=c.env, labels={**c.labels, LABEL_WORKSPACE: spec.workspace},
+                spec.image,
+                command=c.command,
+                name=c.name,
+                hostname=c.device,
+                detach=True,
+                nano_cpus=c.nano_cpus,
+                mem_limit=c.memory,
+                memswap_limit=c.memory,
+                cap_add=["NET_ADMIN"],
+                environment=c.env,
+                labels={**c.labels, LABEL_WORKSPACE: spec.workspace},
                 ports={f"{NODE_PORT}/tcp": ("127.0.0.1", None)},
                 volumes={spec.workspace: {"bind": WORKSPACE_IN, "mode": "ro"}},
                 network=spec.network,
                 networking_config={spec.network: client.api.create_endpoint_config(ipv4_address=c.ip)},
-                **kw)
+                **kw,
+            )
             cont.start()
 
         with cf.ThreadPoolExecutor(len(spec.containers)) as ex:
@@ -198,8 +209,17 @@ def wait_nodes(client, name: str, wait_s: float = 60.0) -> dict[str, NodeHandle]
         return True
 
     with cf.ThreadPoolExecutor(len(hs)) as ex:
-        list(ex.map(lambda d: wait_healthy(hs[d].control_address, d, timeout_s=max(1.0, deadline - time.monotonic()),
-                                           alive=lambda: alive(conts[d])), hs))
+        list(
+            ex.map(
+                lambda d: wait_healthy(
+                    hs[d].control_address,
+                    d,
+                    timeout_s=max(1.0, deadline - time.monotonic()),
+                    alive=lambda: alive(conts[d]),
+                ),
+                hs,
+            )
+        )
     return hs
 
 
@@ -228,11 +248,18 @@ def status(client, name: str | None = None) -> list[dict]:
     for c in testbed_containers(client, name):
         hc = c.attrs["HostConfig"]
         nets = c.attrs["NetworkSettings"]["Networks"]
-        rows.append({"testbed": c.labels.get(LABEL_TESTBED), "device": c.labels.get(LABEL_DEVICE),
-                     "container": c.name, "status": c.status,
-                     "ip": next(iter(nets.values()))["IPAddress"] if nets else "",
-                     "cpus": (hc.get("NanoCpus") or 0) / 1e9, "memory": hc.get("Memory") or 0,
-                     "config": c.labels.get(LABEL_CONFIG)})
+        rows.append(
+            {
+                "testbed": c.labels.get(LABEL_TESTBED),
+                "device": c.labels.get(LABEL_DEVICE),
+                "container": c.name,
+                "status": c.status,
+                "ip": next(iter(nets.values()))["IPAddress"] if nets else "",
+                "cpus": (hc.get("NanoCpus") or 0) / 1e9,
+                "memory": hc.get("Memory") or 0,
+                "config": c.labels.get(LABEL_CONFIG),
+            }
+        )
     return sorted(rows, key=lambda r: (r["testbed"] or "", r["device"] or ""))
 
 
@@ -241,8 +268,16 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, testbed: Testbed, log_dir: Path, workspace: Path, testbed_name: str = DEFAULT_NAME,
-                 subnet: str = DEFAULT_SUBNET, image: str | None = None, client=None):
+    def __init__(
+        self,
+        testbed: Testbed,
+        log_dir: Path,
+        workspace: Path,
+        testbed_name: str = DEFAULT_NAME,
+        subnet: str = DEFAULT_SUBNET,
+        image: str | None = None,
+        client=None,
+    ):
         self.testbed = testbed
         self.log_dir = Path(log_dir)
         self.client = client or engine()
@@ -261,8 +296,10 @@ class DockerRuntime:
         if running:
             cfgs = {c.labels.get(LABEL_CONFIG) for c in running}
             if cfgs != {self.spec.config_hash} or any(c.status != "running" for c in running):
-                raise UserError(f"testbed {self.spec.name!r} is up with other devices (or not all running); "
-                                "`orchestrator testbed down` first, or run with the devices it has")
+                raise UserError(
+                    f"testbed {self.spec.name!r} is up with other devices (or not all running); "
+                    "`orchestrator testbed down` first, or run with the devices it has"
+                )
             ws = Path(running[0].labels.get(LABEL_WORKSPACE, self.spec.workspace))
             self.spec.workspace = str(ws)
             nodes = wait_nodes(self.client, self.spec.name, 30.0)
@@ -272,15 +309,25 @@ class DockerRuntime:
             nodes = up(self.client, self.spec)
             self.owned = True
             self.start_s = time.perf_counter() - t0
-            notes.append(f"docker runtime: started testbed {self.spec.name!r} in {self.start_s:.1f} s "
-                         "and stopped it after the run")
+            notes.append(
+                f"docker runtime: started testbed {self.spec.name!r} in {self.start_s:.1f} s "
+                "and stopped it after the run"
+            )
         self.containers = {c.labels[LABEL_DEVICE]: c for c in testbed_containers(self.client, self.spec.name)}
         if any(d.gpu is not None for d in self.testbed.devices) and not mps_daemon_running():
             notes.append("no CUDA MPS daemon runs: GPU shares are not enforced (memory limits are)")
         by_dev = self.spec.by_device()
-        return DockerDeployment("docker", nodes, node_paces_rate=False, node_adds_delay=False, notes=notes,
-                                tc_shaped=True, workspace=Path(self.spec.workspace).resolve(),
-                                ips={d: by_dev[d].ip for d in nodes}, testbed_name=self.spec.name)
+        return DockerDeployment(
+            "docker",
+            nodes,
+            node_paces_rate=False,
+            node_adds_delay=False,
+            notes=notes,
+            tc_shaped=True,
+            workspace=Path(self.spec.workspace).resolve(),
+            ips={d: by_dev[d].ip for d in nodes},
+            testbed_name=self.spec.name,
+        )
 
     def save_logs(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..config import Testbed
-from .base import Deployment, NodeHandle, wait_healthy
+from orchestrator.config import Testbed
+from orchestrator.runtimes.base import Deployment, NodeHandle, wait_healthy
 
 _PR_SET_PDEATHSIG = 1
 
@@ -56,10 +56,27 @@ class LocalRuntime:
                 port = free_port()
                 log = open(self.log_dir / f"node_{dev.name}.log", "w")  # noqa: SIM115 - closed in stop()
                 self._logs.append(log)
-                cmd = [sys.executable, "-m", "node", "--device", dev.name, "--port", str(port),
-                       "--host", "127.0.0.1", "--log-level", self.log_level]
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        preexec_fn=_die_with_parent, start_new_session=True)
+                cmd = [
+                    sys.executable,
+                    "-m",
+                    "node",
+                    "--device",
+                    dev.name,
+                    "--port",
+                    str(port),
+                    "--host",
+                    "127.0.0.1",
+                    "--log-level",
+                    self.log_level,
+                ]
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    preexec_fn=_die_with_parent,
+                    start_new_session=True,
+                )
                 self.procs[dev.name] = proc
                 addr = f"127.0.0.1:{port}"
                 nodes[dev.name] = NodeHandle(dev.name, addr, addr, proc.pid)
@@ -69,8 +86,13 @@ class LocalRuntime:
         except BaseException:
             self.stop()
             raise
-        return Deployment("local", nodes, node_paces_rate=True, node_adds_delay=True,
-                          notes=["local runtime: no CPU or memory isolation; links paced by the nodes"])
+        return Deployment(
+            "local",
+            nodes,
+            node_paces_rate=True,
+            node_adds_delay=True,
+            notes=["local runtime: no CPU or memory isolation; links paced by the nodes"],
+        )
 
     def stop(self) -> None:
         for proc in self.procs.values():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import Testbed
+from orchestrator.config import Testbed
 
 LABEL = "edge-testbed"  # "1" on everything a testbed creates
 LABEL_TESTBED = "edge-testbed.testbed"
@@ -77,21 +77,38 @@ class TestbedSpec:
 
 def config_hash(testbed: Testbed) -> str:
     """Devices and links as the containers emulate them (names, caps, links): 12 hex digits."""
-    body = {"devices": [d.model_dump(exclude={"power", "type"}) for d in testbed.devices],
-            "links": {f"{a.name}>{b.name}": testbed.link(a.name, b.name).model_dump()
-                      for a in testbed.devices for b in testbed.devices if a.name != b.name}}
+    body = {
+        "devices": [d.model_dump(exclude={"power", "type"}) for d in testbed.devices],
+        "links": {
+            f"{a.name}>{b.name}": testbed.link(a.name, b.name).model_dump()
+            for a in testbed.devices
+            for b in testbed.devices
+            if a.name != b.name
+        },
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def testbed_spec(testbed: Testbed, name: str = DEFAULT_NAME, subnet: str = DEFAULT_SUBNET,
-                 image: str | None = None, workspace: str | Path = "runs") -> TestbedSpec:
+def testbed_spec(
+    testbed: Testbed,
+    name: str = DEFAULT_NAME,
+    subnet: str = DEFAULT_SUBNET,
+    image: str | None = None,
+    workspace: str | Path = "runs",
+) -> TestbedSpec:
     net = ipaddress.ip_network(subnet)
     if net.num_addresses < len(testbed.devices) + 16:
         raise ValueError(f"subnet {subnet} too small for {len(testbed.devices)} devices")
     ips = {d.name: str(net.network_address + 10 + i) for i, d in enumerate(testbed.devices)}
     h = config_hash(testbed)
-    spec = TestbedSpec(name=name, network=f"{name}-net", subnet=str(net), image=image or image_tag(),
-                       workspace=str(workspace), config_hash=h)
+    spec = TestbedSpec(
+        name=name,
+        network=f"{name}-net",
+        subnet=str(net),
+        image=image or image_tag(),
+        workspace=str(workspace),
+        config_hash=h,
+    )
     for d in testbed.devices:
         peers = []
         for o in testbed.devices:
@@ -99,10 +116,12 @@ def testbed_spec(testbed: Testbed, name: str = DEFAULT_NAME, subnet: str = DEFAU
                 continue
             link = testbed.link(d.name, o.name)
             if link.rate_bps or link.delay_s:
-                peers.append({"device": o.name, "ip": ips[o.name], "rate_bps": link.rate_bps,
-                              "delay_s": link.delay_s})
-        env = {"EDGE_TC_PEERS": json.dumps(peers, separators=(",", ":")),
-               "MALLOC_MMAP_THRESHOLD_": str(64 * 1024 * 1024), "MALLOC_TRIM_THRESHOLD_": str(256 * 1024 * 1024)}
+                peers.append({"device": o.name, "ip": ips[o.name], "rate_bps": link.rate_bps, "delay_s": link.delay_s})
+        env = {
+            "EDGE_TC_PEERS": json.dumps(peers, separators=(",", ":")),
+            "MALLOC_MMAP_THRESHOLD_": str(64 * 1024 * 1024),
+            "MALLOC_TRIM_THRESHOLD_": str(256 * 1024 * 1024),
+        }
         cmd = ["--device", d.name, "--port", str(NODE_PORT), "--host", "0.0.0.0"]
         gpu = None
         if d.gpu is not None:
@@ -113,9 +132,20 @@ def testbed_spec(testbed: Testbed, name: str = DEFAULT_NAME, subnet: str = DEFAU
                 env["ORT_CUDA_GPU_MEM_LIMIT"] = str(d.gpu.memory)
             env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(max(1, math.floor(d.gpu.share * 100)))
         labels = {**spec.labels, LABEL_DEVICE: d.name}
-        spec.containers.append(ContainerSpec(
-            device=d.name, name=f"{name}-{d.name}", ip=ips[d.name], nano_cpus=round(d.cpus * 1e9),
-            memory=d.memory, cpuset=d.cpuset, env=env, labels=labels, command=cmd, gpu_index=gpu))
+        spec.containers.append(
+            ContainerSpec(
+                device=d.name,
+                name=f"{name}-{d.name}",
+                ip=ips[d.name],
+                nano_cpus=round(d.cpus * 1e9),
+                memory=d.memory,
+                cpuset=d.cpuset,
+                env=env,
+                labels=labels,
+                command=cmd,
+                gpu_index=gpu,
+            )
+        )
     return spec
 
 
@@ -141,18 +171,30 @@ def render_compose(spec: TestbedSpec, devices_path: str = DEFAULT_DEVICES) -> st
         if c.cpuset:
             svc["cpuset"] = c.cpuset
         if c.gpu_index is not None:
-            svc["deploy"] = {"resources": {"reservations": {"devices": [
-                {"driver": "nvidia", "device_ids": [str(c.gpu_index)], "capabilities": ["gpu"]}]}}}
+            svc["deploy"] = {
+                "resources": {
+                    "reservations": {
+                        "devices": [{"driver": "nvidia", "device_ids": [str(c.gpu_index)], "capabilities": ["gpu"]}]
+                    }
+                }
+            }
         services[c.device] = svc
     doc = {
         "version": "2.4",
         "services": services,
-        "networks": {spec.network: {"name": spec.network, "driver": "bridge",
-                                    "labels": spec.labels,
-                                    "ipam": {"config": [{"subnet": spec.subnet}]}}},
+        "networks": {
+            spec.network: {
+                "name": spec.network,
+                "driver": "bridge",
+                "labels": spec.labels,
+                "ipam": {"config": [{"subnet": spec.subnet}]},
+            }
+        },
     }
-    head = (f"# The default testbed, rendered by `orchestrator testbed render` from {devices_path}:\n"
-            "# do not edit (tests/test_docker_compose.py fails when this drifts from the renderer).\n"
-            "# `docker-compose up -d` (or `docker compose up -d`) here gives the same testbed as\n"
-            "# `orchestrator testbed up` (make testbed-up); build the image first (make image).\n")
+    head = (
+        f"# The default testbed, rendered by `orchestrator testbed render` from {devices_path}:\n"
+        "# do not edit (tests/test_docker_compose.py fails when this drifts from the renderer).\n"
+        "# `docker-compose up -d` (or `docker compose up -d`) here gives the same testbed as\n"
+        "# `orchestrator testbed up` (make testbed-up); build the image first (make image).\n"
+    )
     return head + yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, width=120)

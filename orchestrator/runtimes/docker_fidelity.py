@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .config import Testbed
+from orchestrator.config import Testbed
 
 TOLERANCE = 0.10
 SINK_PORT = 50099
@@ -152,13 +152,20 @@ def _rounds(devs: list[str]) -> list[list[tuple[str, str]]]:
     return [[(devs[i], devs[(i + r) % n]) for i in range(n)] for r in range(1, n)]
 
 
-def check_links(containers: dict, ips: dict[str, str], testbed: Testbed, node_adds_delay: bool,
-                seconds: float = 0.5, pings: int = 10) -> list[dict]:
+def check_links(
+    containers: dict,
+    ips: dict[str, str],
+    testbed: Testbed,
+    node_adds_delay: bool,
+    seconds: float = 0.5,
+    pings: int = 10,
+) -> list[dict]:
     devs = [d.name for d in testbed.devices if d.name in containers]
     rounds = _rounds(devs)
     for dev in devs:  # one sink per receiver, for all its incoming links, then it exits
-        containers[dev].exec_run(["python", "-c", _SINK, str(2 * (len(devs) - 1)), "60", str(SINK_PORT)], user=_USER,
-                                 detach=True)
+        containers[dev].exec_run(
+            ["python", "-c", _SINK, str(2 * (len(devs) - 1)), "60", str(SINK_PORT)], user=_USER, detach=True
+        )
     results: dict[tuple[str, str], dict] = {}
 
     def one(pair: tuple[str, str]) -> None:
@@ -176,10 +183,18 @@ def check_links(containers: dict, ips: dict[str, str], testbed: Testbed, node_ad
         rate = testbed.link(*pair).rate_bps
         if rate and abs(_wire_rate(r) / rate - 1) > TOLERANCE:
             for dev in (pair[1],):
-                containers[dev].exec_run(["python", "-c", _SINK, "2", "30", str(SINK_PORT + 1)], user=_USER,
-                                         detach=True)
-            cmd = ["python", "-c", _SEND, ips[pair[1]], str(max(256 * 1024, int(rate / 8 * seconds))),
-                   str(pings), str(SINK_PORT + 1)]
+                containers[dev].exec_run(
+                    ["python", "-c", _SINK, "2", "30", str(SINK_PORT + 1)], user=_USER, detach=True
+                )
+            cmd = [
+                "python",
+                "-c",
+                _SEND,
+                ips[pair[1]],
+                str(max(256 * 1024, int(rate / 8 * seconds))),
+                str(pings),
+                str(SINK_PORT + 1),
+            ]
             results[pair] = _exec_json(containers[pair[0]], cmd)
             retried.add(pair)
     out = []
@@ -194,16 +209,30 @@ def check_links(containers: dict, ips: dict[str, str], testbed: Testbed, node_ad
         derr = _err(delay, cfg.delay_s * 1e3) if cfg.delay_s else None
         # delay: a fraction of a millisecond of network on top of a 1 ms link is not a fault
         d_bad = derr is not None and abs(derr) > TOLERANCE and abs(delay - cfg.delay_s * 1e3) > 0.5
-        out.append({"from": src, "to": dst, "configured_bps": cfg.rate_bps or None,
-                    "achieved_bps": round(ach) if ach else None,
-                    "configured_delay_ms": round(cfg.delay_s * 1e3, 3), "achieved_delay_ms": round(delay, 3),
-                    "network_delay_ms": round(net_ms, 3), "error": err, "delay_error": derr,
-                    "goodput_bps": round(goodput) if goodput else None,
-                    "bytes": r["bytes"], "seconds": round(span, 3), "retried": (src, dst) in retried,
-                    "flagged": bool((err is not None and abs(err) > TOLERANCE) or d_bad),
-                    "method": "tc-shaped TCP transfer between the containers; delay "
-                              + ("measured network one-way + the node's own hold (no netem)" if node_adds_delay
-                                 else "measured one-way (netem)")})
+        out.append(
+            {
+                "from": src,
+                "to": dst,
+                "configured_bps": cfg.rate_bps or None,
+                "achieved_bps": round(ach) if ach else None,
+                "configured_delay_ms": round(cfg.delay_s * 1e3, 3),
+                "achieved_delay_ms": round(delay, 3),
+                "network_delay_ms": round(net_ms, 3),
+                "error": err,
+                "delay_error": derr,
+                "goodput_bps": round(goodput) if goodput else None,
+                "bytes": r["bytes"],
+                "seconds": round(span, 3),
+                "retried": (src, dst) in retried,
+                "flagged": bool((err is not None and abs(err) > TOLERANCE) or d_bad),
+                "method": "tc-shaped TCP transfer between the containers; delay "
+                + (
+                    "measured network one-way + the node's own hold (no netem)"
+                    if node_adds_delay
+                    else "measured one-way (netem)"
+                ),
+            }
+        )
     return out
 
 
@@ -220,25 +249,52 @@ def check_cpus(containers: dict, testbed: Testbed, seconds: float = 1.0) -> list
         err = _err(ach, d.cpus)
         # under its quota the cgroup is throttled in most periods; if not, the host ran out of CPU
         host_bound = bool(err is not None and err < -TOLERANCE and r["nr_throttled"] < r["nr_periods"] / 2)
-        out.append({"device": d.name, "configured": d.cpus, "achieved": round(ach, 4), "error": err,
-                    "nr_periods": r["nr_periods"], "nr_throttled": r["nr_throttled"],
-                    "throttled_ms": round(r["throttled_ns"] / 1e6, 1),
-                    "flagged": bool(err is not None and abs(err) > TOLERANCE), "host_bound": host_bound,
-                    "method": f"busy loop in the container for {seconds:g} s: CPU time / wall time"})
+        out.append(
+            {
+                "device": d.name,
+                "configured": d.cpus,
+                "achieved": round(ach, 4),
+                "error": err,
+                "nr_periods": r["nr_periods"],
+                "nr_throttled": r["nr_throttled"],
+                "throttled_ms": round(r["throttled_ns"] / 1e6, 1),
+                "flagged": bool(err is not None and abs(err) > TOLERANCE),
+                "host_bound": host_bound,
+                "method": f"busy loop in the container for {seconds:g} s: CPU time / wall time",
+            }
+        )
     return out
 
 
-def check(containers: dict, ips: dict[str, str], testbed: Testbed, node_adds_delay: bool,
-          link_seconds: float = 0.5, cpu_seconds: float = 1.0) -> dict:
+def check(
+    containers: dict,
+    ips: dict[str, str],
+    testbed: Testbed,
+    node_adds_delay: bool,
+    link_seconds: float = 0.5,
+    cpu_seconds: float = 1.0,
+) -> dict:
     """Configured versus achieved for every link and CPU cap of a running Docker testbed."""
     t0 = time.perf_counter()
     links = check_links(containers, ips, testbed, node_adds_delay, link_seconds)
     cpus = check_cpus(containers, testbed, cpu_seconds)
-    flagged = [f"link {x['from']}->{x['to']}: rate error {x['error']:+.1%}" if x["error"] is not None
-               and abs(x["error"]) > TOLERANCE else f"link {x['from']}->{x['to']}: delay "
-               f"{x['achieved_delay_ms']:.2f} ms vs {x['configured_delay_ms']:.2f} ms" for x in links if x["flagged"]]
-    flagged += [f"cpu {x['device']}: {x['achieved']:.3f} vs {x['configured']:g} ({x['error']:+.1%})"
-                + (" - the host was the bottleneck (cgroup rarely throttled)" if x["host_bound"] else "")
-                for x in cpus if x["flagged"]]
-    return {"links": links, "cpus": cpus, "flagged": flagged, "tolerance": TOLERANCE,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    flagged = [
+        f"link {x['from']}->{x['to']}: rate error {x['error']:+.1%}"
+        if x["error"] is not None and abs(x["error"]) > TOLERANCE
+        else f"link {x['from']}->{x['to']}: delay {x['achieved_delay_ms']:.2f} ms vs {x['configured_delay_ms']:.2f} ms"
+        for x in links
+        if x["flagged"]
+    ]
+    flagged += [
+        f"cpu {x['device']}: {x['achieved']:.3f} vs {x['configured']:g} ({x['error']:+.1%})"
+        + (" - the host was the bottleneck (cgroup rarely throttled)" if x["host_bound"] else "")
+        for x in cpus
+        if x["flagged"]
+    ]
+    return {
+        "links": links,
+        "cpus": cpus,
+        "flagged": flagged,
+        "tolerance": TOLERANCE,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .graph import SMALL_TENSOR_BYTES, ModelGraph, node_inputs, tensor_nbytes
+from orchestrator.partition.graph import SMALL_TENSOR_BYTES, ModelGraph, node_inputs, tensor_nbytes
 
 WEIGHTS_FILE = "weights.bin"
 _ALIGN_BIG = 4096  # page-aligned offsets let ONNX Runtime map big tensors instead of copying

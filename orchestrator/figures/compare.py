@@ -54,20 +54,34 @@ def prediction_vs_measured(predicted: dict | None, rep: dict) -> dict | None:
     frames = loaded_throughput_fps(predicted, rep.get("load") or {})
     pred_fps = frames * batch if frames else None
     out = {
-        "throughput_fps": {"predicted": round(pred_fps, 3) if pred_fps else None,
-                           "predicted_unloaded": predicted.get("throughput_fps"),
-                           "measured": fps, "error_pct": _err_pct(pred_fps, fps)},
-        "latency_ms": {"predicted": round(pred_lat * 1e3, 3) if pred_lat is not None else None,
-                       "predicted_unloaded": round(predicted["latency_s"] * 1e3, 3)
-                       if predicted.get("latency_s") is not None else None,
-                       "measured_p50": lat.get("p50"),
-                       "error_pct": _err_pct(pred_lat * 1e3 if pred_lat is not None else None, lat.get("p50"))},
-        "stages": [], "transfers": [],
+        "throughput_fps": {
+            "predicted": round(pred_fps, 3) if pred_fps else None,
+            "predicted_unloaded": predicted.get("throughput_fps"),
+            "measured": fps,
+            "error_pct": _err_pct(pred_fps, fps),
+        },
+        "latency_ms": {
+            "predicted": round(pred_lat * 1e3, 3) if pred_lat is not None else None,
+            "predicted_unloaded": round(predicted["latency_s"] * 1e3, 3)
+            if predicted.get("latency_s") is not None
+            else None,
+            "measured_p50": lat.get("p50"),
+            "error_pct": _err_pct(pred_lat * 1e3 if pred_lat is not None else None, lat.get("p50")),
+        },
+        "stages": [],
+        "transfers": [],
     }
     for s, p in zip(rep["stages"], predicted.get("stage_s") or [], strict=False):
         m = (s.get("compute_ms") or {}).get("mean")
-        out["stages"].append({"index": s["index"], "device": s["device"], "predicted_ms": round(p * 1e3, 3),
-                              "measured_ms": m, "error_pct": _err_pct(p * 1e3, m)})
+        out["stages"].append(
+            {
+                "index": s["index"],
+                "device": s["device"],
+                "predicted_ms": round(p * 1e3, 3),
+                "measured_ms": m,
+                "error_pct": _err_pct(p * 1e3, m),
+            }
+        )
     devices = [s["device"] for s in rep["stages"]]
     hops = {(h["from"], h["to"]): h for h in rep["hops"]}
     for k, p in enumerate(predicted.get("transfer_s") or []):
@@ -75,8 +89,15 @@ def prediction_vs_measured(predicted: dict | None, rep: dict) -> dict | None:
             break
         h = hops.get((devices[k], devices[k + 1]))
         m = (h.get("transfer_ms") or {}).get("mean") if h else None
-        out["transfers"].append({"from": devices[k], "to": devices[k + 1], "predicted_ms": round(p * 1e3, 3),
-                                 "measured_ms": m, "error_pct": _err_pct(p * 1e3, m)})
+        out["transfers"].append(
+            {
+                "from": devices[k],
+                "to": devices[k + 1],
+                "predicted_ms": round(p * 1e3, 3),
+                "measured_ms": m,
+                "error_pct": _err_pct(p * 1e3, m),
+            }
+        )
     return out
 
 
@@ -86,10 +107,20 @@ def comparison_rows(reports: list[tuple[str, dict]]) -> list[dict]:
     for name, rep in reports:
         lat = rep.get("latency_ms") or {}
         pred = rep.get("predicted") or {}
-        rows.append({"name": name, "algorithm": rep.get("algorithm"), "objective": rep.get("objective"),
-                     "devices": [s["device"] for s in rep["stages"]], "cut_tensors": rep.get("cut_tensors"),
-                     "throughput_fps": rep.get("throughput_fps"), "latency_p50_ms": lat.get("p50"),
-                     "latency_p99_ms": lat.get("p99"), "predicted_fps": pred.get("throughput_fps"),
-                     "predicted_latency_ms": round(pred["latency_s"] * 1e3, 3) if pred.get("latency_s") else None,
-                     "errors": rep.get("errors"), "run_dir": rep.get("run_dir")})
+        rows.append(
+            {
+                "name": name,
+                "algorithm": rep.get("algorithm"),
+                "objective": rep.get("objective"),
+                "devices": [s["device"] for s in rep["stages"]],
+                "cut_tensors": rep.get("cut_tensors"),
+                "throughput_fps": rep.get("throughput_fps"),
+                "latency_p50_ms": lat.get("p50"),
+                "latency_p99_ms": lat.get("p99"),
+                "predicted_fps": pred.get("throughput_fps"),
+                "predicted_latency_ms": round(pred["latency_s"] * 1e3, 3) if pred.get("latency_s") else None,
+                "errors": rep.get("errors"),
+                "run_dir": rep.get("run_dir"),
+            }
+        )
     return rows

@@ -62,6 +62,5 @@ def per_second(done_s: list[float], latency_ms: list[float], batch: int = 1) -> 
         vals = buckets.get(sec, [])
         h = histogram_of(vals)
         s = summary(h) or {}
-        out.append({"second": sec, "throughput_fps": len(vals) * batch, "p50_ms": s.get("p50"),
-                    "p99_ms": s.get("p99")})
+        out.append({"second": sec, "throughput_fps": len(vals) * batch, "p50_ms": s.get("p50"), "p99_ms": s.get("p99")})
     return out

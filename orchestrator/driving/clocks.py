@@ -64,5 +64,6 @@ def offsets_ns(clocks: dict[str, ClockOffset], significant_only: bool = True) ->
     significant_only: an offset no larger than its uncertainty is indistinguishable from none
     (nodes on this host share its clock) and is taken as 0, so that correcting cannot add the
     probe's noise to hops between devices that agree."""
-    return {d: (0 if significant_only and abs(c.offset_ns) <= c.uncertainty_ns else c.offset_ns)
-            for d, c in clocks.items()}
+    return {
+        d: (0 if significant_only and abs(c.offset_ns) <= c.uncertainty_ns else c.offset_ns) for d, c in clocks.items()
+    }

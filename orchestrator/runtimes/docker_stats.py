@@ -1,11 +1,11 @@
 """Per-container stats logs from the Docker engine's stats stream (about one sample a second).
 
 One thread per container reads `GET /containers/<id>/stats?stream=1` and writes
-`<out>/<device>.jsonl` with the same keys as the local runtime's sampler (stats_local.py):
+`<out>/<device>.jsonl` with the same keys as the local runtime's sampler (runtimes/local_stats.py):
 time, CPU in cores and as a share of the device's cap, throttled periods and time (cumulative),
 memory use, limit and peak, network bytes and packets in and out.
 
-`python -m orchestrator.stats_docker --testbed NAME --out logs/stats` is the background
+`python -m orchestrator.runtimes.docker_stats --testbed NAME --out logs/stats` is the background
 collector `orchestrator testbed up` starts; it ends when the testbed's containers are gone.
 """
 
@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from .compose import LABEL_DEVICE
+from orchestrator.runtimes.docker_testbed import LABEL_DEVICE
 
 
 def sample_line(s: dict, cap: float) -> dict | None:
@@ -64,8 +64,9 @@ class DockerStatsCollector:
         self.latest: dict[str, dict] = {}
         self._stop = threading.Event()
         self._responses: dict[str, object] = {}
-        self._threads = [threading.Thread(target=self._run, args=(d,), name=f"stats-{d}", daemon=True)
-                         for d in containers]
+        self._threads = [
+            threading.Thread(target=self._run, args=(d,), name=f"stats-{d}", daemon=True) for d in containers
+        ]
 
     def __enter__(self) -> DockerStatsCollector:
         if self.out_dir:
@@ -123,9 +124,9 @@ class DockerStatsCollector:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .runtimes.docker import engine, testbed_containers
+    from orchestrator.runtimes.docker import engine, testbed_containers
 
-    ap = argparse.ArgumentParser(prog="python -m orchestrator.stats_docker")
+    ap = argparse.ArgumentParser(prog="python -m orchestrator.runtimes.docker_stats")
     ap.add_argument("--testbed", required=True)
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)

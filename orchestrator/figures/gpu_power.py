@@ -66,9 +66,17 @@ def gpu_energy(samples: list[tuple[float, float]], window: tuple[float, float] |
     """Energy (trapezoids over the samples in the window), per image, mean and peak power."""
     pts = [(t, w) for t, w in samples if window is None or window[0] <= t <= window[1]]
     if len(pts) < 2:
-        return {"energy_j": None, "energy_per_image_j": None, "peak_power_w": None,
-                "method": "measured (NVML): too few samples"}
+        return {
+            "energy_j": None,
+            "energy_per_image_j": None,
+            "peak_power_w": None,
+            "method": "measured (NVML): too few samples",
+        }
     energy = sum((t1 - t0) * (w0 + w1) / 2 for (t0, w0), (t1, w1) in zip(pts, pts[1:], strict=False))
-    return {"energy_j": round(energy, 4), "energy_per_image_j": round(energy / images, 5) if images else None,
-            "mean_power_w": round(energy / (pts[-1][0] - pts[0][0]), 3),
-            "peak_power_w": round(max(w for _, w in pts), 3), "method": "measured (NVML board power)"}
+    return {
+        "energy_j": round(energy, 4),
+        "energy_per_image_j": round(energy / images, 5) if images else None,
+        "mean_power_w": round(energy / (pts[-1][0] - pts[0][0]), 3),
+        "peak_power_w": round(max(w for _, w in pts), 3),
+        "method": "measured (NVML board power)",
+    }

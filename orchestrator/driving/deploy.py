@@ -9,10 +9,9 @@ import grpc
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pbg
 from common.grpc_options import CHANNEL_OPTIONS
-
-from .config import Testbed
-from .partition.plan import Plan
-from .runtimes.base import Deployment
+from orchestrator.config import Testbed
+from orchestrator.partition.plan import Plan
+from orchestrator.runtimes.base import Deployment
 
 
 @dataclass
@@ -30,8 +29,9 @@ def threads_for(cpus: float) -> int:
     return max(1, int(cpus))
 
 
-def load_requests(plan: Plan, testbed: Testbed, dep: Deployment, source: str,
-                  queue_depth: int = 4, explicit_threads: bool = True) -> dict[str, pb.LoadRequest]:
+def load_requests(
+    plan: Plan, testbed: Testbed, dep: Deployment, source: str, queue_depth: int = 4, explicit_threads: bool = True
+) -> dict[str, pb.LoadRequest]:
     n = len(plan.stages)
     stage_device = [s.device for s in plan.stages]
     reqs: dict[str, pb.LoadRequest] = {}
@@ -43,31 +43,48 @@ def load_requests(plan: Plan, testbed: Testbed, dep: Deployment, source: str,
             if s.device != dev.name:
                 continue
             nxt = stage_device[s.index + 1] if s.index + 1 < n else source
-            stages.append(pb.StageSpec(
-                index=s.index, model_path=dep.node_path(plan.dir / s.model), inputs=list(s.inputs),
-                outputs=list(s.outputs), forward=list(plan.forward_after(s.index)), next_device=nxt))
+            stages.append(
+                pb.StageSpec(
+                    index=s.index,
+                    model_path=dep.node_path(plan.dir / s.model),
+                    inputs=list(s.inputs),
+                    outputs=list(s.outputs),
+                    forward=list(plan.forward_after(s.index)),
+                    next_device=nxt,
+                )
+            )
         peers = []
         for other, h in dep.nodes.items():
             if other == dev.name:
                 continue
             link = testbed.link(dev.name, other)
-            peer = pb.Peer(device=other, address=h.peer_address,
-                           rate_bps=link.rate_bps if dep.node_paces_rate else 0,
-                           delay_s=link.delay_s if dep.node_adds_delay else 0.0)
+            peer = pb.Peer(
+                device=other,
+                address=h.peer_address,
+                rate_bps=link.rate_bps if dep.node_paces_rate else 0,
+                delay_s=link.delay_s if dep.node_adds_delay else 0.0,
+            )
             if dep.tc_shaped:  # the node shapes this link with tc (delay by netem or by itself)
                 peer.ip = h.peer_address.rsplit(":", 1)[0]
                 peer.tc_rate_bps = link.rate_bps
                 peer.tc_delay_s = link.delay_s
             peers.append(peer)
         reqs[dev.name] = pb.LoadRequest(
-            device=dev.name, num_stages=n, source_device=source, stages=stages, peers=peers,
-            first_device=stage_device[0], threads=threads_for(dev.cpus) if explicit_threads else 0,
-            queue_depth=queue_depth)
+            device=dev.name,
+            num_stages=n,
+            source_device=source,
+            stages=stages,
+            peers=peers,
+            first_device=stage_device[0],
+            threads=threads_for(dev.cpus) if explicit_threads else 0,
+            queue_depth=queue_depth,
+        )
     return reqs
 
 
-def deploy(plan: Plan, testbed: Testbed, dep: Deployment, source: str,
-           explicit_threads: bool = True, timeout_s: float = 120.0) -> dict[str, LoadedNode]:
+def deploy(
+    plan: Plan, testbed: Testbed, dep: Deployment, source: str, explicit_threads: bool = True, timeout_s: float = 120.0
+) -> dict[str, LoadedNode]:
     """Send every node its LoadRequest; a node that refuses stops the run with its reason."""
     out: dict[str, LoadedNode] = {}
     for name, req in load_requests(plan, testbed, dep, source, explicit_threads=explicit_threads).items():

@@ -32,7 +32,7 @@ from common.grpc_options import CHANNEL_OPTIONS
 from common.rpc import node_stub
 from common.tensors import TensorFrame
 
-log = logging.getLogger("orchestrator.driver")
+log = logging.getLogger("orchestrator.driving.driver")
 
 CONNECT_TIMEOUT_S = 10.0
 _POLL_S = 0.2
@@ -87,10 +87,18 @@ def _wait_until(t_ns: int, stop: threading.Event) -> None:
         time.sleep(min(remaining / 1e9, 0.1))
 
 
-def drive(source_address: str, feeds: Iterator[Feed], *, total: int | None = None,
-          duration_s: float | None = None, concurrency: int = 1, rate_hz: float | None = None,
-          on_done: Callable[[Record], None] | None = None, timeout_s: float = 600.0,
-          max_in_flight: int = 1024) -> list[Record]:
+def drive(
+    source_address: str,
+    feeds: Iterator[Feed],
+    *,
+    total: int | None = None,
+    duration_s: float | None = None,
+    concurrency: int = 1,
+    rate_hz: float | None = None,
+    on_done: Callable[[Record], None] | None = None,
+    timeout_s: float = 600.0,
+    max_in_flight: int = 1024,
+) -> list[Record]:
     """Send requests to the source node until `total` are sent, `duration_s` of sending has
     passed (whichever comes first; at least one must be given) or `feeds` ends; then wait for
     the answers. Closed loop with `concurrency` in flight, or open loop at `rate_hz` with at
@@ -175,8 +183,9 @@ def drive(source_address: str, feeds: Iterator[Feed], *, total: int | None = Non
         try:
             grpc.channel_ready_future(ch).result(timeout=wait_s)
         except grpc.FutureTimeoutError:
-            raise RuntimeError(f"source node {source_address} is unreachable "
-                               f"(no connection within {wait_s:g} s)") from None
+            raise RuntimeError(
+                f"source node {source_address} is unreachable (no connection within {wait_s:g} s)"
+            ) from None
         responses = node_stub(ch).Drive(requests())  # frame codec both ways
         guard = threading.Thread(target=watchdog, args=(responses,), name="drive-watchdog", daemon=True)
         guard.start()
@@ -191,8 +200,20 @@ def drive(source_address: str, feeds: Iterator[Feed], *, total: int | None = Non
                     continue
                 rec.done_ns = now
                 rec.error = frame.error
-                rec.timings = [Timing(t.stage, t.device, t.recv_ns, t.start_ns, t.end_ns, t.send_ns,
-                                      t.bytes_out, t.serialize_ns, t.deserialize_ns) for t in frame.timings]
+                rec.timings = [
+                    Timing(
+                        t.stage,
+                        t.device,
+                        t.recv_ns,
+                        t.start_ns,
+                        t.end_ns,
+                        t.send_ns,
+                        t.bytes_out,
+                        t.serialize_ns,
+                        t.deserialize_ns,
+                    )
+                    for t in frame.timings
+                ]
                 if not frame.error:
                     rec.outputs = result.arrays
                 slots.release()

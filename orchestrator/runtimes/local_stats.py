@@ -16,9 +16,8 @@ import psutil
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pbg
 from common.grpc_options import CHANNEL_OPTIONS
-
-from .config import Testbed
-from .runtimes.base import Deployment
+from orchestrator.config import Testbed
+from orchestrator.runtimes.base import Deployment
 
 
 class LocalStatsSampler:
@@ -41,8 +40,9 @@ class LocalStatsSampler:
 
     def _run(self) -> None:
         procs = {d: psutil.Process(h.pid) for d, h in self.dep.nodes.items() if h.pid}
-        channels = {d: grpc.insecure_channel(h.control_address, options=CHANNEL_OPTIONS)
-                    for d, h in self.dep.nodes.items()}
+        channels = {
+            d: grpc.insecure_channel(h.control_address, options=CHANNEL_OPTIONS) for d, h in self.dep.nodes.items()
+        }
         stubs = {d: pbg.NodeStub(c) for d, c in channels.items()}
         last: dict[str, tuple[float, float]] = {}
         files = {d: open(self.out_dir / f"{d}.jsonl", "a") for d in self.dep.nodes}  # noqa: SIM115
@@ -62,14 +62,21 @@ class LocalStatsSampler:
                         cores = (cpu_t - c0) / (now - t0) if now > t0 else None
                     last[dev] = (now, cpu_t)
                     spec = self.testbed.device(dev)
-                    line = {"time": round(now, 3), "cpu_cores": None if cores is None else round(cores, 4),
-                            "cpu_cap": spec.cpus,
-                            "cpu_of_cap": None if cores is None else round(cores / spec.cpus, 4),
-                            "throttled_periods": None, "throttled_s": None,
-                            "memory_bytes": rss, "memory_limit": spec.memory,
-                            "memory_peak_bytes": st.peak_rss_bytes,
-                            "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
-                            "frames_in": st.frames_in, "frames_out": st.frames_out}
+                    line = {
+                        "time": round(now, 3),
+                        "cpu_cores": None if cores is None else round(cores, 4),
+                        "cpu_cap": spec.cpus,
+                        "cpu_of_cap": None if cores is None else round(cores / spec.cpus, 4),
+                        "throttled_periods": None,
+                        "throttled_s": None,
+                        "memory_bytes": rss,
+                        "memory_limit": spec.memory,
+                        "memory_peak_bytes": st.peak_rss_bytes,
+                        "bytes_in": st.bytes_in,
+                        "bytes_out": st.bytes_out,
+                        "frames_in": st.frames_in,
+                        "frames_out": st.frames_out,
+                    }
                     self.samples[dev].append(line)
                     files[dev].write(json.dumps(line) + "\n")
                     files[dev].flush()

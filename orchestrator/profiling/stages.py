@@ -42,13 +42,12 @@ from onnx import TensorProto, helper
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pbg
 from common.grpc_options import CHANNEL_OPTIONS
-
-from .config import Testbed
-from .deploy import load_requests
-from .driver import Feed, drive
-from .partition.plan import Plan, Predicted, StagePlan
-from .partition.verify import random_feeds
-from .runtimes.base import Deployment
+from orchestrator.config import Testbed
+from orchestrator.driving.deploy import load_requests
+from orchestrator.driving.driver import Feed, drive
+from orchestrator.partition.plan import Plan, Predicted, StagePlan
+from orchestrator.partition.verify import random_feeds
+from orchestrator.runtimes.base import Deployment
 
 IN_FLIGHT = 2  # one frame waits while the other runs: the stage never idles
 CFS_PERIOD_S = 0.1  # Docker's CPU quota period
@@ -74,8 +73,7 @@ def stage_inputs(plan: Plan, batch: int = 1, seed: int = 0) -> list[dict[str, np
     return out
 
 
-def frames_for(expected_s: float | None, seconds: float = MEASURE_S, lo: int = MIN_FRAMES,
-               hi: int = MAX_FRAMES) -> int:
+def frames_for(expected_s: float | None, seconds: float = MEASURE_S, lo: int = MIN_FRAMES, hi: int = MAX_FRAMES) -> int:
     """Frames to drive for about `seconds` of a stage expected to take `expected_s` per frame."""
     if not expected_s or expected_s <= 0:
         return lo
@@ -118,10 +116,14 @@ def relay_model(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, str]:
     incoming link. Returns {new input name: tensor name}."""
     names = {f"calibration_in{i}": name for i, name in enumerate(arrays)}
     nodes = [helper.make_node("Identity", [new], [name]) for new, name in names.items()]
-    inputs = [helper.make_tensor_value_info(new, helper.np_dtype_to_tensor_dtype(arrays[n].dtype),
-                                            list(arrays[n].shape)) for new, n in names.items()]
-    outputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(arrays[n].dtype),
-                                             list(arrays[n].shape)) for n in names.values()]
+    inputs = [
+        helper.make_tensor_value_info(new, helper.np_dtype_to_tensor_dtype(arrays[n].dtype), list(arrays[n].shape))
+        for new, n in names.items()
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(arrays[n].dtype), list(arrays[n].shape))
+        for n in names.values()
+    ]
     graph = helper.make_graph(nodes, "calibration_relay", inputs, outputs)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     os.chmod(path, 0o644)
@@ -138,8 +140,13 @@ def _load(dep: Deployment, requests: dict[str, pb.LoadRequest], timeout_s: float
     return replies
 
 
-def _mini_plan(plan: Plan, node_plan: Plan, k: int, sink: tuple[str, str, list[str]] | None,
-               relay: tuple[str, str, list[str]] | None = None) -> Plan:
+def _mini_plan(
+    plan: Plan,
+    node_plan: Plan,
+    k: int,
+    sink: tuple[str, str, list[str]] | None,
+    relay: tuple[str, str, list[str]] | None = None,
+) -> Plan:
     """Stage k, after a relay (device, file, its inputs) on the previous stage's device and before
     a sink (device, file, outputs) on the next stage's device, where given."""
     s = plan.stages[k]
@@ -147,25 +154,36 @@ def _mini_plan(plan: Plan, node_plan: Plan, k: int, sink: tuple[str, str, list[s
     inputs = list(plan.forward_after(k - 1))
     if relay is not None:
         device, file, inputs = relay
-        stages.append(StagePlan(index=0, device=device, model=file, inputs=inputs,
-                                outputs=list(plan.forward_after(k - 1))))
+        stages.append(
+            StagePlan(index=0, device=device, model=file, inputs=inputs, outputs=list(plan.forward_after(k - 1)))
+        )
     stages.append(StagePlan(index=len(stages), device=s.device, model=s.model, inputs=s.inputs, outputs=s.outputs))
     outputs = list(plan.forward_after(k))
     if sink is not None:
         device, file, outputs = sink
-        stages.append(StagePlan(index=len(stages), device=device, model=file, inputs=list(plan.forward_after(k)),
-                                outputs=outputs))
-    mini = Plan(model=plan.model, model_sha256=plan.model_sha256, algorithm=plan.algorithm,
-                objective=plan.objective, inputs=inputs, outputs=outputs, stages=stages)
+        stages.append(
+            StagePlan(index=len(stages), device=device, model=file, inputs=list(plan.forward_after(k)), outputs=outputs)
+        )
+    mini = Plan(
+        model=plan.model,
+        model_sha256=plan.model_sha256,
+        algorithm=plan.algorithm,
+        objective=plan.objective,
+        inputs=inputs,
+        outputs=outputs,
+        stages=stages,
+    )
     mini._dir = node_plan.dir
     return mini
 
 
-def _lone(dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int,
-          timeout_s: float) -> tuple[float, float]:
+def _lone(
+    dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int, timeout_s: float
+) -> tuple[float, float]:
     """(median compute, median round trip less compute) of lone requests through stage 0."""
-    records = drive(dep.nodes[device].control_address, _spaced(feed), total=LONE_WARMUP + frames, concurrency=1,
-                    timeout_s=timeout_s)
+    records = drive(
+        dep.nodes[device].control_address, _spaced(feed), total=LONE_WARMUP + frames, concurrency=1, timeout_s=timeout_s
+    )
     _raise_errors(device, records)
     records = records[LONE_WARMUP:]  # the first runs of a fresh session allocate
     compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in records]
@@ -184,17 +202,30 @@ def _spaced(feed: dict[str, np.ndarray], seed: int = 0) -> Iterator[Feed]:
         yield Feed(arrays=feed)
 
 
-def _busy(dep: Deployment, device: str, driven: str, reply: pb.LoadReply, feed: dict[str, np.ndarray],
-          frames: int, timeout_s: float) -> float:
+def _busy(
+    dep: Deployment,
+    device: str,
+    driven: str,
+    reply: pb.LoadReply,
+    feed: dict[str, np.ndarray],
+    frames: int,
+    timeout_s: float,
+) -> float:
     """Step time of `device`'s stage, frames driven into `driven` (the device itself or its relay)."""
     address = dep.nodes[driven].control_address
     with grpc.insecure_channel(dep.nodes[device].control_address, options=CHANNEL_OPTIONS) as ch:
         stub = pbg.NodeStub(ch)
-        drive(address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT, concurrency=IN_FLIGHT,
-              timeout_s=timeout_s)  # a fresh session's first runs, the link's first frames
+        drive(
+            address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT, concurrency=IN_FLIGHT, timeout_s=timeout_s
+        )  # a fresh session's first runs, the link's first frames
         cpu0 = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds
-        records = drive(address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT + frames,
-                        concurrency=IN_FLIGHT, timeout_s=timeout_s)
+        records = drive(
+            address,
+            itertools.repeat(Feed(arrays=feed)),
+            total=IN_FLIGHT + frames,
+            concurrency=IN_FLIGHT,
+            timeout_s=timeout_s,
+        )
         cpu = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds - cpu0
     _raise_errors(device, records)
     t = step_time_s([r.done_ns for r in records])
@@ -229,8 +260,9 @@ def rounds(groups: Sequence[Sequence[str | None]]) -> list[list[int]]:
     return [ks for _, ks in out]
 
 
-def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deployment, *, batch: int = 1,
-                   timeout_s: float = 300.0) -> list[StageMeasure]:
+def measure_stages(
+    plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deployment, *, batch: int = 1, timeout_s: float = 300.0
+) -> list[StageMeasure]:
     """Each stage on its device: kept busy while its output crosses its real link to the next
     stage's device, where a sink takes it (in rounds, every device in at most one measurement at a
     time), then one request at a time (every device at once, each stage alone).
@@ -269,13 +301,19 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
                 relay = (prv, file, list(names))
                 feeds_in[k] = {new: feeds[k][old] for new, old in names.items()}
             driven = prv or dev
-            reqs = load_requests(_mini_plan(plan, node_plan, k, sink, relay), testbed, dep, driven,
-                                 queue_depth=IN_FLIGHT)
+            reqs = load_requests(
+                _mini_plan(plan, node_plan, k, sink, relay), testbed, dep, driven, queue_depth=IN_FLIGHT
+            )
             order = [d for d in (nxt, dev, prv) if d]  # downstream first: a frame finds its next stage
             replies[k] = _load(dep, {d: reqs[d] for d in dict.fromkeys(order)}, timeout_s)[dev]
-        got = pool([lambda k=k, r=replies[k], f=feeds_in[k]: _busy(dep, groups[k][1], groups[k][0] or groups[k][1], r,
-                                                                   f, frames_for(expected[k]), timeout_s)
-                    for k in ks])
+        got = pool(
+            [
+                lambda k=k, r=replies[k], f=feeds_in[k]: _busy(
+                    dep, groups[k][1], groups[k][0] or groups[k][1], r, f, frames_for(expected[k]), timeout_s
+                )
+                for k in ks
+            ]
+        )
         busy.update(zip(ks, got, strict=True))
     # then one request at a time, each stage alone on its device, devices in parallel (after the
     # busy rounds: the weights are in memory and the host is warm, as they are during the run)
@@ -283,15 +321,22 @@ def measure_stages(plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deploymen
     for ks in rounds([(s.device,) for s in plan.stages]):
         for k in ks:
             _load(dep, _alone_requests(plan, node_plan, k, testbed, dep), timeout_s)
-        got = pool([lambda k=k: _lone(dep, plan.stages[k].device, feeds[k],
-                                      frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE), timeout_s) for k in ks])
+        got = pool(
+            [
+                lambda k=k: _lone(
+                    dep, plan.stages[k].device, feeds[k], frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE), timeout_s
+                )
+                for k in ks
+            ]
+        )
         lone.update(zip(ks, got, strict=True))
 
     return [StageMeasure(busy[k], lone[k][0], lone[k][1]) for k in range(n)]
 
 
-def _alone_requests(plan: Plan, node_plan: Plan, k: int, testbed: Testbed,
-                    dep: Deployment) -> dict[str, pb.LoadRequest]:
+def _alone_requests(
+    plan: Plan, node_plan: Plan, k: int, testbed: Testbed, dep: Deployment
+) -> dict[str, pb.LoadRequest]:
     dev = plan.stages[k].device
     reqs = load_requests(_mini_plan(plan, node_plan, k, None), testbed, dep, dev, queue_depth=IN_FLIGHT)
     return {dev: reqs[dev]}
@@ -305,8 +350,10 @@ def calibrated(predicted: Predicted, measured: Sequence[StageMeasure], source_in
     others = predicted.slowest_other_s if predicted.slowest_other_s is not None else max(predicted.transfer_s or [0.0])
     busy = [m.busy_s for m in measured]
     slowest = max([*busy, others])
-    update: dict = {"stage_s": [round(x, 6) for x in busy],
-                    "throughput_fps": round(1.0 / slowest, 3) if slowest > 0 else None}
+    update: dict = {
+        "stage_s": [round(x, 6) for x in busy],
+        "throughput_fps": round(1.0 / slowest, 3) if slowest > 0 else None,
+    }
     if predicted.transfers_total_s is not None:
         trip = measured[source_index].roundtrip_s if source_index is not None else (predicted.source_roundtrip_s or 0.0)
         update["latency_s"] = round(sum(m.compute_s for m in measured) + predicted.transfers_total_s + trip, 6)

@@ -33,8 +33,14 @@ def latency_cdf(latency_ms: list[float], path: Path, title: str = "") -> Path:
     for q, style in ((50, ":"), (99, "--")):
         v = float(np.percentile(x, q)) if len(x) else 0.0
         ax.axvline(v, color="grey", linestyle=style, linewidth=1)
-        ax.annotate(f"p{q} {v:.1f} ms", (v, 0.05 if q == 50 else 0.15), rotation=90, fontsize=8,
-                    xytext=(3, 0), textcoords="offset points")
+        ax.annotate(
+            f"p{q} {v:.1f} ms",
+            (v, 0.05 if q == 50 else 0.15),
+            rotation=90,
+            fontsize=8,
+            xytext=(3, 0),
+            textcoords="offset points",
+        )
     ax.set_xlabel("end-to-end latency (ms)")
     ax.set_ylabel("fraction of requests")
     ax.set_ylim(0, 1.02)
@@ -51,8 +57,14 @@ def throughput_over_time(series: list[dict], path: Path) -> Path:
     ax.set_ylabel("completed images per second")
     ax2 = ax.twinx()
     for key, color, label in (("p50_ms", _COLORS[1], "p50 latency"), ("p99_ms", _COLORS[3], "p99 latency")):
-        ax2.plot(t, [s[key] if s[key] is not None else np.nan for s in series], marker="o", markersize=3,
-                 color=color, label=label)
+        ax2.plot(
+            t,
+            [s[key] if s[key] is not None else np.nan for s in series],
+            marker="o",
+            markersize=3,
+            color=color,
+            label=label,
+        )
     ax2.set_ylabel("latency (ms)")
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
@@ -64,7 +76,7 @@ def throughput_over_time(series: list[dict], path: Path) -> Path:
 def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
     """Median time a request spends in each part of the pipeline, in pipeline order: a stage's
     queue wait and compute; a hop's link wait, serialisation, transfer and deserialisation."""
-    from .metrics import HOP_PARTS, STAGE_PARTS, pipeline_order
+    from orchestrator.figures.metrics import HOP_PARTS, STAGE_PARTS, pipeline_order
 
     labels, parts = [], []
     for kind, fig in pipeline_order(stages, hops):
@@ -76,8 +88,14 @@ def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
             keys = HOP_PARTS
         parts.append({name: (fig.get(key) or {}).get("p50") or 0.0 for name, key in keys})
     kinds = [name for name, _ in STAGE_PARTS + HOP_PARTS]
-    colors = {"queue": _COLORS[7], "compute": _COLORS[0], "link wait": _COLORS[1], "serialisation": _COLORS[4],
-              "transfer": _COLORS[2], "deserialisation": _COLORS[6]}
+    colors = {
+        "queue": _COLORS[7],
+        "compute": _COLORS[0],
+        "link wait": _COLORS[1],
+        "serialisation": _COLORS[4],
+        "transfer": _COLORS[2],
+        "deserialisation": _COLORS[6],
+    }
     fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(labels) + 1.5))
     y = np.arange(len(labels))
     left = np.zeros(len(labels))
@@ -101,8 +119,9 @@ def device_usage(samples: dict[str, list[dict]], path: Path) -> Path:
     for i, (dev, rows) in enumerate(samples.items()):
         c = _COLORS[i % len(_COLORS)]
         t = [r["time"] - t0 for r in rows]
-        ax1.plot(t, [r["cpu_of_cap"] * 100 if r.get("cpu_of_cap") is not None else np.nan for r in rows],
-                 color=c, label=dev)
+        ax1.plot(
+            t, [r["cpu_of_cap"] * 100 if r.get("cpu_of_cap") is not None else np.nan for r in rows], color=c, label=dev
+        )
         ax2.plot(t, [(r.get("memory_bytes") or 0) / 2**20 for r in rows], color=c, label=dev)
         limit = rows[-1].get("memory_limit") if rows else None
         if limit:
@@ -119,8 +138,9 @@ def device_usage(samples: dict[str, list[dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def partition_map(cost: list[float], live_bytes: list[int], cuts: list[int], devices: list[str], path: Path,
-                  title: str = "") -> Path:
+def partition_map(
+    cost: list[float], live_bytes: list[int], cuts: list[int], devices: list[str], path: Path, title: str = ""
+) -> Path:
     """Estimated compute of each node in order, coloured by the stage that runs it, with the
     bytes that would cross a cut at each position (the cuts chosen are the vertical lines)."""
     fig, ax = plt.subplots(figsize=(9, 4.2))
@@ -128,16 +148,27 @@ def partition_map(cost: list[float], live_bytes: list[int], cuts: list[int], dev
     bounds = [0, *cuts, n]
     for k in range(len(bounds) - 1):
         lo, hi = bounds[k], bounds[k + 1]
-        ax.bar(np.arange(lo, hi), np.asarray(cost[lo:hi]) / 1e6, width=1.0, color=_COLORS[k % len(_COLORS)],
-               label=f"stage {k}: {devices[k]}")
+        ax.bar(
+            np.arange(lo, hi),
+            np.asarray(cost[lo:hi]) / 1e6,
+            width=1.0,
+            color=_COLORS[k % len(_COLORS)],
+            label=f"stage {k}: {devices[k]}",
+        )
     for c in cuts:
         ax.axvline(c - 0.5, color="black", linewidth=1)
     ax.set_yscale("symlog", linthresh=1.0)
     ax.set_xlabel("node position (topological order, constant nodes folded away)")
     ax.set_ylabel("estimated MFLOPs per node")
     ax2 = ax.twinx()
-    ax2.plot(np.arange(len(live_bytes)) - 0.5, np.asarray(live_bytes) / 2**20, color="grey", linewidth=0.8,
-             alpha=0.8, label="live set at a cut")
+    ax2.plot(
+        np.arange(len(live_bytes)) - 0.5,
+        np.asarray(live_bytes) / 2**20,
+        color="grey",
+        linewidth=0.8,
+        alpha=0.8,
+        label="live set at a cut",
+    )
     ax2.set_ylabel("bytes crossing a cut here (MiB, batch 1)")
     ax2.set_yscale("log")
     ax.legend(fontsize=8, loc="upper left")
@@ -178,8 +209,12 @@ def timeline(rows: list[dict], path: Path, first: int = 8) -> Path:
             src, dst, s, e = hop[:4]
             if src in devices and dst in devices:
                 ys, yd = devices.index(src), devices.index(dst)
-                ax.annotate("", xy=(ms(e), yd), xytext=(ms(s), ys),
-                            arrowprops={"arrowstyle": "->", "color": c, "alpha": 0.6, "linewidth": 0.8})
+                ax.annotate(
+                    "",
+                    xy=(ms(e), yd),
+                    xytext=(ms(s), ys),
+                    arrowprops={"arrowstyle": "->", "color": c, "alpha": 0.6, "linewidth": 0.8},
+                )
                 if len(hop) > 5:
                     for dur, at, y in ((hop[4], s, ys), (hop[5], e - hop[5], yd)):
                         if dur:
@@ -194,14 +229,21 @@ def timeline(rows: list[dict], path: Path, first: int = 8) -> Path:
     return _save(fig, path)
 
 
-def comparison(names: list[str], throughput: list[float | None], p50: list[float | None],
-               p99: list[float | None], path: Path, predicted: list[float | None] | None = None) -> Path:
+def comparison(
+    names: list[str],
+    throughput: list[float | None],
+    p50: list[float | None],
+    p99: list[float | None],
+    path: Path,
+    predicted: list[float | None] | None = None,
+) -> Path:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 4))
     x = np.arange(len(names))
     ax1.bar(x, [v or 0 for v in throughput], color=_COLORS[0], label="measured")
     if predicted and any(predicted):
-        ax1.scatter(x, [v if v else np.nan for v in predicted], color="black", marker="_", s=400, zorder=3,
-                    label="predicted")
+        ax1.scatter(
+            x, [v if v else np.nan for v in predicted], color="black", marker="_", s=400, zorder=3, label="predicted"
+        )
         ax1.legend(fontsize=8)
     ax1.set_xticks(x, names, rotation=20, fontsize=8)
     ax1.set_ylabel("throughput (images/s)")

@@ -8,15 +8,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .driver import Record
+from orchestrator.driving.driver import Record
 
 
 def _pct(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     a = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3),
-            "mean": round(float(a.mean()), 3)}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "mean": round(float(a.mean()), 3),
+    }
 
 
 def throughput(measured: list[Record], batch: int) -> float | None:
@@ -41,8 +44,9 @@ def _ns(t, name: str) -> int:
     return int(getattr(t, name, 0) or 0)
 
 
-def _hops(rec: Record, num_stages: int, offsets: dict[str, int] | None = None
-          ) -> list[tuple[str, str, int, int, int, int, int]]:
+def _hops(
+    rec: Record, num_stages: int, offsets: dict[str, int] | None = None
+) -> list[tuple[str, str, int, int, int, int, int]]:
     """(from, to, bytes, send ns, receive ns, serialize ns, deserialize ns) per hop between two
     devices; send and receive on the orchestrator's clock (each device's offset subtracted)."""
     by_stage = {t.stage: t for t in rec.timings}
@@ -52,14 +56,23 @@ def _hops(rec: Record, num_stages: int, offsets: dict[str, int] | None = None
         ta, tb = by_stage[a], by_stage[b]
         if ta.device == tb.device:
             continue
-        out.append((ta.device, tb.device, ta.bytes_out, ta.send_ns - _off(offsets, ta.device),
-                    tb.recv_ns - _off(offsets, tb.device), max(0, _ns(ta, "serialize_ns")),
-                    max(0, _ns(tb, "deserialize_ns"))))
+        out.append(
+            (
+                ta.device,
+                tb.device,
+                ta.bytes_out,
+                ta.send_ns - _off(offsets, ta.device),
+                tb.recv_ns - _off(offsets, tb.device),
+                max(0, _ns(ta, "serialize_ns")),
+                max(0, _ns(tb, "deserialize_ns")),
+            )
+        )
     return out
 
 
-def hops_of(rec: Record, num_stages: int, offsets: dict[str, int] | None = None
-            ) -> list[tuple[str, str, int, int, int]]:
+def hops_of(
+    rec: Record, num_stages: int, offsets: dict[str, int] | None = None
+) -> list[tuple[str, str, int, int, int]]:
     """(from, to, bytes, send ns, receive ns) for every hop that crossed between two devices.
 
     offsets: per device, its clock less the orchestrator's (orchestrator/clocks.py offsets_ns);
@@ -83,9 +96,12 @@ class HopSample:
     deserialize_ms: float = 0.0  # receiver decoding it after its last byte arrived
 
 
-def hop_samples(records: list[Record], num_stages: int,
-                delay_s: Callable[[str, str], float] = lambda a, b: 0.0,
-                offsets: dict[str, int] | None = None) -> list[HopSample]:
+def hop_samples(
+    records: list[Record],
+    num_stages: int,
+    delay_s: Callable[[str, str], float] = lambda a, b: 0.0,
+    offsets: dict[str, int] | None = None,
+) -> list[HopSample]:
     """Split each hop's time into link queueing, serialisation, transfer, deserialisation.
 
     Frames on one link are sent in order; a frame is serialized when handed over, and the link
@@ -106,8 +122,19 @@ def hop_samples(records: list[Record], num_stages: int,
             start = max(send_ns + ser, free_at)  # the link takes the frame
             arrived = recv_ns - deser  # its last byte is in
             free_at = arrived - delay_ns
-            out.append(HopSample(rid, src, dst, nbytes, (start - send_ns - ser) / 1e6, (arrived - start) / 1e6,
-                                 (arrived - delay_ns - start) / 1e9, ser / 1e6, deser / 1e6))
+            out.append(
+                HopSample(
+                    rid,
+                    src,
+                    dst,
+                    nbytes,
+                    (start - send_ns - ser) / 1e6,
+                    (arrived - start) / 1e6,
+                    (arrived - delay_ns - start) / 1e9,
+                    ser / 1e6,
+                    deser / 1e6,
+                )
+            )
     return out
 
 
@@ -125,8 +152,10 @@ def stage_figures(measured: list[Record], num_stages: int, offsets: dict[str, in
                 compute[t.stage].append((t.end_ns - t.start_ns) / 1e6)
                 queue[t.stage].append((t.start_ns - t.recv_ns) / 1e6)
                 device[t.stage] = t.device
-    return [{"index": k, "device": device.get(k), "compute_ms": _pct(compute[k]), "queue_ms": _pct(queue[k])}
-            for k in range(num_stages)]
+    return [
+        {"index": k, "device": device.get(k), "compute_ms": _pct(compute[k]), "queue_ms": _pct(queue[k])}
+        for k in range(num_stages)
+    ]
 
 
 def hop_figures(samples: list[HopSample], measured_ids: set[int]) -> list[dict]:
@@ -135,16 +164,27 @@ def hop_figures(samples: list[HopSample], measured_ids: set[int]) -> list[dict]:
     for h in samples:
         if h.id in measured_ids:
             acc[(h.src, h.dst)].append(h)
-    return [{"from": s, "to": d, "bytes": int(np.median([h.bytes for h in v])),
-             "transfer_ms": _pct([h.transfer_ms for h in v]), "link_wait_ms": _pct([h.wait_ms for h in v]),
-             "serialize_ms": _pct([h.serialize_ms for h in v]),
-             "deserialize_ms": _pct([h.deserialize_ms for h in v])}
-            for (s, d), v in acc.items()]
+    return [
+        {
+            "from": s,
+            "to": d,
+            "bytes": int(np.median([h.bytes for h in v])),
+            "transfer_ms": _pct([h.transfer_ms for h in v]),
+            "link_wait_ms": _pct([h.wait_ms for h in v]),
+            "serialize_ms": _pct([h.serialize_ms for h in v]),
+            "deserialize_ms": _pct([h.deserialize_ms for h in v]),
+        }
+        for (s, d), v in acc.items()
+    ]
 
 
 STAGE_PARTS = (("queue", "queue_ms"), ("compute", "compute_ms"))
-HOP_PARTS = (("link wait", "link_wait_ms"), ("serialisation", "serialize_ms"), ("transfer", "transfer_ms"),
-             ("deserialisation", "deserialize_ms"))
+HOP_PARTS = (
+    ("link wait", "link_wait_ms"),
+    ("serialisation", "serialize_ms"),
+    ("transfer", "transfer_ms"),
+    ("deserialisation", "deserialize_ms"),
+)
 
 
 def pipeline_order(stage_figs: list[dict], hop_figs: list[dict], source: str | None = None) -> list[tuple[str, dict]]:
@@ -178,8 +218,9 @@ def pipeline_order(stage_figs: list[dict], hop_figs: list[dict], source: str | N
     return out + [("hop", h) for h in left]
 
 
-def breakdown_table(stage_figs: list[dict], hop_figs: list[dict],
-                    end_to_end_ms: float | None = None, source: str | None = None) -> list[dict]:
+def breakdown_table(
+    stage_figs: list[dict], hop_figs: list[dict], end_to_end_ms: float | None = None, source: str | None = None
+) -> list[dict]:
     """Where the time goes, one row per part in pipeline order: {"part", "where", "p50_ms",
     "mean_ms", "share_pct"}; share_pct is the part's mean as a percentage of end_to_end_ms (the
     end-to-end mean latency), or, when that is not given, of the sum of the parts' means.
@@ -206,9 +247,27 @@ def timeline_rows(records: list[Record], num_stages: int, offsets: dict[str, int
     """Per completed request, for plots.timeline, every time on the orchestrator's clock:
     {"id", "sent_ns", "done_ns", "stages": [(stage, device, start_ns, end_ns, recv_ns)],
     "hops": [(src, dst, send_ns, recv_ns, serialize_ns, deserialize_ns)]}."""
-    return [{"id": r.id, "sent_ns": r.sent_ns, "done_ns": r.done_ns,
-             "stages": [(t.stage, t.device, t.start_ns - _off(offsets, t.device), t.end_ns - _off(offsets, t.device),
-                         t.recv_ns - _off(offsets, t.device)) for t in r.timings if 0 <= t.stage < num_stages],
-             "hops": [(src, dst, send, recv, ser, deser)
-                      for src, dst, _, send, recv, ser, deser in _hops(r, num_stages, offsets)]}
-            for r in records if r.done_ns and not r.error]
+    return [
+        {
+            "id": r.id,
+            "sent_ns": r.sent_ns,
+            "done_ns": r.done_ns,
+            "stages": [
+                (
+                    t.stage,
+                    t.device,
+                    t.start_ns - _off(offsets, t.device),
+                    t.end_ns - _off(offsets, t.device),
+                    t.recv_ns - _off(offsets, t.device),
+                )
+                for t in r.timings
+                if 0 <= t.stage < num_stages
+            ],
+            "hops": [
+                (src, dst, send, recv, ser, deser)
+                for src, dst, _, send, recv, ser, deser in _hops(r, num_stages, offsets)
+            ],
+        }
+        for r in records
+        if r.done_ns and not r.error
+    ]

@@ -6,11 +6,12 @@ These figures are modelled, not measured; a GPU's NVML power, where present, wou
 
 from __future__ import annotations
 
-from .config import Testbed
+from orchestrator.config import Testbed
 
 
-def device_energy(samples: dict[str, list[dict]], testbed: Testbed, window: tuple[float, float] | None,
-                  images: int) -> dict[str, dict]:
+def device_energy(
+    samples: dict[str, list[dict]], testbed: Testbed, window: tuple[float, float] | None, images: int
+) -> dict[str, dict]:
     """Per device: energy over the window, energy per image, mean and peak power."""
     out: dict[str, dict] = {}
     for dev, rows in samples.items():
@@ -20,8 +21,13 @@ def device_energy(samples: dict[str, list[dict]], testbed: Testbed, window: tupl
         if window is not None:
             pts = [(t, u) for t, u in pts if window[0] <= t <= window[1]]
         if len(pts) < 2:
-            out[dev] = {"energy_j": None, "energy_per_image_j": None, "mean_power_w": None, "peak_power_w": None,
-                        "method": "modelled: too few CPU samples"}
+            out[dev] = {
+                "energy_j": None,
+                "energy_per_image_j": None,
+                "mean_power_w": None,
+                "peak_power_w": None,
+                "method": "modelled: too few CPU samples",
+            }
             continue
         energy = 0.0
         powers = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .driver import Record
+from orchestrator.driving.driver import Record
 
 
 def agreement(records: list[Record], reference: dict[int, dict[str, np.ndarray]]) -> dict:
@@ -20,8 +20,12 @@ def agreement(records: list[Record], reference: dict[int, dict[str, np.ndarray]]
         for name, want in ref.items():
             got = r.outputs.get(name)
             if got is None or got.shape != want.shape:
-                return {"max_abs_diff": None, "top1": 0.0, "checked": checked,
-                        "error": f"output {name} missing or misshapen"}
+                return {
+                    "max_abs_diff": None,
+                    "top1": 0.0,
+                    "checked": checked,
+                    "error": f"output {name} missing or misshapen",
+                }
             max_diff = max(max_diff, float(np.max(np.abs(got.astype(np.float64) - want), initial=0.0)))
         first = next(iter(ref))
         w, g = ref[first], r.outputs[first]

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from .config import Job
-from .datasets import Prefetcher, open_dataset
-from .driver import Feed
-from .errors import UserError
-from .partition.verify import random_feeds
+from orchestrator.config import Job
+from orchestrator.datasets import Prefetcher, open_dataset
+from orchestrator.driving.driver import Feed
+from orchestrator.errors import UserError
+from orchestrator.partition.verify import random_feeds
 
 SYNTHETIC_POOL = 8  # distinct synthetic inputs, cycled
 
@@ -40,8 +40,12 @@ def synthetic_pool(sess: ort.InferenceSession, batch: int, size: int, seed: int)
 def _synthetic(job: Job, sess: ort.InferenceSession, note: str) -> Inputs:
     pool = synthetic_pool(sess, job.batch, SYNTHETIC_POOL, job.dataset.seed)
     feeds = (Feed(arrays=pool[i % len(pool)], key=i % len(pool)) for i in itertools.count())
-    return Inputs(feeds=feeds, synthetic=True, kept=dict(enumerate(pool)),
-                  notes=[f"{note}: {len(pool)} seeded random inputs, cycled; accuracy not measured"])
+    return Inputs(
+        feeds=feeds,
+        synthetic=True,
+        kept=dict(enumerate(pool)),
+        notes=[f"{note}: {len(pool)} seeded random inputs, cycled; accuracy not measured"],
+    )
 
 
 def open_inputs(job: Job, job_file: str, sess: ort.InferenceSession) -> Inputs:
@@ -51,12 +55,16 @@ def open_inputs(job: Job, job_file: str, sess: ort.InferenceSession) -> Inputs:
         return _synthetic(job, sess, "synthetic inputs")
     path = job.path(spec.path) if spec.path else None
     if spec.kind == "imagenet" and (path is None or not path.exists()):
-        return _synthetic(job, sess, f"dataset: the ImageNet files are absent ({path or 'no path given'}), "
-                                     "synthetic inputs used instead")
+        return _synthetic(
+            job,
+            sess,
+            f"dataset: the ImageNet files are absent ({path or 'no path given'}), synthetic inputs used instead",
+        )
     model_inputs = sess.get_inputs()
     if len(model_inputs) != 1:
-        raise UserError(f"an image dataset feeds one input, the model has {len(model_inputs)}", job_file,
-                        "dataset.kind")
+        raise UserError(
+            f"an image dataset feeds one input, the model has {len(model_inputs)}", job_file, "dataset.kind"
+        )
     inp = model_inputs[0]
     try:
         ds = open_dataset(spec, base_dir=job.base_dir)
@@ -66,17 +74,21 @@ def open_inputs(job: Job, job_file: str, sess: ort.InferenceSession) -> Inputs:
     want = [d for d in inp.shape[1:]]
     got = list(ds.load(0).shape)
     if all(isinstance(d, int) for d in want) and want != got:
-        raise UserError(f"images come out {got} but the model's {inp.name} takes {want}", job_file,
-                        "dataset.preprocessing")
+        raise UserError(
+            f"images come out {got} but the model's {inp.name} takes {want}", job_file, "dataset.preprocessing"
+        )
     current: list[Prefetcher] = []
 
     def close() -> None:
         for pf in current:
             pf.close()
 
-    inputs = Inputs(feeds=iter(()), synthetic=False, close=close,
-                    notes=[f"dataset: {len(ds)} images ({spec.kind}, {spec.path}), decoded ahead by "
-                           f"{spec.workers} workers"])
+    inputs = Inputs(
+        feeds=iter(()),
+        synthetic=False,
+        close=close,
+        notes=[f"dataset: {len(ds)} images ({spec.kind}, {spec.path}), decoded ahead by {spec.workers} workers"],
+    )
 
     def feeds() -> Iterator[Feed]:
         key = 0

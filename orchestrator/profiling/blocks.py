@@ -45,16 +45,15 @@ from onnx import helper
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pbg
 from common.grpc_options import CHANNEL_OPTIONS
-
-from .calibrate import step_time_s
-from .config import Device, Testbed
-from .deploy import threads_for
-from .driver import Feed, drive
-from .partition.costmodel import CostTable, reduce_candidates, segment_memory
-from .partition.cut import WEIGHTS_FILE, StageFile, write_stages
-from .partition.graph import ModelGraph, load_graph
-from .partition.memory import MEMORY_HEADROOM, usable_bytes
-from .runtimes.base import Deployment
+from orchestrator.config import Device, Testbed
+from orchestrator.driving.deploy import threads_for
+from orchestrator.driving.driver import Feed, drive
+from orchestrator.partition.costmodel import CostTable, reduce_candidates, segment_memory
+from orchestrator.partition.graph import ModelGraph, load_graph
+from orchestrator.partition.memory import MEMORY_HEADROOM, usable_bytes
+from orchestrator.partition.stage_files import WEIGHTS_FILE, StageFile, write_stages
+from orchestrator.profiling.stages import step_time_s
+from orchestrator.runtimes.base import Deployment
 
 # Docker sets CPU caps (NanoCpus) as CFS quotas over a 100 ms period; local nodes have no quota.
 CFS_PERIOD_S = {"docker": 0.1}
@@ -271,13 +270,18 @@ def _remember_facts(cache_dir: Path, model_path: Path, facts: _ModelFacts) -> No
         _write_json(path, index)
 
 
-def _assemble(facts: _ModelFacts, devs: dict[str, DeviceProfile], runtime: str, batch: int,
-              seconds: float, notes: list[str]) -> Profile:
+def _assemble(
+    facts: _ModelFacts, devs: dict[str, DeviceProfile], runtime: str, batch: int, seconds: float, notes: list[str]
+) -> Profile:
     return Profile(
-        table=CostTable(bounds=list(facts.bounds), block_s={n: list(p.block_s) for n, p in devs.items()},
-                        origin="profiled", overhead_s={n: p.overhead_s for n, p in devs.items()},
-                        roundtrip_s={n: p.roundtrip_s for n, p in devs.items()},
-                        cfs_period_s=CFS_PERIOD_S.get(runtime)),
+        table=CostTable(
+            bounds=list(facts.bounds),
+            block_s={n: list(p.block_s) for n, p in devs.items()},
+            origin="profiled",
+            overhead_s={n: p.overhead_s for n, p in devs.items()},
+            roundtrip_s={n: p.roundtrip_s for n, p in devs.items()},
+            cfs_period_s=CFS_PERIOD_S.get(runtime),
+        ),
         block_memory=[w + a * batch for w, a in zip(facts.weights, facts.activation, strict=True)],
         block_weights=list(facts.weights),
         cut_bytes=[b * batch for b in facts.live],
@@ -292,8 +296,9 @@ def _assemble(facts: _ModelFacts, devs: dict[str, DeviceProfile], runtime: str, 
     )
 
 
-def _lookup(cache_dir: Path, facts: _ModelFacts, devices: Sequence[Device], runtime: str,
-            batch: int) -> dict[str, DeviceProfile]:
+def _lookup(
+    cache_dir: Path, facts: _ModelFacts, devices: Sequence[Device], runtime: str, batch: int
+) -> dict[str, DeviceProfile]:
     """Cache hits by device name (devices without an entry are absent)."""
     hits: dict[str, DeviceProfile] = {}
     nb = len(facts.bounds) - 1
@@ -311,8 +316,9 @@ def _lookup(cache_dir: Path, facts: _ModelFacts, devices: Sequence[Device], runt
     return hits
 
 
-def cached_profile(model_path: str | Path, testbed: Testbed, runtime: str, *, batch: int = 1,
-                   cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Profile | None:
+def cached_profile(
+    model_path: str | Path, testbed: Testbed, runtime: str, *, batch: int = 1, cache_dir: str | Path = DEFAULT_CACHE_DIR
+) -> Profile | None:
     """The profile from the cache alone, without reading the model when its file is unchanged."""
     t0 = time.perf_counter()
     model_path, cache_dir = Path(model_path), Path(cache_dir)
@@ -328,8 +334,9 @@ def cached_profile(model_path: str | Path, testbed: Testbed, runtime: str, *, ba
 # -- chunks and inputs ---------------------------------------------------------------------------
 
 
-def chunk_blocks(graph: ModelGraph, bounds: Sequence[int], dev: Device, *, batch: int = 1,
-                 headroom: float = MEMORY_HEADROOM) -> list[tuple[int, int]]:
+def chunk_blocks(
+    graph: ModelGraph, bounds: Sequence[int], dev: Device, *, batch: int = 1, headroom: float = MEMORY_HEADROOM
+) -> list[tuple[int, int]]:
     """Consecutive block ranges [i, j) a node on `dev` can hold, by the planner's memory model
     (partition.memory). A block that cannot fit even alone gets a chunk of its own (the node may
     still refuse it)."""
@@ -355,8 +362,10 @@ def synthetic_inputs(graph: ModelGraph, batch: int = 1, seed: int = 0) -> dict[s
         tp = graph.types.get(name)
         et = tp.tensor_type.elem_type if tp is not None else 1
         dims = (
-            [d.dim_value if d.HasField("dim_value") else (batch if k == 0 else 1)
-             for k, d in enumerate(tp.tensor_type.shape.dim)]
+            [
+                d.dim_value if d.HasField("dim_value") else (batch if k == 0 else 1)
+                for k, d in enumerate(tp.tensor_type.shape.dim)
+            ]
             if tp is not None and tp.tensor_type.HasField("shape")
             else [batch, *graph.shapes1.get(name, [])[1:]]
         )
@@ -370,8 +379,9 @@ def synthetic_inputs(graph: ModelGraph, batch: int = 1, seed: int = 0) -> dict[s
     return feeds
 
 
-def reference_run(blocks_dir: Path, files: Sequence[StageFile], feeds: dict[str, np.ndarray],
-                  threads: int = 0) -> dict[str, np.ndarray]:
+def reference_run(
+    blocks_dir: Path, files: Sequence[StageFile], feeds: dict[str, np.ndarray], threads: int = 0
+) -> dict[str, np.ndarray]:
     """Run the block files in order in this process; every tensor that crosses a block bound."""
     import onnxruntime as ort
 
@@ -438,8 +448,16 @@ def host_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def chunk_request(dev: Device, files: Sequence[StageFile], graph: ModelGraph, bounds: Sequence[int],
-                  i: int, j: int, dep: Deployment, blocks_dir: Path) -> tuple[pb.LoadRequest, list[str]]:
+def chunk_request(
+    dev: Device,
+    files: Sequence[StageFile],
+    graph: ModelGraph,
+    bounds: Sequence[int],
+    i: int,
+    j: int,
+    dep: Deployment,
+    blocks_dir: Path,
+) -> tuple[pb.LoadRequest, list[str]]:
     """LoadRequest for blocks i..j-1 all on `dev` (stages renumbered 0..j-i-1), and the names the
     frame must carry in (the live set at the chunk's start that the chunk uses or passes on)."""
     out_live = set(graph.live_at(bounds[j]))
@@ -448,26 +466,55 @@ def chunk_request(dev: Device, files: Sequence[StageFile], graph: ModelGraph, bo
         later = {x for f in files[k + 1 : j] for x in f.inputs} | out_live
         forward = [x for x in graph.live_at(bounds[k + 1]) if x in later]
         f = files[k]
-        stages.append(pb.StageSpec(
-            index=k - i, model_path=dep.node_path(blocks_dir / f.model), inputs=list(f.inputs),
-            outputs=list(f.outputs), forward=forward, next_device=dev.name))
+        stages.append(
+            pb.StageSpec(
+                index=k - i,
+                model_path=dep.node_path(blocks_dir / f.model),
+                inputs=list(f.inputs),
+                outputs=list(f.outputs),
+                forward=forward,
+                next_device=dev.name,
+            )
+        )
     used = {x for f in files[i:j] for x in f.inputs} | out_live
     carry = [x for x in graph.live_at(bounds[i]) if x in used]
-    req = pb.LoadRequest(device=dev.name, num_stages=j - i, source_device=dev.name, stages=stages,
-                         peers=[], first_device=dev.name, threads=threads_for(dev.cpus), queue_depth=2)
+    req = pb.LoadRequest(
+        device=dev.name,
+        num_stages=j - i,
+        source_device=dev.name,
+        stages=stages,
+        peers=[],
+        first_device=dev.name,
+        threads=threads_for(dev.cpus),
+        queue_depth=2,
+    )
     return req, carry
 
 
 def _empty_request(dev: Device) -> pb.LoadRequest:
     """A Load with no stages: frees the previous chunk before the next one is built."""
-    return pb.LoadRequest(device=dev.name, num_stages=1, source_device=dev.name, first_device=dev.name,
-                          threads=threads_for(dev.cpus))
+    return pb.LoadRequest(
+        device=dev.name, num_stages=1, source_device=dev.name, first_device=dev.name, threads=threads_for(dev.cpus)
+    )
 
 
-def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[int],
-                    files: list[StageFile], ref: dict[str, np.ndarray], dep: Deployment, blocks_dir: Path,
-                    chunks: list[tuple[int, int]], warmup: int, reps: int, slots: _HostSlots, weight: float,
-                    advance, timeout_s: float) -> DeviceProfile:
+def _profile_device(
+    dev: Device,
+    address: str,
+    graph: ModelGraph,
+    bounds: list[int],
+    files: list[StageFile],
+    ref: dict[str, np.ndarray],
+    dep: Deployment,
+    blocks_dir: Path,
+    chunks: list[tuple[int, int]],
+    warmup: int,
+    reps: int,
+    slots: _HostSlots,
+    weight: float,
+    advance,
+    timeout_s: float,
+) -> DeviceProfile:
     t0 = time.perf_counter()
     nb = len(bounds) - 1
     samples: list[list[float]] = [[] for _ in range(nb)]
@@ -489,11 +536,22 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
                     raise RuntimeError(f"profiling {dev.name}: node refused blocks {i}..{j - 1}: {reply.error}")
                 threads = reply.threads or threads
                 feed = Feed(arrays={x: ref[x] for x in carry})
-                records = drive(address, itertools.repeat(feed), total=warmup + reps, concurrency=1,
-                                on_done=lambda _r, c=ci: advance(c), timeout_s=timeout_s)
-                busy = drive(address, itertools.repeat(feed), total=SATURATION_IN_FLIGHT + reps,
-                             concurrency=SATURATION_IN_FLIGHT, on_done=lambda _r, c=ci: advance(c),
-                             timeout_s=timeout_s)
+                records = drive(
+                    address,
+                    itertools.repeat(feed),
+                    total=warmup + reps,
+                    concurrency=1,
+                    on_done=lambda _r, c=ci: advance(c),
+                    timeout_s=timeout_s,
+                )
+                busy = drive(
+                    address,
+                    itertools.repeat(feed),
+                    total=SATURATION_IN_FLIGHT + reps,
+                    concurrency=SATURATION_IN_FLIGHT,
+                    on_done=lambda _r, c=ci: advance(c),
+                    timeout_s=timeout_s,
+                )
             finally:
                 slots.release(held)
             for r in [*records, *busy]:
@@ -510,8 +568,7 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
                 # the round trip less compute: the driver's trip in, the node's handling, the trip out
                 roundtrips.append(max(0.0, (r.done_ns - r.sent_ns) / 1e9 - total))
             block_s[i:j] = chunk_block_times(samples[i:j], totals)
-            overheads.append(saturation_overhead_s([r.done_ns for r in busy], SATURATION_IN_FLIGHT,
-                                                   sum(block_s[i:j])))
+            overheads.append(saturation_overhead_s([r.done_ns for r in busy], SATURATION_IN_FLIGHT, sum(block_s[i:j])))
             try:
                 st = stub.Stats(pb.Empty(), timeout=10.0)
                 peak = max(peak, st.peak_rss_bytes, st.rss_bytes)
@@ -538,10 +595,21 @@ def _profile_device(dev: Device, address: str, graph: ModelGraph, bounds: list[i
     )
 
 
-def profile(model_path: str | Path, testbed: Testbed, deployment: Deployment, blocks_dir: str | Path, *,
-            batch: int = 1, warmup: int = 2, reps: int = 5, cache_dir: str | Path = DEFAULT_CACHE_DIR,
-            console=None, seed: int = 0, timeout_s: float = 600.0,
-            cpu_budget: float | None = None) -> Profile:
+def profile(
+    model_path: str | Path,
+    testbed: Testbed,
+    deployment: Deployment,
+    blocks_dir: str | Path,
+    *,
+    batch: int = 1,
+    warmup: int = 2,
+    reps: int = 5,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    console=None,
+    seed: int = 0,
+    timeout_s: float = 600.0,
+    cpu_budget: float | None = None,
+) -> Profile:
     """Measure every block on every device of `testbed` through `deployment`'s nodes.
 
     `blocks_dir` must be readable by the nodes (for Docker, inside the deployment's workspace).
@@ -591,16 +659,24 @@ def profile(model_path: str | Path, testbed: Testbed, deployment: Deployment, bl
     weights = {d.name: (min(d.cpus, threads_for(d.cpus)) if capped else threads_for(d.cpus)) for d in reps_dev}
     if sum(weights.values()) > slots.capacity + 1e-9:
         what = "CPU quota" if capped else "node threads"
-        notes.append(f"{runtime} runtime: {sum(weights.values()):g} {what} for a budget of {slots.capacity:g} "
-                     "host CPUs, so devices were measured partly one after another")
+        notes.append(
+            f"{runtime} runtime: {sum(weights.values()):g} {what} for a budget of {slots.capacity:g} "
+            "host CPUs, so devices were measured partly one after another"
+        )
 
     progress = None
     if console is not None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        progress = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console,
-                            transient=False)
+        progress = Progress(
+            TextColumn("{task.description:<24}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
     tasks: dict[str, int] = {}
     per_frame = warmup + reps + SATURATION_IN_FLIGHT + reps
 
@@ -610,6 +686,7 @@ def profile(model_path: str | Path, testbed: Testbed, deployment: Deployment, bl
         def advance(ci: int) -> None:
             if progress is not None:
                 progress.update(tasks[name], advance=1, note=f"chunk {ci + 1}/{n}" if n > 1 else "")
+
         return advance
 
     results: dict[str, DeviceProfile] = {}
@@ -622,9 +699,24 @@ def profile(model_path: str | Path, testbed: Testbed, deployment: Deployment, bl
                 tasks[d.name] = progress.add_task(label, total=per_frame * len(chunks[d.name]), note="")
         with cf.ThreadPoolExecutor(max_workers=max(1, len(reps_dev)), thread_name_prefix="profile") as ex:
             futs = {
-                ex.submit(_profile_device, d, deployment.nodes[d.name].control_address, graph, bounds, files, ref,
-                          deployment, blocks_dir, chunks[d.name], warmup, reps, slots, weights[d.name],
-                          advancer(d.name), timeout_s): d
+                ex.submit(
+                    _profile_device,
+                    d,
+                    deployment.nodes[d.name].control_address,
+                    graph,
+                    bounds,
+                    files,
+                    ref,
+                    deployment,
+                    blocks_dir,
+                    chunks[d.name],
+                    warmup,
+                    reps,
+                    slots,
+                    weights[d.name],
+                    advancer(d.name),
+                    timeout_s,
+                ): d
                 for d in reps_dev
             }
             for fut in cf.as_completed(futs):
@@ -645,13 +737,23 @@ def profile(model_path: str | Path, testbed: Testbed, deployment: Deployment, bl
     return _assemble(facts, ordered, runtime, batch, time.perf_counter() - t0, notes)
 
 
-def profile_local(model_path: str | Path, testbed: Testbed, *, blocks_dir: str | Path | None = None,
-                  log_dir: str | Path | None = None, batch: int = 1, warmup: int = 2, reps: int = 5,
-                  cache_dir: str | Path = DEFAULT_CACHE_DIR, console=None, **kw) -> Profile:
+def profile_local(
+    model_path: str | Path,
+    testbed: Testbed,
+    *,
+    blocks_dir: str | Path | None = None,
+    log_dir: str | Path | None = None,
+    batch: int = 1,
+    warmup: int = 2,
+    reps: int = 5,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    console=None,
+    **kw,
+) -> Profile:
     """Start a LocalRuntime for the testbed, profile, stop it (nothing starts on a cache hit)."""
     import tempfile
 
-    from .runtimes.local import LocalRuntime
+    from orchestrator.runtimes.local import LocalRuntime
 
     hit = cached_profile(model_path, testbed, "local", batch=batch, cache_dir=cache_dir)
     if hit is not None:
@@ -662,8 +764,18 @@ def profile_local(model_path: str | Path, testbed: Testbed, *, blocks_dir: str |
         rt = LocalRuntime(testbed, ldir)
         try:
             dep = rt.start()
-            return profile(model_path, testbed, dep, bdir, batch=batch, warmup=warmup, reps=reps,
-                           cache_dir=cache_dir, console=console, **kw)
+            return profile(
+                model_path,
+                testbed,
+                dep,
+                bdir,
+                batch=batch,
+                warmup=warmup,
+                reps=reps,
+                cache_dir=cache_dir,
+                console=console,
+                **kw,
+            )
         finally:
             rt.stop()
 
@@ -692,15 +804,26 @@ def profile_to_rows(p: Profile) -> list[dict[str, str]]:
         for n in names:
             row[f"{n} ms"] = f"{p.table.block_s[n][k] * 1e3:.2f}"
         rows.append(row)
-    total = {"block": "total", "nodes": f"0..{b[-1] - 1}", "first node": "",
-             "weights MiB": _mib(sum(p.block_weights)), "memory MiB": _mib(max(p.block_memory, default=0)),
-             "cut KiB": ""}
+    total = {
+        "block": "total",
+        "nodes": f"0..{b[-1] - 1}",
+        "first node": "",
+        "weights MiB": _mib(sum(p.block_weights)),
+        "memory MiB": _mib(max(p.block_memory, default=0)),
+        "cut KiB": "",
+    }
     for n in names:
         total[f"{n} ms"] = f"{p.device_total_s(n) * 1e3:.2f}"
     rows.append(total)
     blank = {k: "" for k in total}
-    rows.append(blank | {"block": "per frame", "first node": "beside compute, when busy"}
-                | {f"{n} ms": f"{p.table.overhead_s.get(n, 0.0) * 1e3:.2f}" for n in names})
-    rows.append(blank | {"block": "round trip", "first node": "driver to node and back"}
-                | {f"{n} ms": f"{p.table.roundtrip_s.get(n, 0.0) * 1e3:.2f}" for n in names})
+    rows.append(
+        blank
+        | {"block": "per frame", "first node": "beside compute, when busy"}
+        | {f"{n} ms": f"{p.table.overhead_s.get(n, 0.0) * 1e3:.2f}" for n in names}
+    )
+    rows.append(
+        blank
+        | {"block": "round trip", "first node": "driver to node and back"}
+        | {f"{n} ms": f"{p.table.roundtrip_s.get(n, 0.0) * 1e3:.2f}" for n in names}
+    )
     return rows
