@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from orchestrator.config import Job, Testbed, load_devices, load_job
+from orchestrator.driving.client import NodeClient
 from orchestrator.driving.clocks import estimate_offsets, offsets_ns
 from orchestrator.driving.deploy import deploy
 from orchestrator.driving.driver import Record, drive
@@ -343,9 +344,9 @@ def run_config(
                 )
             else:
                 sampler_cm = LocalStatsSampler(dep, testbed, run_dir / "stats")
-            clocks = estimate_offsets({d: h.control_address for d, h in dep.nodes.items()})
+            clocks = estimate_offsets({d: dep.client(d) for d in dep.nodes})
             offsets = offsets_ns(clocks)
-            source_addr = dep.nodes[cfg.source].control_address
+            source = dep.client(cfg.source)
             gpus = {d.name: d.gpu.index for d in testbed.devices if d.gpu is not None}
             host_before = psutil.cpu_times()
             with sampler_cm as sampler, NvmlPowerSampler(list(gpus.values())) as gpu_power:
@@ -353,11 +354,11 @@ def run_config(
                     sampler.wait_samples(1)  # a first sample before the load, for CPU deltas
                 for r in range(job.repeat):
                     label = f"run {r + 1}/{job.repeat}" if job.repeat > 1 else "driving"
-                    warm = _drive(console, f"{label}: warm-up", source_addr, inputs, job, job.warmup, None)
+                    warm = _drive(console, f"{label}: warm-up", source, inputs, job, job.warmup, None)
                     meas = _drive(
                         console,
                         label,
-                        source_addr,
+                        source,
                         inputs,
                         job,
                         job.requests if not job.duration_s else None,
@@ -493,7 +494,7 @@ def run_config(
 def _drive(
     console: Console,
     label: str,
-    source_addr: str,
+    source: NodeClient,
     inputs: Inputs,
     job: Job,
     total: int | None,
@@ -511,7 +512,7 @@ def _drive(
     ) as bar:
         task = bar.add_task("requests", total=total)
         return drive(
-            source_addr,
+            source,
             inputs.feeds,
             total=total,
             duration_s=duration_s,

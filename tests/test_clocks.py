@@ -9,7 +9,7 @@ import pytest
 
 from common import testbed_pb2 as pb
 from node.server import NodeServer
-from orchestrator.reporting import plots
+from orchestrator.driving.client import NodeClient
 from orchestrator.driving.clocks import ClockOffset, estimate_offsets, offsets_ns
 from orchestrator.figures.metrics import (
     breakdown_table,
@@ -19,6 +19,7 @@ from orchestrator.figures.metrics import (
     stage_figures,
     timeline_rows,
 )
+from orchestrator.reporting import plots
 from tests.node_helpers import drive, load_request, stub, write_stages
 
 SHIFT = 3_000_000_000  # a node whose clock runs 3 s ahead
@@ -73,7 +74,7 @@ def test_health_reports_the_shifted_clock(servers):
 
 def test_offsets_estimated_against_shifted_nodes(servers):
     nodes = servers(plain=0, ahead=SHIFT, behind=-SHIFT // 2)
-    clocks = estimate_offsets({n: s.address for n, s in nodes.items()}, probes=10)
+    clocks = estimate_offsets({n: NodeClient(n, s.address) for n, s in nodes.items()}, probes=10)
     for name, want in (("plain", 0), ("ahead", SHIFT), ("behind", -SHIFT // 2)):
         c = clocks[name]
         assert isinstance(c, ClockOffset)
@@ -164,7 +165,7 @@ def test_cross_device_hops_right_only_after_correction(servers, tmp_path):
         Record(id=r.header.request_id, sent_ns=r.header.sent_ns, done_ns=1, timings=list(r.header.timings))
         for r in results
     ]
-    offsets = offsets_ns(estimate_offsets(addresses, probes=10))
+    offsets = offsets_ns(estimate_offsets({n: NodeClient(n, a) for n, a in addresses.items()}, probes=10))
     assert offsets["src"] == 0 == offsets["b"] and abs(offsets["a"] - SHIFT) < 5_000_000
     for h in hop_samples(recs, 3):
         if h.dst == "a":

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from node.server import NodeServer
+from orchestrator.driving.client import NodeClient, NodeError
 from orchestrator.driving.driver import Feed, Record, drive
 from orchestrator.figures.latency import histogram_of, summary
 from tests.node_helpers import load_request, reference, stall_once, stub, write_stages
@@ -64,7 +65,13 @@ def _p99(records: list[Record]) -> float:
 def test_closed_loop_answers_all_with_concurrency_in_flight(pipeline):
     feeds = Feeds(100)  # more than asked for: the driver pulls only what it sends
     done: list[int] = []
-    recs = drive(pipeline["src"].address, iter(feeds), total=40, concurrency=3, on_done=lambda r: done.append(r.id))
+    recs = drive(
+        NodeClient("src", pipeline["src"].address),
+        iter(feeds),
+        total=40,
+        concurrency=3,
+        on_done=lambda r: done.append(r.id),
+    )
     assert feeds.pulled == 40
     assert [r.id for r in recs] == list(range(40)) and sorted(done) == list(range(40))
     ref = reference(np.concatenate(feeds.xs[:40])).reshape(40, 2, 6)
@@ -80,7 +87,7 @@ def test_closed_loop_answers_all_with_concurrency_in_flight(pipeline):
 def test_open_loop_follows_the_schedule(pipeline):
     rate = 100.0
     feeds = Feeds()
-    recs = drive(pipeline["src"].address, iter(feeds), total=50, rate_hz=rate)
+    recs = drive(NodeClient("src", pipeline["src"].address), iter(feeds), total=50, rate_hz=rate)
     assert len(recs) == 50 and feeds.pulled == 50
     assert all(r.error == "" for r in recs)
     t0 = recs[0].intended_ns
@@ -101,7 +108,7 @@ def test_planted_stall_shows_in_open_loop_tail_not_closed_loop(pipeline):
     """Stage 1 stalls 1 s once. Closed loop (1 in flight): the sender waits out the stall, so
     only one request sees it and p99 stays low. Open loop (50 Hz, latency from the scheduled
     send): every request due during the stall is delayed, and p99 reports it."""
-    src = pipeline["src"].address
+    src = NodeClient("src", pipeline["src"].address)
     stall_once(pipeline["a"], 1, call=20, seconds=1.0)
     closed = drive(src, iter(Feeds()), total=300, concurrency=1)
     assert all(not r.error for r in closed)
@@ -121,7 +128,7 @@ def test_planted_stall_shows_in_open_loop_tail_not_closed_loop(pipeline):
 
 
 def test_duration_stops_sending(pipeline):
-    src = pipeline["src"].address
+    src = NodeClient("src", pipeline["src"].address)
     feeds = Feeds()
     recs = drive(src, iter(feeds), duration_s=0.5, concurrency=2)
     assert recs and feeds.pulled == len(recs) and all(not r.error for r in recs)
@@ -138,27 +145,27 @@ def test_duration_stops_sending(pipeline):
 
 
 def test_feeds_ending_early_stop_the_run(pipeline):
-    recs = drive(pipeline["src"].address, iter(Feeds(4)), total=10, concurrency=2)
+    recs = drive(NodeClient("src", pipeline["src"].address), iter(Feeds(4)), total=10, concurrency=2)
     assert [r.key for r in recs] == [0, 1, 2, 3]
-    assert drive(pipeline["src"].address, iter([]), total=10, rate_hz=10) == []
+    assert drive(NodeClient("src", pipeline["src"].address), iter([]), total=10, rate_hz=10) == []
 
 
 def test_errors_are_recorded_not_raised(pipeline, tmp_path):
     idle = NodeServer("idle", 0, "127.0.0.1").start()  # never loaded: not a source
     try:
-        recs = drive(idle.address, iter(Feeds(3)), total=3, concurrency=2)
+        recs = drive(NodeClient("idle", idle.address), iter(Feeds(3)), total=3, concurrency=2)
     finally:
         idle.stop(0.2)
     assert len(recs) == 3 and all("not loaded as the source" in r.error for r in recs)
     wrong = iter([Feed({"x": np.ones((1, 5), np.float32)}, key=7)])  # wrong width: stage 0 fails
-    (r,) = drive(pipeline["src"].address, wrong, total=1)
+    (r,) = drive(NodeClient("src", pipeline["src"].address), wrong, total=1)
     assert r.key == 7 and r.error and r.outputs is None
 
 
 def test_unanswered_requests_time_out(pipeline):
     stall_once(pipeline["a"], 1, call=0, seconds=1.5)
     t = time.monotonic()
-    recs = drive(pipeline["src"].address, iter(Feeds()), total=3, concurrency=1, timeout_s=0.4)
+    recs = drive(NodeClient("src", pipeline["src"].address), iter(Feeds()), total=3, concurrency=1, timeout_s=0.4)
     assert time.monotonic() - t < 1.4
     assert len(recs) == 1 and "no result within 0.4 s" in recs[0].error
 
@@ -167,8 +174,8 @@ def test_unreachable_source_raises():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here
-    with pytest.raises(RuntimeError, match="unreachable"):
-        drive(f"127.0.0.1:{port}", iter(Feeds(1)), total=1, timeout_s=0.5)
+    with pytest.raises(NodeError, match=r"node src at 127\.0\.0\.1:\d+: unreachable"):
+        drive(NodeClient("src", f"127.0.0.1:{port}"), iter(Feeds(1)), total=1, timeout_s=0.5)
 
 
 def test_feeds_error_raised_after_in_flight_are_home(pipeline):
@@ -177,20 +184,20 @@ def test_feeds_error_raised_after_in_flight_are_home(pipeline):
         raise OSError("disk on fire")
 
     with pytest.raises(OSError, match="disk on fire"):
-        drive(pipeline["src"].address, broken(), total=5)
+        drive(NodeClient("src", pipeline["src"].address), broken(), total=5)
 
 
 def test_arguments_are_checked():
     with pytest.raises(ValueError):
-        drive("127.0.0.1:1", iter([]))
+        drive(NodeClient("src", "127.0.0.1:1"), iter([]))
     with pytest.raises(ValueError):
-        drive("127.0.0.1:1", iter([]), total=1, rate_hz=0)
+        drive(NodeClient("src", "127.0.0.1:1"), iter([]), total=1, rate_hz=0)
 
 
 def test_open_loop_in_flight_cap_keeps_the_schedule(pipeline):
     """At the cap the sender waits, sends late, and the lateness stays in the latency."""
     stall_once(pipeline["a"], 1, call=5, seconds=0.3)
-    recs = drive(pipeline["src"].address, iter(Feeds()), total=30, rate_hz=100, max_in_flight=2)
+    recs = drive(NodeClient("src", pipeline["src"].address), iter(Feeds()), total=30, rate_hz=100, max_in_flight=2)
     assert len(recs) == 30 and all(not r.error for r in recs)
     assert _max_overlap(recs) <= 2
     late = [r for r in recs if r.sent_ns - r.intended_ns > 100e6]
@@ -206,6 +213,6 @@ def test_source_going_away_mid_run_raises(pipeline):
     src = pipeline["src"]
     threading.Timer(0.3, src.stop, args=(0.1,)).start()
     t = time.monotonic()
-    with pytest.raises(RuntimeError, match="source node"):
-        drive(src.address, iter(Feeds()), duration_s=3.0, rate_hz=50)
+    with pytest.raises(NodeError, match=r"node src at 127\.0\.0\.1:\d+: Drive: "):
+        drive(NodeClient("src", src.address), iter(Feeds()), duration_s=3.0, rate_hz=50)
     assert time.monotonic() - t < 2.5

@@ -14,11 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 
-import grpc
-
-from common import testbed_pb2 as pb
-from common import testbed_pb2_grpc as pb_grpc
-from common.grpc_options import CHANNEL_OPTIONS
+from orchestrator.driving.client import NodeClient
 
 
 @dataclass(frozen=True)
@@ -33,29 +29,27 @@ class ClockOffset:
         return asdict(self)
 
 
-def probe(stub: pb_grpc.NodeStub, timeout_s: float = 5.0) -> ClockOffset:
+def probe(node: NodeClient, timeout_s: float = 5.0) -> ClockOffset:
     """One Health round trip's estimate."""
     t_send = time.time_ns()
-    reply = stub.Health(pb.Empty(), timeout=timeout_s)
+    reply = node.health(timeout_s)
     t_recv = time.time_ns()
     if not reply.now_ns:
-        raise RuntimeError(f"node {reply.device or '?'} does not report its clock (an older node image?)")
+        raise node.error("does not report its clock (an older node image?)")
     rtt = t_recv - t_send
     return ClockOffset(reply.now_ns - (t_send + t_recv) // 2, rtt, (rtt + 1) // 2)
 
 
-def estimate_offset(address: str, probes: int = 20, timeout_s: float = 5.0) -> ClockOffset:
-    """The offset of the node at address: the probe with the smallest round trip of `probes`
-    (after one unrecorded probe that opens the connection)."""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.NodeStub(channel)
-        probe(stub, timeout_s)  # connection set-up would inflate the first round trip
-        return min((probe(stub, timeout_s) for _ in range(max(1, probes))), key=lambda c: c.rtt_ns)
+def estimate_offset(node: NodeClient, probes: int = 20, timeout_s: float = 5.0) -> ClockOffset:
+    """The node's offset: the probe with the smallest round trip of `probes` (after one
+    unrecorded probe that opens the connection)."""
+    probe(node, timeout_s)  # connection set-up would inflate the first round trip
+    return min((probe(node, timeout_s) for _ in range(max(1, probes))), key=lambda c: c.rtt_ns)
 
 
-def estimate_offsets(addresses: dict[str, str], probes: int = 20, timeout_s: float = 5.0) -> dict[str, ClockOffset]:
-    """Per device (name -> host:port of its node), its clock's offset from this process's."""
-    return {device: estimate_offset(address, probes, timeout_s) for device, address in addresses.items()}
+def estimate_offsets(nodes: dict[str, NodeClient], probes: int = 20, timeout_s: float = 5.0) -> dict[str, ClockOffset]:
+    """Per device, its clock's offset from this process's."""
+    return {device: estimate_offset(node, probes, timeout_s) for device, node in nodes.items()}
 
 
 def offsets_ns(clocks: dict[str, ClockOffset], significant_only: bool = True) -> dict[str, int]:

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-
 from common import testbed_pb2 as pb
-from common import testbed_pb2_grpc as pbg
-from common.grpc_options import CHANNEL_OPTIONS
 from orchestrator.config import Testbed
 from orchestrator.partition.plan import Plan
 from orchestrator.runtimes.base import Deployment
@@ -88,9 +84,6 @@ def deploy(
     """Send every node its LoadRequest; a node that refuses stops the run with its reason."""
     out: dict[str, LoadedNode] = {}
     for name, req in load_requests(plan, testbed, dep, source, explicit_threads=explicit_threads).items():
-        with grpc.insecure_channel(dep.nodes[name].control_address, options=CHANNEL_OPTIONS) as ch:
-            reply = pbg.NodeStub(ch).Load(req, timeout=timeout_s)
-        if not reply.ok:
-            raise RuntimeError(f"node {name} refused its stage: {reply.error}")
+        reply = dep.client(name).load(req, timeout_s=timeout_s)
         out[name] = LoadedNode(name, reply.threads, reply.cpu_quota, reply.providers, reply.shaping, reply.netem)
     return out

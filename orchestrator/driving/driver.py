@@ -28,9 +28,8 @@ import grpc
 import numpy as np
 
 from common import testbed_pb2 as pb
-from common.grpc_options import CHANNEL_OPTIONS
-from common.rpc import node_stub
 from common.tensors import TensorFrame
+from orchestrator.driving.client import NodeClient
 
 log = logging.getLogger("orchestrator.driving.driver")
 
@@ -88,7 +87,7 @@ def _wait_until(t_ns: int, stop: threading.Event) -> None:
 
 
 def drive(
-    source_address: str,
+    source: NodeClient,
     feeds: Iterator[Feed],
     *,
     total: int | None = None,
@@ -106,7 +105,7 @@ def drive(
 
     A request without an answer `timeout_s` after it was sent ends the run: it and every other
     unanswered request get `error` set. Errors from the pipeline are recorded, not raised; an
-    unreachable source node (or a broken stream) raises RuntimeError; an exception from
+    unreachable source node (or a broken stream) raises NodeError; an exception from
     `feeds` is raised after the requests already sent are answered."""
     if total is None and duration_s is None:
         raise ValueError("drive: give total, duration_s or both")
@@ -178,57 +177,47 @@ def drive(
                 call.cancel()
                 return
 
-    with grpc.insecure_channel(source_address, options=CHANNEL_OPTIONS) as ch:
-        wait_s = min(CONNECT_TIMEOUT_S, timeout_s)
-        try:
-            grpc.channel_ready_future(ch).result(timeout=wait_s)
-        except grpc.FutureTimeoutError:
-            raise RuntimeError(
-                f"source node {source_address} is unreachable (no connection within {wait_s:g} s)"
-            ) from None
-        responses = node_stub(ch).Drive(requests())  # frame codec both ways
-        guard = threading.Thread(target=watchdog, args=(responses,), name="drive-watchdog", daemon=True)
-        guard.start()
-        try:
-            for result in responses:
-                frame = result.header
-                now = time.time_ns()
-                with lock:
-                    rec = pending.pop(frame.request_id, None)
-                if rec is None:
-                    log.warning("result for unknown request %d ignored", frame.request_id)
-                    continue
-                rec.done_ns = now
-                rec.error = frame.error
-                rec.timings = [
-                    Timing(
-                        t.stage,
-                        t.device,
-                        t.recv_ns,
-                        t.start_ns,
-                        t.end_ns,
-                        t.send_ns,
-                        t.bytes_out,
-                        t.serialize_ns,
-                        t.deserialize_ns,
-                    )
-                    for t in frame.timings
-                ]
-                if not frame.error:
-                    rec.outputs = result.arrays
-                slots.release()
-                if on_done is not None:
-                    on_done(rec)
-        except grpc.RpcError as e:
-            if not timed_out.is_set():
-                code = e.code() if hasattr(e, "code") else None
-                details = (e.details() if hasattr(e, "details") else "") or str(e)
-                name = code.name if code is not None else "error"
-                raise RuntimeError(f"source node {source_address}: {name}: {details}") from None
-        finally:
-            stop.set()
-            responses.cancel()
-            guard.join(timeout=1.0)
+    source.wait_ready(min(CONNECT_TIMEOUT_S, timeout_s))
+    responses = source.drive_stream(requests())
+    guard = threading.Thread(target=watchdog, args=(responses,), name="drive-watchdog", daemon=True)
+    guard.start()
+    try:
+        for result in responses:
+            frame = result.header
+            now = time.time_ns()
+            with lock:
+                rec = pending.pop(frame.request_id, None)
+            if rec is None:
+                log.warning("result for unknown request %d ignored", frame.request_id)
+                continue
+            rec.done_ns = now
+            rec.error = frame.error
+            rec.timings = [
+                Timing(
+                    t.stage,
+                    t.device,
+                    t.recv_ns,
+                    t.start_ns,
+                    t.end_ns,
+                    t.send_ns,
+                    t.bytes_out,
+                    t.serialize_ns,
+                    t.deserialize_ns,
+                )
+                for t in frame.timings
+            ]
+            if not frame.error:
+                rec.outputs = result.arrays
+            slots.release()
+            if on_done is not None:
+                on_done(rec)
+    except grpc.RpcError as e:
+        if not timed_out.is_set():
+            raise source.failure(e, "Drive") from None
+    finally:
+        stop.set()
+        responses.cancel()
+        guard.join(timeout=1.0)
     why = f"no result within {timeout_s:g} s" if timed_out.is_set() else "no result: the stream ended"
     with lock:
         for rec in pending.values():

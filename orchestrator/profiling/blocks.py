@@ -38,14 +38,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
 from onnx import helper
 
 from common import testbed_pb2 as pb
-from common import testbed_pb2_grpc as pbg
-from common.grpc_options import CHANNEL_OPTIONS
 from orchestrator.config import Device, Testbed
+from orchestrator.driving.client import NodeClient, NodeError
 from orchestrator.driving.deploy import threads_for
 from orchestrator.driving.driver import Feed, drive
 from orchestrator.partition.costmodel import CostTable, reduce_candidates, segment_memory
@@ -500,7 +498,7 @@ def _empty_request(dev: Device) -> pb.LoadRequest:
 
 def _profile_device(
     dev: Device,
-    address: str,
+    node: NodeClient,
     graph: ModelGraph,
     bounds: list[int],
     files: list[StageFile],
@@ -523,62 +521,58 @@ def _profile_device(
     overheads: list[float] = []
     peak = 0
     threads = threads_for(dev.cpus)
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
-        stub = pbg.NodeStub(ch)
-        for ci, (i, j) in enumerate(chunks):
-            req, carry = chunk_request(dev, files, graph, bounds, i, j, dep, blocks_dir)
-            held = slots.acquire(weight)
-            try:
-                if ci > 0:
-                    stub.Load(_empty_request(dev), timeout=timeout_s)
-                reply = stub.Load(req, timeout=timeout_s)
-                if not reply.ok:
-                    raise RuntimeError(f"profiling {dev.name}: node refused blocks {i}..{j - 1}: {reply.error}")
-                threads = reply.threads or threads
-                feed = Feed(arrays={x: ref[x] for x in carry})
-                records = drive(
-                    address,
-                    itertools.repeat(feed),
-                    total=warmup + reps,
-                    concurrency=1,
-                    on_done=lambda _r, c=ci: advance(c),
-                    timeout_s=timeout_s,
-                )
-                busy = drive(
-                    address,
-                    itertools.repeat(feed),
-                    total=SATURATION_IN_FLIGHT + reps,
-                    concurrency=SATURATION_IN_FLIGHT,
-                    on_done=lambda _r, c=ci: advance(c),
-                    timeout_s=timeout_s,
-                )
-            finally:
-                slots.release(held)
-            for r in [*records, *busy]:
-                if r.error:
-                    raise RuntimeError(f"profiling {dev.name}: blocks {i}..{j - 1}: {r.error}")
-            totals = []
-            for r in records[warmup:]:
-                total = 0.0
-                for t in r.timings:
-                    if 0 <= t.stage < j - i:
-                        samples[i + t.stage].append((t.end_ns - t.start_ns) / 1e9)
-                        total += (t.end_ns - t.start_ns) / 1e9
-                totals.append(total)
-                # the round trip less compute: the driver's trip in, the node's handling, the trip out
-                roundtrips.append(max(0.0, (r.done_ns - r.sent_ns) / 1e9 - total))
-            block_s[i:j] = chunk_block_times(samples[i:j], totals)
-            overheads.append(saturation_overhead_s([r.done_ns for r in busy], SATURATION_IN_FLIGHT, sum(block_s[i:j])))
-            try:
-                st = stub.Stats(pb.Empty(), timeout=10.0)
-                peak = max(peak, st.peak_rss_bytes, st.rss_bytes)
-            except grpc.RpcError:
-                pass
-        if len(chunks) > 0:
-            try:  # leave the node empty: the deployment that follows loads into a clean node
-                stub.Load(_empty_request(dev), timeout=timeout_s)
-            except grpc.RpcError:
-                pass
+    for ci, (i, j) in enumerate(chunks):
+        req, carry = chunk_request(dev, files, graph, bounds, i, j, dep, blocks_dir)
+        held = slots.acquire(weight)
+        try:
+            if ci > 0:
+                node.load(_empty_request(dev), timeout_s=timeout_s)
+            reply = node.load(req, timeout_s=timeout_s)
+            threads = reply.threads or threads
+            feed = Feed(arrays={x: ref[x] for x in carry})
+            records = drive(
+                node,
+                itertools.repeat(feed),
+                total=warmup + reps,
+                concurrency=1,
+                on_done=lambda _r, c=ci: advance(c),
+                timeout_s=timeout_s,
+            )
+            busy = drive(
+                node,
+                itertools.repeat(feed),
+                total=SATURATION_IN_FLIGHT + reps,
+                concurrency=SATURATION_IN_FLIGHT,
+                on_done=lambda _r, c=ci: advance(c),
+                timeout_s=timeout_s,
+            )
+        finally:
+            slots.release(held)
+        for r in [*records, *busy]:
+            if r.error:
+                raise RuntimeError(f"profiling {dev.name}: blocks {i}..{j - 1}: {r.error}")
+        totals = []
+        for r in records[warmup:]:
+            total = 0.0
+            for t in r.timings:
+                if 0 <= t.stage < j - i:
+                    samples[i + t.stage].append((t.end_ns - t.start_ns) / 1e9)
+                    total += (t.end_ns - t.start_ns) / 1e9
+            totals.append(total)
+            # the round trip less compute: the driver's trip in, the node's handling, the trip out
+            roundtrips.append(max(0.0, (r.done_ns - r.sent_ns) / 1e9 - total))
+        block_s[i:j] = chunk_block_times(samples[i:j], totals)
+        overheads.append(saturation_overhead_s([r.done_ns for r in busy], SATURATION_IN_FLIGHT, sum(block_s[i:j])))
+        try:
+            st = node.stats(timeout_s=10.0)
+            peak = max(peak, st.peak_rss_bytes, st.rss_bytes)
+        except NodeError:
+            pass
+    if len(chunks) > 0:
+        try:  # leave the node empty: the deployment that follows loads into a clean node
+            node.load(_empty_request(dev), timeout_s=timeout_s)
+        except NodeError:
+            pass
     missing = [b for b in range(nb) if not samples[b]]
     if missing:
         raise RuntimeError(f"profiling {dev.name}: no timing came back for blocks {missing}")
@@ -702,7 +696,7 @@ def profile(
                 ex.submit(
                     _profile_device,
                     d,
-                    deployment.nodes[d.name].control_address,
+                    deployment.client(d.name),
                     graph,
                     bounds,
                     files,

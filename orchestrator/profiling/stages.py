@@ -33,15 +33,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from common import testbed_pb2 as pb
-from common import testbed_pb2_grpc as pbg
-from common.grpc_options import CHANNEL_OPTIONS
 from orchestrator.config import Testbed
 from orchestrator.driving.deploy import load_requests
 from orchestrator.driving.driver import Feed, drive
@@ -133,10 +130,7 @@ def relay_model(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, str]:
 def _load(dep: Deployment, requests: dict[str, pb.LoadRequest], timeout_s: float) -> dict[str, pb.LoadReply]:
     replies = {}
     for name, req in requests.items():
-        with grpc.insecure_channel(dep.nodes[name].control_address, options=CHANNEL_OPTIONS) as ch:
-            replies[name] = reply = pbg.NodeStub(ch).Load(req, timeout=timeout_s)
-        if not reply.ok:
-            raise RuntimeError(f"measuring stages: node {name} refused its stage: {reply.error}")
+        replies[name] = dep.client(name).load(req, timeout_s=timeout_s)
     return replies
 
 
@@ -181,9 +175,7 @@ def _lone(
     dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int, timeout_s: float
 ) -> tuple[float, float]:
     """(median compute, median round trip less compute) of lone requests through stage 0."""
-    records = drive(
-        dep.nodes[device].control_address, _spaced(feed), total=LONE_WARMUP + frames, concurrency=1, timeout_s=timeout_s
-    )
+    records = drive(dep.client(device), _spaced(feed), total=LONE_WARMUP + frames, concurrency=1, timeout_s=timeout_s)
     _raise_errors(device, records)
     records = records[LONE_WARMUP:]  # the first runs of a fresh session allocate
     compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in records]
@@ -212,21 +204,19 @@ def _busy(
     timeout_s: float,
 ) -> float:
     """Step time of `device`'s stage, frames driven into `driven` (the device itself or its relay)."""
-    address = dep.nodes[driven].control_address
-    with grpc.insecure_channel(dep.nodes[device].control_address, options=CHANNEL_OPTIONS) as ch:
-        stub = pbg.NodeStub(ch)
-        drive(
-            address, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT, concurrency=IN_FLIGHT, timeout_s=timeout_s
-        )  # a fresh session's first runs, the link's first frames
-        cpu0 = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds
-        records = drive(
-            address,
-            itertools.repeat(Feed(arrays=feed)),
-            total=IN_FLIGHT + frames,
-            concurrency=IN_FLIGHT,
-            timeout_s=timeout_s,
-        )
-        cpu = stub.Stats(pb.Empty(), timeout=timeout_s).cpu_seconds - cpu0
+    source, node = dep.client(driven), dep.client(device)
+    drive(
+        source, itertools.repeat(Feed(arrays=feed)), total=IN_FLIGHT, concurrency=IN_FLIGHT, timeout_s=timeout_s
+    )  # a fresh session's first runs, the link's first frames
+    cpu0 = node.stats(timeout_s).cpu_seconds
+    records = drive(
+        source,
+        itertools.repeat(Feed(arrays=feed)),
+        total=IN_FLIGHT + frames,
+        concurrency=IN_FLIGHT,
+        timeout_s=timeout_s,
+    )
+    cpu = node.stats(timeout_s).cpu_seconds - cpu0
     _raise_errors(device, records)
     t = step_time_s([r.done_ns for r in records])
     if t is None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
-from common import testbed_pb2 as pb
-from common import testbed_pb2_grpc as pbg
-from common.grpc_options import CHANNEL_OPTIONS
+from orchestrator.driving.client import NodeClient
 
 
 @dataclass
@@ -32,24 +28,21 @@ class Deployment:
     notes: list[str] = field(default_factory=list)
     tc_shaped: bool = False  # True: each node shapes its egress with tc (Peer.ip, tc_rate_bps, tc_delay_s)
 
+    _clients: dict[str, NodeClient] = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def client(self, device: str) -> NodeClient:
+        """The control client of a device's node, opened once and kept until close()."""
+        with self._lock:
+            if device not in self._clients:
+                self._clients[device] = NodeClient(device, self.nodes[device].control_address)
+            return self._clients[device]
+
+    def close(self) -> None:
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
     def node_path(self, local_path: Path) -> str:
         """A file of the run folder as the node sees it."""
         return str(Path(local_path).resolve())
-
-
-def wait_healthy(address: str, device: str, timeout_s: float = 30.0, alive=None) -> None:
-    """Poll Health until the node answers; `alive()` returning False means it died."""
-    deadline = time.monotonic() + timeout_s
-    last = ""
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as ch:
-        stub = pbg.NodeStub(ch)
-        while time.monotonic() < deadline:
-            if alive is not None and not alive():
-                raise RuntimeError(f"node {device} exited before it became healthy")
-            try:
-                stub.Health(pb.Empty(), timeout=1.0)
-                return
-            except grpc.RpcError as e:
-                last = e.code().name
-            time.sleep(0.1)
-    raise RuntimeError(f"node {device} at {address} not healthy after {timeout_s:.0f} s ({last})")

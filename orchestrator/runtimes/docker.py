@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.config import Testbed
+from orchestrator.driving.client import NodeClient
 from orchestrator.errors import UserError
-from orchestrator.runtimes.base import Deployment, NodeHandle, wait_healthy
+from orchestrator.runtimes.base import Deployment, NodeHandle
 from orchestrator.runtimes.docker_testbed import (
     DEFAULT_NAME,
     DEFAULT_SUBNET,
@@ -208,18 +209,12 @@ def wait_nodes(client, name: str, wait_s: float = 60.0) -> dict[str, NodeHandle]
             raise RuntimeError(_explain_exit(c))
         return True
 
+    def healthy(d: str) -> None:
+        with NodeClient(d, hs[d].control_address) as c:
+            c.wait_healthy(timeout_s=max(1.0, deadline - time.monotonic()), alive=lambda: alive(conts[d]))
+
     with cf.ThreadPoolExecutor(len(hs)) as ex:
-        list(
-            ex.map(
-                lambda d: wait_healthy(
-                    hs[d].control_address,
-                    d,
-                    timeout_s=max(1.0, deadline - time.monotonic()),
-                    alive=lambda: alive(conts[d]),
-                ),
-                hs,
-            )
-        )
+        list(ex.map(healthy, hs))
     return hs
 
 
@@ -288,6 +283,7 @@ class DockerRuntime:
         self.started_at = 0
         self.start_s: float | None = None
         self.containers: dict[str, object] = {}
+        self.deployment: DockerDeployment | None = None
 
     def start(self) -> Deployment:
         self.started_at = int(time.time())
@@ -317,7 +313,7 @@ class DockerRuntime:
         if any(d.gpu is not None for d in self.testbed.devices) and not mps_daemon_running():
             notes.append("no CUDA MPS daemon runs: GPU shares are not enforced (memory limits are)")
         by_dev = self.spec.by_device()
-        return DockerDeployment(
+        self.deployment = DockerDeployment(
             "docker",
             nodes,
             node_paces_rate=False,
@@ -328,6 +324,7 @@ class DockerRuntime:
             ips={d: by_dev[d].ip for d in nodes},
             testbed_name=self.spec.name,
         )
+        return self.deployment
 
     def save_logs(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -339,6 +336,9 @@ class DockerRuntime:
             (self.log_dir / f"node_{dev}.log").write_text(text)
 
     def stop(self) -> None:
+        if self.deployment is not None:
+            self.deployment.close()
+            self.deployment = None
         if not self.containers and not self.owned:
             return
         self.save_logs()

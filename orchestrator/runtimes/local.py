@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from orchestrator.config import Testbed
-from orchestrator.runtimes.base import Deployment, NodeHandle, wait_healthy
+from orchestrator.driving.client import NodeClient
+from orchestrator.runtimes.base import Deployment, NodeHandle
 
 _PR_SET_PDEATHSIG = 1
 
@@ -43,6 +44,7 @@ class LocalRuntime:
         self.log_level = log_level
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: list = []
+        self.deployment: Deployment | None = None
 
     def start(self) -> Deployment:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -82,19 +84,24 @@ class LocalRuntime:
                 nodes[dev.name] = NodeHandle(dev.name, addr, addr, proc.pid)
             for name, h in nodes.items():
                 proc = self.procs[name]
-                wait_healthy(h.control_address, name, alive=lambda p=proc: p.poll() is None)
+                with NodeClient(name, h.control_address) as c:
+                    c.wait_healthy(alive=lambda p=proc: p.poll() is None)
         except BaseException:
             self.stop()
             raise
-        return Deployment(
+        self.deployment = Deployment(
             "local",
             nodes,
             node_paces_rate=True,
             node_adds_delay=True,
             notes=["local runtime: no CPU or memory isolation; links paced by the nodes"],
         )
+        return self.deployment
 
     def stop(self) -> None:
+        if self.deployment is not None:
+            self.deployment.close()
+            self.deployment = None
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()

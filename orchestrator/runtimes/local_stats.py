@@ -10,13 +10,10 @@ import threading
 import time
 from pathlib import Path
 
-import grpc
 import psutil
 
-from common import testbed_pb2 as pb
-from common import testbed_pb2_grpc as pbg
-from common.grpc_options import CHANNEL_OPTIONS
 from orchestrator.config import Testbed
+from orchestrator.driving.client import NodeError
 from orchestrator.runtimes.base import Deployment
 
 
@@ -40,10 +37,6 @@ class LocalStatsSampler:
 
     def _run(self) -> None:
         procs = {d: psutil.Process(h.pid) for d, h in self.dep.nodes.items() if h.pid}
-        channels = {
-            d: grpc.insecure_channel(h.control_address, options=CHANNEL_OPTIONS) for d, h in self.dep.nodes.items()
-        }
-        stubs = {d: pbg.NodeStub(c) for d, c in channels.items()}
         last: dict[str, tuple[float, float]] = {}
         files = {d: open(self.out_dir / f"{d}.jsonl", "a") for d in self.dep.nodes}  # noqa: SIM115
         try:
@@ -52,8 +45,8 @@ class LocalStatsSampler:
                     try:
                         cpu_t = sum(proc.cpu_times()[:2])
                         rss = proc.memory_info().rss
-                        st = stubs[dev].Stats(pb.Empty(), timeout=1.0)
-                    except (psutil.Error, grpc.RpcError):
+                        st = self.dep.client(dev).stats(timeout_s=1.0)
+                    except (psutil.Error, NodeError):
                         continue
                     now = time.time()
                     cores = None
@@ -83,8 +76,6 @@ class LocalStatsSampler:
         finally:
             for f in files.values():
                 f.close()
-            for c in channels.values():
-                c.close()
 
 
 def device_summary(samples: dict[str, list[dict]]) -> dict[str, dict]:

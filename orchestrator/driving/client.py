@@ -1,0 +1,112 @@
+"""The one way the orchestrator talks to a node: a client per node that owns its gRPC channel.
+
+Every call (load a stage, health, stats, the Drive stream, and the scenario calls to come) goes
+through NodeClient, and every gRPC failure comes out as one error type, NodeError, that names
+the device and the address it was reached at. No other orchestrator module opens a channel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from common import testbed_pb2 as pb
+from common.grpc_options import CHANNEL_OPTIONS
+from common.rpc import node_stub
+from common.tensors import TensorFrame
+
+HEALTH_POLL_S = 0.1
+
+
+class NodeError(RuntimeError):
+    """A call to a node failed: unreachable, timed out, refused, or the stream broke."""
+
+    def __init__(self, device: str, address: str, what: str, code: grpc.StatusCode | None = None):
+        self.device, self.address, self.code = device, address, code
+        super().__init__(f"node {device} at {address}: {what}")
+
+
+def _describe(e: grpc.RpcError) -> tuple[str, grpc.StatusCode | None]:
+    code = e.code() if hasattr(e, "code") else None
+    details = (e.details() if hasattr(e, "details") else "") or str(e)
+    return f"{code.name if code is not None else 'error'}: {details}", code
+
+
+class NodeClient:
+    """One node's control connection. Close it (or use it as a context manager) when done."""
+
+    def __init__(self, device: str, address: str):
+        self.device = device
+        self.address = address
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = node_stub(self._channel)
+
+    def error(self, what: str, code: grpc.StatusCode | None = None) -> NodeError:
+        return NodeError(self.device, self.address, what, code)
+
+    def _call(self, name: str, request: Any, timeout_s: float) -> Any:
+        try:
+            return getattr(self._stub, name)(request, timeout=timeout_s)
+        except grpc.RpcError as e:
+            what, code = _describe(e)
+            raise self.error(f"{name}: {what}", code) from None
+
+    def load(self, request: pb.LoadRequest, timeout_s: float = 120.0) -> pb.LoadReply:
+        """Give the node its stages, peers and links; a node that refuses raises its reason."""
+        reply = self._call("Load", request, timeout_s)
+        if not reply.ok:
+            raise self.error(f"refused its stage: {reply.error}")
+        return reply
+
+    def health(self, timeout_s: float = 5.0) -> pb.HealthReply:
+        return self._call("Health", pb.Empty(), timeout_s)
+
+    def stats(self, timeout_s: float = 5.0) -> pb.StatsReply:
+        return self._call("Stats", pb.Empty(), timeout_s)
+
+    def wait_healthy(self, timeout_s: float = 30.0, alive: Callable[[], bool] | None = None) -> None:
+        """Poll Health until the node answers; `alive()` returning False means it died."""
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            if alive is not None and not alive():
+                raise self.error("exited before it became healthy")
+            try:
+                self.health(timeout_s=1.0)
+                return
+            except NodeError as e:
+                last = e.code.name if e.code is not None else str(e)
+            time.sleep(HEALTH_POLL_S)
+        raise self.error(f"not healthy after {timeout_s:.0f} s ({last})")
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until the channel connects; an unreachable node raises."""
+        ready = grpc.channel_ready_future(self._channel)
+        try:
+            ready.result(timeout=timeout_s)
+        except grpc.FutureTimeoutError:
+            raise self.error(f"unreachable (no connection within {timeout_s:g} s)") from None
+        finally:
+            ready.cancel()  # stops its polling thread, which would outlive a closed channel
+
+    def drive_stream(self, frames: Iterator[TensorFrame]) -> Any:
+        """The Drive call on a source node: frames in, result frames out (frame codec both ways).
+        The returned call iterates TensorFrames and can be cancelled; iterating it raises
+        grpc.RpcError, which `failure` turns into this client's NodeError."""
+        return self._stub.Drive(frames)
+
+    def failure(self, e: grpc.RpcError, during: str) -> NodeError:
+        what, code = _describe(e)
+        return self.error(f"{during}: {what}", code)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
