@@ -44,9 +44,9 @@ testbed-down: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-test: install
-	$(BIN)/ruff check .
+test: install lint
 	$(BIN)/pytest -q -rs
 
 bench: install models
