@@ -1,27 +1,35 @@
 """Algorithms compared on the default testbed: ViT-B/16 planned by `optimal`, `memory`, `even`,
 and run whole on one device. Two jobs: objective throughput (requests in flight) and objective
-latency (one at a time). Prints measured figures side by side, whether `optimal` is the best on
-its objective, and how far its prediction was from the measurement (target: within 15%)."""
+latency (one at a time). Prints measured figures side by side and whether `optimal` is the best
+on its objective (within 3% of the best is a tie).
+
+Two predictions of `optimal`'s plan are scored against the measurement, throughput and latency:
+- calibrated: the prediction after each stage of the chosen plan was measured whole on its
+  device (report.json `predicted`). Target: within 15%.
+- planner's own: the sums of profiled blocks that chose the plan (report.json
+  `predicted_from_blocks`). Printed with its error and flagged when over 15%, but not a target:
+  it is what the choice rested on, and the calibrated figure is what the run promises.
+When the job measures no stages the two are the same prediction, and the target applies to it.
+
+Exits 1 when a target is missed; the last line says which."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
-from rich.console import Console
+from benchlib import DEFAULT_MODEL, ROOT, run_job, verdict
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from orchestrator.models import ensure_vit  # noqa: E402
-from orchestrator.run import execute  # noqa: E402
+from orchestrator.figures.compare import prediction_vs_measured
+from orchestrator.models import ensure_vit
 
 # One placement measured twice here differs by up to ~4%: closer than that is not a ranking.
 NOISE_PCT = 3.0
+# How far a prediction may be from the measurement, in percent of the measurement.
+PREDICTION_PCT = 15.0
 
 ONE_DEVICE = """
 devices:
@@ -29,16 +37,64 @@ devices:
 """
 
 
-def run(job: dict, tmp: Path, runtime: str, quiet: bool) -> dict:
-    path = tmp / f"{job['name']}.yaml"
-    path.write_text(json.dumps(job))
-    _, rep = execute(str(path), runtime=runtime, out=str(tmp / job["name"]), console=Console(quiet=quiet))
-    return rep
+def best_line(objective: str, rows: list[dict]) -> tuple[bool, str]:
+    """Whether `optimal` is the best on its objective (a tie counts), and the line that says so."""
+    key = "throughput_fps" if objective == "throughput" else "latency_p50_ms"
+    values = {r["name"]: r[key] for r in rows if r[key]}
+    if "optimal" not in values:
+        return False, f"  optimal has no measured {key}  <- NOT optimal"
+    best = (max if objective == "throughput" else min)(values, key=values.get)
+    if best == "optimal":
+        others = {k: v for k, v in values.items() if k != "optimal"}
+        if not others:
+            return True, f"  best on {objective}: optimal (nothing else measured)"
+        runner = (max if objective == "throughput" else min)(others, key=others.get)
+        ratio = values["optimal"] / others[runner]
+        unit = "images/s" if objective == "throughput" else "p50"
+        return True, f"  best on {objective}: optimal ({ratio:.2f}x the {unit} of the next best, {runner})"
+    by = {r["name"]: r for r in rows}
+    # another configuration that ran the very same placement measures the same plan again;
+    # a different one within NOISE_PCT of optimal is a tie at this machine's run-to-run spread
+    same = (by[best]["devices"], by[best]["cut_tensors"]) == (by["optimal"]["devices"], by["optimal"]["cut_tensors"])
+    gap = abs(values[best] / values["optimal"] - 1) * 100
+    tie = same or gap <= NOISE_PCT
+    why = (
+        "the same placement as optimal's: run-to-run noise)"
+        if same
+        else f"within the {NOISE_PCT:g}% run-to-run spread: a tie)"
+        if tie
+        else "a different placement)  <- NOT optimal"
+    )
+    return tie, f"  best on {objective}: {best} ({gap:.1f}% apart; {why}"
+
+
+def prediction_lines(label: str, pv: dict, concurrency: int, target: bool) -> tuple[bool, list[str]]:
+    """Two lines scoring one prediction of optimal's plan; whether it is within PREDICTION_PCT."""
+    tp, lt = pv["throughput_fps"], pv["latency_ms"]
+    errors = [tp["error_pct"], lt["error_pct"]]
+    within = all(e is not None and abs(e) <= PREDICTION_PCT for e in errors)
+
+    def flag(e: float | None) -> str:
+        if e is not None and abs(e) <= PREDICTION_PCT:
+            return ""
+        return "  <- MISSED" if target else f"  <- over {PREDICTION_PCT:g}% (printed, not a target)"
+
+    def pct(e: float | None) -> str:
+        return f"{e:+.1f}%" if e is not None else "n/a"
+
+    return within, [
+        f"  {label}: {tp['predicted'] or 0:.3f} images/s at {concurrency} in flight (pipeline full "
+        f"{tp['predicted_unloaded'] or 0:.3f}), measured {tp['measured'] or 0:.3f}: error {pct(errors[0])}"
+        + flag(errors[0]),
+        f"  {label}: latency {lt['predicted'] or 0:.1f} ms at {concurrency} in flight (unloaded "
+        f"{lt['predicted_unloaded'] or 0:.1f}), measured p50 {lt['measured_p50'] or 0:.1f}: error {pct(errors[1])}"
+        + flag(errors[1]),
+    ]
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default=str(ROOT / "models" / "vit_b16.onnx"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--devices", default=str(ROOT / "devices" / "edge4.yaml"))
     ap.add_argument("--runtime", choices=["docker", "local"], default=None)
     ap.add_argument("--requests", type=int, default=32)
@@ -54,7 +110,7 @@ def main() -> int:
     a = ap.parse_args()
     model = ensure_vit(a.model)
     runtime = a.runtime or ("docker" if _engine() else "local")
-    ok = True
+    missed: list[str] = []
     with tempfile.TemporaryDirectory(dir=ROOT / "runs" if (ROOT / "runs").exists() else None) as tmp:
         tmp = Path(a.keep) if a.keep else Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -80,9 +136,8 @@ def main() -> int:
                     {"name": "one-device", "devices": str(tmp / "one.yaml"), "algorithm": "even"},
                 ],
             }
-            rep = run(job, tmp, runtime, quiet=not a.verbose)
+            rep = run_job(job, runtime=runtime, quiet=not a.verbose, keep=tmp)
             rows = rep["comparison"]
-            key = "throughput_fps" if objective == "throughput" else "latency_p50_ms"
             print(
                 f"\nobjective {objective} ({runtime} runtime, {concurrency} in flight, {a.requests} requests"
                 + (f", median of {job['repeat']} runs" if job["repeat"] > 1 else "")
@@ -97,47 +152,29 @@ def main() -> int:
                     f"{r['latency_p50_ms'] or 0:>9.1f} {r['predicted_fps'] or 0:>8.3f} "
                     f"{r['predicted_latency_ms'] or 0:>8.1f}"
                 )
-            values = {r["name"]: r[key] for r in rows if r[key]}
-            best = (max if objective == "throughput" else min)(values, key=values.get)
-            by = {r["name"]: r for r in rows}
-            # another configuration that ran the very same placement measures the same plan again;
-            # a different one within NOISE_PCT of optimal is a tie at this machine's run-to-run spread
-            same = best != "optimal" and (by[best]["devices"], by[best]["cut_tensors"]) == (
-                by["optimal"]["devices"],
-                by["optimal"]["cut_tensors"],
-            )
-            gap = abs(values[best] / values["optimal"] - 1) * 100
-            tie = best != "optimal" and (same or gap <= NOISE_PCT)
-            print(
-                f"  best on {objective}: {best}"
-                + (
-                    ""
-                    if best == "optimal"
-                    else f" ({gap:.1f}% apart; "
-                    + (
-                        "the same placement as optimal's: run-to-run noise)"
-                        if same
-                        else f"within the {NOISE_PCT:g}% run-to-run spread: a tie)"
-                        if tie
-                        else "a different placement)  <- NOT optimal"
-                    )
-                )
-            )
-            ok &= best == "optimal" or tie
+            is_best, line = best_line(objective, rows)
+            print(line)
+            if not is_best:
+                missed.append(f"optimal not best on {objective}")
+            calibrated = rep.get("predicted_from_blocks") is not None
+            own = prediction_vs_measured(rep["predicted_from_blocks"], rep) if calibrated else None
             pv = rep["prediction_vs_measured"]
-            tp, lt = pv["throughput_fps"], pv["latency_ms"]
-            print(
-                f"  optimal predicted {tp['predicted']:.3f} images/s at {concurrency} in flight (pipeline full "
-                f"{tp['predicted_unloaded']:.3f}), measured {tp['measured']:.3f}: error {tp['error_pct']:+.1f}%"
-            )
-            print(
-                f"  optimal predicted latency {lt['predicted']:.1f} ms at {concurrency} in flight (unloaded "
-                f"{lt['predicted_unloaded']:.1f}), measured p50 {lt['measured_p50']:.1f}: "
-                f"error {lt['error_pct']:+.1f}%"
-            )
-            ok &= abs(tp["error_pct"]) <= 15 and abs(lt["error_pct"]) <= 15
-    print("\nall targets met" if ok else "\nsome targets missed")
-    return 0
+            if pv is None:
+                print("  optimal's plan carries no prediction  <- MISSED")
+                missed.append(f"no prediction on {objective}")
+                continue
+            label = "calibrated (target)" if calibrated else "planner's own (target: no stage measured)"
+            within, lines = prediction_lines(label, pv, concurrency, True)
+            print("\n".join(lines))
+            if not within:
+                missed.append(f"prediction off by more than {PREDICTION_PCT:g}% on {objective}")
+            if own is not None:
+                print("\n".join(prediction_lines("planner's own (block sums)", own, concurrency, False)[1]))
+    what = (
+        f"optimal best on its objective (within {NOISE_PCT:g}% a tie), calibrated prediction within {PREDICTION_PCT:g}%"
+    )
+    print()
+    return verdict(not missed, what + ("" if not missed else ": " + "; ".join(missed)))
 
 
 def _engine() -> bool:

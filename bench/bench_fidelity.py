@@ -38,7 +38,8 @@ def main() -> int:
         dk.up(client, spec)
         up_s = time.perf_counter() - t0
         conts = {c.labels[LABEL_DEVICE]: c for c in dk.testbed_containers(client, NAME)}
-        fid = check(conts, {c.device: c.ip for c in spec.containers}, tb, node_adds_delay=True)
+        emulation = dk.link_emulation_of(next(iter(conts.values())))
+        fid = check(conts, {c.device: c.ip for c in spec.containers}, tb, node_holds_delay=emulation.node_holds_delay)
     finally:
         t1 = time.perf_counter()
         dk.down(client, NAME)
@@ -49,7 +50,11 @@ def main() -> int:
     )
     worst_link = max(abs(x["error"]) for x in fid["links"] if x["error"] is not None)
     worst_cpu = max(abs(x["error"]) for x in fid["cpus"])
-    con.print(f"worst link rate error {worst_link:.1%}, worst CPU cap error {worst_cpu:.1%} (tolerance 10%)")
+    worst_delay = max((abs(x["delay_error"]) for x in fid["links"] if x["delay_error"] is not None), default=0.0)
+    con.print(
+        f"worst link rate error {worst_link:.1%}, worst delay error {worst_delay:.1%} ({emulation.describe()}), "
+        f"worst CPU cap error {worst_cpu:.1%} (tolerance 10%)"
+    )
     for f in fid["flagged"]:
         con.print(f"[red]off by more than 10%:[/red] {f}")
     return 1 if fid["flagged"] else 0

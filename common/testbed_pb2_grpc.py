@@ -59,6 +59,11 @@ class NodeStub:
                 request_serializer=common_dot_testbed__pb2.Empty.SerializeToString,
                 response_deserializer=common_dot_testbed__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.SetLink = channel.unary_unary(
+                '/testbed.Node/SetLink',
+                request_serializer=common_dot_testbed__pb2.Peer.SerializeToString,
+                response_deserializer=common_dot_testbed__pb2.Peer.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -96,6 +101,14 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetLink(self, request, context):
+        """Change one outgoing link of the loaded pipeline in place: Peer.rate_bps is the rate the node
+        paces (0: not paced), Peer.delay_s the delay it holds. Replies with the link as it now holds it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +136,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=common_dot_testbed__pb2.Empty.FromString,
                     response_serializer=common_dot_testbed__pb2.StatsReply.SerializeToString,
+            ),
+            'SetLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLink,
+                    request_deserializer=common_dot_testbed__pb2.Peer.FromString,
+                    response_serializer=common_dot_testbed__pb2.Peer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +278,33 @@ class Node:
             '/testbed.Node/Stats',
             common_dot_testbed__pb2.Empty.SerializeToString,
             common_dot_testbed__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/testbed.Node/SetLink',
+            common_dot_testbed__pb2.Peer.SerializeToString,
+            common_dot_testbed__pb2.Peer.FromString,
             options,
             channel_credentials,
             insecure,

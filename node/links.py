@@ -94,6 +94,12 @@ class PeerSender:
             return
         self._queue.put(frame)
 
+    def set_link(self, rate_bps: float, delay_s: float) -> None:
+        """Change the emulated link in place: frames not yet on it are paced and held by the new
+        figures; the stream, the queue and the frames in flight are left as they are."""
+        self.rate_bps = float(rate_bps)
+        self.delay_ns = int(round(delay_s * 1e9))
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Finish the queued frames (up to timeout_s), then end the stream and the channel."""
         if self._stopping.is_set():

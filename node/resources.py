@@ -1,17 +1,18 @@
 """What the node is allowed to use: CPU quota (cgroup v1 and v2), affinity, memory limit, and RSS.
 
 ONNX Runtime sizes its thread pool from the host's cores and ignores cgroup quotas and affinity;
-oversubscribing a quota makes stages several times slower (FACTS.md), so the node reads the
+oversubscribing a quota makes stages several times slower, so the node reads the
 limits itself. Hosts may mount cgroup v1 controllers with a v2 tree beside them: both are read
 and the tightest limit along the process's own cgroup path (up to the mount root) wins."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.cpu_quota import CFS_PERIOD_US, available_cores
 
 # Memory limits at or above this are "unlimited" (v1 reports PAGE_COUNTER_MAX * page size).
 _UNLIMITED_MEMORY = 1 << 60
@@ -49,7 +50,7 @@ def parse_cpu_max(text: str) -> float | None:
     parts = text.split()
     if not parts or parts[0] == "max":
         return None
-    period = int(parts[1]) if len(parts) > 1 else 100_000
+    period = int(parts[1]) if len(parts) > 1 else CFS_PERIOD_US
     quota = int(parts[0])
     if quota <= 0 or period <= 0:
         return None
@@ -163,25 +164,6 @@ def memory_limit(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = 
         lambda d: _parsed(d / "memory.max", parse_memory_limit),
     )
     return None if m is None else int(m)
-
-
-def available_cores() -> int:
-    """Cores this process may run on (affinity), not the host's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def ort_threads(quota: float | None, cores: int | None = None) -> int:
-    """Intra-op threads for a quota: floor(quota), at least 1, at most the usable cores.
-
-    floor, not round: a thread more than the quota gets throttled mid-operator, which costs far
-    more than the idle fraction (0.5 CPU: 4 threads 592 ms vs 1 thread 202 ms)."""
-    cores = available_cores() if cores is None else max(1, cores)
-    if quota is None:
-        return cores
-    return max(1, min(cores, math.floor(quota + 1e-9)))
 
 
 def limits(root: str | Path = "/sys/fs/cgroup", proc_cgroup: str | Path = "/proc/self/cgroup") -> Limits:

@@ -20,6 +20,7 @@ import grpc
 
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pb_grpc
+from common.cpu_quota import ort_threads
 from common.grpc_options import SERVER_OPTIONS
 from common.rpc import add_node_servicer
 from common.tensors import TensorFrame, frame_nbytes
@@ -84,15 +85,14 @@ class _DelayLine:
     until the head frame's time is enough, and receiving goes on meanwhile (a frame's arrival
     time must not wait for the previous frame's release)."""
 
-    def __init__(self, route: Callable[[TensorFrame, int], None], clock: Callable[[], int], depth: int = 256) -> None:
-        self._route = route
-        self._clock = clock
-        self._queue: queue.Queue[tuple[int, TensorFrame] | None] = queue.Queue(maxsize=depth)
+    def __init__(self, release: Callable[[TensorFrame, int, int], None], depth: int = 256) -> None:
+        self._release = release
+        self._queue: queue.Queue[tuple[int, int, TensorFrame] | None] = queue.Queue(maxsize=depth)
         self._thread = threading.Thread(target=self._run, name="delay-line", daemon=True)
         self._thread.start()
 
-    def put(self, due_ns: int, frame: TensorFrame) -> None:
-        self._queue.put((due_ns, frame))
+    def put(self, arrived_ns: int, due_ns: int, frame: TensorFrame) -> None:
+        self._queue.put((arrived_ns, due_ns, frame))
 
     def close(self) -> None:
         self._queue.put(None)
@@ -103,12 +103,55 @@ class _DelayLine:
             item = self._queue.get()
             if item is None:
                 return
-            due, frame = item
+            arrived, due, frame = item
             sleep_until(due)
             try:
-                self._route(frame, self._clock())
+                self._release(frame, arrived, due)
             except Exception:
                 log.exception("routing frame %d", frame.header.request_id)
+
+
+class _LinkHolds:
+    """What the delay lines really held, per upstream device: the fidelity check reads it
+    (StatsReply.holds), so a late timer or a wrong hold shows instead of the configured delay."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_device: dict[str, pb.LinkHold] = {}
+
+    def add(self, device: str, asked_ns: int, held_ns: int) -> None:
+        with self._lock:
+            h = self._by_device.setdefault(device, pb.LinkHold(device=device))
+            h.frames += 1
+            h.asked_ns += asked_ns
+            h.held_ns += held_ns
+            h.max_late_ns = max(h.max_late_ns, held_ns - asked_ns)
+
+    def snapshot(self) -> list[pb.LinkHold]:
+        with self._lock:
+            return [pb.LinkHold.FromString(h.SerializeToString()) for h in self._by_device.values()]
+
+
+CLOCK_OFFSET_ENV = "TESTBED_CLOCK_OFFSET_NS"
+
+
+def clock_offset_from_env(device: str, env: dict[str, str] | None = None) -> int:
+    """This device's clock offset in ns from $TESTBED_CLOCK_OFFSET_NS, to emulate devices whose
+    clocks are not synchronised: one integer for every node, or `device=ns` entries separated by
+    commas (`tablet=3000000000,watch=-20000000`; a device not named: 0). The variable passes
+    from the orchestrator to the local runtime's node processes like any other."""
+    text = (os.environ if env is None else env).get(CLOCK_OFFSET_ENV, "").strip()
+    if not text:
+        return 0
+    if "=" not in text:
+        return int(text)
+    offsets: dict[str, int] = {}
+    for entry in text.split(","):
+        name, sep, value = entry.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"${CLOCK_OFFSET_ENV}: {entry!r} is not device=ns")
+        offsets[name.strip()] = int(value)
+    return offsets.get(device, 0)
 
 
 class NodeServicer(pb_grpc.NodeServicer):
@@ -124,10 +167,10 @@ class NodeServicer(pb_grpc.NodeServicer):
         clock_offset_ns: int | None = None,
     ) -> None:
         self.device = device
-        # added to the node's stamps and Health.now_ns only (tests plant a skewed clock with it;
-        # pacing and link delays keep the real clock); default: $TESTBED_CLOCK_OFFSET_NS or 0
+        # added to the node's stamps and Health.now_ns only (a device whose clock is off; pacing
+        # and link delays keep the real clock); default: from $TESTBED_CLOCK_OFFSET_NS
         if clock_offset_ns is None:
-            clock_offset_ns = int(os.environ.get("TESTBED_CLOCK_OFFSET_NS", "0") or 0)
+            clock_offset_ns = clock_offset_from_env(device)
         self.clock_offset_ns = clock_offset_ns
         self.use_cuda = use_cuda
         self.connect_timeout_s = connect_timeout_s
@@ -139,6 +182,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         self.frames_in = self.bytes_in = 0
         self._closed_frames_out = self._closed_bytes_out = 0
         self._results_out = self._result_bytes_out = 0
+        self._holds = _LinkHolds()
 
     def now_ns(self) -> int:
         """This node's clock for stamps: time.time_ns(), plus the planted offset if any."""
@@ -192,11 +236,11 @@ class NodeServicer(pb_grpc.NodeServicer):
                 if frame.header.hold_ns:
                     due = max(due, arrived + frame.header.hold_ns)
                 if line is None and due <= arrived:
-                    self._route(frame, arrived + self.clock_offset_ns)
+                    self._release(frame, arrived, due)
                     continue
                 if line is None:
-                    line = _DelayLine(self._route, self.now_ns)
-                line.put(due, frame)
+                    line = _DelayLine(self._release)
+                line.put(arrived, due, frame)
         finally:
             if line is not None:
                 line.close()
@@ -241,6 +285,25 @@ class NodeServicer(pb_grpc.NodeServicer):
                 self._result_bytes_out += frame_nbytes(item)
             yield item
 
+    def SetLink(self, request: pb.Peer, context: grpc.ServicerContext | None = None) -> pb.Peer:
+        """Change the rate this node paces and the delay it holds towards one peer, in place."""
+        p = self._pipe
+        sender = p.senders.get(request.device) if p is not None else None
+        why = ""
+        if sender is None:
+            why = f"node {self.device} has no link to {request.device!r}" + ("" if p else " (not loaded)")
+        elif request.rate_bps < 0 or request.delay_s < 0:
+            why = f"link {self.device}->{request.device}: rate and delay must be >= 0"
+        if why:
+            if context is None:
+                raise ValueError(why)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+        sender.set_link(request.rate_bps, request.delay_s)
+        log.info("link to %s: paced at %d bit/s, held %.3f ms", request.device, request.rate_bps, request.delay_s * 1e3)
+        return pb.Peer(
+            device=request.device, address=sender.address, rate_bps=int(sender.rate_bps), delay_s=sender.delay_ns / 1e9
+        )
+
     def Health(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.HealthReply:
         loaded = self._pipe is not None
         return pb.HealthReply(
@@ -265,7 +328,8 @@ class NodeServicer(pb_grpc.NodeServicer):
             peak_rss_bytes=resources.peak_rss_bytes(),
             cpu_seconds=resources.cpu_seconds(),
             cpu_quota=self.limits.cpu_quota or 0.0,
-            threads=p.threads if p is not None else resources.ort_threads(self.limits.cpu_quota, self.limits.cores),
+            threads=p.threads if p is not None else ort_threads(self.limits.cpu_quota, self.limits.cores),
+            holds=self._holds.snapshot(),
         )
 
     def close(self) -> None:
@@ -326,7 +390,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         threads = (
             next(iter(stages.values())).threads
             if stages
-            else (req.threads or resources.ort_threads(self.limits.cpu_quota, self.limits.cores))
+            else (req.threads or ort_threads(self.limits.cpu_quota, self.limits.cores))
         )
         pipe = _Pipeline(
             device=self.device,
@@ -362,6 +426,16 @@ class NodeServicer(pb_grpc.NodeServicer):
         with self._count_lock:
             self.frames_in += 1
             self.bytes_in += size
+
+    def _release(self, frame: TensorFrame, arrived_ns: int, due_ns: int) -> None:
+        """A frame its link emulation lets go: the hold it really got is counted, then a probe is
+        dropped and any other frame routed."""
+        released = time.time_ns()
+        if due_ns > arrived_ns:
+            timings = frame.header.timings
+            self._holds.add(timings[-1].device if timings else "", due_ns - arrived_ns, released - arrived_ns)
+        if not frame.header.probe:
+            self._route(frame, released + self.clock_offset_ns)
 
     def _route(self, frame: TensorFrame, recv_ns: int) -> None:
         """A frame that reached this node (after link emulation): result, local stage, or error."""

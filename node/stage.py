@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
+from common.ort_session import CPU_ONLY, Provider, SessionSettings, open_session
 from node import resources
 
 log = logging.getLogger("node.stage")
@@ -40,9 +41,8 @@ def cuda_options(env: dict[str, str] | None = None) -> dict[str, str]:
 class Stage:
     """ORT session for one stage model; external data is resolved next to the model file.
 
-    threads=0 takes floor(quota) (or all usable cores without a quota). Spinning is off under a
-    quota, and when explicit threads are fewer than the cores: a spinning pool burns the quota
-    that the compute needs, and with other processes beside it steals their cores."""
+    threads=0 takes the quota's share of threads (`ort_threads`); spinning follows
+    `SessionSettings.for_share`."""
 
     def __init__(
         self,
@@ -54,25 +54,14 @@ class Stage:
         self.config = config
         lim = limits or resources.limits()
         self.cpu_quota = lim.cpu_quota
-        explicit = threads > 0
-        self.threads = threads if explicit else resources.ort_threads(lim.cpu_quota, lim.cores)
-        self.spinning = not (lim.cpu_quota is not None or (explicit and lim.cores > self.threads))
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.log_severity_level = 3
-        if not self.spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-
-        providers: list = ["CPUExecutionProvider"]
+        providers: tuple[Provider, ...] = CPU_ONLY
         if use_cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers = [("CUDAExecutionProvider", cuda_options()), "CPUExecutionProvider"]
+            providers = (("CUDAExecutionProvider", cuda_options()), "CPUExecutionProvider")
         elif use_cuda:
             log.warning("stage %d: CUDA asked for but this onnxruntime has no CUDA provider: CPU used", config.index)
-        self.session = ort.InferenceSession(config.model_path, sess_options=so, providers=providers)
+        settings = SessionSettings.for_share(threads, lim.cpu_quota, lim.cores, providers)
+        self.threads, self.spinning = settings.threads, settings.spinning
+        self.session = open_session(config.model_path, settings)
         self.providers: list[str] = list(self.session.get_providers())
         self.input_names = [i.name for i in self.session.get_inputs()]
         declared = [o.name for o in self.session.get_outputs()]

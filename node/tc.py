@@ -14,7 +14,7 @@ Layout on the sender's egress interface (one per node):
 
 Every class gets an explicit leaf qdisc: htb's default leaf is a pfifo whose limit is the
 device's txqueuelen, and Docker's veths have txqueuelen 0 (a 1-packet queue: heavy loss, TCP far
-below the rate). Where the kernel has no netem (FACTS.md: this one has not), the delay is left to
+below the rate). Where the kernel has no netem (many have not), the delay is left to
 the node, which delays frames itself; the plan says which peers need that.
 """
 
@@ -60,7 +60,7 @@ class TcError(RuntimeError):
 def burst_bytes(rate_bps: int) -> int:
     """About one millisecond of the rate, never less than a few full frames.
 
-    Too small a burst caps htb below its rate at high rates (FACTS.md); a few MTUs keep low
+    Too small a burst caps htb below its rate at high rates; a few MTUs keep low
     rates from stalling on a single GSO/full-size frame.
     """
     return max(math.ceil(rate_bps / 8 / 1000), 4 * MTU_FRAME)
@@ -93,14 +93,19 @@ def _cmd(line: str) -> list[str]:
     return line.split()
 
 
-def _htb_class(iface: str, classid: str, rate_bps: int) -> list[str]:
+def _htb_class(iface: str, classid: str, rate_bps: int, verb: str = "add") -> list[str]:
     burst = burst_bytes(rate_bps)
     # quantum: bytes served per round between classes; between one frame and htb's sane maximum.
     quantum = min(max(burst, MTU_FRAME), 200_000)
     return _cmd(
-        f"tc class add dev {iface} parent {ROOT_HANDLE} classid {classid} htb"
+        f"tc class {verb} dev {iface} parent {ROOT_HANDLE} classid {classid} htb"
         f" rate {rate_bps}bit ceil {rate_bps}bit burst {burst}b cburst {burst}b quantum {quantum}"
     )
+
+
+def _netem_limit(rate_bps: int, delay_s: float) -> int:
+    # netem holds a delay's worth of packets in flight as well as the queue.
+    return queue_limit_packets(rate_bps) + math.ceil(rate_bps / 8 * delay_s / MTU_FRAME)
 
 
 def shaping_commands(iface: str, peers: list[PeerShape], netem: bool) -> ShapingPlan:
@@ -136,8 +141,7 @@ def shaping_commands(iface: str, peers: list[PeerShape], netem: bool) -> Shaping
         limit = queue_limit_packets(p.rate_bps)
         leaf_cmd = f"tc qdisc add dev {iface} parent {classid} handle {leaf}"
         if p.delay_s > 0 and netem:
-            # netem holds a delay's worth of packets in flight as well as the queue.
-            limit += math.ceil(p.rate_bps / 8 * p.delay_s / MTU_FRAME)
+            limit = _netem_limit(p.rate_bps, p.delay_s)
             cmds.append(_cmd(f"{leaf_cmd} netem delay {round(p.delay_s * 1e6)}us limit {limit}"))
         else:
             if p.delay_s > 0:
@@ -149,6 +153,35 @@ def shaping_commands(iface: str, peers: list[PeerShape], netem: bool) -> Shaping
             match = f"protocol ipv6 prio 2 u32 match ip6 dst {p.ip}/128"
         cmds.append(_cmd(f"tc filter add dev {iface} parent {ROOT_HANDLE} {match} flowid {classid}"))
     return ShapingPlan(cmds, node_delay)
+
+
+def change_link_commands(
+    iface: str, classid: str, rate_bps: int, netem_delay_s: float | None = None, slowest_bps: int | None = None
+) -> list[list[str]]:
+    """tc commands that change one peer's shaping in place, on the layout `shaping_commands` built:
+    its htb class's rate (`tc class change`) and its leaf queue sized for the new rate, netem with
+    `netem_delay_s` where netem holds the link's delay (None: the leaf is a pfifo). Nothing is
+    deleted and re-added, so the link is never unshaped. `slowest_bps` (the slowest class once
+    changed) re-caps the offload lumps as `shaping_commands` does."""
+    if not iface or any(c.isspace() for c in iface):
+        raise ValueError(f"bad interface name {iface!r}")
+    if rate_bps <= 0:
+        raise ValueError(f"class {classid}: rate must be > 0 bit/s, got {rate_bps}")
+    if netem_delay_s is not None and netem_delay_s < 0:
+        raise ValueError(f"class {classid}: delay must be >= 0 s, got {netem_delay_s}")
+    root, minor = classid.split(":")
+    if f"{root}:" != ROOT_HANDLE or not minor or int(minor, 16) < FIRST_PEER_MINOR:
+        raise ValueError(f"class {classid} is not a peer's class under {ROOT_HANDLE}")
+    leaf = f"tc qdisc change dev {iface} parent {classid} handle {minor}:"
+    cmds = [_htb_class(iface, classid, rate_bps, verb="change")]
+    if netem_delay_s is None:
+        cmds.append(_cmd(f"{leaf} pfifo limit {queue_limit_packets(rate_bps)}"))
+    else:
+        limit = _netem_limit(rate_bps, netem_delay_s)
+        cmds.append(_cmd(f"{leaf} netem delay {round(netem_delay_s * 1e6)}us limit {limit}"))
+    if slowest_bps:
+        cmds.append(_cmd(f"ip link set dev {iface} gso_max_size {gso_max_size([PeerShape('0.0.0.0', slowest_bps)])}"))
+    return cmds
 
 
 def clear_commands(iface: str) -> list[list[str]]:
@@ -203,6 +236,23 @@ _UNITS = {
     "ti": 1024**4,
 }
 _CLASS_RE = re.compile(r"^class htb (\S+) .*?\brate (\d+(?:\.\d+)?)([KMGT]?i?)bit\b", re.M | re.I)
+
+
+_U32_FLOW_RE = re.compile(r"\bflowid (\S+)")
+_U32_DST_RE = re.compile(r"^\s*match ([0-9a-f]{8})/ffffffff at 16\b", re.I)
+
+
+def parse_u32_flows(text: str) -> dict[str, str]:
+    """IPv4 destination -> classid, from `tc filter show` output: each u32 rule prints its flowid,
+    then the destination it matches as hex at offset 16 of the IP header."""
+    out: dict[str, str] = {}
+    flow = None
+    for line in text.splitlines():
+        if m := _U32_FLOW_RE.search(line):
+            flow = m.group(1)
+        elif (m := _U32_DST_RE.match(line)) and flow is not None:
+            out[str(ipaddress.IPv4Address(int(m.group(1), 16)))] = flow
+    return out
 
 
 def parse_htb_rates(text: str) -> dict[str, int]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from orchestrator.config import OBJECTIVES
 from orchestrator.errors import UserError
 
 
@@ -28,7 +29,7 @@ def _cmd_partition(a: argparse.Namespace) -> int:
     con = Console()
     table = None
     if a.algorithm == "optimal":
-        from orchestrator.profiling.blocks import cached_profile
+        from orchestrator.profiling import cached_profile
 
         prof = next(
             (p for rt in ("docker", "local") if (p := cached_profile(a.model, testbed, rt, batch=1)) is not None), None
@@ -72,12 +73,10 @@ def _cmd_verify(a: argparse.Namespace) -> int:
 
 
 def _cmd_profile(a: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from orchestrator.config import load_devices
-    from orchestrator.profiling.blocks import profile, profile_to_rows
-    from orchestrator.run import make_runtime, select_runtime
-    from orchestrator.runtimes.docker import DockerDeployment
+    from orchestrator.profiling import profile
+    from orchestrator.profiling.display import profile_table
+    from orchestrator.runtimes import make_runtime, select_runtime
 
     testbed = load_devices(a.devices)
     model = Path(a.model)
@@ -88,19 +87,11 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     con.print(f"runtime: {rt_name}" + (f" ({notes[0]})" if notes else ""))
     work = Path(a.workspace).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    with make_runtime(rt_name, testbed, work, None, None) as rt:
+    with make_runtime(rt_name, testbed, work, workspace=work) as rt:
         dep = rt.start()
-        ws = Path(dep.workspace) if isinstance(dep, DockerDeployment) else work
-        prof = profile(model, testbed, dep, ws / ".profile_blocks" / model.stem, batch=a.batch, console=con)
-    rows = profile_to_rows(prof)
-    t = Table(
-        title=f"{model.name}: ms per block on each device ({rt_name} runtime" + (", cached)" if prof.cached else ")")
-    )
-    for col in rows[0]:
-        t.add_column(col, justify="right")
-    for r in rows:
-        t.add_row(*r.values())
-    con.print(t)
+        prof = profile(model, testbed, dep, dep.workspace / ".profile_blocks" / model.stem, batch=a.batch, console=con)
+    title = f"{model.name}: ms per block on each device ({rt_name} runtime" + (", cached)" if prof.cached else ")")
+    con.print(profile_table(prof, title))
     for n in prof.notes:
         con.print(f"note: {n}")
     con.print(f"profiled in {prof.seconds:.1f} s")
@@ -109,8 +100,8 @@ def _cmd_profile(a: argparse.Namespace) -> int:
 
 def _cmd_report(a: argparse.Namespace) -> int:
     from orchestrator.figures.compare import comparison_rows
-    from orchestrator.reporting.report import rebuild, write_comparison
-    from orchestrator.run import load_report
+    from orchestrator.reporting.markdown import load_report, write_comparison
+    from orchestrator.reporting.rebuild import rebuild
 
     reps = [load_report(Path(d)) for d in a.run_dirs]
     for d in a.run_dirs:
@@ -118,9 +109,8 @@ def _cmd_report(a: argparse.Namespace) -> int:
         print(f"rebuilt {Path(d) / 'report.md'}")
     if len(a.run_dirs) > 1:
         out = Path(a.out or a.run_dirs[0])
-        first = reps[0]
-        first["comparison"] = comparison_rows([(f"{Path(d).name}", r) for d, r in zip(a.run_dirs, reps, strict=True)])
-        write_comparison(out, first)
+        rows = comparison_rows([(f"{Path(d).name}", r) for d, r in zip(a.run_dirs, reps, strict=True)])
+        write_comparison(out, reps[0], rows)
         print(f"compared {len(reps)} runs in {out / 'report.md'}")
     return 0
 
@@ -143,27 +133,6 @@ def _cmd_model_vit(a: argparse.Namespace) -> int:
     return 0
 
 
-def _client():
-    from orchestrator.runtimes.docker import engine
-
-    client = engine()
-    if client is None:
-        raise RuntimeError("no Docker engine answers (is dockerd running, and may you use its socket?)")
-    return client
-
-
-def _cmd_testbed(a: argparse.Namespace) -> int:
-    from orchestrator import testbed_cli
-
-    return testbed_cli.command(a, _client())
-
-
-def _cmd_stats(a: argparse.Namespace) -> int:
-    from orchestrator import testbed_cli
-
-    return testbed_cli.stats(a, _client())
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orchestrator", description="Edge-AI emulation testbed")
     sub = p.add_subparsers(dest="command", required=True)
@@ -179,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--model", required=True)
     pa.add_argument("--devices", required=True)
     pa.add_argument("--algorithm", default="even")
-    pa.add_argument("--objective", choices=["throughput", "latency"], default="throughput")
+    pa.add_argument("--objective", choices=OBJECTIVES, default="throughput")
     pa.add_argument("--stages", type=int)
     pa.add_argument("--source", help="device where inputs come from and results return (for the prediction)")
     pa.add_argument("--out", required=True)
@@ -191,23 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tolerance", type=float, default=1e-4)
     v.set_defaults(func=_cmd_verify)
 
-    from orchestrator.runtimes.docker_testbed import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET
+    from orchestrator import testbed_cli
 
-    tb = sub.add_parser("testbed", help="start, stop, show or check the Docker testbed")
-    tb.add_argument("action", choices=["up", "down", "status", "check", "render"])
-    tb.add_argument("--devices", default=DEFAULT_DEVICES, help=f"devices file (default {DEFAULT_DEVICES})")
-    tb.add_argument("--runtime", choices=["docker"], default="docker")
-    tb.add_argument("--name", default=DEFAULT_NAME, help=f"testbed name (default {DEFAULT_NAME})")
-    tb.add_argument("--subnet", default=DEFAULT_SUBNET)
-    tb.add_argument("--workspace", default="runs", help="host folder the nodes see (read-only), default runs")
-    tb.add_argument("--out", help="render: file to write (default stdout); check: report file")
-    tb.add_argument("--all", action="store_true", help="down: every testbed's containers, not just --name")
-    tb.set_defaults(func=_cmd_testbed)
-
-    st = sub.add_parser("stats", help="live per-device table: CPU of its cap, memory, bytes in and out")
-    st.add_argument("--name", default=DEFAULT_NAME)
-    st.add_argument("--follow", action="store_true", help="keep refreshing until Ctrl-C")
-    st.set_defaults(func=_cmd_stats)
+    testbed_cli.add_commands(sub)  # `testbed` and `stats`: the Docker testbed's own command group
 
     pr = sub.add_parser("profile", help="measure every block's time on every device, cached")
     pr.add_argument("--model", required=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +17,10 @@ from orchestrator.errors import UserError
 from orchestrator.units import parse_delay, parse_rate, parse_size
 
 _DNS = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+# What a plan can minimise: the bottleneck step (throughput) or a request's end-to-end time.
+Objective = Literal["throughput", "latency"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 class _Strict(BaseModel):
@@ -173,7 +177,7 @@ class Variant(_Strict):
 
     name: str | None = None
     algorithm: str | None = None
-    objective: Literal["throughput", "latency"] | None = None
+    objective: Objective | None = None
     stages: int | None = Field(default=None, gt=0)
     devices: str | None = None
     source: str | None = None
@@ -185,7 +189,7 @@ class Job(_Strict):
     devices: str
     runtime: Literal["auto", "local", "docker"] = "auto"
     algorithm: str = "even"
-    objective: Literal["throughput", "latency"] = "throughput"
+    objective: Objective = "throughput"
     stages: int | None = Field(default=None, gt=0)
     source: str | None = None  # device where frames originate and results return
     requests: int = Field(default=50, gt=0)  # measured requests, after the warm-up ones

@@ -19,9 +19,42 @@ from rich.table import Table
 from orchestrator.config import load_devices
 from orchestrator.errors import UserError
 from orchestrator.runtimes import docker as dk
-from orchestrator.runtimes.docker_testbed import LABEL_DEVICE, render_compose, testbed_spec
+from orchestrator.runtimes.docker_testbed import (
+    DEFAULT_DEVICES,
+    DEFAULT_NAME,
+    DEFAULT_SUBNET,
+    LABEL_DEVICE,
+    render_compose,
+    testbed_spec,
+)
 
 LOGS = Path("logs")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """The `testbed` and `stats` commands, on the `orchestrator` parser's subcommands."""
+    tb = sub.add_parser("testbed", help="start, stop, show or check the Docker testbed")
+    tb.add_argument("action", choices=["up", "down", "status", "check", "render"])
+    tb.add_argument("--devices", default=DEFAULT_DEVICES, help=f"devices file (default {DEFAULT_DEVICES})")
+    tb.add_argument("--runtime", choices=["docker"], default="docker")
+    tb.add_argument("--name", default=DEFAULT_NAME, help=f"testbed name (default {DEFAULT_NAME})")
+    tb.add_argument("--subnet", default=DEFAULT_SUBNET)
+    tb.add_argument("--workspace", default="runs", help="host folder the nodes see (read-only), default runs")
+    tb.add_argument("--out", help="render: file to write (default stdout); check: report file")
+    tb.add_argument("--all", action="store_true", help="down: every testbed's containers, not just --name")
+    tb.set_defaults(func=lambda a: command(a, _engine()))
+
+    st = sub.add_parser("stats", help="live per-device table: CPU of its cap, memory, bytes in and out")
+    st.add_argument("--name", default=DEFAULT_NAME)
+    st.add_argument("--follow", action="store_true", help="keep refreshing until Ctrl-C")
+    st.set_defaults(func=lambda a: stats(a, _engine()))
+
+
+def _engine():
+    client = dk.engine()
+    if client is None:
+        raise RuntimeError("no Docker engine answers (is dockerd running, and may you use its socket?)")
+    return client
 
 
 def _collector_pid_file(name: str) -> Path:
@@ -64,11 +97,6 @@ def _containers(client, name: str) -> dict:
     if not conts:
         raise UserError(f"no testbed {name!r} is running: `orchestrator testbed up` first")
     return conts
-
-
-def _uses_netem(cont) -> bool:
-    out = cont.exec_run(["tc", "qdisc", "show"]).output.decode(errors="replace")
-    return "netem" in out
 
 
 def fidelity_table(fid: dict) -> Table:
@@ -144,7 +172,8 @@ def command(a: argparse.Namespace, client) -> int:
         if missing:
             raise UserError(f"testbed {a.name!r} has no container for {', '.join(missing)}", a.devices)
         ips = {d: next(iter(c.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"] for d, c in conts.items()}
-        fid = check(conts, ips, tb, node_adds_delay=not _uses_netem(next(iter(conts.values()))))
+        emulation = dk.link_emulation_of(next(iter(conts.values())))
+        fid = check(conts, ips, tb, node_holds_delay=emulation.node_holds_delay)
         con.print(fidelity_table(fid))
         out = Path(a.out) if a.out else LOGS / f"fidelity_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,16 +216,16 @@ def _stats_table(col, caps: dict[str, float]) -> Table:
         if not s:
             t.add_row(dev, "...", "", "", "", "", "", "")
             continue
-        mem, lim, peak = s.get("memory_bytes") or 0, s.get("memory_limit") or 0, s.get("memory_peak_bytes") or 0
+        mem, lim, peak = s.memory_bytes or 0, s.memory_limit or 0, s.memory_peak_bytes or 0
         t.add_row(
             dev,
-            "-" if s["cpu_of_cap"] is None else f"{s['cpu_of_cap'] * 100:.0f}%",
-            f"{s.get('throttled_periods') or 0}/{s.get('periods') or 0}",
+            "-" if s.cpu_of_cap is None else f"{s.cpu_of_cap * 100:.0f}%",
+            f"{s.throttled_periods or 0}/{s.periods or 0}",
             f"{mem / 2**20:.0f}",
             f"{mem / lim:.0%}" if lim else "-",
             f"{peak / 2**20:.0f}",
-            f"{s['bytes_in'] / 1e6:.1f}",
-            f"{s['bytes_out'] / 1e6:.1f}",
+            f"{(s.bytes_in or 0) / 1e6:.1f}",
+            f"{(s.bytes_out or 0) / 1e6:.1f}",
         )
     return t
 
@@ -211,7 +240,7 @@ def stats(a: argparse.Namespace, client) -> int:
         if not a.follow:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not all(
-                (col.latest.get(d) or {}).get("cpu_of_cap") is not None for d in conts
+                d in col.latest and col.latest[d].cpu_of_cap is not None for d in conts
             ):
                 time.sleep(0.2)
             con.print(_stats_table(col, caps))

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from common.cpu_quota import ort_threads
+from common.ort_session import SessionSettings, session_options
 from node import resources as r
 
 
@@ -95,10 +97,12 @@ def test_no_cgroups(tmp_path):
         (2.0, 8, 2),
         (3.99, 8, 3),
         (16.0, 4, 4),
+        (3.0, None, 3),  # the orchestrator, which does not know a device's cores
+        (1.9999999999, None, 2),  # a share of 2 that float arithmetic put a hair under
     ],
 )
 def test_ort_threads(quota, cores, threads):
-    assert r.ort_threads(quota, cores) == threads
+    assert ort_threads(quota, cores) == threads
 
 
 def test_status_memory(tmp_path):
@@ -115,3 +119,30 @@ def test_cuda_options_carry_the_gpu_memory_cap():
     assert cuda_options({}) == {"device_id": "0"}
     opts = cuda_options({"ORT_CUDA_GPU_MEM_LIMIT": "2147483648"})
     assert opts["gpu_mem_limit"] == "2147483648" and opts["arena_extend_strategy"] == "kSameAsRequested"
+
+
+@pytest.mark.parametrize(
+    ("threads", "quota", "cores", "expect"),
+    [
+        (0, None, 4, (4, True)),  # no quota: every core, spinning as ONNX Runtime likes
+        (0, 0.5, 4, (1, False)),  # a quota: its threads, no spinning that would burn it
+        (2, None, 4, (2, False)),  # fewer threads than cores: spinning would steal the others
+        (4, None, 4, (4, True)),
+    ],
+)
+def test_session_settings_follow_the_cpu_share(threads, quota, cores, expect):
+    s = SessionSettings.for_share(threads, quota, cores)
+    assert (s.threads, s.spinning) == expect
+    so = session_options(s)
+    assert so.intra_op_num_threads == expect[0]
+    if expect[1]:
+        with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default, spinning
+            so.get_session_config_entry("session.intra_op.allow_spinning")
+    else:
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_session_memory_mode():
+    lean = session_options(SessionSettings(prepacking=False, cpu_arena=False))
+    assert lean.get_session_config_entry("session.disable_prepacking") == "1" and not lean.enable_cpu_mem_arena
+    assert session_options(SessionSettings()).enable_cpu_mem_arena

@@ -67,6 +67,11 @@ class NodeClient:
     def stats(self, timeout_s: float = 5.0) -> pb.StatsReply:
         return self._call("Stats", pb.Empty(), timeout_s)
 
+    def set_link(self, peer: pb.Peer, timeout_s: float = 5.0) -> pb.Peer:
+        """Change one outgoing link in place (the rate the node paces, the delay it holds); returns
+        the link as the node now holds it."""
+        return self._call("SetLink", peer, timeout_s)
+
     def wait_healthy(self, timeout_s: float = 30.0, alive: Callable[[], bool] | None = None) -> None:
         """Poll Health until the node answers; `alive()` returning False means it died."""
         deadline = time.monotonic() + timeout_s

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from common import testbed_pb2 as pb
+from common.cpu_quota import ort_threads
 from orchestrator.config import Testbed
 from orchestrator.partition.plan import Plan
 from orchestrator.runtimes.base import Deployment
@@ -18,11 +19,6 @@ class LoadedNode:
     providers: str
     shaping: str = ""  # tc read back by the node ("" when it shapes nothing)
     netem: bool = False
-
-
-def threads_for(cpus: float) -> int:
-    """ORT threads for a device's CPU share: whole CPUs, at least one."""
-    return max(1, int(cpus))
 
 
 def load_requests(
@@ -54,16 +50,12 @@ def load_requests(
             if other == dev.name:
                 continue
             link = testbed.link(dev.name, other)
-            peer = pb.Peer(
-                device=other,
-                address=h.peer_address,
-                rate_bps=link.rate_bps if dep.node_paces_rate else 0,
-                delay_s=link.delay_s if dep.node_adds_delay else 0.0,
-            )
-            if dep.tc_shaped:  # the node shapes this link with tc (delay by netem or by itself)
-                peer.ip = h.peer_address.rsplit(":", 1)[0]
-                peer.tc_rate_bps = link.rate_bps
+            if dep.link_emulation.tc_shaped:  # the node shapes this link with tc (delay by netem or by itself)
+                ip = h.peer_address.rsplit(":", 1)[0]
+                peer = pb.Peer(device=other, address=h.peer_address, ip=ip, tc_rate_bps=link.rate_bps)
                 peer.tc_delay_s = link.delay_s
+            else:  # the node paces the rate and the receiver holds the delay
+                peer = pb.Peer(device=other, address=h.peer_address, rate_bps=link.rate_bps, delay_s=link.delay_s)
             peers.append(peer)
         reqs[dev.name] = pb.LoadRequest(
             device=dev.name,
@@ -72,7 +64,7 @@ def load_requests(
             stages=stages,
             peers=peers,
             first_device=stage_device[0],
-            threads=threads_for(dev.cpus) if explicit_threads else 0,
+            threads=ort_threads(dev.cpus) if explicit_threads else 0,
             queue_depth=queue_depth,
         )
     return reqs

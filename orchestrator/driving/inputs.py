@@ -17,7 +17,7 @@ from orchestrator.config import Job
 from orchestrator.datasets import Prefetcher, open_dataset
 from orchestrator.driving.driver import Feed
 from orchestrator.errors import UserError
-from orchestrator.partition.verify import random_feeds
+from orchestrator.partition.seeded_inputs import seeded_inputs, session_inputs
 
 SYNTHETIC_POOL = 8  # distinct synthetic inputs, cycled
 
@@ -34,7 +34,8 @@ class Inputs:
 
 def synthetic_pool(sess: ort.InferenceSession, batch: int, size: int, seed: int) -> list[dict[str, np.ndarray]]:
     """`size` seeded random inputs shaped like the model's, the batch dimension set to `batch`."""
-    return [random_feeds(sess, batch, seed + k) for k in range(size)]
+    specs = session_inputs(sess)
+    return [seeded_inputs(specs, batch, seed + k) for k in range(size)]
 
 
 def _synthetic(job: Job, sess: ort.InferenceSession, note: str) -> Inputs:

@@ -7,17 +7,18 @@ These figures are modelled, not measured; a GPU's NVML power, where present, wou
 from __future__ import annotations
 
 from orchestrator.config import Testbed
+from orchestrator.runtimes.stats import StatsLine
 
 
 def device_energy(
-    samples: dict[str, list[dict]], testbed: Testbed, window: tuple[float, float] | None, images: int
+    samples: dict[str, list[StatsLine]], testbed: Testbed, window: tuple[float, float] | None, images: int
 ) -> dict[str, dict]:
     """Per device: energy over the window, energy per image, mean and peak power."""
     out: dict[str, dict] = {}
     for dev, rows in samples.items():
         spec = testbed.device(dev)
         idle, peak = spec.power.idle_w, spec.power.max_w
-        pts = [(r["time"], r.get("cpu_of_cap")) for r in rows if r.get("cpu_of_cap") is not None]
+        pts = [(r.time, r.cpu_of_cap) for r in rows if r.cpu_of_cap is not None]
         if window is not None:
             pts = [(t, u) for t, u in pts if window[0] <= t <= window[1]]
         if len(pts) < 2:

@@ -5,20 +5,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from orchestrator.config import Testbed
+from orchestrator.config import OBJECTIVES, Testbed
 from orchestrator.errors import UserError
-from orchestrator.partition.algorithms import (
-    ALGORITHMS,
-    Placement,
-    Problem,
-    check_memory,
-    check_placement,
-    get_algorithm,
-)
+from orchestrator.partition.algorithms import ALGORITHMS, check_memory, check_placement, get_algorithm
 from orchestrator.partition.costmodel import CostTable, predict
 from orchestrator.partition.graph import ModelGraph, load_graph
 from orchestrator.partition.plan import Plan, StagePlan
-from orchestrator.partition.stage_files import WEIGHTS_FILE, write_stages
+from orchestrator.partition.problem import Placement, Problem
+from orchestrator.partition.stage_files import write_stages
+from orchestrator.partition.weights_store import WEIGHTS_FILE, WeightsStore
 
 __all__ = [
     "ALGORITHMS",
@@ -27,13 +22,12 @@ __all__ = [
     "Plan",
     "Problem",
     "WEIGHTS_FILE",
+    "WeightsStore",
     "get_algorithm",
     "load_graph",
     "partition",
     "predict",
 ]
-
-OBJECTIVES = ("throughput", "latency")
 
 
 def partition(
@@ -46,10 +40,13 @@ def partition(
     source: str | None = None,
     out_dir: str | Path,
     cost_table: CostTable | None = None,
+    store: WeightsStore | None = None,
 ) -> Plan:
     """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes).
 
     `cost_table` (seconds per block per device, e.g. a profile's table) replaces the FLOP estimate.
+    weights.bin is a hard link into `store` (default: WeightsStore()), which keeps each model's
+    weights once: a model stored before is cut without reading its weights.
     """
     model_path = Path(model_path)
     src = testbed.source
@@ -60,7 +57,8 @@ def partition(
         raise UserError(f"need at least one stage, got {stages}", None, "stages")
     if stages is not None and stages > len(testbed.devices):
         raise UserError(f"{stages} stages but only {len(testbed.devices)} devices", src, "stages")
-    graph = load_graph(model_path)
+    store = store or WeightsStore()
+    graph = store.graph(model_path)
     if stages is not None and stages > graph.n:
         raise UserError(
             f"{stages} stages but the model has only {graph.n} non-constant nodes to share",
@@ -94,7 +92,7 @@ def partition(
     check_memory(problem, placement)
 
     out = Path(out_dir)
-    files = write_stages(graph, placement.cuts, out)
+    files = write_stages(graph, placement.cuts, out, store)
     try:
         model_ref = os.path.relpath(model_path.resolve(), out.resolve())
         if model_ref.startswith(".."):

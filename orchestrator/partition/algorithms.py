@@ -1,65 +1,20 @@
-"""Partition algorithms: a `Problem` in, a `Placement` (cut positions + devices) out.
+"""Partition algorithms by name: the built-in ones, and `module:function` for a user's own.
 
-Every algorithm is a callable `(Problem) -> Placement`, found by name in `ALGORITHMS` or as
-`module:function` (a user's own). Cut positions are those of `ModelGraph` (see graph.py).
+Each takes a `Problem` and returns a `Placement` (problem.py); whatever it returns is checked here
+(well-formed cuts, every stage within its device's memory) before anything is written or run.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-from orchestrator.config import Device, Link, PartitionPoint, Testbed
 from orchestrator.errors import UserError
 from orchestrator.partition.graph import ModelGraph, prefix
-from orchestrator.partition.memory import NODE_OVERHEAD_BYTES, WEIGHTS_RESIDENT_FACTOR, resident_bytes
-from orchestrator.partition.plan import Predicted
-
-if TYPE_CHECKING:
-    from orchestrator.partition.costmodel import CostTable
-
-
-@dataclass
-class Problem:
-    """What an algorithm decides on."""
-
-    graph: ModelGraph
-    devices: list[Device]
-    stages: int | None  # None: the algorithm's choice (usually one stage per device)
-    objective: str  # "throughput" or "latency"
-    points: list[PartitionPoint]  # the devices file's manual partition points, may be empty
-    block_cost: list[float]  # estimated cost per seq position (FLOPs, or seconds once profiled)
-    devices_file: str | None = None  # for messages
-    links: list[Link] = field(default_factory=list)  # the testbed's directed link overrides
-    source: str | None = None  # device where inputs come from and results return, if known
-    cost_table: CostTable | None = None  # measured seconds per block per device (a profile), if any
-
-    def testbed(self) -> Testbed:
-        """The devices and links as a Testbed, for link parameters."""
-        return Testbed(devices=list(self.devices), links=list(self.links), source=self.devices_file)
-
-
-@dataclass
-class Placement:
-    """Cut positions (increasing, 1..n-1), one device name per stage, and remarks for the user."""
-
-    cuts: list[int]
-    devices: list[str]
-    notes: list[str] = field(default_factory=list)
-    predicted: Predicted | None = None  # the algorithm's own estimate, when it made one
-
-
-Algorithm = Callable[[Problem], Placement]
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+from orchestrator.partition.memory import NODE_OVERHEAD_BYTES, WEIGHTS_RESIDENT_FACTOR, format_bytes, resident_bytes
+from orchestrator.partition.memory_baseline import memory_partition
+from orchestrator.partition.optimal import optimal
+from orchestrator.partition.problem import Algorithm, Placement, Problem
+from orchestrator.partition.user import wrap_user_algorithm
 
 
 def manual(problem: Problem) -> Placement:
@@ -156,21 +111,8 @@ def even(problem: Problem) -> Placement:
     return Placement(cuts, devices)
 
 
-def optimal(problem: Problem) -> Placement:
-    """Exact best devices, order and cuts for the objective (see optimal.py)."""
-    from orchestrator.partition.optimal import optimal as run  # lazy: optimal.py imports this module
-
-    return run(problem)
-
-
-def memory(problem: Problem) -> Placement:
-    """Ianvs's automatic baseline: cut by each device's share of memory (see memory_baseline.py)."""
-    from orchestrator.partition.memory_baseline import memory_partition
-
-    return memory_partition(problem)
-
-
-ALGORITHMS: dict[str, Algorithm] = {"manual": manual, "even": even, "optimal": optimal, "memory": memory}
+# optimal: exact best devices, order and cuts (optimal.py); memory: Ianvs's baseline (memory_baseline.py)
+ALGORITHMS: dict[str, Algorithm] = {"manual": manual, "even": even, "optimal": optimal, "memory": memory_partition}
 
 
 def get_algorithm(name: str) -> Algorithm:
@@ -192,8 +134,6 @@ def get_algorithm(name: str) -> Algorithm:
             raise UserError(f"cannot load algorithm {name!r}: {type(e).__name__}: {e}", None, "algorithm") from None
         if not callable(obj):
             raise UserError(f"{name!r} is not callable", None, "algorithm")
-        from orchestrator.partition.user import wrap_user_algorithm
-
         return wrap_user_algorithm(name, obj)
     known = ", ".join(sorted(ALGORITHMS))
     raise UserError(f"unknown algorithm {name!r} (known: {known}, or module:function)", None, "algorithm")
@@ -218,9 +158,9 @@ def check_memory(problem: Problem, placement: Placement) -> None:
         need = resident_bytes(w, act)
         if need > dev.memory:
             raise UserError(
-                f"stage {k} needs about {_fmt_bytes(need)} (weights {_fmt_bytes(w)} held "
-                f"{WEIGHTS_RESIDENT_FACTOR:g}x by ONNX Runtime, largest activation {_fmt_bytes(act)}, the node "
-                f"{_fmt_bytes(NODE_OVERHEAD_BYTES)}) but device {dev_name!r} has {_fmt_bytes(dev.memory)}",
+                f"stage {k} needs about {format_bytes(need)} (weights {format_bytes(w)} held "
+                f"{WEIGHTS_RESIDENT_FACTOR:g}x by ONNX Runtime, largest activation {format_bytes(act)}, the node "
+                f"{format_bytes(NODE_OVERHEAD_BYTES)}) but device {dev_name!r} has {format_bytes(dev.memory)}",
                 problem.devices_file,
                 f"devices[{i}].memory",
             )

@@ -20,3 +20,14 @@ def resident_bytes(weights: float, activation: float) -> float:
 
 def usable_bytes(memory: float, headroom: float = MEMORY_HEADROOM) -> float:
     return memory * (1.0 - headroom)
+
+
+def format_bytes(n: float) -> str:
+    """A size for messages: bytes, KiB, MiB or GiB, whichever reads best."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KiB", "MiB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GiB"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from orchestrator.errors import UserError
-from orchestrator.partition.algorithms import Placement, Problem
 from orchestrator.partition.graph import ModelGraph, tensor_nbytes
+from orchestrator.partition.problem import Placement, Problem
 
 
 def weight_per_node(graph: ModelGraph) -> list[int]:

@@ -18,12 +18,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from orchestrator.config import OBJECTIVES
 from orchestrator.errors import UserError
-from orchestrator.partition.algorithms import Placement, Problem, _fmt_bytes
 from orchestrator.partition.costmodel import Arrays, build_arrays, evaluate, predict
 from orchestrator.partition.graph import ModelGraph
+from orchestrator.partition.memory import format_bytes
+from orchestrator.partition.problem import Placement, Problem
 
-OBJECTIVES = ("throughput", "latency")
 MAX_DEVICES = 12  # 2^12 device sets keep planning well under a second; beyond, use --stages or `even`
 
 
@@ -210,15 +211,15 @@ def _no_fit(problem: Problem, a: Arrays, bounds: list[int]) -> UserError:
     where = f"block {big}, nodes {bounds[big]}..{bounds[big + 1] - 1} from {g.node(bounds[big]).name or 'unnamed'}"
     if block_mem[big] > usable:
         msg = (
-            f"no placement fits: the largest block needs {_fmt_bytes(block_mem[big])} ({where}) but the "
-            f"largest device, {dev.name}, has {_fmt_bytes(dev.memory)} ({_fmt_bytes(usable)} usable)"
+            f"no placement fits: the largest block needs {format_bytes(block_mem[big])} ({where}) but the "
+            f"largest device, {dev.name}, has {format_bytes(dev.memory)} ({format_bytes(usable)} usable)"
         )
     else:
         total = float(a.mem[0, nb])
         room = float(a.dev_mem.sum())
         msg = (
-            f"no placement fits: the model needs about {_fmt_bytes(total)} and every block fits some "
-            f"device, but no split over the devices ({_fmt_bytes(room)} usable in all"
+            f"no placement fits: the model needs about {format_bytes(total)} and every block fits some "
+            f"device, but no split over the devices ({format_bytes(room)} usable in all"
             + (f", {problem.stages} stages" if problem.stages else "")
             + ") keeps each stage within its device's memory"
         )

@@ -1,4 +1,4 @@
-"""plan.json: which stage runs where and which tensors cross each cut (see DESIGN.md)."""
+"""plan.json: which stage runs where and which tensors cross each cut (the contract the README describes)."""
 
 from __future__ import annotations
 

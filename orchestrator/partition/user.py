@@ -23,8 +23,8 @@ from typing import Any
 import onnx
 
 from orchestrator.errors import UserError
-from orchestrator.partition.algorithms import Algorithm, Placement, Problem
 from orchestrator.partition.graph import ModelGraph
+from orchestrator.partition.problem import Algorithm, Placement, Problem
 
 _IANVS_PARAMS = {"initial_model", "model", "model_path", "model_file", "path"}
 

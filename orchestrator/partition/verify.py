@@ -6,22 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from common.ort_session import open_session
 from orchestrator.errors import UserError
+from orchestrator.partition.chain import run_chain
 from orchestrator.partition.plan import Plan
-
-# ORT element type strings -> numpy dtypes, for random feeds.
-_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(double)": np.float64,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
+from orchestrator.partition.seeded_inputs import seeded_inputs, session_inputs
 
 
 @dataclass
@@ -37,44 +27,23 @@ class VerifyResult:
         return self.max_abs_diff <= 1e-4 and self.top1_agreement == 1.0
 
 
-def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def random_feeds(sess: ort.InferenceSession, batch: int, seed: int) -> dict[str, np.ndarray]:
-    """Seeded inputs: symbolic first dim = batch, other symbolic dims 1; images-like floats."""
-    rng = np.random.default_rng(seed)
-    feeds = {}
-    for i in sess.get_inputs():
-        shape = [d if isinstance(d, int) else (batch if j == 0 else 1) for j, d in enumerate(i.shape)]
-        dt = _DTYPES.get(i.type, np.float32)
-        if np.issubdtype(dt, np.floating):
-            feeds[i.name] = rng.standard_normal(shape).astype(dt)
-        elif dt is np.bool_:
-            feeds[i.name] = rng.integers(0, 2, shape).astype(bool)
-        else:
-            feeds[i.name] = rng.integers(0, 10, shape).astype(dt)
-    return feeds
-
-
 def run_stages(plan: Plan, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run the stages in order, each fed by name from the inputs and earlier stages' outputs."""
-    env = dict(feeds)
+    """The plan's outputs from its stages chained on `feeds`; a missing stage file, or an input
+    that nothing earlier gives, is named before anything runs."""
+    have = set(feeds)
     for s in plan.stages:
         path = plan.dir / s.model
         if not path.exists():
             raise UserError("stage model not found", str(path), f"stages[{s.index}].model")
-        sess = _session(path)
-        missing = [x for x in s.inputs if x not in env]
+        missing = [x for x in s.inputs if x not in have]
         if missing:
             raise UserError(
                 f"stage {s.index} needs {', '.join(missing)}, which nothing earlier gives",
                 str(plan.dir / "plan.json"),
                 f"stages[{s.index}].inputs",
             )
-        env.update(zip(s.outputs, sess.run(s.outputs, {x: env[x] for x in s.inputs}), strict=True))
+        have.update(s.outputs)
+    env = run_chain(plan.dir, plan.stages, feeds)
     return {o: env[o] for o in plan.outputs}
 
 
@@ -101,8 +70,8 @@ def verify_plan(plan_path: str | Path, batch: int = 4, seed: int = 0) -> VerifyR
     model = plan.model_path
     if not model.exists():
         raise UserError("model of the plan not found", str(model), "model")
-    sess = _session(model)
-    feeds = random_feeds(sess, batch, seed)
+    sess = open_session(model)
+    feeds = seeded_inputs(session_inputs(sess), batch, seed)
     names = [o.name for o in sess.get_outputs()]
     whole = dict(zip(names, sess.run(names, feeds), strict=True))
     del sess

@@ -35,19 +35,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from common import testbed_pb2 as pb
+from common.cpu_quota import CFS_PERIOD_S
 from orchestrator.config import Testbed
 from orchestrator.driving.deploy import load_requests
 from orchestrator.driving.driver import Feed, drive
+from orchestrator.partition.chain import run_chain
 from orchestrator.partition.plan import Plan, Predicted, StagePlan
-from orchestrator.partition.verify import random_feeds
+from orchestrator.partition.seeded_inputs import InputSpec, onnx_inputs, seeded_inputs
 from orchestrator.runtimes.base import Deployment
 
 IN_FLIGHT = 2  # one frame waits while the other runs: the stage never idles
-CFS_PERIOD_S = 0.1  # Docker's CPU quota period
 LONE_WARMUP = 3  # one request at a time: a fresh session's first runs, not measured
 LONE_S, MIN_LONE, MAX_LONE = 3.0, 4, 12  # then about three seconds of lone requests
 MEASURE_S = 3.0  # per stage, about: thirty CFS periods, so a quota shows as it does in the run
@@ -56,18 +56,13 @@ MIN_FRAMES, MAX_FRAMES = 8, 40
 
 def stage_inputs(plan: Plan, batch: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """What each stage's frame carries in (its inputs and what it passes on), from one pass of the
-    plan's stages in this process on a seeded input."""
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    have: dict[str, np.ndarray] = {}
-    out: list[dict[str, np.ndarray]] = []
-    for k, s in enumerate(plan.stages):
-        sess = ort.InferenceSession(str(plan.stage_path(k)), so, providers=["CPUExecutionProvider"])
-        if k == 0:
-            have.update(random_feeds(sess, batch, seed))
-        out.append({x: have[x] for x in plan.forward_after(k - 1) if x in have})
-        have.update(zip(s.outputs, sess.run(list(s.outputs), {x: have[x] for x in s.inputs}), strict=True))
-    return out
+    plan's stages in this process on seeded model inputs (typed as the stage files declare them)."""
+    specs: dict[str, InputSpec] = {}
+    for k in range(len(plan.stages)):
+        declared = onnx.load(str(plan.stage_path(k)), load_external_data=False).graph.input
+        specs.update({x.name: x for x in onnx_inputs((vi.name, vi.type) for vi in declared)})
+    env = run_chain(plan.dir, plan.stages, seeded_inputs([specs[x] for x in plan.inputs if x in specs], batch, seed))
+    return [{x: env[x] for x in plan.forward_after(k - 1) if x in env} for k in range(len(plan.stages))]
 
 
 def frames_for(expected_s: float | None, seconds: float = MEASURE_S, lo: int = MIN_FRAMES, hi: int = MAX_FRAMES) -> int:
@@ -271,7 +266,7 @@ def measure_stages(
     # (the last stage's result goes home over a link too, but it is small: it goes to the driver)
     groups: list[tuple[str | None, str, str | None]] = []
     for k, s in enumerate(plan.stages):
-        prv = plan.stages[k - 1].device if k > 0 and dep.tc_shaped else None
+        prv = plan.stages[k - 1].device if k > 0 and dep.link_emulation.tc_shaped else None
         nxt = plan.stages[k + 1].device if k + 1 < n else None
         groups.append((prv if prv != s.device else None, s.device, nxt if nxt != s.device else None))
     busy: dict[int, float] = {}

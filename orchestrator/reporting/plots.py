@@ -10,6 +10,13 @@ from pathlib import Path
 
 import matplotlib
 
+from orchestrator.driving.driver import Record
+from orchestrator.figures.latency import per_second
+from orchestrator.figures.metrics import HOP_PARTS, STAGE_PARTS, pipeline_order, timeline_rows
+from orchestrator.partition.graph import ModelGraph
+from orchestrator.partition.plan import Plan
+from orchestrator.runtimes.stats import StatsLine
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
@@ -76,8 +83,6 @@ def throughput_over_time(series: list[dict], path: Path) -> Path:
 def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
     """Median time a request spends in each part of the pipeline, in pipeline order: a stage's
     queue wait and compute; a hop's link wait, serialisation, transfer and deserialisation."""
-    from orchestrator.figures.metrics import HOP_PARTS, STAGE_PARTS, pipeline_order
-
     labels, parts = [], []
     for kind, fig in pipeline_order(stages, hops):
         if kind == "stage":
@@ -113,17 +118,15 @@ def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-def device_usage(samples: dict[str, list[dict]], path: Path) -> Path:
+def device_usage(samples: dict[str, list[StatsLine]], path: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7.5, 6), sharex=True)
-    t0 = min((r["time"] for rows in samples.values() for r in rows), default=0.0)
+    t0 = min((r.time for rows in samples.values() for r in rows), default=0.0)
     for i, (dev, rows) in enumerate(samples.items()):
         c = _COLORS[i % len(_COLORS)]
-        t = [r["time"] - t0 for r in rows]
-        ax1.plot(
-            t, [r["cpu_of_cap"] * 100 if r.get("cpu_of_cap") is not None else np.nan for r in rows], color=c, label=dev
-        )
-        ax2.plot(t, [(r.get("memory_bytes") or 0) / 2**20 for r in rows], color=c, label=dev)
-        limit = rows[-1].get("memory_limit") if rows else None
+        t = [r.time - t0 for r in rows]
+        ax1.plot(t, [r.cpu_of_cap * 100 if r.cpu_of_cap is not None else np.nan for r in rows], color=c, label=dev)
+        ax2.plot(t, [(r.memory_bytes or 0) / 2**20 for r in rows], color=c, label=dev)
+        limit = rows[-1].memory_limit if rows else None
         if limit:
             ax2.axhline(limit / 2**20, color=c, linestyle="--", linewidth=0.8)
     ax1.axhline(100, color="grey", linestyle=":", linewidth=1)
@@ -180,7 +183,7 @@ def timeline(rows: list[dict], path: Path, first: int = 8) -> Path:
     """Gantt chart of the first requests: compute on each stage's device, hops between.
 
     `rows`: per request, {"id", "sent_ns", "done_ns", "stages": [(stage, device, start_ns, end_ns)],
-    "hops": [(src, dst, send_ns, recv_ns)]} (orchestrator/metrics.py timeline_rows). Optional
+    "hops": [(src, dst, send_ns, recv_ns)]} (figures.metrics.timeline_rows). Optional
     longer tuples are drawn too: a stage's recv_ns as a fifth item (its queue wait, a pale bar
     before compute), a hop's serialize_ns and deserialize_ns as fifth and sixth (durations:
     short ticks at the sender after send_ns and at the receiver before recv_ns).
@@ -258,3 +261,71 @@ def comparison(
     for a in (ax1, ax2):
         a.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def partition_view(plan: Plan, graph: ModelGraph) -> dict:
+    """What the partition plot needs: per-node cost, live bytes, and the chosen cuts."""
+    cuts = []
+    for s in plan.stages[:-1]:
+        produced = [graph.prod[t] for t in s.outputs if graph.prod.get(t, -1) >= 0]
+        cuts.append(max(produced) + 1 if produced else 0)
+    return {
+        "cost": list(graph.cost),
+        "live_bytes": list(graph.live_bytes),
+        "cuts": cuts,
+        "devices": [s.device for s in plan.stages],
+        "title": f"{Path(plan.model).name}: {len(plan.stages)} stages ({plan.algorithm})",
+    }
+
+
+def comparison_plot(run_dir: Path, rows: list[dict]) -> Path:
+    """Side-by-side bars of the compared configurations (figures.compare.comparison_rows)."""
+    return comparison(
+        [r["name"] for r in rows],
+        [r["throughput_fps"] for r in rows],
+        [r["latency_p50_ms"] for r in rows],
+        [r["latency_p99_ms"] for r in rows],
+        run_dir / "plots" / "comparison.png",
+        predicted=[r.get("predicted_fps") for r in rows],
+    )
+
+
+def write_plots(
+    run_dir: Path,
+    rep: dict,
+    records: list[Record],
+    measured_ids: set[int],
+    stats: dict[str, list[StatsLine]],
+    offsets: dict[str, int] | None = None,
+) -> list[str]:
+    """Draw every plot of the run into run_dir/plots; return their paths relative to run_dir, for the
+    report's `plots` (the report itself is left as it is)."""
+    out = run_dir / "plots"
+    n = len(rep["stages"])
+    measured = [r for r in records if r.id in measured_ids]
+    made = [latency_cdf([r.latency_ms for r in measured], out / "latency_cdf.png")]
+    made.append(
+        throughput_over_time(
+            per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], rep["batch"]),
+            out / "throughput.png",
+        )
+    )
+    made.append(breakdown(rep["stages"], rep["hops"], out / "breakdown.png"))
+    if any(stats.values()):
+        made.append(device_usage(stats, out / "devices.png"))
+    made.append(timeline(timeline_rows(records, n, offsets), out / "timeline.png"))
+    view = rep.get("partition_view")
+    if view:
+        made.append(
+            partition_map(
+                view["cost"],
+                view["live_bytes"],
+                view["cuts"],
+                view["devices"],
+                out / "partition.png",
+                view.get("title", ""),
+            )
+        )
+    if rep.get("comparison"):
+        made.append(comparison_plot(run_dir, rep["comparison"]))
+    return [str(p.relative_to(run_dir)) for p in made]

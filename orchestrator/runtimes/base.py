@@ -1,12 +1,49 @@
-"""What every runtime gives the orchestrator: running nodes and how to reach them."""
+"""What every runtime gives the orchestrator: one protocol, so the code above never asks which
+runtime it holds. A runtime starts nodes (a Deployment: how to reach them, how their links are
+emulated), says how a plan's files look from its nodes, samples their stats, checks its own
+emulation, and changes the world while it runs: a link's rate or delay, a device's CPU cap, a
+device crashing and coming back."""
 
 from __future__ import annotations
 
+import abc
+import enum
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.driving.client import NodeClient
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from orchestrator.partition.plan import Plan
+    from orchestrator.runtimes.stats import StatsSampler
+
+
+class LinkEmulation(enum.Enum):
+    """Who emulates a link's rate and who its delay."""
+
+    NODE_PACED = "node_paced"  # the sending node paces the rate, the receiving node holds the delay
+    TC_NETEM = "tc_netem"  # an htb class on the sender's egress for the rate, netem under it for the delay
+    TC_NODE_DELAY = "tc_node_delay"  # an htb class for the rate; no netem, so the receiving node holds the delay
+
+    @property
+    def tc_shaped(self) -> bool:
+        return self is not LinkEmulation.NODE_PACED
+
+    @property
+    def node_holds_delay(self) -> bool:
+        return self is not LinkEmulation.TC_NETEM
+
+    def describe(self) -> str:
+        return {
+            LinkEmulation.NODE_PACED: "links: each node paces its outgoing bytes and holds frames for the delay",
+            LinkEmulation.TC_NETEM: "links: tc htb class per peer on each sender's egress; delay by netem",
+            LinkEmulation.TC_NODE_DELAY: "links: tc htb class per peer on each sender's egress; "
+            "delay by the nodes themselves (this kernel has no netem)",
+        }[self]
 
 
 @dataclass
@@ -23,10 +60,9 @@ class Deployment:
 
     runtime: str
     nodes: dict[str, NodeHandle]
-    node_paces_rate: bool  # True: the node's sender paces bytes (local); False: tc does (docker)
-    node_adds_delay: bool  # True: the node holds frames for the link delay (no netem)
+    link_emulation: LinkEmulation
+    workspace: Path  # where the orchestrator writes files its nodes must read (profiling's blocks)
     notes: list[str] = field(default_factory=list)
-    tc_shaped: bool = False  # True: each node shapes its egress with tc (Peer.ip, tc_rate_bps, tc_delay_s)
 
     _clients: dict[str, NodeClient] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -38,6 +74,14 @@ class Deployment:
                 self._clients[device] = NodeClient(device, self.nodes[device].control_address)
             return self._clients[device]
 
+    def replace_node(self, handle: NodeHandle) -> None:
+        """A device's node came back (revive): reach it at its new handle from now on."""
+        with self._lock:
+            old = self._clients.pop(handle.device, None)
+            self.nodes[handle.device] = handle
+        if old is not None:
+            old.close()
+
     def close(self) -> None:
         for c in self._clients.values():
             c.close()
@@ -46,3 +90,75 @@ class Deployment:
     def node_path(self, local_path: Path) -> str:
         """A file of the run folder as the node sees it."""
         return str(Path(local_path).resolve())
+
+
+@dataclass(frozen=True)
+class LinkChange:
+    """A link change as applied, read back from where it is emulated."""
+
+    src: str
+    dst: str
+    rate_bps: int | None  # now in force (None: unshaped)
+    delay_s: float
+    applied_unix_s: float
+    how: str  # what changed it, e.g. "tc class change" or "the node's sender"
+
+
+class Runtime(abc.ABC):
+    """Starts one node per device of a testbed and stops them; a context manager."""
+
+    name: str
+    deployment: Deployment | None = None
+
+    @abc.abstractmethod
+    def start(self) -> Deployment: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> Deployment:
+        if self.deployment is None:
+            raise RuntimeError(f"the {self.name} runtime is not started")
+        return self.deployment
+
+    @property
+    def workspace(self) -> Path:
+        """Where profiling writes its block files: a folder the nodes can read."""
+        return self.running.workspace
+
+    @abc.abstractmethod
+    def node_plan(self, plan: Plan, run_dir: Path) -> Plan:
+        """The plan as the nodes see it (its files where they can read them)."""
+
+    @abc.abstractmethod
+    def stats_sampler(self, out_dir: Path) -> StatsSampler:
+        """Per-device stats while the nodes run, written as <out_dir>/<device>.jsonl."""
+
+    @abc.abstractmethod
+    def fidelity_check(self, console: Console | None = None) -> dict[str, Any] | None:
+        """Configured against achieved for every link and CPU cap, measured on the running nodes;
+        None where the runtime has nothing to check (its notes say why)."""
+
+    @abc.abstractmethod
+    def set_link(self, src: str, dst: str, rate_bps: int | None = None, delay_s: float | None = None) -> LinkChange:
+        """Change the link src -> dst in place while the nodes run (None keeps that figure)."""
+
+    @abc.abstractmethod
+    def set_cpus(self, device: str, cpus: float) -> float:
+        """Change a device's CPU cap while it runs; returns the cap read back."""
+
+    @abc.abstractmethod
+    def kill(self, device: str) -> None:
+        """Crash a device's node: gone at once, with no goodbye to its peers."""
+
+    @abc.abstractmethod
+    def revive(self, device: str) -> NodeHandle:
+        """Start a killed device's node again, empty, and wait until it answers; the deployment
+        reaches it at the returned handle from then on."""

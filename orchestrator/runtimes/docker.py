@@ -6,21 +6,33 @@ defaults, and runs the node as user "node" (the image's entrypoint drops root, k
 NET_ADMIN for tc). Each node shapes its own egress at start (EDGE_TC_PEERS); at Load it is given
 the same links again and keeps them (node/shaping.py). Everything is labelled `edge-testbed=1`
 and `edge-testbed.testbed=<name>`, so `down` and clean-up remove exactly the testbed's objects.
+
+While it runs, the world can change: a link's rate in place (`tc class change` in the sender's
+container, read back with `tc class show`), its delay (netem changed in place, or the sending
+node's hold through its SetLink call where the node holds the delay), a CPU cap (a live update of
+the container's NanoCpus, read back from its cgroup), a container killed and started again.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from common import testbed_pb2 as pb
+from node import tc
 from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeClient
 from orchestrator.errors import UserError
-from orchestrator.runtimes.base import Deployment, NodeHandle
+from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime
+from orchestrator.runtimes.docker_engine import engine, testbed_containers
+from orchestrator.runtimes.docker_fidelity import PROBE, check, probe
+from orchestrator.runtimes.docker_stats import DockerStatsCollector
 from orchestrator.runtimes.docker_testbed import (
     DEFAULT_NAME,
     DEFAULT_SUBNET,
@@ -36,17 +48,8 @@ from orchestrator.runtimes.docker_testbed import (
     testbed_spec,
 )
 
-
-def engine(timeout_s: float = 5.0):
-    """A docker client whose engine answers, or None."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=max(30, int(timeout_s)))
-        client.ping()
-        return client
-    except Exception:
-        return None
+if TYPE_CHECKING:
+    from orchestrator.partition.plan import Plan
 
 
 def image_present(client, image: str | None = None) -> bool:
@@ -57,28 +60,6 @@ def image_present(client, image: str | None = None) -> bool:
         return False
 
 
-def stage_plan_into(plan, workspace: Path, run_dir: Path):
-    """The plan as the containers can read it: itself when under the workspace, else its files
-    hard-linked (copied across file systems) into <workspace>/.plans/<run folder name>/."""
-    from orchestrator.partition.plan import Plan
-
-    ws = Path(workspace).resolve()
-    try:
-        Path(plan.dir).resolve().relative_to(ws)
-        return plan
-    except ValueError:
-        pass
-    dst = ws / ".plans" / Path(run_dir).name
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in Path(plan.dir).iterdir():
-        if f.is_file() and not (dst / f.name).exists():
-            try:
-                os.link(f, dst / f.name)
-            except OSError:
-                shutil.copyfile(f, dst / f.name)
-    return Plan.load(dst / "plan.json")
-
-
 def mps_daemon_running() -> bool:
     pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
     return Path(pipe, "control").exists()
@@ -86,9 +67,7 @@ def mps_daemon_running() -> bool:
 
 @dataclass
 class DockerDeployment(Deployment):
-    workspace: Path = Path(".")
-    ips: dict[str, str] = field(default_factory=dict)
-    testbed_name: str = DEFAULT_NAME
+    """The testbed's nodes: they see the host's workspace folder, read-only, at WORKSPACE_IN."""
 
     def node_path(self, local_path: Path) -> str:
         p = Path(local_path).resolve()
@@ -99,11 +78,6 @@ class DockerDeployment(Deployment):
                 f"{p} is outside the testbed's workspace {self.workspace}, which is all the containers see"
             ) from None
         return f"{WORKSPACE_IN}/{rel.as_posix()}"
-
-
-def testbed_containers(client, name: str | None = None, all_: bool = True) -> list:
-    labels = [f"{LABEL}=1"] + ([f"{LABEL_TESTBED}={name}"] if name else [])
-    return client.containers.list(all=all_, filters={"label": labels})
 
 
 def testbed_networks(client, name: str | None = None) -> list:
@@ -188,13 +162,26 @@ def _explain_exit(cont) -> str:
     return f"container {cont.name} exited ({cont.attrs['State'].get('ExitCode')}): {tail}"
 
 
+def _serving(cont) -> bool:
+    """Running, with the node's port published (as of the container's last reload)."""
+    return cont.status == "running" and bool(cont.attrs["NetworkSettings"]["Ports"].get(f"{NODE_PORT}/tcp"))
+
+
+def _alive(cont) -> bool:
+    """True while a container has not exited; raises with its last log lines once it has."""
+    cont.reload()
+    if cont.status in ("exited", "dead"):
+        raise RuntimeError(_explain_exit(cont))
+    return True
+
+
 def wait_nodes(client, name: str, wait_s: float = 60.0) -> dict[str, NodeHandle]:
     conts = {c.labels[LABEL_DEVICE]: c for c in testbed_containers(client, name)}
     deadline = time.monotonic() + wait_s
     for c in conts.values():
         while True:
             c.reload()
-            if c.status == "running" and c.attrs["NetworkSettings"]["Ports"].get(f"{NODE_PORT}/tcp"):
+            if _serving(c):
                 break
             if c.status in ("exited", "dead"):
                 raise RuntimeError(_explain_exit(c))
@@ -203,15 +190,9 @@ def wait_nodes(client, name: str, wait_s: float = 60.0) -> dict[str, NodeHandle]
             time.sleep(0.05)
     hs = handles(client, name)
 
-    def alive(c) -> bool:
-        c.reload()
-        if c.status in ("exited", "dead"):
-            raise RuntimeError(_explain_exit(c))
-        return True
-
     def healthy(d: str) -> None:
         with NodeClient(d, hs[d].control_address) as c:
-            c.wait_healthy(timeout_s=max(1.0, deadline - time.monotonic()), alive=lambda: alive(conts[d]))
+            c.wait_healthy(timeout_s=max(1.0, deadline - time.monotonic()), alive=lambda: _alive(conts[d]))
 
     with cf.ThreadPoolExecutor(len(hs)) as ex:
         list(ex.map(healthy, hs))
@@ -258,7 +239,34 @@ def status(client, name: str | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: (r["testbed"] or "", r["device"] or ""))
 
 
-class DockerRuntime:
+def _exec_ok(cont, cmd: list[str]) -> str:
+    """Run a command in a container as root (tc needs its NET_ADMIN); its output, or an error naming it."""
+    res = cont.exec_run(cmd)
+    out = res.output.decode(errors="replace")
+    if res.exit_code != 0:
+        raise RuntimeError(f"{cont.name}: `{' '.join(cmd)}` failed (exit {res.exit_code}): {out.strip()[-500:]}")
+    return out
+
+
+def link_emulation_of(cont) -> LinkEmulation:
+    """How a testbed's nodes emulate link delay: netem where the kernel attaches it, else the
+    nodes hold frames themselves (probed in one container: all share the host's kernel)."""
+    out = _exec_ok(cont, [*PROBE, "netem"])
+    return LinkEmulation.TC_NETEM if json.loads(out.splitlines()[-1])["netem"] else LinkEmulation.TC_NODE_DELAY
+
+
+def _wait_status(cont, done, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        cont.reload()
+        if done(cont):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"container {cont.name} not {what} after {timeout_s:.0f} s (status {cont.status})")
+        time.sleep(0.05)
+
+
+class DockerRuntime(Runtime):
     """Uses a running testbed whose devices match, or starts one and stops it afterwards."""
 
     name = "docker"
@@ -283,6 +291,10 @@ class DockerRuntime:
         self.started_at = 0
         self.start_s: float | None = None
         self.containers: dict[str, object] = {}
+        self.caps = {d.name: d.cpus for d in testbed.devices}  # live: set_cpus updates it, the stats follow
+        self._links = {
+            (a.name, b.name): testbed.link(a.name, b.name) for a in testbed.devices for b in testbed.devices if a != b
+        }
         self.deployment: DockerDeployment | None = None
 
     def start(self) -> Deployment:
@@ -312,17 +324,10 @@ class DockerRuntime:
         self.containers = {c.labels[LABEL_DEVICE]: c for c in testbed_containers(self.client, self.spec.name)}
         if any(d.gpu is not None for d in self.testbed.devices) and not mps_daemon_running():
             notes.append("no CUDA MPS daemon runs: GPU shares are not enforced (memory limits are)")
-        by_dev = self.spec.by_device()
+        emulation = link_emulation_of(next(iter(self.containers.values())))
+        notes.append(emulation.describe())
         self.deployment = DockerDeployment(
-            "docker",
-            nodes,
-            node_paces_rate=False,
-            node_adds_delay=False,
-            notes=notes,
-            tc_shaped=True,
-            workspace=Path(self.spec.workspace).resolve(),
-            ips={d: by_dev[d].ip for d in nodes},
-            testbed_name=self.spec.name,
+            "docker", nodes, emulation, workspace=Path(self.spec.workspace).resolve(), notes=notes
         )
         return self.deployment
 
@@ -347,8 +352,128 @@ class DockerRuntime:
             self.owned = False
         self.containers = {}
 
-    def __enter__(self) -> DockerRuntime:
-        return self
+    def node_plan(self, plan: Plan, run_dir: Path) -> Plan:
+        """The plan as the containers can read it: itself when under the workspace, else its files
+        hard-linked (copied across file systems) into <workspace>/.plans/<run folder name>/."""
+        from orchestrator.partition.plan import Plan
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        ws = self.workspace
+        try:
+            Path(plan.dir).resolve().relative_to(ws)
+            return plan
+        except ValueError:
+            pass
+        dst = ws / ".plans" / Path(run_dir).name
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in Path(plan.dir).iterdir():
+            if f.is_file() and not (dst / f.name).exists():
+                try:
+                    os.link(f, dst / f.name)
+                except OSError:
+                    shutil.copyfile(f, dst / f.name)
+        return Plan.load(dst / "plan.json")
+
+    def stats_sampler(self, out_dir: Path) -> DockerStatsCollector:
+        return DockerStatsCollector(self.client, self.containers, self.caps, out_dir)
+
+    def fidelity_check(self, console=None) -> dict:
+        dep = self.running
+        if console is not None:
+            console.print("checking fidelity (links and CPU caps between the containers)...")
+        ips = {d: c.ip for d, c in self.spec.by_device().items()}
+        fid = check(self.containers, ips, self.testbed, node_holds_delay=dep.link_emulation.node_holds_delay)
+        if console is not None:
+            console.print(
+                f"fidelity checked in {fid['seconds']:.1f} s: "
+                + (f"{len(fid['flagged'])} off by more than 10%" if fid["flagged"] else "all within 10%")
+            )
+        return fid
+
+    def _container(self, device: str):
+        if device not in self.containers:
+            raise ValueError(f"testbed {self.spec.name!r} has no container for {device!r} (is the runtime started?)")
+        return self.containers[device]
+
+    def _peer_class(self, cont, dst_ip: str) -> tuple[str, str]:
+        """The interface and htb class that shape a container's egress to one address."""
+        route = _exec_ok(cont, ["ip", "-o", "route", "get", dst_ip])
+        iface = route.split(" dev ", 1)[1].split()[0] if " dev " in route else "eth0"
+        classid = tc.parse_u32_flows(_exec_ok(cont, ["tc", "filter", "show", "dev", iface])).get(dst_ip)
+        if classid is None:
+            raise RuntimeError(
+                f"{cont.name} has no htb class for {dst_ip}: the link was started unshaped "
+                "(give it a bandwidth in the devices file to change it while running)"
+            )
+        return iface, classid
+
+    def set_link(self, src: str, dst: str, rate_bps: int | None = None, delay_s: float | None = None) -> LinkChange:
+        """tc changes the rate in place (and netem the delay, where it holds it); where the node
+        holds the delay, the sending node's hold is changed through its SetLink call. The rate is
+        read back from `tc class show`; anything else than what was asked raises."""
+        dep = self.running
+        if (src, dst) not in self._links:
+            raise ValueError(f"no link {src} -> {dst} in this testbed")
+        cfg = self._links[(src, dst)]
+        rate = cfg.rate_bps if rate_bps is None else int(rate_bps)
+        delay = cfg.delay_s if delay_s is None else float(delay_s)
+        cont, dst_ip = self._container(src), self.spec.by_device()[dst].ip
+        netem = dep.link_emulation is LinkEmulation.TC_NETEM
+        how = []
+        if rate != cfg.rate_bps or (netem and delay != cfg.delay_s):
+            iface, classid = self._peer_class(cont, dst_ip)
+            rates = {c: r for c, r in tc.parse_htb_rates(_exec_ok(cont, ["tc", "class", "show", "dev", iface])).items()}
+            rates[classid] = rate
+            slowest = min(r for c, r in rates.items() if c != tc.DEFAULT_CLASS)
+            for cmd in tc.change_link_commands(iface, classid, rate, delay if netem else None, slowest):
+                _exec_ok(cont, cmd)
+            held = tc.parse_htb_rates(_exec_ok(cont, ["tc", "class", "show", "dev", iface])).get(classid)
+            if held is None or abs(held - rate) > max(8, rate * 1e-3):
+                raise RuntimeError(f"{cont.name}: class {classid} holds {held} bit/s after the change, asked {rate}")
+            rate = held
+            how.append("tc class change" + (" and netem" if netem else ""))
+        if not netem and delay != cfg.delay_s:
+            dep.client(src).set_link(pb.Peer(device=dst, rate_bps=0, delay_s=delay))
+            how.append("the sending node's hold")
+        self._links[(src, dst)] = cfg.model_copy(update={"rate_bps": rate, "delay_s": delay})
+        return LinkChange(src, dst, rate or None, delay, time.time(), " and ".join(how) or "nothing to change")
+
+    def set_cpus(self, device: str, cpus: float) -> float:
+        """A live update of the container's NanoCpus (Docker's update of a CPU quota set that way);
+        read back from the container's HostConfig and, as the node reads it, from its cgroup."""
+        if cpus <= 0:
+            raise ValueError(f"{device}: cpus must be > 0, got {cpus}")
+        cont = self._container(device)
+        api = self.client.api
+        api._result(api._post_json(api._url("/containers/{0}/update", cont.id), data={"NanoCpus": round(cpus * 1e9)}))
+        cont.reload()
+        host = (cont.attrs["HostConfig"].get("NanoCpus") or 0) / 1e9
+        quota = probe(cont, "quota")["cpu_quota"]
+        if quota is None or abs(quota - cpus) > cpus * 0.01 or abs(host - cpus) > 1e-9:
+            raise RuntimeError(f"{cont.name}: CPU cap reads {host:g} (engine) and {quota} (cgroup), asked {cpus:g}")
+        self.caps[device] = cpus
+        return quota
+
+    def kill(self, device: str) -> None:
+        """`docker kill`: the node gets SIGKILL, its container stops; its address stays reserved."""
+        cont = self._container(device)
+        cont.kill()
+        _wait_status(cont, lambda c: c.status != "running", "stopped")
+
+    def revive(self, device: str) -> NodeHandle:
+        """Start the killed container again: same address, caps and start-up shaping (the links as
+        configured), a new published port, no stages loaded."""
+        dep = self.running
+        cont = self._container(device)
+        cont.reload()
+        if cont.status == "running":
+            raise RuntimeError(f"{cont.name} is running: kill it first")
+        cont.start()
+        _wait_status(cont, _serving, "running")
+        handle = handles(self.client, self.spec.name)[device]
+        with NodeClient(device, handle.control_address) as c:
+            c.wait_healthy(timeout_s=30.0, alive=lambda: _alive(cont))
+        dep.replace_node(handle)
+        for a, b in self._links:
+            if a == device:
+                self._links[(a, b)] = self.testbed.link(a, b)
+        return handle

@@ -1,7 +1,7 @@
 """Per-container stats logs from the Docker engine's stats stream (about one sample a second).
 
 One thread per container reads `GET /containers/<id>/stats?stream=1` and writes
-`<out>/<device>.jsonl` with the same keys as the local runtime's sampler (runtimes/local_stats.py):
+`<out>/<device>.jsonl` with the same keys as the local runtime's sampler (runtimes/stats.py):
 time, CPU in cores and as a share of the device's cap, throttled periods and time (cumulative),
 memory use, limit and peak, network bytes and packets in and out.
 
@@ -12,15 +12,15 @@ collector `orchestrator testbed up` starts; it ends when the testbed's container
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 from pathlib import Path
 
 from orchestrator.runtimes.docker_testbed import LABEL_DEVICE
+from orchestrator.runtimes.stats import StatsLine
 
 
-def sample_line(s: dict, cap: float) -> dict | None:
+def sample_line(s: dict, cap: float) -> StatsLine | None:
     """One jsonl line from one engine stats sample (cgroup v1 or v2), None when not a sample."""
     cpu, pre = s.get("cpu_stats") or {}, s.get("precpu_stats") or {}
     if not cpu:
@@ -36,22 +36,22 @@ def sample_line(s: dict, cap: float) -> dict | None:
     usage = mem.get("usage")
     if usage is not None:  # as `docker stats` shows it: page cache that can be dropped is not use
         usage -= stats.get("total_inactive_file", stats.get("inactive_file", 0))
-    return {
-        "time": round(time.time(), 3),
-        "cpu_cores": None if cores is None else round(cores, 4),
-        "cpu_cap": cap,
-        "cpu_of_cap": None if cores is None or not cap else round(cores / cap, 4),
-        "throttled_periods": thr.get("throttled_periods"),
-        "periods": thr.get("periods"),
-        "throttled_s": None if thr.get("throttled_time") is None else round(thr["throttled_time"] / 1e9, 4),
-        "memory_bytes": usage,
-        "memory_limit": mem.get("limit"),
-        "memory_peak_bytes": mem.get("max_usage") or stats.get("peak") or None,
-        "bytes_in": sum(n.get("rx_bytes", 0) for n in nets.values()),
-        "bytes_out": sum(n.get("tx_bytes", 0) for n in nets.values()),
-        "packets_in": sum(n.get("rx_packets", 0) for n in nets.values()),
-        "packets_out": sum(n.get("tx_packets", 0) for n in nets.values()),
-    }
+    return StatsLine(
+        time=round(time.time(), 3),
+        cpu_cores=None if cores is None else round(cores, 4),
+        cpu_cap=cap,
+        cpu_of_cap=None if cores is None or not cap else round(cores / cap, 4),
+        throttled_periods=thr.get("throttled_periods"),
+        periods=thr.get("periods"),
+        throttled_s=None if thr.get("throttled_time") is None else round(thr["throttled_time"] / 1e9, 4),
+        memory_bytes=usage,
+        memory_limit=mem.get("limit"),
+        memory_peak_bytes=mem.get("max_usage") or stats.get("peak") or None,
+        bytes_in=sum(n.get("rx_bytes", 0) for n in nets.values()),
+        bytes_out=sum(n.get("tx_bytes", 0) for n in nets.values()),
+        packets_in=sum(n.get("rx_packets", 0) for n in nets.values()),
+        packets_out=sum(n.get("tx_packets", 0) for n in nets.values()),
+    )
 
 
 class DockerStatsCollector:
@@ -60,8 +60,8 @@ class DockerStatsCollector:
     def __init__(self, client, containers: dict, caps: dict[str, float], out_dir: Path | None = None):
         self.client, self.containers, self.caps = client, containers, caps
         self.out_dir = Path(out_dir) if out_dir else None
-        self.samples: dict[str, list[dict]] = {d: [] for d in containers}
-        self.latest: dict[str, dict] = {}
+        self.samples: dict[str, list[StatsLine]] = {d: [] for d in containers}
+        self.latest: dict[str, StatsLine] = {}
         self._stop = threading.Event()
         self._responses: dict[str, object] = {}
         self._threads = [
@@ -88,9 +88,10 @@ class DockerStatsCollector:
         for t in self._threads:
             t.join(timeout=3)
 
-    def wait_samples(self, more: int = 1, timeout_s: float = 5.0) -> None:
-        """Block until every container has `more` samples beyond what it has now (or timeout)."""
-        want = {d: len(v) + more for d, v in self.samples.items()}
+    def take_sample(self, timeout_s: float = 5.0) -> None:
+        """Block until every container has one more sample than now (the engine sends one a
+        second), or `timeout_s` has passed."""
+        want = {d: len(v) + 1 for d, v in self.samples.items()}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(len(self.samples[d]) < n for d, n in want.items()):
             time.sleep(0.05)
@@ -114,7 +115,7 @@ class DockerStatsCollector:
                 self.samples[dev].append(line)
                 self.latest[dev] = line
                 if f:
-                    f.write(json.dumps(line) + "\n")
+                    f.write(line.to_json() + "\n")
                     f.flush()
         except Exception:
             pass  # the container went away, or stop() closed the stream
@@ -124,7 +125,7 @@ class DockerStatsCollector:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orchestrator.runtimes.docker import engine, testbed_containers
+    from orchestrator.runtimes.docker_engine import engine, testbed_containers
 
     ap = argparse.ArgumentParser(prog="python -m orchestrator.runtimes.docker_stats")
     ap.add_argument("--testbed", required=True)

@@ -13,13 +13,25 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
+from common import testbed_pb2 as pb
 from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeClient
-from orchestrator.runtimes.base import Deployment, NodeHandle
+from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime
+from orchestrator.runtimes.local_stats import LocalStatsSampler
+
+if TYPE_CHECKING:
+    from orchestrator.partition.plan import Plan
 
 _PR_SET_PDEATHSIG = 1
+DEFAULT_WORKSPACE = Path(".cache")
+NO_CHECK_NOTE = (
+    "fidelity: the local runtime has no caps to check (no CPU or memory isolation) and its links are "
+    "paced by the nodes themselves: link rates are read from the hops' stamps instead"
+)
 
 
 def _die_with_parent() -> None:
@@ -35,66 +47,70 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LocalRuntime:
+class LocalRuntime(Runtime):
     name = "local"
 
-    def __init__(self, testbed: Testbed, log_dir: Path, log_level: str = "info"):
+    def __init__(self, testbed: Testbed, log_dir: Path, log_level: str = "info", workspace: Path = DEFAULT_WORKSPACE):
         self.testbed = testbed
         self.log_dir = Path(log_dir)
         self.log_level = log_level
+        self._workspace = Path(workspace)
         self.procs: dict[str, subprocess.Popen] = {}
-        self._logs: list = []
+        self.ports: dict[str, int] = {}
+        self._logs: dict[str, IO[str]] = {}
+        self._links = {
+            (a.name, b.name): (testbed.link(a.name, b.name).rate_bps, testbed.link(a.name, b.name).delay_s)
+            for a in testbed.devices
+            for b in testbed.devices
+            if a.name != b.name
+        }
         self.deployment: Deployment | None = None
 
-    def start(self) -> Deployment:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        nodes: dict[str, NodeHandle] = {}
+    def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024 * 1024))
         env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 * 1024 * 1024))
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+        return env
+
+    def _spawn(self, device: str) -> NodeHandle:
+        """Start a device's node process on its port (a free one the first time)."""
+        port = self.ports.setdefault(device, free_port())
+        if device not in self._logs:
+            self._logs[device] = open(self.log_dir / f"node_{device}.log", "w")  # noqa: SIM115 - closed in stop()
+        cmd = [sys.executable, "-m", "node", "--device", device, "--port", str(port), "--host", "127.0.0.1"]
+        proc = subprocess.Popen(
+            [*cmd, "--log-level", self.log_level],
+            stdout=self._logs[device],
+            stderr=subprocess.STDOUT,
+            env=self._env(),
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
+        self.procs[device] = proc
+        addr = f"127.0.0.1:{port}"
+        return NodeHandle(device, addr, addr, proc.pid)
+
+    def _wait_healthy(self, handle: NodeHandle) -> None:
+        proc = self.procs[handle.device]
+        with NodeClient(handle.device, handle.control_address) as c:
+            c.wait_healthy(alive=lambda: proc.poll() is None)
+
+    def start(self) -> Deployment:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         try:
-            for dev in self.testbed.devices:
-                port = free_port()
-                log = open(self.log_dir / f"node_{dev.name}.log", "w")  # noqa: SIM115 - closed in stop()
-                self._logs.append(log)
-                cmd = [
-                    sys.executable,
-                    "-m",
-                    "node",
-                    "--device",
-                    dev.name,
-                    "--port",
-                    str(port),
-                    "--host",
-                    "127.0.0.1",
-                    "--log-level",
-                    self.log_level,
-                ]
-                proc = subprocess.Popen(
-                    cmd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    preexec_fn=_die_with_parent,
-                    start_new_session=True,
-                )
-                self.procs[dev.name] = proc
-                addr = f"127.0.0.1:{port}"
-                nodes[dev.name] = NodeHandle(dev.name, addr, addr, proc.pid)
-            for name, h in nodes.items():
-                proc = self.procs[name]
-                with NodeClient(name, h.control_address) as c:
-                    c.wait_healthy(alive=lambda p=proc: p.poll() is None)
+            nodes = {dev.name: self._spawn(dev.name) for dev in self.testbed.devices}
+            for h in nodes.values():
+                self._wait_healthy(h)
         except BaseException:
             self.stop()
             raise
         self.deployment = Deployment(
             "local",
             nodes,
-            node_paces_rate=True,
-            node_adds_delay=True,
-            notes=["local runtime: no CPU or memory isolation; links paced by the nodes"],
+            LinkEmulation.NODE_PACED,
+            workspace=self._workspace,
+            notes=["local runtime: no CPU or memory isolation; links paced by the nodes", NO_CHECK_NOTE],
         )
         return self.deployment
 
@@ -112,12 +128,46 @@ class LocalRuntime:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
         self.procs.clear()
-        for log in self._logs:
+        for log in self._logs.values():
             log.close()
         self._logs.clear()
 
-    def __enter__(self) -> LocalRuntime:
-        return self
+    def node_plan(self, plan: Plan, run_dir: Path) -> Plan:
+        return plan  # the nodes read the orchestrator's own files
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def stats_sampler(self, out_dir: Path) -> LocalStatsSampler:
+        return LocalStatsSampler(self.running, self.testbed, out_dir)
+
+    def fidelity_check(self, console=None) -> None:
+        return None  # NO_CHECK_NOTE, among the deployment's notes, says why
+
+    def set_link(self, src: str, dst: str, rate_bps: int | None = None, delay_s: float | None = None) -> LinkChange:
+        """The sending node paces the rate and stamps the delay itself: its sender is changed in place."""
+        if (src, dst) not in self._links:
+            raise ValueError(f"no link {src} -> {dst} in this testbed")
+        rate, delay = self._links[(src, dst)]
+        rate = rate if rate_bps is None else rate_bps
+        delay = delay if delay_s is None else delay_s
+        held = self.running.client(src).set_link(pb.Peer(device=dst, rate_bps=rate, delay_s=delay))
+        self._links[(src, dst)] = (held.rate_bps, held.delay_s)
+        return LinkChange(src, dst, held.rate_bps or None, held.delay_s, time.time(), "the sending node's sender")
+
+    def set_cpus(self, device: str, cpus: float) -> float:
+        raise RuntimeError(
+            f"the local runtime cannot change {device}'s CPU cap while it runs: its nodes are plain "
+            "processes under no CPU quota (use the docker runtime)"
+        )
+
+    def kill(self, device: str) -> None:
+        proc = self.procs[device]
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=5)
+
+    def revive(self, device: str) -> NodeHandle:
+        if self.procs[device].poll() is None:
+            raise RuntimeError(f"{device}'s node is running: kill it first")
+        handle = self._spawn(device)
+        self._wait_healthy(handle)
+        self.running.replace_node(handle)
+        return handle

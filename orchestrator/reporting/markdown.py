@@ -1,91 +1,13 @@
-"""Write a run folder's report.json, report.md and latencies.csv."""
+"""The run folder's report: report.json with every figure, report.md for people, and the
+comparison of several configurations or runs written into the first one's report."""
 
 from __future__ import annotations
 
-import csv
 import json
-import platform
-import subprocess
-import sys
-from importlib import metadata
 from pathlib import Path
 
-from orchestrator.driving.driver import Record, Timing
-from orchestrator.figures.metrics import HopSample, timeline_rows
-
-
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0], "kernel": platform.release()}
-    for pkg in ("onnx", "onnxruntime", "grpcio", "numpy", "protobuf", "docker"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def git_revision() -> str | None:
-    try:
-        r = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
-        )
-        return r.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def host_facts() -> dict:
-    import psutil
-
-    return {
-        "cpus": psutil.cpu_count(),
-        "memory_bytes": psutil.virtual_memory().total,
-        "machine": platform.machine(),
-        "system": platform.system(),
-    }
-
-
-def write_latencies(
-    path: Path, records: list[Record], samples: list[HopSample], num_stages: int, measured_ids: set[int]
-) -> None:
-    """One row per request: id, send time, per-stage compute, per-hop transfer, end-to-end."""
-    hop_names: list[str] = []
-    by_id: dict[int, dict[str, float]] = {}
-    for h in samples:
-        by_id.setdefault(h.id, {})[f"hop_{h.src}_to_{h.dst}_ms"] = h.transfer_ms
-    rows = []
-    for r in records:
-        comp = {t.stage: (t.end_ns - t.start_ns) / 1e6 for t in r.timings if 0 <= t.stage < num_stages}
-        hops = by_id.get(r.id, {})
-        for h in hops:
-            if h not in hop_names:
-                hop_names.append(h)
-        rows.append((r, comp, hops))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            [
-                "id",
-                "measured",
-                "send_time_s",
-                *[f"stage_{k}_compute_ms" for k in range(num_stages)],
-                *hop_names,
-                "end_to_end_ms",
-                "error",
-            ]
-        )
-        for r, comp, hops in rows:
-            w.writerow(
-                [
-                    r.id,
-                    int(r.id in measured_ids),
-                    f"{r.intended_ns / 1e9:.6f}",
-                    *[f"{comp[k]:.3f}" if k in comp else "" for k in range(num_stages)],
-                    *[f"{hops[h]:.3f}" if h in hops else "" for h in hop_names],
-                    f"{r.latency_ms:.3f}" if r.done_ns else "",
-                    r.error,
-                ]
-            )
+from orchestrator.errors import UserError
+from orchestrator.reporting.plots import comparison_plot
 
 
 def _fmt(v, nd=1) -> str:
@@ -110,6 +32,8 @@ def _load_text(rep: dict) -> str:
 
 
 def render_markdown(rep: dict) -> str:
+    """report.md: the summary table, then predicted against measured, comparison, breakdown, stages,
+    hops, devices, fidelity, plots and notes."""
     lat = rep.get("latency_ms") or {}
     ag = rep.get("agreement") or {}
     acc = rep.get("accuracy") or {}
@@ -329,156 +253,23 @@ def render_markdown(rep: dict) -> str:
 
 
 def write_report(run_dir: Path, rep: dict) -> None:
+    """report.json as given, and report.md rendered from it."""
     (run_dir / "report.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
     (run_dir / "report.md").write_text(render_markdown(rep))
 
 
-def write_requests(path: Path, records: list[Record], measured_ids: set[int]) -> None:
-    """Every request's raw stamps, so that `orchestrator report` can redraw the run."""
-    with open(path, "w") as f:
-        for r in records:
-            f.write(
-                json.dumps(
-                    {
-                        "id": r.id,
-                        "key": r.key,
-                        "measured": r.id in measured_ids,
-                        "intended_ns": r.intended_ns,
-                        "sent_ns": r.sent_ns,
-                        "done_ns": r.done_ns,
-                        "error": r.error,
-                        "timings": [
-                            [
-                                t.stage,
-                                t.device,
-                                t.recv_ns,
-                                t.start_ns,
-                                t.end_ns,
-                                t.send_ns,
-                                t.bytes_out,
-                                t.serialize_ns,
-                                t.deserialize_ns,
-                            ]
-                            for t in r.timings
-                        ],
-                    }
-                )
-                + "\n"
-            )
+def load_report(run_dir: Path) -> dict:
+    """A run folder's report.json."""
+    p = Path(run_dir) / "report.json"
+    if not p.exists():
+        raise UserError("no report.json: not a run folder", str(run_dir))
+    return json.loads(p.read_text())
 
 
-def read_requests(path: Path) -> tuple[list[Record], set[int]]:
-    records, measured = [], set()
-    for line in Path(path).read_text().splitlines():
-        d = json.loads(line)
-        r = Record(id=d["id"], sent_ns=d["sent_ns"], key=d["key"], intended_ns=d["intended_ns"])
-        r.done_ns, r.error = d["done_ns"], d["error"]
-        r.timings = [Timing(*t) for t in d["timings"]]
-        records.append(r)
-        if d["measured"]:
-            measured.add(r.id)
-    return records, measured
-
-
-def read_stats(stats_dir: Path) -> dict[str, list[dict]]:
-    return {
-        p.stem: [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        for p in sorted(Path(stats_dir).glob("*.jsonl"))
-    }
-
-
-def write_plots(
-    run_dir: Path,
-    rep: dict,
-    records: list[Record],
-    measured_ids: set[int],
-    stats: dict[str, list[dict]],
-    view: dict | None,
-    offsets: dict[str, int] | None = None,
-) -> list[str]:
-    """Draw every plot of the run into run_dir/plots; return their paths relative to run_dir."""
-    from orchestrator.figures.latency import per_second
-    from orchestrator.reporting import plots
-
-    out = run_dir / "plots"
-    n = len(rep["stages"])
-    measured = [r for r in records if r.id in measured_ids]
-    made = [plots.latency_cdf([r.latency_ms for r in measured], out / "latency_cdf.png")]
-    made.append(
-        plots.throughput_over_time(
-            per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], rep["batch"]),
-            out / "throughput.png",
-        )
-    )
-    made.append(plots.breakdown(rep["stages"], rep["hops"], out / "breakdown.png"))
-    if any(stats.values()):
-        made.append(plots.device_usage(stats, out / "devices.png"))
-    made.append(plots.timeline(timeline_rows(records, n, offsets), out / "timeline.png"))
-    if view:
-        rep["partition_view"] = view
-        made.append(
-            plots.partition_map(
-                view["cost"],
-                view["live_bytes"],
-                view["cuts"],
-                view["devices"],
-                out / "partition.png",
-                view.get("title", ""),
-            )
-        )
-    if rep.get("comparison"):
-        made.append(comparison_plot(run_dir, rep["comparison"]))
-    return [str(p.relative_to(run_dir)) for p in made]
-
-
-def comparison_plot(run_dir: Path, rows: list[dict]) -> Path:
-    from orchestrator.reporting import plots
-
-    return plots.comparison(
-        [r["name"] for r in rows],
-        [r["throughput_fps"] for r in rows],
-        [r["latency_p50_ms"] for r in rows],
-        [r["latency_p99_ms"] for r in rows],
-        run_dir / "plots" / "comparison.png",
-        predicted=[r.get("predicted_fps") for r in rows],
-    )
-
-
-def write_comparison(run_dir: Path, rep: dict) -> None:
-    """Add the side-by-side table and plot to the first configuration's report."""
-    path = str(comparison_plot(run_dir, rep["comparison"]).relative_to(run_dir))
-    rep["plots"] = [p for p in rep.get("plots") or [] if p != path] + [path]
-    write_report(run_dir, rep)
-
-
-def rebuild(run_dir: Path) -> dict:
-    """Redraw a run folder's plots and report.md from report.json, requests.jsonl and stats/."""
-    run_dir = Path(run_dir)
-    rep = json.loads((run_dir / "report.json").read_text())
-    records, measured = read_requests(run_dir / "requests.jsonl")
-    rep["plots"] = write_plots(
-        run_dir,
-        rep,
-        records,
-        measured,
-        read_stats(run_dir / "stats"),
-        rep.get("partition_view"),
-        rep.get("clock_offsets_ns"),
-    )
-    write_report(run_dir, rep)
-    return rep
-
-
-def partition_view(plan, graph) -> dict:
-    """What the partition plot needs: per-node cost, live bytes, and the chosen cuts."""
-    cuts = []
-    for s in plan.stages[:-1]:
-        produced = [graph.prod[t] for t in s.outputs if graph.prod.get(t, -1) >= 0]
-        cuts.append(max(produced) + 1 if produced else 0)
-    return {
-        "cost": list(graph.cost),
-        "live_bytes": list(graph.live_bytes),
-        "cuts": cuts,
-        "devices": [s.device for s in plan.stages],
-        "title": f"{Path(plan.model).name}: {len(plan.stages)} stages ({plan.algorithm})",
-    }
+def write_comparison(run_dir: Path, rep: dict, rows: list[dict]) -> dict:
+    """Write `rep` again with the side-by-side table (`rows`, figures.compare.comparison_rows) and plot;
+    return the report as written (`rep` itself is left as it is)."""
+    path = str(comparison_plot(run_dir, rows).relative_to(run_dir))
+    compared = rep | {"comparison": rows, "plots": [p for p in rep.get("plots") or [] if p != path] + [path]}
+    write_report(run_dir, compared)
+    return compared

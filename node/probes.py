@@ -1,0 +1,268 @@
+"""Measurements run inside a device's container (or beside a local node) to check its emulation.
+
+`python -m node.probes <probe> ...`, started by the orchestrator through `docker exec`; each
+prints one JSON line on stdout (the sink prints nothing: its senders get its figures).
+
+- sink: accepts connections on a port; answers pings with the one-way time it saw, and after a
+  rate transfer the bytes it received, when, and a trace of their arrival.
+- send: pings a sink (one-way delay on the shared host clock), then sends it N bytes over TCP.
+- busy: spins in P processes for a fixed wall time: CPU time over wall time, and the cgroup's
+  throttling counters around it.
+- hold: sends small probe frames to a node through the node's own link sender, stamped to be
+  held for the link's delay, and reads back from that node's Stats how long it really held them.
+- netem: whether this kernel can attach netem (needs NET_ADMIN).
+- quota: the CPU quota this container's cgroup holds, as the node reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+_CPU_STAT = ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", "/sys/fs/cgroup/cpu/cpu.stat", "/sys/fs/cgroup/cpu.stat")
+_CONNECT_S = 10.0
+_READ_BYTES = 1 << 20
+_MARKS = 400  # arrival trace points kept per transfer
+
+
+# -- sink ----------------------------------------------------------------------------------------
+
+
+def _serve(conn: socket.socket) -> None:
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with conn, conn.makefile("rb") as f:
+        head = json.loads(f.readline())
+        if head["mode"] == "ping":
+            for _ in range(head["count"]):
+                sent = int(f.readline())
+                conn.sendall(b"%d\n" % (time.time_ns() - sent))
+            return
+        n, got, first, first_bytes, now, marks = head["n"], 0, None, 0, 0, []
+        while got < n:
+            k = len(f.read1(min(_READ_BYTES, n - got)))
+            if not k:
+                break
+            now = time.time_ns()
+            if first is None:
+                first, first_bytes = now, k
+            got += k
+            marks.append((now, got))
+        step = max(1, len(marks) // _MARKS)
+        r = {"bytes": got, "first_ns": first, "last_ns": now, "first_bytes": first_bytes, "marks": marks[::step]}
+        conn.sendall(json.dumps(r).encode() + b"\n")
+
+
+def sink(expected: int, life_s: float, port: int, host: str = "0.0.0.0") -> None:
+    """Serve `expected` connections (pings or transfers), or until `life_s` has passed."""
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((host, port))
+        srv.listen(64)
+        srv.settimeout(0.5)
+        end, threads = time.monotonic() + life_s, []
+        while len(threads) < expected and time.monotonic() < end:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            t = threading.Thread(target=_serve, args=(conn,), daemon=True)
+            t.start()
+            threads.append(t)
+        for t in threads:
+            t.join(timeout=max(0.0, end - time.monotonic()))
+
+
+# -- send ----------------------------------------------------------------------------------------
+
+
+def _connect(ip: str, port: int) -> socket.socket:
+    """A connection to the sink, retried while it is still starting."""
+    end = time.monotonic() + _CONNECT_S
+    while True:
+        try:
+            s = socket.create_connection((ip, port), timeout=30)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return s
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.05)
+
+
+def send(ip: str, n: int, pings: int, port: int) -> dict:
+    """One-way delays of `pings` small messages (ms, sorted), then the sink's view of n bytes."""
+    one_way = []
+    with _connect(ip, port) as s, s.makefile("rb") as f:
+        s.sendall(json.dumps({"mode": "ping", "count": pings}).encode() + b"\n")
+        for _ in range(pings):
+            s.sendall(b"%d\n" % time.time_ns())
+            one_way.append(int(f.readline()) / 1e6)
+            time.sleep(0.002)
+    with _connect(ip, port) as s, s.makefile("rb") as f:
+        s.sendall(json.dumps({"mode": "rate", "n": n}).encode() + b"\n")
+        chunk, left = memoryview(bytes(_READ_BYTES)), n
+        while left > 0:
+            k = min(left, len(chunk))
+            s.sendall(chunk[:k])
+            left -= k
+        r = json.loads(f.readline())
+    r["one_way_ms"] = sorted(one_way)
+    return r
+
+
+# -- busy ----------------------------------------------------------------------------------------
+
+
+def _cpu_stat() -> dict[str, str]:
+    for p in _CPU_STAT:
+        try:
+            return dict(line.split() for line in Path(p).read_text().splitlines())
+        except OSError:
+            continue
+    return {}
+
+
+def _spin(wall_s: float, out: mp.Queue) -> None:
+    t0, c0 = time.monotonic(), time.process_time()
+    while time.monotonic() - t0 < wall_s:
+        pass
+    out.put(time.process_time() - c0)
+
+
+def busy(procs: int, wall_s: float) -> dict:
+    """CPU seconds `procs` spinning processes got in `wall_s`, and the throttling meanwhile."""
+    s0 = _cpu_stat()
+    q: mp.Queue = mp.Queue()
+    ps = [mp.Process(target=_spin, args=(wall_s, q)) for _ in range(procs)]
+    for p in ps:
+        p.start()
+    cpu = sum(q.get() for _ in ps)
+    for p in ps:
+        p.join()
+    s1 = _cpu_stat()
+
+    def delta(k: str) -> int:
+        return int(s1.get(k, 0)) - int(s0.get(k, 0))
+
+    return {
+        "cpu_s": cpu,
+        "wall_s": wall_s,
+        "nr_periods": delta("nr_periods"),
+        "nr_throttled": delta("nr_throttled"),
+        "throttled_ns": delta("throttled_time") or delta("throttled_usec") * 1000,
+    }
+
+
+# -- hold ----------------------------------------------------------------------------------------
+
+
+def _held(stub, device: str):
+    from common import testbed_pb2 as pb
+
+    reply = stub.Stats(pb.Empty(), timeout=5.0)
+    return next((h for h in reply.holds if h.device == device), pb.LinkHold(device=device))
+
+
+def hold(address: str, device: str, hold_s: float, count: int = 10, gap_s: float = 0.01, wait_s: float = 10.0) -> dict:
+    """Send `count` probe frames to the node at `address` as `device`'s link does (the node's own
+    sender, each frame stamped to be held `hold_s`); the node holds them like any frame of that
+    link and drops them. Returns the holds it asked and really applied (mean, ms), from its Stats."""
+    import grpc
+    import numpy as np
+
+    from common import testbed_pb2 as pb
+    from common.grpc_options import CHANNEL_OPTIONS
+    from common.rpc import node_stub
+    from common.tensors import TensorFrame
+    from node.links import PeerSender
+
+    if hold_s <= 0 or count < 1:
+        raise ValueError("hold needs a delay > 0 s and at least one frame")
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        stub = node_stub(channel)
+        before = _held(stub, device)
+        sender = PeerSender(address, 0.0, hold_s, name=address)
+        try:
+            for i in range(count):
+                frame = TensorFrame(pb.Frame(request_id=i, probe=True), {"probe": np.zeros(16, np.float32)})
+                frame.header.timings.add(stage=-1, device=device)
+                sender.send(frame)
+                time.sleep(gap_s)
+            deadline = time.monotonic() + hold_s + wait_s
+            after = _held(stub, device)
+            while after.frames < before.frames + count and time.monotonic() < deadline:
+                time.sleep(0.02)
+                after = _held(stub, device)
+        finally:
+            sender.close()
+    n = after.frames - before.frames
+    if n < count:
+        raise RuntimeError(f"{address} held {n} of {count} probe frames within {wait_s:g} s")
+    return {
+        "frames": n,
+        "asked_ms": (after.asked_ns - before.asked_ns) / n / 1e6,
+        "held_ms": (after.held_ns - before.held_ns) / n / 1e6,
+    }
+
+
+# -- facts ---------------------------------------------------------------------------------------
+
+
+def netem() -> dict:
+    from node import tc
+
+    return {"netem": tc.has_netem()}
+
+
+def quota() -> dict:
+    from node import resources
+
+    lim = resources.limits()
+    return {"cpu_quota": lim.cpu_quota, "cores": lim.cores}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m node.probes", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="probe", required=True)
+    p = sub.add_parser("sink")
+    p.add_argument("expected", type=int)
+    p.add_argument("life_s", type=float)
+    p.add_argument("port", type=int)
+    p = sub.add_parser("send")
+    p.add_argument("ip")
+    p.add_argument("n", type=int)
+    p.add_argument("pings", type=int)
+    p.add_argument("port", type=int)
+    p = sub.add_parser("busy")
+    p.add_argument("procs", type=int)
+    p.add_argument("wall_s", type=float)
+    p = sub.add_parser("hold")
+    p.add_argument("address", help="host:port of the receiving node")
+    p.add_argument("--from", dest="device", required=True, help="the sending device's name")
+    p.add_argument("--hold-s", type=float, required=True)
+    p.add_argument("--count", type=int, default=10)
+    sub.add_parser("netem")
+    sub.add_parser("quota")
+    a = ap.parse_args(argv)
+    if a.probe == "sink":
+        sink(a.expected, a.life_s, a.port)
+        return 0
+    result = {
+        "send": lambda: send(a.ip, a.n, a.pings, a.port),
+        "busy": lambda: busy(a.procs, a.wall_s),
+        "hold": lambda: hold(a.address, a.device, a.hold_s, a.count),
+        "netem": netem,
+        "quota": quota,
+    }[a.probe]()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

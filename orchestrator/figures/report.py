@@ -1,0 +1,162 @@
+"""The whole report of one configuration's run, as one dict: every figure computed from what the run
+measured, beside what was planned and configured. Writers only write it; nothing adds to it later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.config import Job, Testbed
+from orchestrator.driving.clocks import ClockOffset, offsets_ns
+from orchestrator.driving.deploy import LoadedNode
+from orchestrator.driving.driver import Record
+from orchestrator.driving.inputs import Inputs
+from orchestrator.figures.compare import prediction_vs_measured
+from orchestrator.figures.energy import device_energy
+from orchestrator.figures.facts import git_revision, host_facts, versions
+from orchestrator.figures.fidelity import fidelity_figures
+from orchestrator.figures.gpu_power import NvmlPowerSampler, gpu_energy
+from orchestrator.figures.latency import encode, histogram_of, per_second, summary
+from orchestrator.figures.metrics import HopSample, breakdown_table, hop_figures, stage_figures, throughput
+from orchestrator.figures.quality import accuracy, agreement
+from orchestrator.partition.plan import Plan
+from orchestrator.runtimes.stats import StatsLine, device_summary
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What ran: one configuration of a job on a runtime, its plan and how its nodes were loaded."""
+
+    job: Job
+    configuration: str
+    runtime: str
+    model: Path
+    source: str
+    testbed: Testbed
+    devices_file: Path
+    run_dir: Path
+    plan: Plan
+    predicted_from_blocks: dict | None  # the plan's prediction before each stage was measured whole
+    profile: dict | None
+    nodes: dict[str, LoadedNode]
+    fidelity_check: dict | None  # the runtime's check between the real containers, where it ran
+    partition_view: dict
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class RunMeasurements:
+    """What driving the pipeline measured, on the orchestrator's clock and the devices'."""
+
+    records: list[Record]  # warm-up and measured, in the order they were sent
+    measured_ids: set[int]
+    repeats: list[list[Record]]  # each repeat's measured records that completed
+    hops: list[HopSample]
+    stats: dict[str, list[StatsLine]]  # per device, the stats samples
+    gpu_power: NvmlPowerSampler
+    clocks: dict[str, ClockOffset]
+    host_busy: float  # share of the host's CPUs busy while driving
+    inputs: Inputs
+    reference: dict[int, dict[str, np.ndarray]]  # the whole model's outputs, keyed like Record.key
+    output_name: str  # the model's logits, for accuracy
+
+
+def _load(job: Job) -> dict:
+    if job.rate_hz:
+        mode = {"mode": "open", "rate_hz": job.rate_hz}
+    else:
+        mode = {"mode": "closed", "concurrency": job.concurrency}
+    return mode | ({"duration_s": job.duration_s} if job.duration_s else {})
+
+
+def _repeat_spread(fps: list[float]) -> dict:
+    return {
+        "throughput_fps_min": min(fps),
+        "throughput_fps_max": max(fps),
+        "spread_pct": round((max(fps) - min(fps)) / float(np.median(fps)) * 100, 2),
+    }
+
+
+def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
+    """Every figure of the run, in the keys of report.json."""
+    job, plan, testbed = setup.job, setup.plan, setup.testbed
+    n = len(plan.stages)
+    offsets = offsets_ns(run.clocks)
+    measured = [r for r in run.records if r.id in run.measured_ids]
+    errors = [r for r in run.records if r.error]
+    images = len(measured) * job.batch
+    latency_hist = histogram_of(r.latency_ms for r in measured)
+    window = (min(r.intended_ns for r in measured) / 1e9, max(r.done_ns for r in measured) / 1e9) if measured else None
+    per_repeat = [
+        {"throughput_fps": throughput(rs, job.batch), "latency_ms": summary(histogram_of(r.latency_ms for r in rs))}
+        for rs in run.repeats
+    ]
+    fps = [p["throughput_fps"] for p in per_repeat if p["throughput_fps"]]
+    gpus = {d.name: d.gpu.index for d in testbed.devices if d.gpu is not None}
+    predicted = plan.predicted.model_dump() if plan.predicted else None
+    rep = {
+        "job": job.name,
+        "configuration": setup.configuration,
+        "runtime": setup.runtime,
+        "model": str(setup.model),
+        "algorithm": plan.algorithm,
+        "objective": plan.objective,
+        "source": setup.source,
+        "cut_tensors": [list(st.outputs) for st in plan.stages[:-1]],
+        "requests": len(measured),
+        "warmup": job.warmup,
+        "batch": job.batch,
+        "load": _load(job),
+        "concurrency": job.concurrency,
+        "errors": len(errors),
+        "first_error": errors[0].error if errors else None,
+        "throughput_fps": float(np.median(fps)) if fps else None,
+        "latency_ms": summary(latency_hist),
+        "latency_histogram": encode(latency_hist),
+        "repeats": per_repeat if job.repeat > 1 else None,
+        "repeat_spread": _repeat_spread(fps) if job.repeat > 1 and fps else None,
+        "per_second": per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], job.batch),
+        "stages": stage_figures(measured, n, offsets=offsets),
+        "hops": hop_figures(run.hops, run.measured_ids),
+        "agreement": agreement([r for r in run.records if not r.error], run.reference),
+        "accuracy": (
+            accuracy(measured, run.inputs.labels, run.output_name)
+            if not run.inputs.synthetic
+            else {"top1": None, "top5": None, "why": "synthetic data has no labels"}
+        ),
+        "devices": device_summary(run.stats),
+        "energy": device_energy(run.stats, testbed, window, images),
+        "gpu_energy": {
+            d: (
+                gpu_energy(run.gpu_power.samples.get(i, []), window, images)
+                if run.gpu_power.available
+                else {"method": f"not measured: {run.gpu_power.error}"}
+            )
+            for d, i in gpus.items()
+        }
+        or None,
+        "nodes": {k: vars(v) for k, v in setup.nodes.items()},
+        "predicted": predicted,
+        "predicted_from_blocks": setup.predicted_from_blocks,
+        "profile": setup.profile,
+        "fidelity": fidelity_figures(setup.fidelity_check, run.hops, run.measured_ids, testbed, run.host_busy),
+        "resolved": {
+            "job": job.model_dump(),
+            "devices": testbed.model_dump(by_alias=True),
+            "devices_file": str(setup.devices_file),
+        },
+        "versions": versions(),
+        "host": host_facts(),
+        "git_revision": git_revision(),
+        "notes": list(setup.notes),
+        "host_cpu_busy": round(run.host_busy, 4),
+    }
+    rep["prediction_vs_measured"] = prediction_vs_measured(predicted, rep)
+    rep["breakdown"] = breakdown_table(rep["stages"], rep["hops"], (rep["latency_ms"] or {}).get("mean"), setup.source)
+    rep["clocks"] = {d: c.as_dict() for d, c in run.clocks.items()}
+    rep["clock_offsets_ns"] = offsets
+    rep["partition_view"] = setup.partition_view
+    rep["run_dir"] = str(setup.run_dir)
+    return rep

@@ -1,0 +1,48 @@
+"""What a partition algorithm decides on (`Problem`) and what it answers (`Placement`).
+
+Every algorithm is a callable `(Problem) -> Placement`; cut positions are those of `ModelGraph`
+(see graph.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from orchestrator.config import Device, Link, Objective, PartitionPoint, Testbed
+from orchestrator.partition.costmodel import CostTable
+from orchestrator.partition.graph import ModelGraph
+from orchestrator.partition.plan import Predicted
+
+
+@dataclass
+class Problem:
+    """What an algorithm decides on."""
+
+    graph: ModelGraph
+    devices: list[Device]
+    stages: int | None  # None: the algorithm's choice (usually one stage per device)
+    objective: Objective
+    points: list[PartitionPoint]  # the devices file's manual partition points, may be empty
+    block_cost: list[float]  # estimated cost per seq position (FLOPs, or seconds once profiled)
+    devices_file: str | None = None  # for messages
+    links: list[Link] = field(default_factory=list)  # the testbed's directed link overrides
+    source: str | None = None  # device where inputs come from and results return, if known
+    cost_table: CostTable | None = None  # measured seconds per block per device (a profile), if any
+
+    def testbed(self) -> Testbed:
+        """The devices and links as a Testbed, for link parameters."""
+        return Testbed(devices=list(self.devices), links=list(self.links), source=self.devices_file)
+
+
+@dataclass
+class Placement:
+    """Cut positions (increasing, 1..n-1), one device name per stage, and remarks for the user."""
+
+    cuts: list[int]
+    devices: list[str]
+    notes: list[str] = field(default_factory=list)
+    predicted: Predicted | None = None  # the algorithm's own estimate, when it made one
+
+
+Algorithm = Callable[[Problem], Placement]

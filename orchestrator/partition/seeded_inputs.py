@@ -1,0 +1,60 @@
+"""Seeded random inputs for a model: the same tensors for the same seed, whoever asks.
+
+The symbolic first dimension is the batch, other symbolic dimensions 1; floats are N(0, 1)
+(image-like), booleans 0 or 1, integers 0..9 (valid ids and positions for any vocabulary).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+
+class InputSpec(NamedTuple):
+    """One model input: its name, element type, and shape (a dimension's name or None where symbolic)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+
+def session_inputs(sess: ort.InferenceSession) -> list[InputSpec]:
+    """The inputs an ONNX Runtime session declares (its types read as "tensor(float)" and the like)."""
+    return [
+        InputSpec(
+            i.name,
+            np.dtype(helper.tensor_dtype_to_np_dtype(TensorProto.DataType.Value(i.type[len("tensor(") : -1].upper()))),
+            tuple(i.shape),
+        )
+        for i in sess.get_inputs()
+    ]
+
+
+def onnx_inputs(types: Iterable[tuple[str, onnx.TypeProto]]) -> list[InputSpec]:
+    """Inputs from their ONNX types (a graph's declared inputs), by name."""
+    out = []
+    for name, tp in types:
+        tt = tp.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        out.append(InputSpec(name, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type)), dims))
+    return out
+
+
+def seeded_inputs(specs: Iterable[InputSpec], batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """One array per input, drawn in the given order from a generator seeded with `seed`."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        shape = [d if isinstance(d, int) else (batch if k == 0 else 1) for k, d in enumerate(spec.shape)]
+        if np.issubdtype(spec.dtype, np.floating):
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == np.bool_:
+            feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
+        else:
+            feeds[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+    return feeds

@@ -1,0 +1,63 @@
+"""What `orchestrator run` prints when a configuration is done, and when several were compared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
+    """The headline figures of one configuration's report, and where its run folder is."""
+    t = Table(title=f"{rep['job']} [{rep['configuration']}]: {rep['requests']} requests, {rep['runtime']} runtime")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    fps = rep["throughput_fps"]
+    t.add_row("throughput", f"{fps:.2f} images/s" if fps else "not measured")
+    for k in ("p50", "p90", "p99", "max"):
+        v = (rep["latency_ms"] or {}).get(k)
+        if v is not None:
+            t.add_row(f"latency {k}", f"{v:.1f} ms")
+    for s in rep["stages"]:
+        c = s.get("compute_ms") or {}
+        t.add_row(f"stage {s['index']} on {s['device']}", f"{c.get('p50', float('nan')):.1f} ms p50")
+    for h in rep["hops"]:
+        tm = h.get("transfer_ms") or {}
+        t.add_row(f"hop {h['from']} -> {h['to']}", f"{tm.get('p50', float('nan')):.2f} ms p50, {h['bytes']} B")
+    ag = rep["agreement"]
+    if ag.get("max_abs_diff") is not None:
+        t.add_row("agreement", f"max abs diff {ag['max_abs_diff']:.2e}, top-1 {ag['top1']}")
+    acc = rep["accuracy"]
+    t.add_row(
+        "accuracy",
+        f"top-1 {acc['top1']:.3f}, top-5 {acc['top5']:.3f}" if acc.get("top1") is not None else "not measured",
+    )
+    pv = rep.get("prediction_vs_measured") or {}
+    if (pv.get("throughput_fps") or {}).get("error_pct") is not None:
+        t.add_row(
+            "predicted throughput",
+            f"{pv['throughput_fps']['predicted']:.2f} images/s ({pv['throughput_fps']['error_pct']:+.1f}%)",
+        )
+    t.add_row("errors", str(rep["errors"]))
+    for f in (rep.get("fidelity") or {}).get("flagged") or []:
+        t.add_row("[bold red]fidelity off >10%", f)
+    console.print(t)
+    console.print(f"run folder: {run_dir}")
+
+
+def print_comparison(console: Console, rows: list[dict]) -> None:
+    """One line per compared configuration (figures.compare.comparison_rows)."""
+    t = Table(title="comparison")
+    for col in ("configuration", "stages on", "throughput", "predicted", "p50 ms", "p99 ms"):
+        t.add_column(col, justify="right" if col not in ("configuration", "stages on") else "left")
+    for r in rows:
+        t.add_row(
+            r["name"],
+            " > ".join(r["devices"]),
+            f"{r['throughput_fps']:.2f}/s" if r["throughput_fps"] else "-",
+            f"{r['predicted_fps']:.2f}/s" if r["predicted_fps"] else "-",
+            f"{r['latency_p50_ms']:.1f}" if r["latency_p50_ms"] else "-",
+            f"{r['latency_p99_ms']:.1f}" if r["latency_p99_ms"] else "-",
+        )
+    console.print(t)

@@ -1,0 +1,117 @@
+"""The layout's rules, read from the import graph (grimp: every import, those inside functions and
+under TYPE_CHECKING included): no import cycle, Docker only inside the runtimes, a run that never
+asks which runtime it holds, a node that never imports the orchestrator."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+from pathlib import Path
+
+import grimp
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("orchestrator", "node", "common")
+RUNTIME_KINDS = ("Runtime", "Deployment", "Sampler", "Collector")
+
+
+def import_graph(*packages: str, external: bool = False) -> grimp.ImportGraph:
+    return grimp.build_graph(*packages, include_external_packages=external, cache_dir=None)
+
+
+def import_cycles(graph: grimp.ImportGraph) -> list[tuple[str, ...]]:
+    """One shortest cycle through each import that is part of one (a package's __init__ is a module
+    of its own: a submodule importing its package, which imports it back, is a cycle)."""
+    cycles: dict[frozenset[str], tuple[str, ...]] = {}
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            back = graph.find_shortest_chain(importer=imported, imported=importer)
+            if back is not None:
+                cycle = (importer, *back)
+                cycles.setdefault(frozenset(cycle), cycle)
+    return list(cycles.values())
+
+
+@pytest.fixture(scope="module")
+def graph() -> grimp.ImportGraph:
+    return import_graph(*PACKAGES, external=True)
+
+
+def test_the_cycle_finder_sees_imports_inside_functions_and_through_a_package(tmp_path, monkeypatch):
+    pkg = tmp_path / "cyclic"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from cyclic.a import run\n")
+    (pkg / "a.py").write_text("def run():\n    from cyclic import run as again\n    return again\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert import_cycles(import_graph("cyclic")) == [("cyclic", "cyclic.a", "cyclic")]
+
+
+def test_no_import_cycle(graph):
+    cycles = import_cycles(graph)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_only_the_runtimes_import_docker(graph):
+    importers = graph.find_modules_that_directly_import("docker")
+    outside = sorted(m for m in importers if not m.startswith("orchestrator.runtimes."))
+    assert not outside, f"import the docker package outside orchestrator/runtimes/: {outside}"
+
+
+def test_node_and_common_never_import_the_orchestrator(graph):
+    for package in ("node", "common"):
+        chain = graph.find_shortest_chain(importer=package, imported="orchestrator", as_packages=True)
+        assert chain is None, f"{package} reaches the orchestrator: {' -> '.join(chain)}"
+    assert graph.find_shortest_chain(importer="common", imported="node", as_packages=True) is None
+
+
+def test_run_imports_no_engine_module(graph):
+    engine = sorted(
+        m
+        for m in graph.find_modules_directly_imported_by("orchestrator.run")
+        if m.startswith(("orchestrator.runtimes.docker", "orchestrator.runtimes.local"))
+    )
+    assert not engine, f"orchestrator/run.py imports engine modules: {engine}"
+
+
+def runtime_isinstance_checks(source: str) -> list[str]:
+    """`isinstance` calls whose class is a runtime, deployment or stats sampler, as `line: code`."""
+    tree = ast.parse(source)
+    from_runtimes = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("orchestrator.runtimes")
+        for alias in node.names
+    }
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"):
+            continue
+        if len(node.args) != 2:
+            continue
+        classes = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+        names = [ast.unparse(c).rsplit(".", 1)[-1] for c in classes]
+        if any(n in from_runtimes or n.endswith(RUNTIME_KINDS) for n in names):
+            found.append((node.lineno, f"{node.lineno}: {ast.unparse(node)}"))
+    return [text for _, text in sorted(found)]
+
+
+def test_the_runtime_check_finds_isinstance_on_a_runtime():
+    source = textwrap.dedent(
+        """
+        from orchestrator.runtimes.docker import DockerDeployment
+        from orchestrator.runtimes import local
+        a = isinstance(dep, DockerDeployment)
+        b = isinstance(rt, (int, local.LocalRuntime))
+        c = isinstance(x, dict)
+        """
+    )
+    assert runtime_isinstance_checks(source) == [
+        "4: isinstance(dep, DockerDeployment)",
+        "5: isinstance(rt, (int, local.LocalRuntime))",
+    ]
+
+
+def test_run_never_asks_which_runtime_it_holds():
+    found = runtime_isinstance_checks((ROOT / "orchestrator" / "run.py").read_text())
+    assert not found, "orchestrator/run.py asks which runtime it holds:\n" + "\n".join(found)
