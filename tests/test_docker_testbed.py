@@ -107,14 +107,16 @@ def test_qdiscs_inside_match_the_links(testbed):
 def test_10mbit_link_measures_within_10_percent(testbed):
     from orchestrator.runtimes.docker_fidelity import check_links
 
-    links = check_links(
-        testbed["containers"], {c.device: c.ip for c in testbed["spec"].containers}, testbed["tb"], node_adds_delay=True
-    )
+    ips = {c.device: c.ip for c in testbed["spec"].containers}
+    links = check_links(testbed["containers"], ips, testbed["tb"], node_holds_delay=True)
     by = {(x["from"], x["to"]): x for x in links}
     half_one = by[("half", "one")]
     assert half_one["configured_bps"] == 10_000_000
     assert abs(half_one["error"]) <= 0.10, half_one
     assert abs(by[("one", "half")]["error"]) <= 0.10, by[("one", "half")]
+    for x in links:  # the delay: the network's, plus what the receiving node really held (never less than asked)
+        assert x["node_hold_ms"] >= x["configured_delay_ms"], x
+        assert x["achieved_delay_ms"] == pytest.approx(x["network_delay_ms"] + x["node_hold_ms"], abs=1e-3)
 
 
 def _matmul_model(path: Path) -> Path:
@@ -195,6 +197,120 @@ def test_stats_collector_reads_every_container(testbed, docker_client, tmp_path)
         assert all(x["memory_limit"] == testbed["tb"].device(dev).memory for x in lines)
     half = [json.loads(x) for x in (tmp_path / "half.jsonl").read_text().splitlines()]
     assert max(x["cpu_of_cap"] or 0 for x in half) > 0.5
+
+
+@pytest.fixture(scope="module")
+def runtime(testbed, docker_client, node_image, tmp_path_factory):
+    """The runtime protocol on the module's testbed: it finds it running and leaves it up."""
+    from orchestrator.runtimes.docker import DockerRuntime
+
+    logs = tmp_path_factory.mktemp("rtlogs")
+    rt = DockerRuntime(
+        testbed["tb"], logs, testbed["ws"], testbed_name=NAME, subnet=SUBNET, image=node_image, client=docker_client
+    )
+    with rt:
+        rt.start()
+        yield rt
+
+
+def _class_of(cont, ip: str) -> tuple[str, int, int]:
+    """The htb class shaping a container's egress to `ip`: its id, rate and bytes sent so far."""
+    from node.tc import parse_htb_rates, parse_u32_flows
+
+    classid = parse_u32_flows(cont.exec_run(["tc", "filter", "show", "dev", "eth0"]).output.decode())[ip]
+    text = cont.exec_run(["tc", "-s", "class", "show", "dev", "eth0", "classid", classid]).output.decode()
+    return classid, parse_htb_rates(text)[classid], int(text.split("Sent ")[1].split()[0])
+
+
+def test_runtime_finds_the_running_testbed(runtime, testbed):
+    from orchestrator.runtimes.base import LinkEmulation
+
+    dep = runtime.running
+    assert not runtime.owned and set(dep.nodes) == {"half", "one"}
+    assert runtime.workspace == testbed["ws"].resolve()
+    qdiscs = testbed["containers"]["half"].exec_run(["tc", "qdisc", "show", "dev", "eth0"]).output.decode()
+    assert dep.link_emulation is (LinkEmulation.TC_NETEM if "netem" in qdiscs else LinkEmulation.TC_NODE_DELAY)
+    assert dep.link_emulation.describe() in dep.notes
+
+
+def test_set_link_changes_the_htb_class_in_place(runtime, testbed):
+    from orchestrator.runtimes.docker_fidelity import check_links
+
+    half, ips = testbed["containers"]["half"], {c.device: c.ip for c in testbed["spec"].containers}
+    classid, rate, sent = _class_of(half, ips["one"])
+    assert rate == 10_000_000 and sent > 0  # the transfers of the tests above went through it
+    change = runtime.set_link("half", "one", rate_bps=20_000_000)
+    try:
+        assert change.rate_bps == 20_000_000 and change.how.startswith("tc class change")
+        same, now_rate, now_sent = _class_of(half, ips["one"])
+        assert same == classid and now_rate == 20_000_000
+        assert now_sent >= sent  # changed, not deleted and added again: its counters carry on
+        links = check_links(testbed["containers"], ips, testbed["tb"], node_holds_delay=True)
+        achieved = next(x["achieved_bps"] for x in links if (x["from"], x["to"]) == ("half", "one"))
+        assert achieved == pytest.approx(20_000_000, rel=0.10)
+    finally:
+        runtime.set_link("half", "one", rate_bps=10_000_000)
+    assert _class_of(half, ips["one"])[1] == 10_000_000
+
+
+def test_set_cpus_is_a_live_update_read_back_from_the_cgroup(runtime, testbed):
+    from orchestrator.runtimes.docker_fidelity import probe
+
+    half = testbed["containers"]["half"]
+    try:
+        assert runtime.set_cpus("half", 0.25) == pytest.approx(0.25)
+        half.reload()
+        assert half.attrs["HostConfig"]["NanoCpus"] == 250_000_000 and half.status == "running"
+        busy = probe(half, "busy", "1", "1.0")
+        assert busy["cpu_s"] / busy["wall_s"] == pytest.approx(0.25, rel=0.10)
+    finally:
+        runtime.set_cpus("half", 0.5)
+    with pytest.raises(ValueError, match="cpus must be > 0"):
+        runtime.set_cpus("half", 0)
+
+
+def test_set_link_delay_on_a_loaded_pipeline(runtime, testbed, tiny_vit):
+    from tests.runtime_helpers import drive_some, held, load_two_stages, mean_hold_s
+
+    plan = load_two_stages(runtime, tiny_vit, testbed["tb"], "one", testbed["ws"] / "plan")
+    src, dst = plan.stages[0].device, plan.stages[1].device
+    assert src != dst
+    drive_some(runtime, "one", 2)
+    change = runtime.set_link(src, dst, delay_s=0.030)
+    assert change.delay_s == 0.030
+    if not runtime.running.link_emulation.node_holds_delay:
+        pytest.skip("netem holds the delay here: no node hold to read back")
+    assert change.how == "the sending node's hold"
+    before = held(runtime, dst, src)
+    drive_some(runtime, "one", 3)
+    n, asked_s, held_s = mean_hold_s(before, held(runtime, dst, src))
+    assert n == 3 and asked_s == pytest.approx(0.030, abs=1e-6) and held_s >= asked_s
+
+
+def test_kill_and_revive_a_container(runtime, testbed):
+    from orchestrator.driving.client import NodeError
+    from orchestrator.runtimes.docker_fidelity import probe
+
+    half, ips = testbed["containers"]["half"], {c.device: c.ip for c in testbed["spec"].containers}
+    old = runtime.running.nodes["half"]
+    t0 = time.perf_counter()
+    runtime.kill("half")
+    killed_s = time.perf_counter() - t0
+    half.reload()
+    assert half.status == "exited"
+    with pytest.raises(NodeError, match="node half at"):
+        runtime.running.client("half").health(timeout_s=1.0)
+    t0 = time.perf_counter()
+    new = runtime.revive("half")
+    revived_s = time.perf_counter() - t0
+    print(f"docker kill {killed_s:.2f} s, revive until healthy {revived_s:.2f} s")
+    assert new.peer_address == old.peer_address  # the same address on the testbed's network
+    health = runtime.running.client("half").health()
+    assert health.device == "half" and not health.loaded  # back, empty
+    assert _class_of(half, ips["one"])[1] == 10_000_000  # shaped again at start, as configured
+    assert probe(half, "quota")["cpu_quota"] == pytest.approx(0.5)  # its cap survived the restart
+    with pytest.raises(RuntimeError, match="is running: kill it first"):
+        runtime.revive("half")
 
 
 def test_down_leaves_nothing(testbed, docker_client):

@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from orchestrator.cli import main

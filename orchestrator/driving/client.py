@@ -88,14 +88,16 @@ class NodeClient:
         raise self.error(f"not healthy after {timeout_s:.0f} s ({last})")
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Wait until the channel connects; an unreachable node raises."""
-        ready = grpc.channel_ready_future(self._channel)
+        """Wait until the node answers (a Health call that waits for the connection); an
+        unreachable node raises. Unlike grpc.channel_ready_future, this leaves no polling
+        thread behind to trip over the channel once it is closed."""
         try:
-            ready.result(timeout=timeout_s)
-        except grpc.FutureTimeoutError:
-            raise self.error(f"unreachable (no connection within {timeout_s:g} s)") from None
-        finally:
-            ready.cancel()  # stops its polling thread, which would outlive a closed channel
+            self._stub.Health(pb.Empty(), timeout=timeout_s, wait_for_ready=True)
+        except grpc.RpcError as e:
+            what, code = _describe(e)
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                what = f"no connection within {timeout_s:g} s"
+            raise self.error(f"unreachable ({what})", code) from None
 
     def drive_stream(self, frames: Iterator[TensorFrame]) -> Any:
         """The Drive call on a source node: frames in, result frames out (frame codec both ways).
