@@ -116,7 +116,8 @@ def test_10mbit_link_measures_within_10_percent(testbed):
     assert abs(by[("one", "half")]["error"]) <= 0.10, by[("one", "half")]
     for x in links:  # the delay: the network's, plus what the receiving node really held (never less than asked)
         assert x["node_hold_ms"] >= x["configured_delay_ms"], x
-        assert x["achieved_delay_ms"] == pytest.approx(x["network_delay_ms"] + x["node_hold_ms"], abs=1e-3)
+        summed = x["network_delay_ms"] + x["node_hold_ms"]  # each rounded to the microsecond
+        assert x["achieved_delay_ms"] == pytest.approx(summed, abs=2e-3)
 
 
 def _matmul_model(path: Path) -> Path:

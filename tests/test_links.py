@@ -75,6 +75,9 @@ def _hop(frame: TensorFrame) -> tuple[int, int, int]:
 
 def test_rate_of_back_to_back_frames(link):
     address = link(10e6, 0.020)
+    # one frame first opens the link's stream (a connection set up on a busy host can take tens
+    # of ms), so that the six below find the link connected and idle
+    drive(address, [np.ones((1, WIDTH), np.float32)], timeout=30)
     frames = drive(address, [np.ones((1, WIDTH), np.float32)] * 6, timeout=30)
     assert all(f.header.error == "" for f in frames)
     hops = [_hop(f) for f in frames]
@@ -104,8 +107,9 @@ def test_delay_adds_to_each_frame(link, rate_bps):
         assert f.header.error == ""
         send, recv, nbytes = _hop(f)
         lat.append((recv - send) / 1e9 - (nbytes * 8 / rate_bps if rate_bps else 0.0))
-    extra = statistics.median(lat)
-    assert 0.020 <= extra <= 0.030, lat
+    # host noise only adds time: every frame got the delay, and the least delayed one shows
+    # what the link itself adds
+    assert min(lat) >= 0.020 and min(lat) <= 0.030, lat
 
 
 def test_unshaped_link_adds_little(link):

@@ -81,6 +81,34 @@ def test_parse_htb_rates_reads_tc_units():
     assert tc.parse_htb_rates(text) == {"1:1": 10**10, "1:10": 10**7, "1:11": 1_500_000}
 
 
+def test_change_link_commands_change_in_place():
+    text = _flat(tc.change_link_commands("eth0", "1:11", 20_000_000, slowest_bps=10_000_000))
+    assert text[0].startswith("tc class change dev eth0 parent 1: classid 1:11 htb rate 20000000bit ceil 20000000bit")
+    limit = tc.queue_limit_packets(20_000_000)
+    assert text[1] == f"tc qdisc change dev eth0 parent 1:11 handle 11: pfifo limit {limit}"
+    assert text[2] == "ip link set dev eth0 gso_max_size 2500"  # lumps of ~2 ms of the slowest class
+    assert not any(" del " in c or " add " in c for c in text)  # never an unshaped moment
+    netem = _flat(tc.change_link_commands("eth0", "1:10", 10_000_000, netem_delay_s=0.04))
+    assert netem[1].startswith("tc qdisc change dev eth0 parent 1:10 handle 10: netem delay 40000us limit ")
+    assert len(netem) == 2
+    for bad in (("eth0", "1:10", 0), ("eth0", "1:1", 10_000), ("eth 0", "1:10", 10_000), ("eth0", "2:10", 10_000)):
+        with pytest.raises(ValueError):
+            tc.change_link_commands(*bad)
+
+
+def test_parse_u32_flows_maps_each_destination_to_its_class():
+    head = "filter parent 1: protocol ip pref 1 u32 chain 0"
+    text = (
+        f"{head} \n"
+        f"{head} fh 800: ht divisor 1 \n"
+        f"{head} fh 800::800 order 2048 key ht 800 bkt 0 flowid 1:10 not_in_hw \n"
+        "  match 0ad5000b/ffffffff at 16\n"
+        f"{head} fh 800::801 order 2049 key ht 800 bkt 0 flowid 1:11 not_in_hw \n"
+        "  match 0ad5000c/ffffffff at 16\n"
+    )
+    assert tc.parse_u32_flows(text) == {"10.213.0.11": "1:10", "10.213.0.12": "1:11"}
+
+
 # ------------------------------------------------------------------------ real tc in namespaces
 
 
@@ -199,6 +227,21 @@ def test_read_back_shows_the_class_and_reshaping_replaces_it(netns_pair):
     # shaping again clears the old tree first instead of failing on "File exists"
     tc.shape("va", [PeerShape(B_IP, 25_000_000)], netem=False, netns=a)
     assert tc.parse_htb_rates(tc.read_back("va", netns=a))["1:10"] == 25_000_000
+
+
+def test_a_class_changed_in_place_keeps_its_counters_and_shapes_at_the_new_rate(netns_pair):
+    a, b = netns_pair
+    tc.shape("va", [PeerShape(B_IP, 10_000_000)], netem=False, netns=a)
+    _transfer_rate_bps(a, b, 500_000)
+    flows = tc.parse_u32_flows(tc.run_tc(["tc", "filter", "show", "dev", "va"], netns=a))
+    assert flows == {B_IP: "1:10"}
+    sent = int(tc.read_back("va", netns=a).split("class htb 1:10")[1].split("Sent ")[1].split()[0])
+    tc.apply(tc.change_link_commands("va", "1:10", 20_000_000, slowest_bps=20_000_000), netns=a)
+    text = tc.read_back("va", netns=a)
+    assert tc.parse_htb_rates(text)["1:10"] == 20_000_000
+    assert int(text.split("class htb 1:10")[1].split("Sent ")[1].split()[0]) >= sent  # not deleted and re-added
+    rate = _transfer_rate_bps(a, b, 3_000_000)
+    assert abs(rate - 20e6) / 20e6 < 0.10, f"measured {rate / 1e6:.2f} Mbit/s after changing the class to 20 Mbit/s"
 
 
 def test_a_failing_command_raises_with_tcs_message(netns_pair):

@@ -130,15 +130,18 @@ class StoredWeights:
         tmp = folder / f".{WEIGHTS_FILE}.{uuid.uuid4().hex}"
         note = None
         try:
-            os.link(self.weights, tmp)
-        except OSError as e:
-            shutil.copyfile(self.weights, tmp)
-            note = (
-                f"weights copied into {folder} ({self.weights.stat().st_size / 1e6:.0f} MB): the weights store "
-                f"{self.dir.parent} cannot be hard-linked from there ({e.strerror}); "
-                f"set {STORE_ENV} to a folder on the same file system"
-            )
-        os.replace(tmp, dst)
+            try:
+                os.link(self.weights, tmp)
+            except OSError as e:
+                shutil.copyfile(self.weights, tmp)
+                note = (
+                    f"weights copied into {folder} ({self.weights.stat().st_size / 1e6:.0f} MB): the weights store "
+                    f"{self.dir.parent} cannot be hard-linked from there ({e.strerror}); "
+                    f"set {STORE_ENV} to a folder on the same file system"
+                )
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
         return note
 
 
