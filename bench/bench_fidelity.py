@@ -35,11 +35,12 @@ def main() -> int:
     spec = testbed_spec(tb, NAME, SUBNET, workspace=ROOT / "runs")
     t0 = time.perf_counter()
     try:
-        dk.up(client, spec)
+        nodes = dk.up(client, spec)
         up_s = time.perf_counter() - t0
         conts = {c.labels[LABEL_DEVICE]: c for c in dk.testbed_containers(client, NAME)}
         emulation = dk.link_emulation_of(next(iter(conts.values())))
-        fid = check(conts, {c.device: c.ip for c in spec.containers}, tb, node_holds_delay=emulation.node_holds_delay)
+        hold_at = {d: h.control_address for d, h in nodes.items()} if emulation.node_holds_delay else None
+        fid = check(conts, {c.device: c.ip for c in spec.containers}, tb, hold_at)
     finally:
         t1 = time.perf_counter()
         dk.down(client, NAME)

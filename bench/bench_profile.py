@@ -36,7 +36,7 @@ FIRST_TARGET_S = 120.0
 SECOND_TARGET_S = 1.0
 
 
-def _docker(testbed, model: Path, args, console: Console) -> Profile:
+def _docker(testbed: Testbed, model: Path, args: argparse.Namespace, console: Console) -> Profile:
     from orchestrator.runtimes import docker
 
     if not hasattr(docker, "DockerRuntime"):
@@ -62,7 +62,7 @@ def _docker(testbed, model: Path, args, console: Console) -> Profile:
         rt.stop()
 
 
-def _local(testbed, model: Path, args, console: Console) -> tuple[Profile, float]:
+def _local(testbed: Testbed, model: Path, args: argparse.Namespace, console: Console) -> tuple[Profile, float]:
     """Profile with a local runtime; returns the profile and the seconds the nodes took to start."""
     from orchestrator.runtimes.local import LocalRuntime
 

@@ -1,7 +1,9 @@
 """Measurements run inside a device's container (or beside a local node) to check its emulation.
 
 `python -m node.probes <probe> ...`, started by the orchestrator through `docker exec`; each
-prints one JSON line on stdout (the sink prints nothing: its senders get its figures).
+prints one JSON line on stdout (the sink prints nothing: its senders get its figures). `hold`
+needs nothing of its container: the orchestrator also calls it in its own process, against a
+node's published port, so no probe process competes with that node for its CPU cap.
 
 - sink: accepts connections on a port; answers pings with the one-way time it saw, and after a
   rate transfer the bytes it received, when, and a trace of their arrival.

@@ -173,7 +173,9 @@ def command(a: argparse.Namespace, client) -> int:
             raise UserError(f"testbed {a.name!r} has no container for {', '.join(missing)}", a.devices)
         ips = {d: next(iter(c.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"] for d, c in conts.items()}
         emulation = dk.link_emulation_of(next(iter(conts.values())))
-        fid = check(conts, ips, tb, node_holds_delay=emulation.node_holds_delay)
+        nodes = dk.handles(client, a.name)
+        hold_at = {d: h.control_address for d, h in nodes.items()} if emulation.node_holds_delay else None
+        fid = check(conts, ips, tb, hold_at)
         con.print(fidelity_table(fid))
         out = Path(a.out) if a.out else LOGS / f"fidelity_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

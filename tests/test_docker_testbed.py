@@ -108,7 +108,8 @@ def test_10mbit_link_measures_within_10_percent(testbed):
     from orchestrator.runtimes.docker_fidelity import check_links
 
     ips = {c.device: c.ip for c in testbed["spec"].containers}
-    links = check_links(testbed["containers"], ips, testbed["tb"], node_holds_delay=True)
+    hold_at = {d: h.control_address for d, h in testbed["handles"].items()}
+    links = check_links(testbed["containers"], ips, testbed["tb"], hold_at)
     by = {(x["from"], x["to"]): x for x in links}
     half_one = by[("half", "one")]
     assert half_one["configured_bps"] == 10_000_000
@@ -246,7 +247,7 @@ def test_set_link_changes_the_htb_class_in_place(runtime, testbed):
         same, now_rate, now_sent = _class_of(half, ips["one"])
         assert same == classid and now_rate == 20_000_000
         assert now_sent >= sent  # changed, not deleted and added again: its counters carry on
-        links = check_links(testbed["containers"], ips, testbed["tb"], node_holds_delay=True)
+        links = check_links(testbed["containers"], ips, testbed["tb"], hold_at=None)
         achieved = next(x["achieved_bps"] for x in links if (x["from"], x["to"]) == ("half", "one"))
         assert achieved == pytest.approx(20_000_000, rel=0.10)
     finally:

@@ -49,6 +49,8 @@ from orchestrator.runtimes.docker_testbed import (
 )
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from orchestrator.partition.plan import Plan
 
 
@@ -376,12 +378,13 @@ class DockerRuntime(Runtime):
     def stats_sampler(self, out_dir: Path) -> DockerStatsCollector:
         return DockerStatsCollector(self.client, self.containers, self.caps, out_dir)
 
-    def fidelity_check(self, console=None) -> dict:
+    def fidelity_check(self, console: Console | None = None) -> dict:
         dep = self.running
         if console is not None:
             console.print("checking fidelity (links and CPU caps between the containers)...")
         ips = {d: c.ip for d, c in self.spec.by_device().items()}
-        fid = check(self.containers, ips, self.testbed, node_holds_delay=dep.link_emulation.node_holds_delay)
+        hold_at = {d: h.control_address for d, h in dep.nodes.items()} if dep.link_emulation.node_holds_delay else None
+        fid = check(self.containers, ips, self.testbed, hold_at)
         if console is not None:
             console.print(
                 f"fidelity checked in {fid['seconds']:.1f} s: "
@@ -421,8 +424,7 @@ class DockerRuntime(Runtime):
         how = []
         if rate != cfg.rate_bps or (netem and delay != cfg.delay_s):
             iface, classid = self._peer_class(cont, dst_ip)
-            rates = {c: r for c, r in tc.parse_htb_rates(_exec_ok(cont, ["tc", "class", "show", "dev", iface])).items()}
-            rates[classid] = rate
+            rates = tc.parse_htb_rates(_exec_ok(cont, ["tc", "class", "show", "dev", iface])) | {classid: rate}
             slowest = min(r for c, r in rates.items() if c != tc.DEFAULT_CLASS)
             for cmd in tc.change_link_commands(iface, classid, rate, delay if netem else None, slowest):
                 _exec_ok(cont, cmd)

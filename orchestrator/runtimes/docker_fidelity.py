@@ -6,12 +6,15 @@ The measurements are the probes shipped in the node image (node/probes.py), run 
 Links: each receiving container runs a small TCP sink; each sender sends about half a second
 of its link's rate through its real, tc-shaped egress. The rate is what the receiver saw
 between its first and last byte; the one-way delay of small messages is read across the
-containers' shared clock (one host). Where the node holds the delay itself (no netem), that
-network part is only part of it: the sender also sends probe frames to the receiving node
-through the node's own link sender, the node holds them as it holds any frame of that link, and
-the hold it really applied (release - arrival, by its clock) is added, so a late timer or a wrong
-hold shows. Transfers go in rounds in which every container sends to one peer and receives from
-one, so no container's CPU cap throttles two transfers at once.
+containers' shared clock (one host). Transfers go in rounds in which every container sends to
+one peer and receives from one, so no container's CPU cap throttles two transfers at once.
+
+Where the receiving node holds the delay itself (no netem), the network is only part of it:
+once the transfers are done, each receiving node gets probe frames stamped as its upstream's
+would be (the node's own link sender, from this process over the node's published port: no
+probe process competes with the node for its container's CPU cap), holds them as it holds any
+frame of that link, and reports the hold it really applied (release - arrival, by its clock).
+That hold is added to the network's delay, so a late timer or a wrong hold shows.
 
 CPU: every container runs a busy loop for a fixed wall time in as many processes as its cap
 needs; CPU time over wall time is the achieved share, next to the cgroup's throttling counts.
@@ -27,8 +30,8 @@ import time
 
 import numpy as np
 
+from node.probes import hold
 from orchestrator.config import Testbed
-from orchestrator.runtimes.docker_testbed import NODE_PORT
 
 TOLERANCE = 0.10
 SINK_PORT = 50099
@@ -120,19 +123,38 @@ def link_row(src: str, dst: str, rate_bps: int, delay_s: float, transfer: dict, 
     }
 
 
+def node_holds(testbed: Testbed, devs: list[str], hold_at: dict[str, str]) -> dict[tuple[str, str], dict]:
+    """What each receiving node really holds frames of each incoming link with a delay: its
+    upstreams one after another, the receivers side by side."""
+
+    def receiver(dst: str) -> dict[tuple[str, str], dict]:
+        return {
+            (src, dst): hold(hold_at[dst], src, testbed.link(src, dst).delay_s, HOLD_FRAMES)
+            for src in devs
+            if src != dst and testbed.link(src, dst).delay_s > 0
+        }
+
+    out: dict[tuple[str, str], dict] = {}
+    with cf.ThreadPoolExecutor(max(1, len(devs))) as ex:
+        for got in ex.map(receiver, devs):
+            out.update(got)
+    return out
+
+
 def check_links(
     containers: dict,
     ips: dict[str, str],
     testbed: Testbed,
-    node_holds_delay: bool,
+    hold_at: dict[str, str] | None,
     seconds: float = 0.5,
     pings: int = 10,
 ) -> list[dict]:
+    """Every link's rate and delay between the containers. `hold_at`: where the nodes hold the
+    delay themselves, each node's control address (host:port), to probe the holds it applies."""
     devs = [d.name for d in testbed.devices if d.name in containers]
     for dev in devs:  # one sink per receiver, for all its incoming links, then it exits
         _start_sink(containers[dev], 2 * (len(devs) - 1), 60, SINK_PORT)
     transfers: dict[tuple[str, str], dict] = {}
-    holds: dict[tuple[str, str], dict] = {}
 
     def size(rate: int) -> int:
         return max(256 * 1024, int(rate / 8 * seconds)) if rate else 32 * 1024 * 1024
@@ -141,10 +163,6 @@ def check_links(
         src, dst = pair
         cfg = testbed.link(src, dst)
         transfers[pair] = probe(containers[src], "send", ips[dst], str(size(cfg.rate_bps)), str(pings), str(SINK_PORT))
-        if node_holds_delay and cfg.delay_s > 0:
-            address = f"{ips[dst]}:{NODE_PORT}"
-            hold_args = ["--from", src, "--hold-s", f"{cfg.delay_s!r}", "--count", str(HOLD_FRAMES)]
-            holds[pair] = probe(containers[src], "hold", address, *hold_args)
 
     with cf.ThreadPoolExecutor(max(1, len(devs))) as ex:
         for pairs in _rounds(devs):
@@ -158,6 +176,7 @@ def check_links(
             args = [ips[dst], str(size(rate)), str(pings), str(SINK_PORT + 1)]
             transfers[pair] = probe(containers[src], "send", *args)
             retried.add(pair)
+    holds = node_holds(testbed, devs, hold_at) if hold_at is not None else {}
     out = []
     for src, dst in sorted(transfers, key=lambda p: (devs.index(p[0]), devs.index(p[1]))):
         cfg = testbed.link(src, dst)
@@ -218,13 +237,14 @@ def check(
     containers: dict,
     ips: dict[str, str],
     testbed: Testbed,
-    node_holds_delay: bool,
+    hold_at: dict[str, str] | None,
     link_seconds: float = 0.5,
     cpu_seconds: float = 1.0,
 ) -> dict:
-    """Configured versus achieved for every link and CPU cap of a running Docker testbed."""
+    """Configured versus achieved for every link and CPU cap of a running Docker testbed (`hold_at`:
+    see check_links)."""
     t0 = time.perf_counter()
-    links = check_links(containers, ips, testbed, node_holds_delay, link_seconds)
+    links = check_links(containers, ips, testbed, hold_at, link_seconds)
     cpus = check_cpus(containers, testbed, cpu_seconds)
     return {
         "links": links,

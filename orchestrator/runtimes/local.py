@@ -24,6 +24,8 @@ from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, No
 from orchestrator.runtimes.local_stats import LocalStatsSampler
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from orchestrator.partition.plan import Plan
 
 _PR_SET_PDEATHSIG = 1
@@ -138,7 +140,7 @@ class LocalRuntime(Runtime):
     def stats_sampler(self, out_dir: Path) -> LocalStatsSampler:
         return LocalStatsSampler(self.running, self.testbed, out_dir)
 
-    def fidelity_check(self, console=None) -> None:
+    def fidelity_check(self, console: Console | None = None) -> None:
         return None  # NO_CHECK_NOTE, among the deployment's notes, says why
 
     def set_link(self, src: str, dst: str, rate_bps: int | None = None, delay_s: float | None = None) -> LinkChange:
