@@ -7,10 +7,9 @@ import signal
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
 from orchestrator.config import OBJECTIVES
 from orchestrator.errors import UserError
+from orchestrator.runtimes.docker_testbed import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -24,6 +23,8 @@ def _cmd_partition(a: argparse.Namespace) -> int:
     from orchestrator.config import load_devices
 
     testbed = load_devices(a.devices)
+    from rich.console import Console
+
     from orchestrator.partition import partition
 
     con = Console()
@@ -82,6 +83,8 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     model = Path(a.model)
     if not model.exists():
         raise UserError("model file not found", str(model))
+    from rich.console import Console
+
     con = Console()
     rt_name, notes = select_runtime(a.runtime or "auto")
     con.print(f"runtime: {rt_name}" + (f" ({notes[0]})" if notes else ""))
@@ -133,6 +136,18 @@ def _cmd_model_vit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_testbed(a: argparse.Namespace) -> int:
+    from orchestrator import testbed_cli
+
+    return testbed_cli.testbed(a)
+
+
+def _cmd_stats(a: argparse.Namespace) -> int:
+    from orchestrator import testbed_cli
+
+    return testbed_cli.stats(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orchestrator", description="Edge-AI emulation testbed")
     sub = p.add_subparsers(dest="command", required=True)
@@ -160,9 +175,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tolerance", type=float, default=1e-4)
     v.set_defaults(func=_cmd_verify)
 
-    from orchestrator import testbed_cli
+    tb = sub.add_parser("testbed", help="start, stop, show or check the Docker testbed")
+    tb.add_argument("action", choices=["up", "down", "status", "check", "render"])
+    tb.add_argument("--devices", default=DEFAULT_DEVICES, help=f"devices file (default {DEFAULT_DEVICES})")
+    tb.add_argument("--runtime", choices=["docker"], default="docker")
+    tb.add_argument("--name", default=DEFAULT_NAME, help=f"testbed name (default {DEFAULT_NAME})")
+    tb.add_argument("--subnet", default=DEFAULT_SUBNET)
+    tb.add_argument("--workspace", default="runs", help="host folder the nodes see (read-only), default runs")
+    tb.add_argument("--out", help="render: file to write (default stdout); check: report file")
+    tb.add_argument("--all", action="store_true", help="down: every testbed's containers, not just --name")
+    tb.set_defaults(func=_cmd_testbed)
 
-    testbed_cli.add_commands(sub)  # `testbed` and `stats`: the Docker testbed's own command group
+    st = sub.add_parser("stats", help="live per-device table: CPU of its cap, memory, bytes in and out")
+    st.add_argument("--name", default=DEFAULT_NAME)
+    st.add_argument("--follow", action="store_true", help="keep refreshing until Ctrl-C")
+    st.set_defaults(func=_cmd_stats)
 
     pr = sub.add_parser("profile", help="measure every block's time on every device, cached")
     pr.add_argument("--model", required=True)

@@ -24,7 +24,7 @@ OBJECTIVES: tuple[str, ...] = get_args(Objective)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # schemas built on first use: a fast CLI
 
 
 class Power(_Strict):
@@ -84,7 +84,7 @@ class Device(_Strict):
 
 
 class Link(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
     src: str = Field(alias="from")
     dst: str = Field(alias="to")
     bandwidth: int | None = None

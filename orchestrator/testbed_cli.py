@@ -20,34 +20,12 @@ from orchestrator.config import load_devices
 from orchestrator.errors import UserError
 from orchestrator.runtimes import docker as dk
 from orchestrator.runtimes.docker_testbed import (
-    DEFAULT_DEVICES,
-    DEFAULT_NAME,
-    DEFAULT_SUBNET,
     LABEL_DEVICE,
     render_compose,
     testbed_spec,
 )
 
 LOGS = Path("logs")
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """The `testbed` and `stats` commands, on the `orchestrator` parser's subcommands."""
-    tb = sub.add_parser("testbed", help="start, stop, show or check the Docker testbed")
-    tb.add_argument("action", choices=["up", "down", "status", "check", "render"])
-    tb.add_argument("--devices", default=DEFAULT_DEVICES, help=f"devices file (default {DEFAULT_DEVICES})")
-    tb.add_argument("--runtime", choices=["docker"], default="docker")
-    tb.add_argument("--name", default=DEFAULT_NAME, help=f"testbed name (default {DEFAULT_NAME})")
-    tb.add_argument("--subnet", default=DEFAULT_SUBNET)
-    tb.add_argument("--workspace", default="runs", help="host folder the nodes see (read-only), default runs")
-    tb.add_argument("--out", help="render: file to write (default stdout); check: report file")
-    tb.add_argument("--all", action="store_true", help="down: every testbed's containers, not just --name")
-    tb.set_defaults(func=lambda a: command(a, _engine()))
-
-    st = sub.add_parser("stats", help="live per-device table: CPU of its cap, memory, bytes in and out")
-    st.add_argument("--name", default=DEFAULT_NAME)
-    st.add_argument("--follow", action="store_true", help="keep refreshing until Ctrl-C")
-    st.set_defaults(func=lambda a: stats(a, _engine()))
 
 
 def _engine():
@@ -127,7 +105,9 @@ def fidelity_table(fid: dict) -> Table:
     return t
 
 
-def command(a: argparse.Namespace, client) -> int:
+def testbed(a: argparse.Namespace) -> int:
+    """`orchestrator testbed ACTION`."""
+    client = _engine()
     con = Console()
     if a.action == "render":
         tb = load_devices(a.devices)
@@ -232,7 +212,9 @@ def _stats_table(col, caps: dict[str, float]) -> Table:
     return t
 
 
-def stats(a: argparse.Namespace, client) -> int:
+def stats(a: argparse.Namespace) -> int:
+    """`orchestrator stats [--follow]`."""
+    client = _engine()
     from orchestrator.runtimes.docker_stats import DockerStatsCollector
 
     conts = _containers(client, a.name)

@@ -5,10 +5,13 @@ Everything above this package holds a `Runtime` (runtimes/base.py) and never ask
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.config import Testbed
 from orchestrator.errors import UserError
-from orchestrator.runtimes.base import Runtime
+
+if TYPE_CHECKING:  # the engines load only when one is made: `orchestrator partition` needs none
+    from orchestrator.runtimes.base import Runtime
 
 
 def select_runtime(name: str) -> tuple[str, list[str]]:
