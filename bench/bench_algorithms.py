@@ -25,6 +25,8 @@ from benchlib import DEFAULT_MODEL, ROOT, run_job, verdict
 
 from orchestrator.figures.compare import prediction_vs_measured
 from orchestrator.models import ensure_vit
+from orchestrator.runtimes import RUNTIMES
+from orchestrator.runtimes.choice import select_runtime
 
 # One placement measured twice here differs by up to ~4%: closer than that is not a ranking.
 NOISE_PCT = 3.0
@@ -96,7 +98,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--devices", default=str(ROOT / "devices" / "edge4.yaml"))
-    ap.add_argument("--runtime", choices=["docker", "local"], default=None)
+    ap.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument(
         "--in-flight",
@@ -109,7 +111,9 @@ def main() -> int:
     ap.add_argument("--keep", metavar="DIR", help="keep the run folders here (default: a temporary folder)")
     a = ap.parse_args()
     model = ensure_vit(a.model)
-    runtime = a.runtime or ("docker" if _engine() else "local")
+    runtime, notes = select_runtime(a.runtime)
+    for note in notes:
+        print(note)
     missed: list[str] = []
     with tempfile.TemporaryDirectory(dir=ROOT / "runs" if (ROOT / "runs").exists() else None) as tmp:
         tmp = Path(a.keep) if a.keep else Path(tmp)
@@ -175,13 +179,6 @@ def main() -> int:
     )
     print()
     return verdict(not missed, what + ("" if not missed else ": " + "; ".join(missed)))
-
-
-def _engine() -> bool:
-    from orchestrator.runtimes.docker import engine, image_present
-
-    client = engine()
-    return client is not None and image_present(client)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_devices  # noqa: E402
 from orchestrator.runtimes import docker as dk  # noqa: E402
-from orchestrator.runtimes.docker_fidelity import check  # noqa: E402
+from orchestrator.runtimes.docker_commands import fidelity_table  # noqa: E402
+from orchestrator.runtimes.docker_fidelity import check_testbed  # noqa: E402
 from orchestrator.runtimes.docker_testbed import LABEL_DEVICE, testbed_spec  # noqa: E402
-from orchestrator.testbed_cli import fidelity_table  # noqa: E402
 
 NAME, SUBNET = "benchfid", "10.213.250.0/24"
 
@@ -39,8 +39,7 @@ def main() -> int:
         up_s = time.perf_counter() - t0
         conts = {c.labels[LABEL_DEVICE]: c for c in dk.testbed_containers(client, NAME)}
         emulation = dk.link_emulation_of(next(iter(conts.values())))
-        hold_at = {d: h.control_address for d, h in nodes.items()} if emulation.node_holds_delay else None
-        fid = check(conts, {c.device: c.ip for c in spec.containers}, tb, hold_at)
+        fid = check_testbed(conts, {c.device: c.ip for c in spec.containers}, tb, emulation, nodes)
     finally:
         t1 = time.perf_counter()
         dk.down(client, NAME)

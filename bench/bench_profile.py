@@ -5,7 +5,7 @@ into an empty cache so that it measures profiling; the second call under 1 s, a 
 returns the same per-block table as the first. The baseline each figure is printed against is
 the other call of the same run. Exits 1 when a target is missed or could not be measured.
 
-Run: .venv/bin/python bench/bench_profile.py [--devices devices/edge4.yaml] [--runtime local|docker]
+Run: .venv/bin/python bench/bench_profile.py [--devices devices/edge4.yaml] [--runtime local|docker|auto]
      [--warmup 2] [--reps 5] [--cache-dir DIR]
 """
 
@@ -27,73 +27,55 @@ from rich.table import Table  # noqa: E402
 
 from orchestrator.config import Testbed, load_devices  # noqa: E402
 from orchestrator.models import ensure_vit  # noqa: E402
-from orchestrator.profiling.cache import cached_profile  # noqa: E402
+from orchestrator.profiling.cache import blocks_folder, cached_profile  # noqa: E402
 from orchestrator.profiling.display import profile_to_rows  # noqa: E402
-from orchestrator.profiling.measure import profile, profile_local  # noqa: E402
+from orchestrator.profiling.measure import profile  # noqa: E402
 from orchestrator.profiling.results import Profile  # noqa: E402
+from orchestrator.runtimes import RUNTIMES  # noqa: E402
+from orchestrator.runtimes.choice import make_runtime, select_runtime  # noqa: E402
 
 FIRST_TARGET_S = 120.0
 SECOND_TARGET_S = 1.0
 
 
-def _docker(testbed: Testbed, model: Path, args: argparse.Namespace, console: Console) -> Profile:
-    from orchestrator.runtimes import docker
-
-    if not hasattr(docker, "DockerRuntime"):
-        raise SystemExit("orchestrator/runtimes/docker.py has no DockerRuntime")
-    hit = cached_profile(model, testbed, "docker", cache_dir=args.cache_dir)
-    if hit is not None:
-        return hit
-    workspace = ROOT / "runs"
-    logs = Path(tempfile.mkdtemp(prefix="bench_profile_logs_"))
-    try:  # a testbed of its own, so that a default one in use elsewhere is left alone
-        rt = docker.DockerRuntime(testbed, logs, workspace, testbed_name=args.testbed_name, subnet=args.subnet)
-    except TypeError:
-        rt = docker.DockerRuntime(testbed, logs, workspace)
-    t = time.perf_counter()
-    dep = rt.start()
-    console.print(f"docker testbed ready in {time.perf_counter() - t:.1f} s")
-    blocks = Path(getattr(dep, "workspace", workspace)) / "profile_blocks"
-    try:
-        return profile(
-            model, testbed, dep, blocks, warmup=args.warmup, reps=args.reps, cache_dir=args.cache_dir, console=console
-        )
-    finally:
-        rt.stop()
-
-
-def _local(testbed: Testbed, model: Path, args: argparse.Namespace, console: Console) -> tuple[Profile, float]:
-    """Profile with a local runtime; returns the profile and the seconds the nodes took to start."""
-    from orchestrator.runtimes.local import LocalRuntime
-
-    hit = cached_profile(model, testbed, "local", cache_dir=args.cache_dir)
+def first_call(testbed: Testbed, model: Path, args: argparse.Namespace, console: Console) -> tuple[Profile, float]:
+    """Profile on the runtime asked for; returns the profile and the seconds its nodes took to
+    start (none start on a cache hit). A Docker testbed is one of its own, so that a default one in
+    use elsewhere is left alone."""
+    rt_name, notes = select_runtime(args.runtime)
+    for note in notes:
+        console.print(f"note: {note}")
+    hit = cached_profile(model, testbed, rt_name, cache_dir=args.cache_dir)
     if hit is not None:
         return hit, 0.0
-    work = Path(tempfile.mkdtemp(prefix="bench_profile_"))
-    rt = LocalRuntime(testbed, work / "logs")
+    runs = ROOT / "runs"
+    work = Path(tempfile.mkdtemp(prefix="bench_profile_", dir=runs if runs.exists() else None))
     try:
-        t = time.perf_counter()
-        dep = rt.start()
-        start_s = time.perf_counter() - t
-        return profile(
-            model,
-            testbed,
-            dep,
-            work / "blocks",
-            warmup=args.warmup,
-            reps=args.reps,
-            cache_dir=args.cache_dir,
-            console=console,
-        ), start_s
+        with make_runtime(
+            rt_name, testbed, work, testbed_name=args.testbed_name, subnet=args.subnet, workspace=work
+        ) as rt:
+            t = time.perf_counter()
+            dep = rt.start()
+            start_s = time.perf_counter() - t
+            prof = profile(
+                model,
+                testbed,
+                dep,
+                blocks_folder(dep.workspace, model),
+                warmup=args.warmup,
+                reps=args.reps,
+                cache_dir=args.cache_dir,
+                console=console,
+            )
+        return prof, start_s
     finally:
-        rt.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--devices", default=str(ROOT / "devices" / "edge4.yaml"))
-    ap.add_argument("--runtime", choices=("local", "docker"), default="local")
+    ap.add_argument("--runtime", choices=("auto", *RUNTIMES), default="local")
     ap.add_argument("--model", default=str(ROOT / "models" / "vit_b16.onnx"))
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
@@ -123,10 +105,7 @@ def main() -> int:
 def measure(args: argparse.Namespace, model: Path, testbed: Testbed, console: Console) -> int:
     """Both calls, each against its target; the exit status."""
     t = time.perf_counter()
-    if args.runtime == "docker":
-        p, start_s = _docker(testbed, model, args, console), None
-    else:
-        p, start_s = _local(testbed, model, args, console)
+    p, start_s = first_call(testbed, model, args, console)
     total = time.perf_counter() - t
 
     nb = len(p.table.bounds) - 1
@@ -167,10 +146,7 @@ def measure(args: argparse.Namespace, model: Path, testbed: Testbed, console: Co
         console.print(tbl)
 
     t = time.perf_counter()
-    if p.runtime == "local":  # the whole convenience call: nothing starts on a hit
-        again = profile_local(model, testbed, cache_dir=args.cache_dir)
-    else:
-        again = cached_profile(model, testbed, p.runtime, cache_dir=args.cache_dir)
+    again = cached_profile(model, testbed, p.runtime, cache_dir=args.cache_dir)
     second = time.perf_counter() - t
     hit = again is not None and again.cached
     same = hit and again.table.bounds == p.table.bounds and again.table.block_s == p.table.block_s

@@ -60,7 +60,9 @@ def session_options(settings: SessionSettings) -> ort.SessionOptions:
     return so
 
 
-def open_session(model: str | Path, settings: SessionSettings | None = None) -> ort.InferenceSession:
-    """A session for the model file (external data resolved next to it) under `settings`."""
+def open_session(model: str | Path | bytes, settings: SessionSettings | None = None) -> ort.InferenceSession:
+    """A session for the model file (external data resolved next to it), or for a serialized
+    model, under `settings`."""
     settings = settings or SessionSettings()
-    return ort.InferenceSession(str(model), session_options(settings), providers=list(settings.providers))
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, session_options(settings), providers=list(settings.providers))

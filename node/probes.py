@@ -12,6 +12,8 @@ node's published port, so no probe process competes with that node for its CPU c
   throttling counters around it.
 - hold: sends small probe frames to a node through the node's own link sender, stamped to be
   held for the link's delay, and reads back from that node's Stats how long it really held them.
+- stage: runs a model as a node's stage runs it, back to back for a fixed window: the mean time
+  of one run under this container's CPU cap.
 - netem: whether this kernel can attach netem (needs NET_ADMIN).
 - quota: the CPU quota this container's cgroup holds, as the node reads it.
 """
@@ -213,6 +215,45 @@ def hold(address: str, device: str, hold_s: float, count: int = 10, gap_s: float
     }
 
 
+# -- stage ---------------------------------------------------------------------------------------
+
+# ONNX element types a probe input can have, and how a seeded generator draws one
+_DRAWS = {
+    "tensor(float)": lambda rng, shape: rng.standard_normal(shape).astype("float32"),
+    "tensor(float16)": lambda rng, shape: rng.standard_normal(shape).astype("float16"),
+    "tensor(double)": lambda rng, shape: rng.standard_normal(shape),
+    "tensor(int64)": lambda rng, shape: rng.integers(0, 10, shape, dtype="int64"),
+    "tensor(int32)": lambda rng, shape: rng.integers(0, 10, shape, dtype="int32"),
+    "tensor(bool)": lambda rng, shape: rng.integers(0, 2, shape).astype(bool),
+}
+
+
+def stage(model: str, window_s: float, threads: int = 1, warmup: int = 3, seed: int = 0) -> dict:
+    """Mean seconds of one run of `model` in a session opened as a node opens a stage's (threads
+    given, no spinning), on inputs drawn from a generator seeded with `seed` (symbolic dimensions
+    1), run back to back for `window_s` after `warmup` runs."""
+    import numpy as np
+
+    from common.ort_session import SessionSettings, open_session
+
+    if window_s <= 0:
+        raise ValueError("stage needs a window > 0 s")
+    sess = open_session(model, SessionSettings(threads=threads, spinning=False))
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.type not in _DRAWS:
+            raise ValueError(f"input {i.name}: no probe input of type {i.type}")
+        feeds[i.name] = _DRAWS[i.type](rng, [d if isinstance(d, int) else 1 for d in i.shape])
+    for _ in range(warmup):
+        sess.run(None, feeds)
+    runs, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < window_s:
+        sess.run(None, feeds)
+        runs += 1
+    return {"mean_s": (time.perf_counter() - t0) / runs, "runs": runs, "threads": threads}
+
+
 # -- facts ---------------------------------------------------------------------------------------
 
 
@@ -249,6 +290,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from", dest="device", required=True, help="the sending device's name")
     p.add_argument("--hold-s", type=float, required=True)
     p.add_argument("--count", type=int, default=10)
+    p = sub.add_parser("stage")
+    p.add_argument("model", help="an ONNX file this process can read")
+    p.add_argument("--window-s", type=float, required=True, help="how long to run it back to back")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=3)
     sub.add_parser("netem")
     sub.add_parser("quota")
     a = ap.parse_args(argv)
@@ -259,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         "send": lambda: send(a.ip, a.n, a.pings, a.port),
         "busy": lambda: busy(a.procs, a.wall_s),
         "hold": lambda: hold(a.address, a.device, a.hold_s, a.count),
+        "stage": lambda: stage(a.model, a.window_s, a.threads, a.warmup),
         "netem": netem,
         "quota": quota,
     }[a.probe]()

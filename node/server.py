@@ -608,9 +608,3 @@ class NodeServer:
     def stop(self, grace_s: float = 1.0) -> None:
         self.servicer.close()
         self.server.stop(grace_s).wait(grace_s + 1.0)
-
-
-def serve(device: str, port: int = 0, host: str = "127.0.0.1") -> tuple[grpc.Server, NodeServicer]:
-    """Start a node server in this process; returns the server and its servicer."""
-    ns = NodeServer(device, port, host).start()
-    return ns.server, ns.servicer

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from orchestrator.config import OBJECTIVES
 from orchestrator.errors import UserError
-from orchestrator.runtimes.docker_testbed import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET
+from orchestrator.runtimes import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET, RUNTIMES
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
@@ -23,23 +23,18 @@ def _cmd_partition(a: argparse.Namespace) -> int:
     from orchestrator.config import load_devices
 
     testbed = load_devices(a.devices)
-    from rich.console import Console
-
     from orchestrator.partition import partition
 
-    con = Console()
     table = None
     if a.algorithm == "optimal":
         from orchestrator.profiling import cached_profile
 
-        prof = next(
-            (p for rt in ("docker", "local") if (p := cached_profile(a.model, testbed, rt, batch=1)) is not None), None
-        )
+        prof = next((p for rt in RUNTIMES if (p := cached_profile(a.model, testbed, rt, batch=1)) is not None), None)
         if prof is not None:
             table = prof.table
-            con.print(f"note: block costs from the {prof.runtime} profile in the cache")
+            print(f"note: block costs from the {prof.runtime} profile in the cache")
         else:
-            con.print(
+            print(
                 "note: no profile cached for these devices: block costs estimated from FLOPs "
                 "(`orchestrator profile` measures them)"
             )
@@ -54,10 +49,10 @@ def _cmd_partition(a: argparse.Namespace) -> int:
         cost_table=table,
     )
     for note in getattr(plan, "notes", []) or []:
-        con.print(f"note: {note}")
+        print(f"note: {note}")
     for s in plan.stages:
-        con.print(f"stage {s.index} on {s.device}: {', '.join(s.inputs)} -> {', '.join(s.outputs)}")
-    con.print(f"wrote {Path(a.out) / 'plan.json'}")
+        print(f"stage {s.index} on {s.device}: {', '.join(s.inputs)} -> {', '.join(s.outputs)}")
+    print(f"wrote {Path(a.out) / 'plan.json'}")
     return 0
 
 
@@ -76,8 +71,9 @@ def _cmd_verify(a: argparse.Namespace) -> int:
 def _cmd_profile(a: argparse.Namespace) -> int:
     from orchestrator.config import load_devices
     from orchestrator.profiling import profile
+    from orchestrator.profiling.cache import blocks_folder
     from orchestrator.profiling.display import profile_table
-    from orchestrator.runtimes import make_runtime, select_runtime
+    from orchestrator.runtimes.choice import make_runtime, select_runtime
 
     testbed = load_devices(a.devices)
     model = Path(a.model)
@@ -92,7 +88,7 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     with make_runtime(rt_name, testbed, work, workspace=work) as rt:
         dep = rt.start()
-        prof = profile(model, testbed, dep, dep.workspace / ".profile_blocks" / model.stem, batch=a.batch, console=con)
+        prof = profile(model, testbed, dep, blocks_folder(dep.workspace, model), batch=a.batch, console=con)
     title = f"{model.name}: ms per block on each device ({rt_name} runtime" + (", cached)" if prof.cached else ")")
     con.print(profile_table(prof, title))
     for n in prof.notes:
@@ -137,15 +133,15 @@ def _cmd_model_vit(a: argparse.Namespace) -> int:
 
 
 def _cmd_testbed(a: argparse.Namespace) -> int:
-    from orchestrator import testbed_cli
+    from orchestrator.runtimes import docker_commands
 
-    return testbed_cli.testbed(a)
+    return docker_commands.testbed(a)
 
 
 def _cmd_stats(a: argparse.Namespace) -> int:
-    from orchestrator import testbed_cli
+    from orchestrator.runtimes import docker_commands
 
-    return testbed_cli.stats(a)
+    return docker_commands.stats(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="partition, deploy, drive the dataset, write the run folder")
     r.add_argument("--job", required=True)
-    r.add_argument("--runtime", choices=["docker", "local"])
+    r.add_argument("--runtime", choices=RUNTIMES)
     r.add_argument("--out", help="run folder (default runs/<UTC time>_<job>)")
     r.add_argument("--no-check", action="store_true", help="skip the fidelity check at the start (docker)")
     r.set_defaults(func=_cmd_run)
@@ -194,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("profile", help="measure every block's time on every device, cached")
     pr.add_argument("--model", required=True)
     pr.add_argument("--devices", required=True)
-    pr.add_argument("--runtime", choices=["docker", "local"])
+    pr.add_argument("--runtime", choices=RUNTIMES)
     pr.add_argument("--batch", type=int, default=1)
     pr.add_argument("--workspace", default="runs", help="folder the nodes read block models from")
     pr.set_defaults(func=_cmd_profile)

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.errors import UserError
+from orchestrator.runtimes import RUNTIMES
 from orchestrator.units import parse_delay, parse_rate, parse_size
 
 _DNS = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -21,6 +22,8 @@ _DNS = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # What a plan can minimise: the bottleneck step (throughput) or a request's end-to-end time.
 Objective = Literal["throughput", "latency"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
+# Where a job runs: a runtime by name, or "auto" (docker where an engine and the node image are there)
+RuntimeChoice = Literal[("auto", *RUNTIMES)]
 
 
 class _Strict(BaseModel):
@@ -187,7 +190,7 @@ class Job(_Strict):
     name: str
     model: str
     devices: str
-    runtime: Literal["auto", "local", "docker"] = "auto"
+    runtime: RuntimeChoice = "auto"
     algorithm: str = "even"
     objective: Objective = "throughput"
     stages: int | None = Field(default=None, gt=0)

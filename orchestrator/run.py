@@ -26,15 +26,18 @@ from orchestrator.figures.gpu_power import NvmlPowerSampler
 from orchestrator.figures.metrics import hop_samples
 from orchestrator.figures.report import RunMeasurements, RunSetup, build_report
 from orchestrator.partition import partition
-from orchestrator.partition.graph import load_graph
 from orchestrator.partition.plan import Plan
-from orchestrator.profiling.stages import calibrated, measure_stages
+from orchestrator.partition.weights_store import WeightsStore
+from orchestrator.profiling import cached_profile, profile
+from orchestrator.profiling.cache import blocks_folder
+from orchestrator.profiling.calibration import calibrated, calibration_note, measure_stages
+from orchestrator.profiling.results import Profile
 from orchestrator.reporting.console import print_comparison, print_summary
 from orchestrator.reporting.files import write_latencies, write_requests
 from orchestrator.reporting.markdown import write_comparison, write_report
-from orchestrator.reporting.plots import partition_view, write_plots
-from orchestrator.runtimes import make_runtime, select_runtime
+from orchestrator.reporting.plots import write_plots
 from orchestrator.runtimes.base import Deployment
+from orchestrator.runtimes.choice import make_runtime, select_runtime
 
 # algorithms that plan on measured per-device costs: the runtime is profiled before planning
 PROFILED = {"optimal"}
@@ -144,25 +147,15 @@ def execute(
 
 def plan_config(
     job: Job, cfg: Config, model: Path, dep: Deployment, run_dir: Path, console: Console
-) -> tuple[Plan, dict | None]:
+) -> tuple[Plan, Profile | None]:
     """Partition for this configuration; profile the running nodes first where the algorithm needs it."""
-    from orchestrator.profiling import cached_profile, profile
-
-    table, prof_info = None, None
-    prof = None
+    table = None
     if cfg.algorithm in PROFILED:
-        blocks = dep.workspace / ".profile_blocks" / model.stem
-        prof = profile(model, cfg.testbed, dep, blocks, batch=job.batch, console=console)
+        prof = profile(model, cfg.testbed, dep, blocks_folder(dep.workspace, model), batch=job.batch, console=console)
     else:  # a profile measured earlier still makes the prediction better than FLOPs would
         prof = cached_profile(model, cfg.testbed, dep.runtime, batch=job.batch)
     if prof is not None:
         table = prof.table
-        prof_info = {
-            "seconds": round(prof.seconds, 3),
-            "cached": prof.cached,
-            "notes": list(prof.notes),
-            "device_total_ms": {d: round(prof.device_total_s(d) * 1e3, 3) for d in prof.devices},
-        }
         console.print(
             f"profiled {len(prof.block_names)} blocks on {len(prof.devices)} devices in "
             f"{prof.seconds:.1f} s" + (" (cached)" if prof.cached else "")
@@ -182,7 +175,7 @@ def plan_config(
         f"partitioned {model.name} into {len(plan.stages)} stages ({cfg.algorithm}, "
         f"{cfg.objective}) in {time.perf_counter() - t0:.2f} s: " + " > ".join(s.device for s in plan.stages)
     )
-    return plan, prof_info
+    return plan, prof
 
 
 def run_config(
@@ -211,7 +204,7 @@ def run_config(
         with make_runtime(rt_name, testbed, run_dir, testbed_name=testbed_name, subnet=subnet) as rt:
             dep = rt.start()
             notes += dep.notes
-            plan, prof_info = plan_config(job, cfg, model, dep, run_dir, console)
+            plan, prof = plan_config(job, cfg, model, dep, run_dir, console)
             notes += list(plan.notes)
             node_plan = rt.node_plan(plan, run_dir)
             from_blocks = None
@@ -219,21 +212,13 @@ def run_config(
                 console.print("measuring each stage as a whole on its device...")
                 t0 = time.perf_counter()
                 measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
-                from_blocks = plan.predicted.model_dump()
+                seconds = time.perf_counter() - t0
+                before = plan.predicted
+                from_blocks = before.model_dump()
                 on_source = [s.index for s in plan.stages if s.device == cfg.source]
-                plan.predicted = calibrated(plan.predicted, measured, on_source[0] if on_source else None)
+                plan.predicted = calibrated(before, measured, on_source[0] if on_source else None)
                 plan.save(run_dir)
-                notes.append(
-                    f"prediction: each stage measured as a whole on its device in "
-                    f"{time.perf_counter() - t0:.1f} s, busy ("
-                    + ", ".join(
-                        f"{s.device} {m.busy_s * 1e3:.0f} ms" for s, m in zip(plan.stages, measured, strict=True)
-                    )
-                    + "; the sum of its profiled blocks and the node's overhead said "
-                    + ", ".join(f"{x * 1e3:.0f} ms" for x in from_blocks["stage_s"] or [])
-                    + f"); a lone request {plan.predicted.latency_s * 1e3:.0f} ms (the profile said "
-                    f"{from_blocks['latency_s'] * 1e3:.0f} ms)"
-                )
+                notes.append(calibration_note(plan.stages, measured, before, plan.predicted, seconds))
             loaded = deploy(node_plan, testbed, dep, cfg.source)
             if fidelity_check:
                 fid = rt.fidelity_check(console)
@@ -285,10 +270,10 @@ def run_config(
         run_dir=run_dir,
         plan=plan,
         predicted_from_blocks=from_blocks,
-        profile=prof_info,
+        profile=prof,
         nodes=loaded,
         fidelity_check=fid,
-        partition_view=partition_view(plan, load_graph(model)),
+        graph=WeightsStore().graph(model),
         notes=notes,
     )
     measurements = RunMeasurements(

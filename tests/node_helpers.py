@@ -1,4 +1,4 @@
-"""Shared helpers for the node tests: a tiny 3-stage ONNX model cut by hand, and a driver."""
+"""What the node tests share: a tiny 3-stage ONNX model cut by hand, an identity stage, a driver."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pb_grpc
 from common.grpc_options import CHANNEL_OPTIONS
+from common.ort_session import open_session
 from common.rpc import node_stub
 from common.tensors import TensorFrame
 
@@ -40,6 +41,16 @@ _N3 = [helper.make_node("MatMul", ["x", "W3"], ["m3"]), helper.make_node("Add", 
 def whole_model() -> onnx.ModelProto:
     inits = [numpy_helper.from_array(w, n) for w, n in ((W1, "W1"), (W2, "W2"), (W3, "W3"))]
     return _model(_N1 + _N2 + _N3, [_vi("x", 4)], [_vi("y", 6)], inits, "whole")
+
+
+def identity_stage(folder: Path, width: int) -> str:
+    """A one-stage model passing x (N x `width` floats) on as y: a stage that only moves bytes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", width])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", width])
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
+    path = folder / "identity.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return str(path)
 
 
 def write_stages(folder: Path) -> list[dict]:
@@ -76,10 +87,7 @@ def write_stages(folder: Path) -> list[dict]:
 
 
 def reference(x: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(whole_model().SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(["y"], {"x": x})[0]
+    return open_session(whole_model().SerializeToString()).run(["y"], {"x": x})[0]
 
 
 def load_request(

@@ -10,7 +10,7 @@ import numpy as np
 import onnx.utils
 import pytest
 
-from orchestrator.config import Device, Link
+from orchestrator.config import OBJECTIVES, Device, Link
 from orchestrator.config import Testbed as TB
 from orchestrator.errors import UserError
 from orchestrator.partition import ALGORITHMS, Problem, get_algorithm, load_graph, partition
@@ -82,7 +82,7 @@ def test_optimal_matches_brute_force(seed: int) -> None:
     for _ in range(75):
         a = _random_arrays(rng)
         d_n, b_n = a.block_cost.shape
-        for objective in ("throughput", "latency"):
+        for objective in OBJECTIVES:
             for stages in (None, int(rng.integers(1, min(d_n, b_n) + 1))):
                 want, want_lat = _brute(a, objective, stages)
                 got = solve(
@@ -138,7 +138,7 @@ def _testbed() -> TB:
 
 
 @pytest.mark.parametrize("model", ["squeezenet1_1.onnx", "hf_vit_tiny.onnx"])
-@pytest.mark.parametrize("objective", ["throughput", "latency"])
+@pytest.mark.parametrize("objective", OBJECTIVES)
 def test_optimal_end_to_end_verifies(model: str, objective: str, tmp_path: Path) -> None:
     plan = partition(FIX / model, _testbed(), algorithm="optimal", objective=objective, out_dir=tmp_path)
     assert plan.algorithm == "optimal" and plan.objective == objective

@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import load_devices
-from orchestrator.runtimes.docker_testbed import LABEL, LABEL_DEVICE, LABEL_TESTBED, render_compose
+from orchestrator.runtimes.docker_testbed import (
+    COMPOSE_WORKSPACE,
+    LABEL,
+    LABEL_DEVICE,
+    LABEL_TESTBED,
+    PYPROJECT,
+    WORKSPACE_IN,
+    image_tag,
+    render_compose,
+)
 from orchestrator.runtimes.docker_testbed import testbed_spec as make_spec
 from tests.conftest import ROOT
 
@@ -58,9 +67,23 @@ def testbed(docker_client, node_image, tmp_path_factory):
         dk.down(docker_client, NAME)
 
 
+def test_image_tag_is_the_version_in_pyproject(tmp_path):
+    tomllib = pytest.importorskip("tomllib")
+    assert PYPROJECT == ROOT / "pyproject.toml"
+    assert image_tag() == f"edge-testbed-node:{tomllib.loads(PYPROJECT.read_text())['project']['version']}"
+    other = tmp_path / "pyproject.toml"
+    other.write_text('[tool.x]\nversion = "9.9"\n\n[project]\nname = "x"\nversion = "2.3.4"\n')
+    assert image_tag(other) == "edge-testbed-node:2.3.4"  # the [project] table's, not another table's
+    other.write_text('[project]\nname = "x"\n\n[tool.x]\nversion = "9.9"\n')
+    with pytest.raises(RuntimeError, match="has no \\[project\\] version"):
+        image_tag(other)
+    with pytest.raises(RuntimeError, match="cannot read the node image's version"):
+        image_tag(tmp_path / "missing.toml")
+
+
 def test_compose_file_matches_the_renderer():
     tb = load_devices(ROOT / "devices" / "edge4.yaml")
-    want = render_compose(make_spec(tb, workspace="./runs"), "devices/edge4.yaml")
+    want = render_compose(make_spec(tb, workspace=COMPOSE_WORKSPACE), "devices/edge4.yaml")
     have = (ROOT / "docker-compose.yml").read_text()
     assert have == want, "docker-compose.yml drifted: run `orchestrator testbed render --out docker-compose.yml`"
 
@@ -144,32 +167,20 @@ def _matmul_model(path: Path) -> Path:
     return path
 
 
-_TIME_STAGE = r"""
-import json, sys, time, numpy as np, onnxruntime as ort
-so = ort.SessionOptions(); so.intra_op_num_threads = 1
-so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-s = ort.InferenceSession(sys.argv[1], so, providers=["CPUExecutionProvider"])
-x = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
-for _ in range(3): s.run(None, {"x": x})
-n, t = 0, time.perf_counter()
-while time.perf_counter() - t < 1.5:  # fifteen 100 ms CFS periods or more: the quota shows, not one burst
-    s.run(None, {"x": x})
-    n += 1
-print(json.dumps((time.perf_counter() - t) / n))
-"""
-
-
 def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
+    from orchestrator.runtimes.docker_fidelity import probe
+
     model = _matmul_model(testbed["ws"] / "mm.onnx")
     os.chmod(model, 0o644)
     times: dict[str, list[float]] = {"one": [], "half": []}
+    period_s, window_s = 0.100, 1.5  # fifteen 100 ms CFS periods or more: the quota shows, not one burst
     # One container at a time (the caps, not the two containers, compete), interleaved over three
     # rounds and the fastest round kept per device: the host's own noise only ever adds time.
     for _ in range(3):
         for dev in ("one", "half"):
-            r = testbed["containers"][dev].exec_run(["python", "-c", _TIME_STAGE, "/workspace/mm.onnx"], user="10001")
-            assert r.exit_code == 0, r.output.decode()
-            times[dev].append(json.loads(r.output.decode().strip().splitlines()[-1]))
+            r = probe(testbed["containers"][dev], "stage", f"{WORKSPACE_IN}/mm.onnx", "--window-s", str(window_s))
+            assert r["threads"] == 1 and r["runs"] >= 3, r
+            times[dev].append(r["mean_s"])
     one, half = min(times["one"]), min(times["half"])
     ratio = half / one
     print(
@@ -179,7 +190,6 @@ def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
     # Half the CPU gives the stage half of each 100 ms CFS period. Over a window of W >= 1.5 s the
     # CPU time it gets is W/2 give or take what one period's edge can add or take (half a period of
     # quota either way), so the ratio W / cpu is 2 / (1 +- period / W): 1.875 to 2.143 here.
-    period_s, window_s = 0.100, 1.5
     assert 2 / (1 + period_s / window_s) <= ratio <= 2 / (1 - period_s / window_s), times
 
 

@@ -1,6 +1,7 @@
 """The layout's rules, read from the import graph (grimp: every import, those inside functions and
-under TYPE_CHECKING included): no import cycle, Docker only inside the runtimes, a run that never
-asks which runtime it holds, a node that never imports the orchestrator."""
+under TYPE_CHECKING included) and the code: no import cycle, Docker only inside the runtimes, code
+above the runtimes that never loads an engine nor asks which runtime it holds, a node that never
+imports the orchestrator."""
 
 from __future__ import annotations
 
@@ -11,9 +12,24 @@ from pathlib import Path
 import grimp
 import pytest
 
+from orchestrator.runtimes import RUNTIMES
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("orchestrator", "node", "common")
 RUNTIME_KINDS = ("Runtime", "Deployment", "Sampler", "Collector")
+ENGINE_MODULES = ("orchestrator.runtimes.docker", "orchestrator.runtimes.local")  # and what starts so
+# the Docker testbed's own commands: the command line loads them when one of them runs
+DOCKER_COMMANDS = "orchestrator.runtimes.docker_commands"
+
+
+def modules_above_runtimes() -> dict[str, Path]:
+    """Every module of the orchestrator outside orchestrator/runtimes/, by name."""
+    out = {}
+    for path in sorted((ROOT / "orchestrator").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        if parts[:2] != ("orchestrator", "runtimes"):
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
 
 
 def import_graph(*packages: str, external: bool = False) -> grimp.ImportGraph:
@@ -65,13 +81,16 @@ def test_node_and_common_never_import_the_orchestrator(graph):
     assert graph.find_shortest_chain(importer="common", imported="node", as_packages=True) is None
 
 
-def test_run_imports_no_engine_module(graph):
-    engine = sorted(
-        m
-        for m in graph.find_modules_directly_imported_by("orchestrator.run")
-        if m.startswith(("orchestrator.runtimes.docker", "orchestrator.runtimes.local"))
+def test_nothing_above_the_runtimes_imports_an_engine(graph):
+    modules = modules_above_runtimes()
+    assert {"orchestrator.run", "orchestrator.cli", "orchestrator.profiling.measure"} <= set(modules)
+    found = sorted(
+        f"{m} imports {imported}"
+        for m in modules
+        for imported in graph.find_modules_directly_imported_by(m)
+        if (imported.startswith(ENGINE_MODULES) and imported != DOCKER_COMMANDS) or imported.split(".")[0] == "docker"
     )
-    assert not engine, f"orchestrator/run.py imports engine modules: {engine}"
+    assert not found, "engine modules imported above orchestrator/runtimes/:\n" + "\n".join(found)
 
 
 def runtime_isinstance_checks(source: str) -> list[str]:
@@ -112,6 +131,41 @@ def test_the_runtime_check_finds_isinstance_on_a_runtime():
     ]
 
 
-def test_run_never_asks_which_runtime_it_holds():
-    found = runtime_isinstance_checks((ROOT / "orchestrator" / "run.py").read_text())
-    assert not found, "orchestrator/run.py asks which runtime it holds:\n" + "\n".join(found)
+def runtime_name_comparisons(source: str) -> list[str]:
+    """Comparisons with a runtime's name (`rt == "docker"`, `name in ("local", ...)`), as `line: code`."""
+
+    def names_one(node: ast.expr) -> bool:
+        items = node.elts if isinstance(node, (ast.Tuple, ast.List, ast.Set)) else [node]
+        return any(isinstance(x, ast.Constant) and x.value in RUNTIMES for x in items)
+
+    return [
+        f"{node.lineno}: {ast.unparse(node)}"
+        for node in sorted(ast.walk(ast.parse(source)), key=lambda n: getattr(n, "lineno", 0))
+        if isinstance(node, ast.Compare) and any(names_one(x) for x in (node.left, *node.comparators))
+    ]
+
+
+def test_the_runtime_check_finds_a_comparison_with_a_runtime_name():
+    source = textwrap.dedent(
+        """
+        a = runtime == "local"
+        b = "docker" != dep.runtime
+        c = name in ("auto", "docker")
+        d = name == "docker-compose" or kind == "locally"
+        """
+    )
+    assert runtime_name_comparisons(source) == [
+        "2: runtime == 'local'",
+        "3: 'docker' != dep.runtime",
+        "4: name in ('auto', 'docker')",
+    ]
+
+
+@pytest.mark.parametrize("check", [runtime_isinstance_checks, runtime_name_comparisons])
+def test_nothing_above_the_runtimes_asks_which_runtime_it_holds(check):
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in modules_above_runtimes().values()
+        for line in check(path.read_text())
+    ]
+    assert not found, "code above orchestrator/runtimes/ asks which runtime it holds:\n" + "\n".join(found)

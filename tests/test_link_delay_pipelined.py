@@ -3,16 +3,12 @@ adds to each frame's latency but never slows the link's rate."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from common import testbed_pb2 as pb
 from node.server import NodeServer
-from tests.node_helpers import drive, stub
+from tests.node_helpers import drive, identity_stage, stub
 
 WIDTH = 2_500  # float32: 10 kB a frame
 RATE_BPS = 1e6  # 80 ms of transmission a frame
@@ -20,21 +16,17 @@ DELAY_S = 0.300  # almost four frames' transmission time in flight
 FRAMES = 10
 
 
-def _identity(folder: Path) -> str:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDTH])
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
-    path = folder / "identity.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
-    return str(path)
-
-
 @pytest.fixture
 def slow_far_link(tmp_path):
     """src (the source) -> a (an identity stage) -> src; only src -> a is shaped, by src's node."""
     src, a = NodeServer("src").start(), NodeServer("a").start()
     stage = pb.StageSpec(
-        index=0, model_path=_identity(tmp_path), inputs=["x"], outputs=["y"], forward=["y"], next_device="src"
+        index=0,
+        model_path=identity_stage(tmp_path, WIDTH),
+        inputs=["x"],
+        outputs=["y"],
+        forward=["y"],
+        next_device="src",
     )
     common = dict(num_stages=1, source_device="src", first_device="a", threads=1)
     ra = stub(a.address).Load(

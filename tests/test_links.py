@@ -4,35 +4,23 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from common import testbed_pb2 as pb
 from common.tensors import TensorFrame
 from node.links import sleep_until
 from node.server import NodeServer
-from tests.node_helpers import drive, stub
+from tests.node_helpers import drive, identity_stage, stub
 
 WIDTH = 150_000  # float32: 600 KB per frame
-
-
-def _identity_stage(folder: Path) -> str:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDTH])
-    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "id", [x], [y])
-    path = folder / "identity.onnx"
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
-    return str(path)
 
 
 @pytest.fixture
 def link(tmp_path):
     """src (bare source) -> a (identity stage) -> src; the src->a link is configurable."""
-    model = _identity_stage(tmp_path)
+    model = identity_stage(tmp_path, WIDTH)
     src = NodeServer("src").start()
     a = NodeServer("a").start()
 

@@ -46,6 +46,28 @@ def test_busy_counts_cpu_time_over_wall_time():
     assert 0 < r["cpu_s"] <= 0.3 * 1.05  # one spinning process cannot get more than the wall time
 
 
+def test_stage_times_a_model_run_back_to_back(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.eye(64, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],  # symbolic: drawn as 1
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        [w],
+    )
+    model = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    r = _probe_cli("stage", str(model), "--window-s", "0.2")
+    assert r["threads"] == 1 and r["runs"] >= 1
+    assert 0 < r["mean_s"] and r["mean_s"] * r["runs"] >= 0.2  # the window is full runs, measured whole
+    with pytest.raises(ValueError, match="window > 0"):
+        probes.stage(str(model), 0.0)
+
+
 def test_facts_probes_print_one_json_line():
     assert _probe_cli("quota")["cores"] >= 1
     assert isinstance(_probe_cli("netem")["netem"], bool)

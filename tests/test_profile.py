@@ -100,7 +100,7 @@ def test_chunk_request_routes_everything_home_on_the_same_device(tmp_path):
     g = load_graph(SQUEEZENET)
     b = block_bounds(g)
     files = write_stages(g, b[1:-1], tmp_path)
-    dep = Deployment("local", {}, LinkEmulation.NODE_PACED, workspace=tmp_path)
+    dep = Deployment("local", {}, LinkEmulation.NODE_PACED, workspace=tmp_path, cpu_quota_period_s=None)
     req, carry = chunk_request(BIG, files, g, b, 2, 5, dep, tmp_path)
     assert req.num_stages == 3 and req.source_device == req.first_device == "big" and not req.peers
     assert [s.index for s in req.stages] == [0, 1, 2]

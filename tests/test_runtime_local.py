@@ -9,8 +9,8 @@ import pytest
 
 from orchestrator.config import load_devices
 from orchestrator.driving.client import NodeError
-from orchestrator.runtimes import make_runtime
 from orchestrator.runtimes.base import LinkEmulation
+from orchestrator.runtimes.choice import make_runtime
 from tests.runtime_helpers import drive_some, held, load_two_stages, mean_hold_s
 
 DEVICES = """

@@ -7,7 +7,7 @@ import json
 from orchestrator.runtimes.docker_stats import sample_line
 from orchestrator.runtimes.stats import StatsLine, device_summary
 
-# the run folder's contract (DESIGN.md): these keys in every line, null where not measured
+# the run folder's contract (the README's "Stats" paragraph): these keys in every line, null where not measured
 KEYS = {
     "time",
     "cpu_cores",

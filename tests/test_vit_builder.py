@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
+from common.ort_session import open_session
 from orchestrator.models import build_vit
 
 TINY = dict(image_size=32, patch=8, layers=4, hidden=64, heads=4, mlp=128, classes=10)
@@ -33,7 +33,7 @@ def test_valid_onnx_with_hf_interface(tiny: Path) -> None:
 
 
 def test_runs_finite_and_classes_differ(tiny: Path) -> None:
-    sess = ort.InferenceSession(str(tiny), providers=["CPUExecutionProvider"])
+    sess = open_session(tiny)
     for batch in (1, 3):
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
         (logits,) = sess.run(["logits"], {"pixel_values": x})

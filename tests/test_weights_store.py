@@ -4,6 +4,7 @@ its weights, run folders stay self-contained, and runs add kilobytes, not a copy
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,10 +21,11 @@ import pytest
 from orchestrator import config
 from orchestrator.config import Device
 from orchestrator.models import build_vit
-from orchestrator.partition import WEIGHTS_FILE, WeightsStore, partition
+from orchestrator.partition import WEIGHTS_FILE, ModelGraph, WeightsStore, analysis_file, partition
 from orchestrator.partition import weights_store as weights_store_module
+from orchestrator.partition.graph import analyse
 from orchestrator.partition.verify import verify_plan
-from orchestrator.partition.weights_store import STORE_ENV
+from orchestrator.partition.weights_store import ANALYSIS_FILE, STORE_ENV
 from orchestrator.run import execute
 
 SMALL = dict(image_size=32, patch=8, layers=4, hidden=64, heads=4, mlp=128, classes=10)
@@ -91,6 +93,52 @@ def test_plans_link_one_stored_copy(small_vit: Path, tmp_path: Path, monkeypatch
     # cutting into an existing plan folder replaces its files, the stored weights stay as they are
     partition(small_vit, make_testbed(2), out_dir=tmp_path / "a", store=store)
     assert verify_plan(tmp_path / "a", batch=2).ok and entry.stat().st_nlink == 5
+
+
+def test_a_stored_model_is_analysed_once(small_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = tmp_path / "store"
+    first = partition(small_vit, make_testbed(), out_dir=tmp_path / "a", store=WeightsStore(store))
+    (entry,) = stored_weights(store)
+    analysis = entry.parent / ANALYSIS_FILE
+    assert not analysis.exists()  # the first cut analyses the model file itself
+    fresh = WeightsStore(store).graph(small_vit)  # the stored graph analysed, and its analysis kept
+    assert analysis.exists()
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the stored model was analysed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(weights_store_module, "analyse", refuse)
+        kept = WeightsStore(store).graph(small_vit)
+        again = partition(small_vit, make_testbed(), out_dir=tmp_path / "b", store=WeightsStore(store))
+    for f in dataclasses.fields(ModelGraph):  # read back as analysed, to the type
+        assert getattr(kept, f.name) == getattr(fresh, f.name), f.name
+        assert type(getattr(kept, f.name)) is type(getattr(fresh, f.name)), f.name
+    assert again.stages == first.stages and again.predicted == first.predicted
+    assert verify_plan(tmp_path / "b", batch=2).ok
+
+
+@pytest.mark.parametrize("spoil", ["other code", "damaged file"])
+def test_an_analysis_not_for_this_code_is_made_again(
+    spoil: str, small_vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = tmp_path / "store"
+    partition(small_vit, make_testbed(), out_dir=tmp_path / "a", store=WeightsStore(store))
+    fresh = WeightsStore(store).graph(small_vit)
+    if spoil == "other code":
+        monkeypatch.setattr(analysis_file, "analysis_version", lambda: "other code")
+    else:
+        (store / fresh.sha256 / ANALYSIS_FILE).write_text("{not json")
+    calls: list[Path] = []
+
+    def counted(model: onnx.ModelProto, path: Path, sha256: str) -> ModelGraph:
+        calls.append(path)
+        return analyse(model, path, sha256)
+
+    monkeypatch.setattr(weights_store_module, "analyse", counted)
+    for _ in range(2):  # analysed again once, its analysis kept and read from then on
+        assert WeightsStore(store).graph(small_vit).live_bytes == fresh.live_bytes
+    assert len(calls) == 1
 
 
 def test_a_changed_model_is_stored_again(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ the device and the address it was reached at. No other orchestrator module opens
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -33,6 +34,28 @@ def _describe(e: grpc.RpcError) -> tuple[str, grpc.StatusCode | None]:
     code = e.code() if hasattr(e, "code") else None
     details = (e.details() if hasattr(e, "details") else "") or str(e)
     return f"{code.name if code is not None else 'error'}: {details}", code
+
+
+class DriveStream:
+    """A Drive call in progress: iterating it yields the result frames, and a stream that breaks
+    raises NodeError. `cancel()`, from any thread, ends it: a cancelled stream just stops."""
+
+    def __init__(self, client: NodeClient, call: Any):
+        self._client = client
+        self._call = call
+        self._cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[TensorFrame]:
+        try:
+            yield from self._call
+        except grpc.RpcError as e:
+            if not self._cancelled.is_set():
+                what, code = _describe(e)
+                raise self._client.error(f"Drive: {what}", code) from None
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        self._call.cancel()
 
 
 class NodeClient:
@@ -99,15 +122,9 @@ class NodeClient:
                 what = f"no connection within {timeout_s:g} s"
             raise self.error(f"unreachable ({what})", code) from None
 
-    def drive_stream(self, frames: Iterator[TensorFrame]) -> Any:
-        """The Drive call on a source node: frames in, result frames out (frame codec both ways).
-        The returned call iterates TensorFrames and can be cancelled; iterating it raises
-        grpc.RpcError, which `failure` turns into this client's NodeError."""
-        return self._stub.Drive(frames)
-
-    def failure(self, e: grpc.RpcError, during: str) -> NodeError:
-        what, code = _describe(e)
-        return self.error(f"{during}: {what}", code)
+    def drive(self, frames: Iterator[TensorFrame]) -> DriveStream:
+        """The Drive call on a source node: `frames` in, result frames out (frame codec both ways)."""
+        return DriveStream(self, self._stub.Drive(frames))
 
     def close(self) -> None:
         self._channel.close()

@@ -24,12 +24,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 
 from common import testbed_pb2 as pb
 from common.tensors import TensorFrame
-from orchestrator.driving.client import NodeClient
+from orchestrator.driving.client import DriveStream, NodeClient
 
 log = logging.getLogger("orchestrator.driving.driver")
 
@@ -168,7 +167,7 @@ def drive(
 
     timed_out = threading.Event()
 
-    def watchdog(call: grpc.Future) -> None:
+    def watchdog(call: DriveStream) -> None:
         while not stop.wait(_POLL_S):
             with lock:
                 oldest = min((r.sent_ns for r in pending.values()), default=None)
@@ -178,7 +177,7 @@ def drive(
                 return
 
     source.wait_ready(min(CONNECT_TIMEOUT_S, timeout_s))
-    responses = source.drive_stream(requests())
+    responses = source.drive(requests())
     guard = threading.Thread(target=watchdog, args=(responses,), name="drive-watchdog", daemon=True)
     guard.start()
     try:
@@ -211,9 +210,6 @@ def drive(
             slots.release()
             if on_done is not None:
                 on_done(rec)
-    except grpc.RpcError as e:
-        if not timed_out.is_set():
-            raise source.failure(e, "Drive") from None
     finally:
         stop.set()
         responses.cancel()

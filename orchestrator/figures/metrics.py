@@ -70,16 +70,6 @@ def _hops(
     return out
 
 
-def hops_of(
-    rec: Record, num_stages: int, offsets: dict[str, int] | None = None
-) -> list[tuple[str, str, int, int, int]]:
-    """(from, to, bytes, send ns, receive ns) for every hop that crossed between two devices.
-
-    offsets: per device, its clock less the orchestrator's (orchestrator/clocks.py offsets_ns);
-    send and receive stamps are corrected by them, so a hop across two clocks is right."""
-    return [h[:5] for h in _hops(rec, num_stages, offsets)]
-
-
 @dataclass
 class HopSample:
     """One frame on one link: time queued behind earlier frames, serialisation, time on the
@@ -107,8 +97,9 @@ def hop_samples(
     Frames on one link are sent in order; a frame is serialized when handed over, and the link
     takes it then or when the frame before it has finished transmitting (its arrival less its
     deserialisation and the link delay), whichever is later. Without this, frames sent back to
-    back would count each other's time. offsets: as for hops_of (stamps of devices whose clocks
-    differ are brought to the orchestrator's clock first).
+    back would count each other's time. offsets: per device, its clock less the orchestrator's
+    (orchestrator/driving/clocks.py offsets_ns): send and receive stamps are brought to the
+    orchestrator's clock first, so a hop across two clocks is right.
     """
     per_link: dict[tuple[str, str], list[tuple[int, int, int, int, int, int]]] = defaultdict(list)
     for r in records:

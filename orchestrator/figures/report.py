@@ -15,13 +15,16 @@ from orchestrator.driving.driver import Record
 from orchestrator.driving.inputs import Inputs
 from orchestrator.figures.compare import prediction_vs_measured
 from orchestrator.figures.energy import device_energy
-from orchestrator.figures.facts import git_revision, host_facts, versions
 from orchestrator.figures.fidelity import fidelity_figures
 from orchestrator.figures.gpu_power import NvmlPowerSampler, gpu_energy
 from orchestrator.figures.latency import encode, histogram_of, per_second, summary
 from orchestrator.figures.metrics import HopSample, breakdown_table, hop_figures, stage_figures, throughput
+from orchestrator.figures.partition_view import partition_view
+from orchestrator.figures.provenance import git_revision, host_facts, versions
 from orchestrator.figures.quality import accuracy, agreement
+from orchestrator.partition.graph import ModelGraph
 from orchestrator.partition.plan import Plan
+from orchestrator.profiling.results import Profile
 from orchestrator.runtimes.stats import StatsLine, device_summary
 
 
@@ -39,10 +42,10 @@ class RunSetup:
     run_dir: Path
     plan: Plan
     predicted_from_blocks: dict | None  # the plan's prediction before each stage was measured whole
-    profile: dict | None
+    profile: Profile | None  # the block costs the plan was made from, where measured
     nodes: dict[str, LoadedNode]
     fidelity_check: dict | None  # the runtime's check between the real containers, where it ran
-    partition_view: dict
+    graph: ModelGraph  # the model analysed for cutting, for the partition view
     notes: list[str]
 
 
@@ -69,6 +72,15 @@ def _load(job: Job) -> dict:
     else:
         mode = {"mode": "closed", "concurrency": job.concurrency}
     return mode | ({"duration_s": job.duration_s} if job.duration_s else {})
+
+
+def _profile(prof: Profile) -> dict:
+    return {
+        "seconds": round(prof.seconds, 3),
+        "cached": prof.cached,
+        "notes": list(prof.notes),
+        "device_total_ms": {d: round(prof.device_total_s(d) * 1e3, 3) for d in prof.devices},
+    }
 
 
 def _repeat_spread(fps: list[float]) -> dict:
@@ -140,7 +152,7 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
         "nodes": {k: vars(v) for k, v in setup.nodes.items()},
         "predicted": predicted,
         "predicted_from_blocks": setup.predicted_from_blocks,
-        "profile": setup.profile,
+        "profile": _profile(setup.profile) if setup.profile is not None else None,
         "fidelity": fidelity_figures(setup.fidelity_check, run.hops, run.measured_ids, testbed, run.host_busy),
         "resolved": {
             "job": job.model_dump(),
@@ -157,6 +169,6 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
     rep["breakdown"] = breakdown_table(rep["stages"], rep["hops"], (rep["latency_ms"] or {}).get("mean"), setup.source)
     rep["clocks"] = {d: c.as_dict() for d, c in run.clocks.items()}
     rep["clock_offsets_ns"] = offsets
-    rep["partition_view"] = setup.partition_view
+    rep["partition_view"] = partition_view(plan, setup.graph)
     rep["run_dir"] = str(setup.run_dir)
     return rep

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +41,7 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
 ELEMENTWISE_FLOPS = 1.0
 
 
+@cache
 def elem_size(elem_type: int) -> int:
     """Bytes per element of an ONNX tensor type (strings counted as 8)."""
     if elem_type == TensorProto.STRING:
@@ -51,7 +54,7 @@ def elem_size(elem_type: int) -> int:
 
 def tensor_nbytes(t: TensorProto) -> int:
     """Size of an initializer's data, from its dims (works without its data loaded)."""
-    return int(np.prod(t.dims, dtype=np.int64)) * elem_size(t.data_type) if t.dims else elem_size(t.data_type)
+    return math.prod(t.dims) * elem_size(t.data_type)
 
 
 def _subgraph_inputs(node: onnx.NodeProto) -> list[str]:
@@ -201,8 +204,8 @@ def _value_info(name: str, t: TensorProto) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, t.data_type, list(t.dims))
 
 
-def _load_small(t: TensorProto, base: Path) -> TensorProto:
-    """A small initializer with its data embedded (read from its external file if need be)."""
+def embedded(t: TensorProto, base: Path) -> TensorProto:
+    """The initializer with its data inside (read from its external file into a copy if need be)."""
     if t.data_location != TensorProto.EXTERNAL:
         return t
     c = TensorProto()
@@ -233,7 +236,7 @@ def _infer(model: onnx.ModelProto, inits: dict[str, TensorProto], base: Path, ba
                     d.dim_value = 1
     for name, t in inits.items():
         if tensor_nbytes(t) <= SMALL_TENSOR_BYTES:
-            g.initializer.append(_load_small(t, base))
+            g.initializer.append(embedded(t, base))
         else:
             g.input.append(_value_info(name, t))
     g.output.extend(src.output)
@@ -272,7 +275,7 @@ def _shape1(tp: onnx.TypeProto) -> tuple[list[int], bool]:
 def _flops(nd: onnx.NodeProto, shape: dict[str, list[int]]) -> float:
     """Rough FLOPs of one node at batch 1: matmuls and convs by their shapes, others per element."""
     outs = [shape.get(o) for o in nd.output if o]
-    out_elems = float(sum(int(np.prod(s)) for s in outs if s is not None))
+    out_elems = float(sum(math.prod(s) for s in outs if s is not None))
     op = nd.op_type
     try:
         if op == "MatMul" or op == "MatMulInteger":
@@ -285,7 +288,7 @@ def _flops(nd: onnx.NodeProto, shape: dict[str, list[int]]) -> float:
             return 2.0 * out_elems * k
         if op in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
             w = shape[nd.input[1] if op != "QLinearConv" else nd.input[3]]
-            per = float(np.prod(w[1:])) if op != "ConvTranspose" else float(w[0] * np.prod(w[2:]))
+            per = float(math.prod(w[1:])) if op != "ConvTranspose" else float(w[0] * math.prod(w[2:]))
             return 2.0 * out_elems * per
     except (KeyError, IndexError):
         pass
@@ -368,7 +371,7 @@ def analyse(model: onnx.ModelProto, path: str | Path, sha256: str = "") -> Model
     for name, dims in shapes1.items():
         tp = types.get(name)
         et = tp.tensor_type.elem_type if tp is not None else TensorProto.FLOAT
-        nbytes[name] = int(np.prod(dims, dtype=np.int64)) * elem_size(et) if dims else elem_size(et)
+        nbytes[name] = math.prod(dims) * elem_size(et)
 
     prod: dict[str, int] = {x: -1 for x in inputs}
     last: dict[str, int] = {}

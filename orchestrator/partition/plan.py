@@ -32,7 +32,7 @@ class Predicted(BaseModel):
     throughput_fps: float | None = None
     latency_s: float | None = None
     # the slowest step that is not a stage (a link, the source's relay); kept in memory, so that
-    # stage times measured later still give a throughput (see orchestrator.profiling.stages)
+    # stage times measured later still give a throughput (see orchestrator.profiling.calibration)
     slowest_other_s: float | None = Field(default=None, exclude=True)
     transfers_total_s: float | None = Field(default=None, exclude=True)  # a request's links, in and out
     source_roundtrip_s: float | None = Field(default=None, exclude=True)  # driver to the source and back

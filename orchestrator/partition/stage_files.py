@@ -16,8 +16,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from orchestrator.partition.graph import ModelGraph, node_inputs
-from orchestrator.partition.weights_store import WEIGHTS_FILE, WeightsStore, embedded, kept_apart
+from orchestrator.partition.graph import ModelGraph, embedded, node_inputs
+from orchestrator.partition.weights_store import WEIGHTS_FILE, WeightsStore, kept_apart
 
 
 @dataclass

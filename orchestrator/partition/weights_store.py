@@ -1,8 +1,9 @@
 """A model's weights stored once, keyed by its content; plan and run folders hard-link them.
 
-An entry `<store>/<key>/` holds `weights.bin` (every big initializer, page-aligned) and
-`graph.onnx` (the model with those initializers pointing into weights.bin by offset). Cutting a
-stored model again parses only that small graph and writes small stage files, and each plan
+An entry `<store>/<key>/` holds `weights.bin` (every big initializer, page-aligned),
+`graph.onnx` (the model with those initializers pointing into weights.bin by offset) and, from
+its first cut, `analysis.json` (the graph's analysis, see analysis_file). Cutting a stored model
+again parses only that small graph, reads its analysis and writes small stage files, and each plan
 folder gets `weights.bin` as a hard link to the entry's file: a run adds kilobytes, `cp -r` of
 a run folder still copies the weights with it, and Docker nodes read it like any file of the
 run folder. Where the store is on another file system the file is copied, and the plan says so.
@@ -14,6 +15,7 @@ any), remembered by path, size, mtime and inode, so an unchanged model is not ha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -31,12 +33,14 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
-from orchestrator.partition.graph import SMALL_TENSOR_BYTES, ModelGraph, analyse, load_graph, tensor_nbytes
+from orchestrator.partition.analysis_file import read_analysis, write_analysis
+from orchestrator.partition.graph import SMALL_TENSOR_BYTES, ModelGraph, analyse, embedded, load_graph, tensor_nbytes
 
 STORE_ENV = "EDGE_TESTBED_WEIGHTS"  # the store's folder, where the default does not suit
 DEFAULT_STORE = Path(".cache") / "weights"  # beside runs/, so that hard links reach it
 WEIGHTS_FILE = "weights.bin"
 GRAPH_FILE = "graph.onnx"
+ANALYSIS_FILE = "analysis.json"
 MEMO_FILE = "models.json"
 MEMO_ENTRIES = 256  # model paths remembered; older ones are hashed again when next seen
 RECENT_NS = 2_000_000_000  # a file changed this lately is hashed again next time (same-tick rewrites)
@@ -48,18 +52,6 @@ _CHUNK = 16 * 1024 * 1024
 def kept_apart(t: TensorProto) -> bool:
     """Whether an initializer's data lives in weights.bin rather than inside the graph."""
     return tensor_nbytes(t) > SMALL_TENSOR_BYTES and t.data_type != TensorProto.STRING
-
-
-def embedded(t: TensorProto, base: Path) -> TensorProto:
-    """The initializer with its data inside (read from its external file into a copy if need be)."""
-    if t.data_location != TensorProto.EXTERNAL:
-        return t
-    c = TensorProto()
-    c.CopyFrom(t)
-    onnx.external_data_helper.load_external_data_for_tensor(c, str(base))
-    c.data_location = TensorProto.DEFAULT
-    del c.external_data[:]
-    return c
 
 
 def _external(t: TensorProto) -> dict[str, str]:
@@ -94,6 +86,7 @@ class StoredWeights:
     def __init__(self, directory: Path):
         self.dir = directory
         self.weights = directory / WEIGHTS_FILE
+        self.analysis = directory / ANALYSIS_FILE
 
     @cached_property
     def graph(self) -> onnx.ModelProto:
@@ -109,6 +102,16 @@ class StoredWeights:
                 info = _external(t)
                 out[t.name] = (int(info["offset"]), int(info["length"]))
         return out
+
+    def analysed(self, path: Path, sha256: str) -> ModelGraph:
+        """The stored graph analysed, for the model at `path`: read from the entry's analysis file,
+        made and written there where this code has none (a store it cannot write: made each time)."""
+        graph = read_analysis(self.analysis, self.graph, path, sha256)
+        if graph is None:
+            graph = analyse(self.graph, path, sha256)
+            with contextlib.suppress(OSError):
+                write_analysis(graph, self.analysis)
+        return graph
 
     def complete(self) -> bool:
         """Both files there and weights.bin as long as the graph says (an entry cut short is not one)."""
@@ -248,7 +251,7 @@ class WeightsStore:
         stored = self._entry(known.key) if known is not None else None
         if known is not None and stored is not None:
             self._keys[(str(path.resolve()), known.sha256)] = known
-            return analyse(stored.graph, path, known.sha256)
+            return stored.analysed(path, known.sha256)
         seen = _file_id(path) if path.is_file() else None
         graph = load_graph(path)
         self._key(graph, seen)

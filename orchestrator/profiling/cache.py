@@ -23,8 +23,9 @@ from orchestrator.partition.stage_files import StageFile, write_stages
 from orchestrator.partition.weights_store import WEIGHTS_FILE
 from orchestrator.profiling.results import DeviceProfile, ModelFacts, Profile, assemble
 
-# 2: per-block times from chunk totals; 3: per-frame node overhead; 4: overhead at saturation, round trip
-CACHE_VERSION = 4
+# 2: per-block times from chunk totals; 3: per-frame node overhead; 4: overhead at saturation, round trip;
+# 5: the CPU quota period measured under
+CACHE_VERSION = 5
 DEFAULT_CACHE_DIR = Path(".cache/profiles")
 BLOCKS_MARK = "blocks.json"  # in blocks_dir: which model and bounds the block files hold
 MODELS_INDEX = "models.json"  # in cache_dir: path/size/mtime -> sha256 and block facts
@@ -138,6 +139,11 @@ def cached_profile(
     if len(hits) != len(testbed.devices):
         return None
     return assemble(facts, hits, runtime, batch, time.perf_counter() - t0, [])
+
+
+def blocks_folder(workspace: Path, model_path: str | Path) -> Path:
+    """Where a model's block files go in a deployment's workspace (a folder its nodes can read)."""
+    return Path(workspace) / ".profile_blocks" / Path(model_path).stem
 
 
 def block_files(graph: ModelGraph, bounds: list[int], blocks_dir: Path) -> list[StageFile]:

@@ -26,7 +26,6 @@ import concurrent.futures as cf
 import dataclasses
 import itertools
 import json
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -49,16 +48,14 @@ from orchestrator.partition.stage_files import StageFile
 from orchestrator.profiling.cache import (
     DEFAULT_CACHE_DIR,
     block_files,
-    cached_profile,
     device_spec,
     lookup,
     memo_facts,
     remember_facts,
     store,
 )
-from orchestrator.profiling.results import DeviceProfile, Profile, assemble, block_bounds, model_facts, quota_period_s
-from orchestrator.profiling.stages import step_time_s
-from orchestrator.runtimes import make_runtime
+from orchestrator.profiling.calibration import step_time_s
+from orchestrator.profiling.results import DeviceProfile, Profile, assemble, block_bounds, model_facts
 from orchestrator.runtimes.base import Deployment
 
 SATURATION_IN_FLIGHT = 2  # enough to keep one node always busy: a frame waits while the other runs
@@ -275,6 +272,7 @@ def profile_device(
         seconds=time.perf_counter() - t0,
         overhead_s=float(np.median(overheads)) if overheads else 0.0,
         roundtrip_s=float(np.median(roundtrips)) if roundtrips else 0.0,
+        quota_period_s=dep.cpu_quota_period_s,
     )
 
 
@@ -336,7 +334,7 @@ def profile(
     # Side by side only as far as the host has CPUs for it: a capped container counts its quota, an
     # uncapped local node its threads, and without caps one host CPU stays for this process and the
     # system (on a 2-CPU host, measuring two 1-thread nodes at once inflated some blocks by 1.5x).
-    capped = quota_period_s(runtime) is not None
+    capped = deployment.cpu_quota_period_s is not None
     if cpu_budget is None:
         cpu_budget = float(available_cores()) if capped else max(1.0, available_cores() - 1.0)
     slots = HostSlots(float(cpu_budget))
@@ -416,42 +414,3 @@ def profile(
     devs.update(hits)
     ordered = {d.name: devs[d.name] for d in testbed.devices}
     return assemble(facts, ordered, runtime, batch, time.perf_counter() - t0, notes)
-
-
-def profile_local(
-    model_path: str | Path,
-    testbed: Testbed,
-    *,
-    blocks_dir: str | Path | None = None,
-    log_dir: str | Path | None = None,
-    batch: int = 1,
-    warmup: int = 2,
-    reps: int = 5,
-    cache_dir: str | Path = DEFAULT_CACHE_DIR,
-    console=None,
-    **kw,
-) -> Profile:
-    """Start a LocalRuntime for the testbed, profile, stop it (nothing starts on a cache hit)."""
-    hit = cached_profile(model_path, testbed, "local", batch=batch, cache_dir=cache_dir)
-    if hit is not None:
-        return hit
-    with tempfile.TemporaryDirectory(prefix="profile_") as tmp:
-        bdir = Path(blocks_dir) if blocks_dir is not None else Path(tmp) / "blocks"
-        ldir = Path(log_dir) if log_dir is not None else Path(tmp) / "logs"
-        rt = make_runtime("local", testbed, Path(tmp), log_dir=ldir)
-        try:
-            dep = rt.start()
-            return profile(
-                model_path,
-                testbed,
-                dep,
-                bdir,
-                batch=batch,
-                warmup=warmup,
-                reps=reps,
-                cache_dir=cache_dir,
-                console=console,
-                **kw,
-            )
-        finally:
-            rt.stop()

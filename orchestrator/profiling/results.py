@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.cpu_quota import CFS_PERIOD_S
 from orchestrator.partition.costmodel import CostTable, reduce_candidates
 from orchestrator.partition.graph import ModelGraph
 
@@ -27,6 +26,7 @@ class DeviceProfile:
     seconds: float  # wall time spent on this device
     overhead_s: float = 0.0  # per frame while always busy, beside compute (see measure.saturation_overhead_s)
     roundtrip_s: float = 0.0  # per request at one in flight: driver to node and back, less compute
+    quota_period_s: float | None = None  # the CFS period of the CPU quota it ran under (None: none)
     cached: bool = False
 
     def to_json(self) -> dict:
@@ -39,6 +39,7 @@ class DeviceProfile:
             "seconds": self.seconds,
             "overhead_s": self.overhead_s,
             "roundtrip_s": self.roundtrip_s,
+            "quota_period_s": self.quota_period_s,
         }
 
     @classmethod
@@ -53,6 +54,7 @@ class DeviceProfile:
             seconds=float(d.get("seconds", 0.0)),
             overhead_s=float(d.get("overhead_s", 0.0)),
             roundtrip_s=float(d.get("roundtrip_s", 0.0)),
+            quota_period_s=None if d["quota_period_s"] is None else float(d["quota_period_s"]),
             cached=True,
         )
 
@@ -117,10 +119,13 @@ def model_facts(graph: ModelGraph, bounds: list[int]) -> ModelFacts:
     )
 
 
-def quota_period_s(runtime: str) -> float | None:
-    """The CFS period of the CPU caps a runtime's nodes run under: every runtime caps its devices
-    with cgroup quotas but the local one (plain processes, uncapped)."""
-    return None if runtime == "local" else CFS_PERIOD_S
+def quota_period_s(devs: dict[str, DeviceProfile]) -> float | None:
+    """The CFS period of the CPU quotas the devices were measured under (None: none), one for all:
+    the planner models every quota by it."""
+    periods = {p.quota_period_s for p in devs.values()}
+    if len(periods) > 1:
+        raise ValueError(f"devices measured under different CPU quota periods: {periods}")
+    return periods.pop() if periods else None
 
 
 def assemble(
@@ -135,7 +140,7 @@ def assemble(
             origin="profiled",
             overhead_s={n: p.overhead_s for n, p in devs.items()},
             roundtrip_s={n: p.roundtrip_s for n, p in devs.items()},
-            cfs_period_s=quota_period_s(runtime),
+            cfs_period_s=quota_period_s(devs),
         ),
         block_memory=[w + a * batch for w, a in zip(facts.weights, facts.activation, strict=True)],
         block_weights=list(facts.weights),

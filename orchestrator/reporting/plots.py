@@ -13,8 +13,6 @@ import matplotlib
 from orchestrator.driving.driver import Record
 from orchestrator.figures.latency import per_second
 from orchestrator.figures.metrics import HOP_PARTS, STAGE_PARTS, pipeline_order, timeline_rows
-from orchestrator.partition.graph import ModelGraph
-from orchestrator.partition.plan import Plan
 from orchestrator.runtimes.stats import StatsLine
 
 matplotlib.use("Agg")
@@ -261,21 +259,6 @@ def comparison(
     for a in (ax1, ax2):
         a.grid(axis="y", alpha=0.3)
     return _save(fig, path)
-
-
-def partition_view(plan: Plan, graph: ModelGraph) -> dict:
-    """What the partition plot needs: per-node cost, live bytes, and the chosen cuts."""
-    cuts = []
-    for s in plan.stages[:-1]:
-        produced = [graph.prod[t] for t in s.outputs if graph.prod.get(t, -1) >= 0]
-        cuts.append(max(produced) + 1 if produced else 0)
-    return {
-        "cost": list(graph.cost),
-        "live_bytes": list(graph.live_bytes),
-        "cuts": cuts,
-        "devices": [s.device for s in plan.stages],
-        "title": f"{Path(plan.model).name}: {len(plan.stages)} stages ({plan.algorithm})",
-    }
 
 
 def comparison_plot(run_dir: Path, rows: list[dict]) -> Path:

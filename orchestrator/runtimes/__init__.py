@@ -1,56 +1,11 @@
-"""Choosing a runtime: the one place that knows which engines there are.
+"""The runtimes there are, and what the command line and the job schema need of them before one is
+chosen: plain data, so that `orchestrator partition` starts without loading an engine (and the
+schema can name them without importing this package's modules). runtimes/choice.py chooses one and
+makes it; everything above this package holds a `Runtime` (runtimes/base.py) and never asks which."""
 
-Everything above this package holds a `Runtime` (runtimes/base.py) and never asks which one."""
+RUNTIMES: tuple[str, ...] = ("docker", "local")  # what runtime names mean: make_runtime makes each
 
-from __future__ import annotations
-
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from orchestrator.config import Testbed
-from orchestrator.errors import UserError
-
-if TYPE_CHECKING:  # the engines load only when one is made: `orchestrator partition` needs none
-    from orchestrator.runtimes.base import Runtime
-
-
-def select_runtime(name: str) -> tuple[str, list[str]]:
-    """docker where asked, or (auto) where an engine answers and has the node image; else local."""
-    if name == "local":
-        return "local", []
-    from orchestrator.runtimes.docker import engine, image_present
-
-    client = engine()
-    if name == "docker":
-        if client is None:
-            raise UserError("the docker runtime needs a Docker engine, and none answers", "--runtime")
-        return "docker", []
-    if client is None:
-        return "local", ["runtime 'auto' chose the local runtime: no Docker engine answers"]
-    if not image_present(client):
-        return "local", ["runtime 'auto' chose the local runtime: the node image is not built (make image)"]
-    return "docker", ["runtime 'auto' chose the docker runtime: an engine answers"]
-
-
-def make_runtime(
-    name: str,
-    testbed: Testbed,
-    run_dir: Path,
-    *,
-    testbed_name: str | None = None,
-    subnet: str | None = None,
-    workspace: Path | None = None,
-    log_dir: Path | None = None,
-) -> Runtime:
-    """The runtime `name` for a testbed, its node logs under `log_dir` (default <run_dir>/logs).
-    `workspace` is where the orchestrator writes files its nodes read: by default the run folder
-    for docker (a running testbed's own workspace wins), `.cache` for local nodes, which read any file."""
-    logs = log_dir or run_dir / "logs"
-    if name == "docker":
-        from orchestrator.runtimes.docker import DockerRuntime
-
-        kw = {k: v for k, v in (("testbed_name", testbed_name), ("subnet", subnet)) if v}
-        return DockerRuntime(testbed, logs, workspace=workspace or run_dir, **kw)
-    from orchestrator.runtimes.local import DEFAULT_WORKSPACE, LocalRuntime
-
-    return LocalRuntime(testbed, logs, workspace=workspace or DEFAULT_WORKSPACE)
+# The default Docker testbed (runtimes/docker_testbed.py builds it): the `testbed` command's defaults.
+DEFAULT_DEVICES = "devices/edge4.yaml"
+DEFAULT_NAME = "edge"
+DEFAULT_SUBNET = "10.213.0.0/24"

@@ -62,6 +62,8 @@ class Deployment:
     nodes: dict[str, NodeHandle]
     link_emulation: LinkEmulation
     workspace: Path  # where the orchestrator writes files its nodes must read (profiling's blocks)
+    # the CFS period of the CPU quotas the nodes run under; None where they run under none
+    cpu_quota_period_s: float | None
     notes: list[str] = field(default_factory=list)
 
     _clients: dict[str, NodeClient] = field(default_factory=dict, repr=False)

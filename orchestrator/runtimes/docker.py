@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common import testbed_pb2 as pb
+from common.cpu_quota import CFS_PERIOD_S
 from node import tc
 from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeClient
 from orchestrator.errors import UserError
 from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime
 from orchestrator.runtimes.docker_engine import engine, testbed_containers
-from orchestrator.runtimes.docker_fidelity import PROBE, check, probe
+from orchestrator.runtimes.docker_fidelity import PROBE, check_testbed, probe
 from orchestrator.runtimes.docker_stats import DockerStatsCollector
 from orchestrator.runtimes.docker_testbed import (
     DEFAULT_NAME,
@@ -148,13 +149,22 @@ def _published(cont) -> str:
     raise RuntimeError(f"container {cont.name} publishes no port for {NODE_PORT}")
 
 
+def container_ip(cont) -> str:
+    """A container's address on its testbed's network ("" where it is on none)."""
+    nets = cont.attrs["NetworkSettings"]["Networks"]
+    return next(iter(nets.values()))["IPAddress"] if nets else ""
+
+
+def container_cpus(cont) -> float:
+    """A container's CPU cap as the engine holds it (0: uncapped)."""
+    return (cont.attrs["HostConfig"].get("NanoCpus") or 0) / 1e9
+
+
 def handles(client, name: str) -> dict[str, NodeHandle]:
     out = {}
     for cont in testbed_containers(client, name, all_=False):
-        dev = cont.labels[LABEL_DEVICE]
-        nets = cont.attrs["NetworkSettings"]["Networks"]
-        ip = next(iter(nets.values()))["IPAddress"]
-        out[dev] = NodeHandle(dev, _published(cont), f"{ip}:{NODE_PORT}", cont.attrs["State"].get("Pid"))
+        dev, pid = cont.labels[LABEL_DEVICE], cont.attrs["State"].get("Pid")
+        out[dev] = NodeHandle(dev, _published(cont), f"{container_ip(cont)}:{NODE_PORT}", pid)
     return out
 
 
@@ -224,17 +234,15 @@ def down(client, name: str | None = None) -> tuple[int, int]:
 def status(client, name: str | None = None) -> list[dict]:
     rows = []
     for c in testbed_containers(client, name):
-        hc = c.attrs["HostConfig"]
-        nets = c.attrs["NetworkSettings"]["Networks"]
         rows.append(
             {
                 "testbed": c.labels.get(LABEL_TESTBED),
                 "device": c.labels.get(LABEL_DEVICE),
                 "container": c.name,
                 "status": c.status,
-                "ip": next(iter(nets.values()))["IPAddress"] if nets else "",
-                "cpus": (hc.get("NanoCpus") or 0) / 1e9,
-                "memory": hc.get("Memory") or 0,
+                "ip": container_ip(c),
+                "cpus": container_cpus(c),
+                "memory": c.attrs["HostConfig"].get("Memory") or 0,
                 "config": c.labels.get(LABEL_CONFIG),
             }
         )
@@ -329,7 +337,12 @@ class DockerRuntime(Runtime):
         emulation = link_emulation_of(next(iter(self.containers.values())))
         notes.append(emulation.describe())
         self.deployment = DockerDeployment(
-            "docker", nodes, emulation, workspace=Path(self.spec.workspace).resolve(), notes=notes
+            "docker",
+            nodes,
+            emulation,
+            workspace=Path(self.spec.workspace).resolve(),
+            cpu_quota_period_s=CFS_PERIOD_S,  # NanoCpus caps: quotas over the kernel's default period
+            notes=notes,
         )
         return self.deployment
 
@@ -383,8 +396,7 @@ class DockerRuntime(Runtime):
         if console is not None:
             console.print("checking fidelity (links and CPU caps between the containers)...")
         ips = {d: c.ip for d, c in self.spec.by_device().items()}
-        hold_at = {d: h.control_address for d, h in dep.nodes.items()} if dep.link_emulation.node_holds_delay else None
-        fid = check(self.containers, ips, self.testbed, hold_at)
+        fid = check_testbed(self.containers, ips, self.testbed, dep.link_emulation, dep.nodes)
         if console is not None:
             console.print(
                 f"fidelity checked in {fid['seconds']:.1f} s: "

@@ -27,11 +27,15 @@ import concurrent.futures as cf
 import json
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from node.probes import hold
 from orchestrator.config import Testbed
+
+if TYPE_CHECKING:
+    from orchestrator.runtimes.base import LinkEmulation, NodeHandle
 
 TOLERANCE = 0.10
 SINK_PORT = 50099
@@ -253,3 +257,12 @@ def check(
         "tolerance": TOLERANCE,
         "seconds": round(time.perf_counter() - t0, 2),
     }
+
+
+def check_testbed(
+    containers: dict, ips: dict[str, str], testbed: Testbed, emulation: LinkEmulation, nodes: dict[str, NodeHandle]
+) -> dict:
+    """check() on a running testbed's containers: where its nodes hold the link delay themselves,
+    the holds they apply are probed too, at each node's control address."""
+    hold_at = {d: h.control_address for d, h in nodes.items()} if emulation.node_holds_delay else None
+    return check(containers, ips, testbed, hold_at)

@@ -19,28 +19,31 @@ from pathlib import Path
 import yaml
 
 from orchestrator.config import Testbed
+from orchestrator.runtimes import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET
 
 LABEL = "edge-testbed"  # "1" on everything a testbed creates
 LABEL_TESTBED = "edge-testbed.testbed"
 LABEL_DEVICE = "edge-testbed.device"
 LABEL_CONFIG = "edge-testbed.config"  # hash of the devices and links: does a running one match?
 LABEL_WORKSPACE = "edge-testbed.workspace"
-DEFAULT_NAME = "edge"
-DEFAULT_SUBNET = "10.213.0.0/24"
 NODE_PORT = 50051
 WORKSPACE_IN = "/workspace"  # where the host workspace (run folders) is mounted, read-only
-DEFAULT_DEVICES = "devices/edge4.yaml"
 COMPOSE_WORKSPACE = "./runs"  # docker-compose.yml mounts this (relative to the repo root)
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 
-def image_tag() -> str:
-    root = Path(__file__).resolve().parents[1]
+def image_tag(pyproject: Path = PYPROJECT) -> str:
+    """edge-testbed-node:<[project] version of pyproject.toml>, the tag scripts/build_image.sh gives
+    the image. No version read is an error here: a guessed tag would only fail later, at `up`."""
     try:
-        m = re.search(r'(?m)^version\s*=\s*"([^"]+)"', (root / "pyproject.toml").read_text())
-        version = m.group(1) if m else "0.1.0"
-    except OSError:
-        version = "0.1.0"
-    return f"edge-testbed-node:{version}"
+        text = Path(pyproject).read_text()
+    except OSError as e:
+        raise RuntimeError(f"cannot read the node image's version from {pyproject}: {e.strerror}") from None
+    project = re.search(r"(?ms)^\[project\][ \t]*$(.*?)(?=^\[|\Z)", text)
+    version = re.search(r'(?m)^version\s*=\s*"([^"]+)"', project.group(1)) if project else None
+    if version is None:
+        raise RuntimeError(f"{pyproject} has no [project] version: the node image's tag is made from it")
+    return f"edge-testbed-node:{version.group(1)}"
 
 
 @dataclass
@@ -193,7 +196,7 @@ def render_compose(spec: TestbedSpec, devices_path: str = DEFAULT_DEVICES) -> st
     }
     head = (
         f"# The default testbed, rendered by `orchestrator testbed render` from {devices_path}:\n"
-        "# do not edit (tests/test_docker_compose.py fails when this drifts from the renderer).\n"
+        "# do not edit (tests/test_docker_testbed.py fails when this drifts from the renderer).\n"
         "# `docker-compose up -d` (or `docker compose up -d`) here gives the same testbed as\n"
         "# `orchestrator testbed up` (make testbed-up); build the image first (make image).\n"
     )

@@ -112,6 +112,7 @@ class LocalRuntime(Runtime):
             nodes,
             LinkEmulation.NODE_PACED,
             workspace=self._workspace,
+            cpu_quota_period_s=None,  # plain processes: no CPU quota
             notes=["local runtime: no CPU or memory isolation; links paced by the nodes", NO_CHECK_NOTE],
         )
         return self.deployment

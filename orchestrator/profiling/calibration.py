@@ -343,3 +343,17 @@ def calibrated(predicted: Predicted, measured: Sequence[StageMeasure], source_in
         trip = measured[source_index].roundtrip_s if source_index is not None else (predicted.source_roundtrip_s or 0.0)
         update["latency_s"] = round(sum(m.compute_s for m in measured) + predicted.transfers_total_s + trip, 6)
     return predicted.model_copy(update=update)
+
+
+def calibration_note(
+    stages: Sequence[StagePlan], measured: Sequence[StageMeasure], before: Predicted, after: Predicted, seconds: float
+) -> str:
+    """The run's note on the calibration: each stage's busy time measured whole beside what the sum
+    of its profiled blocks said (`before`), and a lone request's latency before and `after`."""
+    busy = ", ".join(f"{s.device} {m.busy_s * 1e3:.0f} ms" for s, m in zip(stages, measured, strict=True))
+    from_blocks = ", ".join(f"{x * 1e3:.0f} ms" for x in before.stage_s or [])
+    return (
+        f"prediction: each stage measured as a whole on its device in {seconds:.1f} s, busy ({busy}; the sum of "
+        f"its profiled blocks and the node's overhead said {from_blocks}); a lone request "
+        f"{after.latency_s * 1e3:.0f} ms (the profile said {before.latency_s * 1e3:.0f} ms)"
+    )

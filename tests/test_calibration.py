@@ -6,17 +6,18 @@ import json
 import textwrap
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
+from common.ort_session import open_session
 from orchestrator.config import load_devices
 from orchestrator.partition import partition
 from orchestrator.partition.plan import Predicted
-from orchestrator.profiling.stages import (
+from orchestrator.profiling.calibration import (
     StageMeasure,
     calibrated,
     frames_for,
     measure_stages,
+    relay_model,
     rounds,
     sink_model,
     stage_inputs,
@@ -95,12 +96,10 @@ def test_rounds_never_put_one_device_in_two_measurements_at_once():
 
 
 def test_relay_passes_tensors_on_under_their_names(tmp_path):
-    from orchestrator.profiling.stages import relay_model
-
     arrays = {"/vit/h": np.ones((1, 3, 4), np.float32), "ids": np.arange(3, dtype=np.int64)}
     names = relay_model(tmp_path / "relay.onnx", arrays)
     assert list(names.values()) == list(arrays)
-    sess = ort.InferenceSession(str(tmp_path / "relay.onnx"), providers=["CPUExecutionProvider"])
+    sess = open_session(tmp_path / "relay.onnx")
     out = sess.run(list(arrays), {new: arrays[old] for new, old in names.items()})
     assert all(np.array_equal(o, a) for o, a in zip(out, arrays.values(), strict=True))
 
@@ -112,7 +111,7 @@ def test_sink_takes_any_tensor_and_sends_one_number_each(tmp_path):
         "mask": np.array([True, False]),
     }
     outs = sink_model(tmp_path / "sink.onnx", arrays)
-    sess = ort.InferenceSession(str(tmp_path / "sink.onnx"), providers=["CPUExecutionProvider"])
+    sess = open_session(tmp_path / "sink.onnx")
     got = dict(zip(outs, sess.run(outs, arrays), strict=True))
     assert [float(got[o]) for o in outs] == [12.0, 15.0, 1.0]
 
@@ -125,9 +124,8 @@ def test_stage_inputs_are_the_tensors_each_stage_takes_in(tmp_path, tiny_vit):
     assert list(feeds[0]) == plan.inputs
     assert set(feeds[1]) == set(plan.forward_after(0))
     # stage 1 run on what it was given gives the whole model's output for stage 0's input
-    so = ort.SessionOptions()
-    whole = ort.InferenceSession(str(tiny_vit), so, providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
-    s1 = ort.InferenceSession(str(plan.stage_path(1)), so, providers=["CPUExecutionProvider"])
+    whole = open_session(tiny_vit).run(None, feeds[0])[0]
+    s1 = open_session(plan.stage_path(1))
     out = s1.run(None, {x: feeds[1][x] for x in plan.stages[1].inputs})[0]
     assert np.abs(out - whole).max() <= 1e-4
 

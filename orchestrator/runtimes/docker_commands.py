@@ -1,4 +1,5 @@
-"""`orchestrator testbed up/down/status/check/render` and `orchestrator stats`."""
+"""`orchestrator testbed up/down/status/check/render` and `orchestrator stats`: the Docker testbed's
+own commands (cli.py defines their arguments and loads this module only when one runs)."""
 
 from __future__ import annotations
 
@@ -19,11 +20,9 @@ from rich.table import Table
 from orchestrator.config import load_devices
 from orchestrator.errors import UserError
 from orchestrator.runtimes import docker as dk
-from orchestrator.runtimes.docker_testbed import (
-    LABEL_DEVICE,
-    render_compose,
-    testbed_spec,
-)
+from orchestrator.runtimes.docker_fidelity import check_testbed
+from orchestrator.runtimes.docker_stats import DockerStatsCollector
+from orchestrator.runtimes.docker_testbed import COMPOSE_WORKSPACE, LABEL_DEVICE, render_compose, testbed_spec
 
 LOGS = Path("logs")
 
@@ -45,7 +44,7 @@ def _start_collector(name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(
         os.environ,
-        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+        PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]),
     )
     with open(LOGS / f"stats-collector-{name}.log", "a") as log:
         p = subprocess.Popen(
@@ -106,18 +105,18 @@ def fidelity_table(fid: dict) -> Table:
 
 
 def testbed(a: argparse.Namespace) -> int:
-    """`orchestrator testbed ACTION`."""
-    client = _engine()
+    """`orchestrator testbed ACTION`; `render` writes a file and needs no engine."""
     con = Console()
     if a.action == "render":
         tb = load_devices(a.devices)
-        text = render_compose(testbed_spec(tb, a.name, a.subnet, workspace="./runs"), a.devices)
+        text = render_compose(testbed_spec(tb, a.name, a.subnet, workspace=COMPOSE_WORKSPACE), a.devices)
         if a.out:
             Path(a.out).write_text(text)
             con.print(f"wrote {a.out}")
         else:
             sys.stdout.write(text)
         return 0
+    client = _engine()
     if a.action == "up":
         tb = load_devices(a.devices)
         spec = testbed_spec(tb, a.name, a.subnet, workspace=Path(a.workspace).resolve())
@@ -144,18 +143,14 @@ def testbed(a: argparse.Namespace) -> int:
     if a.action == "status":
         return status(client, a.name, con)
     if a.action == "check":
-        from orchestrator.runtimes.docker_fidelity import check
-
         conts = _containers(client, a.name)
         tb = load_devices(a.devices)
         missing = [d.name for d in tb.devices if d.name not in conts]
         if missing:
             raise UserError(f"testbed {a.name!r} has no container for {', '.join(missing)}", a.devices)
-        ips = {d: next(iter(c.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"] for d, c in conts.items()}
+        ips = {d: dk.container_ip(c) for d, c in conts.items()}
         emulation = dk.link_emulation_of(next(iter(conts.values())))
-        nodes = dk.handles(client, a.name)
-        hold_at = {d: h.control_address for d, h in nodes.items()} if emulation.node_holds_delay else None
-        fid = check(conts, ips, tb, hold_at)
+        fid = check_testbed(conts, ips, tb, emulation, dk.handles(client, a.name))
         con.print(fidelity_table(fid))
         out = Path(a.out) if a.out else LOGS / f"fidelity_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +184,7 @@ def status(client, name: str | None, con: Console) -> int:
     return 0
 
 
-def _stats_table(col, caps: dict[str, float]) -> Table:
+def _stats_table(col: DockerStatsCollector) -> Table:
     t = Table(title="per-device stats (docker engine)")
     for c in ("device", "CPU % of cap", "throttled", "memory MiB", "of limit", "peak MiB", "MB in", "MB out"):
         t.add_column(c, justify="left" if c == "device" else "right")
@@ -215,10 +210,8 @@ def _stats_table(col, caps: dict[str, float]) -> Table:
 def stats(a: argparse.Namespace) -> int:
     """`orchestrator stats [--follow]`."""
     client = _engine()
-    from orchestrator.runtimes.docker_stats import DockerStatsCollector
-
     conts = _containers(client, a.name)
-    caps = {d: (c.attrs["HostConfig"].get("NanoCpus") or 0) / 1e9 for d, c in conts.items()}
+    caps = {d: dk.container_cpus(c) for d, c in conts.items()}
     con = Console()
     with DockerStatsCollector(client, conts, caps) as col:
         if not a.follow:
@@ -227,10 +220,10 @@ def stats(a: argparse.Namespace) -> int:
                 d in col.latest and col.latest[d].cpu_of_cap is not None for d in conts
             ):
                 time.sleep(0.2)
-            con.print(_stats_table(col, caps))
+            con.print(_stats_table(col))
             return 0
-        with Live(_stats_table(col, caps), console=con, refresh_per_second=2) as live:
+        with Live(_stats_table(col), console=con, refresh_per_second=2) as live:
             while col.alive():
                 time.sleep(1.0)
-                live.update(_stats_table(col, caps))
+                live.update(_stats_table(col))
     return 0
