@@ -174,23 +174,28 @@ def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
     os.chmod(model, 0o644)
     times: dict[str, list[float]] = {"one": [], "half": []}
     period_s, window_s = 0.100, 1.5  # fifteen 100 ms CFS periods or more: the quota shows, not one burst
-    # One container at a time (the caps, not the two containers, compete), interleaved over three
+    # One container at a time (the caps, not the two containers, compete), interleaved over five
     # rounds and the fastest round kept per device: the host's own noise only ever adds time.
-    for _ in range(3):
+    for _ in range(5):
         for dev in ("one", "half"):
             r = probe(testbed["containers"][dev], "stage", f"{WORKSPACE_IN}/mm.onnx", "--window-s", str(window_s))
             assert r["threads"] == 1 and r["runs"] >= 3, r
             times[dev].append(r["mean_s"])
     one, half = min(times["one"]), min(times["half"])
     ratio = half / one
+    # How far the host's noise reached even the fastest rounds: the second-fastest round against the
+    # fastest, per device (a few percent on a quiet host).
+    noise = max(sorted(ts)[1] / min(ts) for ts in times.values())
     print(
-        f"ORT stage mean over 1.5 s, best of 3: 1 CPU {one * 1e3:.1f} ms, 0.5 CPU {half * 1e3:.1f} ms, "
-        f"ratio {ratio:.2f}"
+        f"ORT stage mean over 1.5 s, best of 5: 1 CPU {one * 1e3:.1f} ms, 0.5 CPU {half * 1e3:.1f} ms, "
+        f"ratio {ratio:.2f}, host noise {noise - 1:+.1%}"
     )
     # Half the CPU gives the stage half of each 100 ms CFS period. Over a window of W >= 1.5 s the
     # CPU time it gets is W/2 give or take what one period's edge can add or take (half a period of
-    # quota either way), so the ratio W / cpu is 2 / (1 +- period / W): 1.875 to 2.143 here.
-    assert 2 / (1 + period_s / window_s) <= ratio <= 2 / (1 - period_s / window_s), times
+    # quota either way), so the ratio W / cpu is 2 / (1 +- period / W): 1.875 to 2.143 here; the
+    # host noise measured above can move either device's best round by its own factor.
+    lo, hi = 2 / (1 + period_s / window_s) / noise, 2 / (1 - period_s / window_s) * noise
+    assert lo <= ratio <= hi, (times, lo, hi)
 
 
 def test_stats_collector_reads_every_container(testbed, docker_client, tmp_path):

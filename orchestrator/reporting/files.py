@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import astuple
 from pathlib import Path
 
 from orchestrator.driving.driver import Record, Timing
@@ -69,20 +70,7 @@ def write_requests(path: Path, records: list[Record], measured_ids: set[int]) ->
                         "sent_ns": r.sent_ns,
                         "done_ns": r.done_ns,
                         "error": r.error,
-                        "timings": [
-                            [
-                                t.stage,
-                                t.device,
-                                t.recv_ns,
-                                t.start_ns,
-                                t.end_ns,
-                                t.send_ns,
-                                t.bytes_out,
-                                t.serialize_ns,
-                                t.deserialize_ns,
-                            ]
-                            for t in r.timings
-                        ],
+                        "timings": [list(astuple(t)) for t in r.timings],  # Timing's fields, in order
                     }
                 )
                 + "\n"
