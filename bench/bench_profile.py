@@ -50,6 +50,7 @@ def first_call(testbed: Testbed, model: Path, args: argparse.Namespace, console:
         return hit, 0.0
     runs = ROOT / "runs"
     work = Path(tempfile.mkdtemp(prefix="bench_profile_", dir=runs if runs.exists() else None))
+    work.chmod(0o755)  # mkdtemp makes it private; the nodes run as their own user and must read it
     try:
         with make_runtime(
             rt_name, testbed, work, testbed_name=args.testbed_name, subnet=args.subnet, workspace=work
