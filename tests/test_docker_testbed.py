@@ -172,7 +172,7 @@ def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
 
     model = _matmul_model(testbed["ws"] / "mm.onnx")
     os.chmod(model, 0o644)
-    times: dict[str, list[float]] = {"one": [], "half": []}
+    rounds: dict[str, list[dict]] = {"one": [], "half": []}
     period_s, window_s = 0.100, 1.5  # fifteen 100 ms CFS periods or more: the quota shows, not one burst
     # One container at a time (the caps, not the two containers, compete), interleaved over five
     # rounds and the fastest round kept per device: the host's own noise only ever adds time.
@@ -180,22 +180,24 @@ def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
         for dev in ("one", "half"):
             r = probe(testbed["containers"][dev], "stage", f"{WORKSPACE_IN}/mm.onnx", "--window-s", str(window_s))
             assert r["threads"] == 1 and r["runs"] >= 3, r
-            times[dev].append(r["mean_s"])
-    one, half = min(times["one"]), min(times["half"])
-    ratio = half / one
-    # How far the host's noise reached even the fastest rounds: the second-fastest round against the
-    # fastest, per device (a few percent on a quiet host).
-    noise = max(sorted(ts)[1] / min(ts) for ts in times.values())
+            rounds[dev].append(r)
+    # Per round, the time a run took against the CPU it used: the cap shows there alone. The host
+    # cannot make that smaller, only larger (a wait for a core), so the smallest of the five rounds
+    # is kept; a host slower for a while (its CPU shared with other machines, say) slows a run's
+    # CPU as much as its time and cancels out.
+    slowdown = {dev: min(r["mean_s"] / r["cpu_s"] for r in rs) for dev, rs in rounds.items()}
+    ratio = slowdown["half"] / slowdown["one"]
+    one, half = (min(r["mean_s"] for r in rounds[dev]) for dev in ("one", "half"))
     print(
-        f"ORT stage mean over 1.5 s, best of 5: 1 CPU {one * 1e3:.1f} ms, 0.5 CPU {half * 1e3:.1f} ms, "
-        f"ratio {ratio:.2f}, host noise {noise - 1:+.1%}"
+        f"ORT stage over 1.5 s, best of 5: 1 CPU {one * 1e3:.1f} ms a run, {slowdown['one']:.2f}x its CPU; "
+        f"0.5 CPU {half * 1e3:.1f} ms, {slowdown['half']:.2f}x its CPU; ratio {ratio:.2f} (run times {half / one:.2f})"
     )
     # Half the CPU gives the stage half of each 100 ms CFS period. Over a window of W >= 1.5 s the
     # CPU time it gets is W/2 give or take what one period's edge can add or take (half a period of
-    # quota either way), so the ratio W / cpu is 2 / (1 +- period / W): 1.875 to 2.143 here; the
-    # host noise measured above can move either device's best round by its own factor.
-    lo, hi = 2 / (1 + period_s / window_s) / noise, 2 / (1 - period_s / window_s) * noise
-    assert lo <= ratio <= hi, (times, lo, hi)
+    # quota either way), so the ratio W / cpu is 2 / (1 +- period / W): 1.875 to 2.143 here. (The run
+    # times' ratio reads higher, 2.2-2.3 on this host: a run cut by the quota takes about a tenth
+    # more CPU, its caches refilled after each throttled wait.)
+    assert 2 / (1 + period_s / window_s) <= ratio <= 2 / (1 - period_s / window_s), rounds
 
 
 def test_stats_collector_reads_every_container(testbed, docker_client, tmp_path):
