@@ -33,16 +33,8 @@ sys.path.insert(0, str(ROOT))
 from orchestrator.models import ensure_vit  # noqa: E402
 from orchestrator.partition.weights_store import STORE_ENV, WEIGHTS_FILE  # noqa: E402
 
+BASELINE = Path(__file__).with_name("extract_baseline.py")  # extract_model, nothing of ours loaded
 TARGET = 20.0  # times faster than extract_model, model stored
-
-EXTRACT = """
-import json, sys
-from pathlib import Path
-import onnx.utils
-model, plan, out = sys.argv[1:]
-for s in json.loads(Path(plan).read_text())["stages"]:
-    onnx.utils.extract_model(model, str(Path(out) / s["model"]), s["inputs"], s["outputs"])
-"""
 
 
 def new_bytes(folder: Path) -> int:
@@ -92,8 +84,8 @@ def main() -> None:
         devices.write_text("devices:\n" + "".join(f"  - {{name: dev{i}, memory: 4GiB}}\n" for i in range(args.stages)))
         script = Path(sys.executable).with_name("orchestrator")
         cli = [str(script)] if script.exists() else [sys.executable, "-m", "orchestrator"]
-        warm = "import orchestrator.cli, orchestrator.config, orchestrator.partition"
-        subprocess.run([sys.executable, "-c", warm], env=env, check=True)  # fill the bytecode cache
+        packages = [str(ROOT / p) for p in ("orchestrator", "common")]
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], env=env, check=True)  # bytecode cache
 
         def cut(out: Path) -> Timing:
             argv = ["partition", "--model", str(model), "--devices", str(devices), "--stages", str(args.stages)]
@@ -106,7 +98,7 @@ def main() -> None:
         for r in range(args.rounds):  # interleaved, so that both sides see the host's load alike
             out = work / f"extract{r}"
             out.mkdir()
-            argv = [sys.executable, "-c", EXTRACT, str(model), str(work / "first" / "plan.json"), str(out)]
+            argv = [sys.executable, str(BASELINE), str(model), str(work / "first" / "plan.json"), str(out)]
             extract.append(timed(argv, env))
             stored += [cut(work / f"stored{r}_{i}") for i in range(args.cuts)]
         theirs, ours = median(extract), median(stored)
