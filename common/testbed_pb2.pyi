@@ -45,7 +45,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., device: _Optional[str] = ..., recv_ns: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., bytes_out: _Optional[int] = ..., serialize_ns: _Optional[int] = ..., deserialize_ns: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns", "probe", "payload", "payload_size")
+    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns", "probe", "lost", "payload", "payload_size")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class Frame(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HOLD_NS_FIELD_NUMBER: _ClassVar[int]
     PROBE_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
@@ -66,9 +67,10 @@ class Frame(_message.Message):
     error: str
     hold_ns: int
     probe: bool
+    lost: bool
     payload: bytes
     payload_size: int
-    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ..., probe: _Optional[bool] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ..., probe: _Optional[bool] = ..., lost: _Optional[bool] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("device", "address", "rate_bps", "delay_s", "ip", "tc_rate_bps", "tc_delay_s")
@@ -173,7 +175,7 @@ class LinkHold(_message.Message):
     def __init__(self, device: _Optional[str] = ..., frames: _Optional[int] = ..., asked_ns: _Optional[int] = ..., held_ns: _Optional[int] = ..., max_late_ns: _Optional[int] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads", "holds")
+    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads", "holds", "held_ids")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_IN_FIELD_NUMBER: _ClassVar[int]
     FRAMES_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -185,6 +187,7 @@ class StatsReply(_message.Message):
     CPU_QUOTA_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     HOLDS_FIELD_NUMBER: _ClassVar[int]
+    HELD_IDS_FIELD_NUMBER: _ClassVar[int]
     device: str
     frames_in: int
     frames_out: int
@@ -196,4 +199,5 @@ class StatsReply(_message.Message):
     cpu_quota: float
     threads: int
     holds: _containers.RepeatedCompositeFieldContainer[LinkHold]
-    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[LinkHold, _Mapping]]] = ...) -> None: ...
+    held_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[LinkHold, _Mapping]]] = ..., held_ids: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -64,6 +64,11 @@ class NodeStub:
                 request_serializer=common_dot_testbed__pb2.Peer.SerializeToString,
                 response_deserializer=common_dot_testbed__pb2.Peer.FromString,
                 _registered_method=True)
+        self.Requota = channel.unary_unary(
+                '/testbed.Node/Requota',
+                request_serializer=common_dot_testbed__pb2.Empty.SerializeToString,
+                response_deserializer=common_dot_testbed__pb2.LoadReply.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -104,6 +109,16 @@ class NodeServicer:
     def SetLink(self, request, context):
         """Change one outgoing link of the loaded pipeline in place: Peer.rate_bps is the rate the node
         paces (0: not paced), Peer.delay_s the delay it holds. Replies with the link as it now holds it.
+        Where tc shapes the link (Peer.tc_rate_bps > 0), the node changes its htb class in place
+        (tc class change, never delete and re-add) and netem's delay or its own hold (tc_delay_s).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Requota(self, request, context):
+        """Re-read the CPU quota the node runs under (after a live cgroup update) and resize the stage
+        sessions' ORT threads to it; replies with the threads and quota now in force.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +156,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.SetLink,
                     request_deserializer=common_dot_testbed__pb2.Peer.FromString,
                     response_serializer=common_dot_testbed__pb2.Peer.SerializeToString,
+            ),
+            'Requota': grpc.unary_unary_rpc_method_handler(
+                    servicer.Requota,
+                    request_deserializer=common_dot_testbed__pb2.Empty.FromString,
+                    response_serializer=common_dot_testbed__pb2.LoadReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -305,6 +325,33 @@ class Node:
             '/testbed.Node/SetLink',
             common_dot_testbed__pb2.Peer.SerializeToString,
             common_dot_testbed__pb2.Peer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Requota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/testbed.Node/Requota',
+            common_dot_testbed__pb2.Empty.SerializeToString,
+            common_dot_testbed__pb2.LoadReply.FromString,
             options,
             channel_credentials,
             insecure,

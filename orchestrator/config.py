@@ -22,6 +22,10 @@ _DNS = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 # What a plan can minimise: the bottleneck step (throughput) or a request's end-to-end time.
 Objective = Literal["throughput", "latency"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
+# What a run does when the world changes under it (scenarios): keep the plan, re-plan when a
+# device is lost, also re-plan on measured conditions, or re-plan on the scenario's truth
+AdaptPolicy = Literal["static", "failover", "adaptive", "oracle"]
+ADAPT_POLICIES: tuple[str, ...] = get_args(AdaptPolicy)
 # Where a job runs: a runtime by name, or "auto" (docker where an engine and the node image are there)
 RuntimeChoice = Literal[("auto", *RUNTIMES)]
 
@@ -184,6 +188,8 @@ class Variant(_Strict):
     stages: int | None = Field(default=None, gt=0)
     devices: str | None = None
     source: str | None = None
+    scenario: str | dict[str, Any] | None = None  # a scenario file, or the same mapping inline
+    adapt: AdaptPolicy | None = None
 
 
 class Job(_Strict):
@@ -210,6 +216,9 @@ class Job(_Strict):
     # predict throughput from those step times instead of the sum of the profiled blocks
     measure_stages: bool = True
     timeout_s: float = Field(default=600.0, gt=0)
+    # a timeline of link, CPU and device changes applied while requests flow (DESIGN: Scenarios)
+    scenario: str | dict[str, Any] | None = None
+    adapt: AdaptPolicy = "static"
     base_dir: str = "."  # folder of the job file: relative paths resolve from here
 
     def path(self, p: str) -> Path:

@@ -95,6 +95,10 @@ class NodeClient:
         the link as the node now holds it."""
         return self._call("SetLink", peer, timeout_s)
 
+    def requota(self, timeout_s: float = 30.0) -> pb.LoadReply:
+        """Make the node re-read its CPU quota and resize its stages' threads; returns what holds."""
+        return self._call("Requota", pb.Empty(), timeout_s)
+
     def wait_healthy(self, timeout_s: float = 30.0, alive: Callable[[], bool] | None = None) -> None:
         """Poll Health until the node answers; `alive()` returning False means it died."""
         deadline = time.monotonic() + timeout_s
