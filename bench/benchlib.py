@@ -33,6 +33,34 @@ def run_job(job: dict, runtime: str | None = None, quiet: bool = True, keep: Pat
     return rep
 
 
+def run_job_reports(job: dict, runtime: str | None = None, quiet: bool = True) -> tuple[int, dict[str, dict]]:
+    """Run a job (with its `compare` entries) through the command line as a user would; return the
+    exit status and every configuration's report by name (the job's own under its `adapt`)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{job['name']}.yaml"
+        path.write_text(json.dumps(job))
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, "-m", "orchestrator.cli", "run", "--job", str(path), "--out", str(out)]
+        if runtime:
+            cmd += ["--runtime", runtime]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=quiet, text=True)
+        reports: dict[str, dict] = {}
+        if (out / "report.json").exists():
+            reports[job.get("adapt", "static")] = json.loads((out / "report.json").read_text())
+        for f in sorted((out / "compare").glob("*/report.json")):
+            reports[f.parent.name] = json.loads(f.read_text())
+        if quiet and done.returncode not in (0, 1):
+            print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+    return done.returncode, reports
+
+
+def answered(rep: dict) -> int:
+    """Measured requests answered without error."""
+    return int(rep["requests"])
+
+
 def pipeline_job(model: Path, requests: int, concurrency: int, repeat: int, name: str = "bench_pipeline") -> dict:
     """ViT-B as 2 stages on 2 local nodes of one CPU each: the pipeline the README's figures use.
     `repeat` drives it that many times on one deployment; the report's throughput is their median."""

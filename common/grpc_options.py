@@ -19,6 +19,12 @@ _COMMON: list[tuple[str, int]] = [
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     *_COMMON,
     ("grpc.enable_retries", 0),
+    # a device that comes back (a revive, a join) is reached at once: without these a channel
+    # to it, or a new one sharing its subchannel, waits out a reconnect backoff of up to 2 min
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 SERVER_OPTIONS: list[tuple[str, int]] = [

@@ -45,7 +45,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., device: _Optional[str] = ..., recv_ns: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., bytes_out: _Optional[int] = ..., serialize_ns: _Optional[int] = ..., deserialize_ns: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns", "probe", "lost", "payload", "payload_size")
+    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns", "probe", "lost", "epoch", "payload", "payload_size")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class Frame(_message.Message):
     HOLD_NS_FIELD_NUMBER: _ClassVar[int]
     PROBE_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
@@ -68,9 +69,10 @@ class Frame(_message.Message):
     hold_ns: int
     probe: bool
     lost: bool
+    epoch: int
     payload: bytes
     payload_size: int
-    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ..., probe: _Optional[bool] = ..., lost: _Optional[bool] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ..., probe: _Optional[bool] = ..., lost: _Optional[bool] = ..., epoch: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("device", "address", "rate_bps", "delay_s", "ip", "tc_rate_bps", "tc_delay_s")
@@ -107,7 +109,7 @@ class StageSpec(_message.Message):
     def __init__(self, index: _Optional[int] = ..., model_path: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., forward: _Optional[_Iterable[str]] = ..., next_device: _Optional[str] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
-    __slots__ = ("device", "num_stages", "source_device", "stages", "peers", "first_device", "threads", "queue_depth")
+    __slots__ = ("device", "num_stages", "source_device", "stages", "peers", "first_device", "threads", "queue_depth", "epoch")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     NUM_STAGES_FIELD_NUMBER: _ClassVar[int]
     SOURCE_DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +118,7 @@ class LoadRequest(_message.Message):
     FIRST_DEVICE_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     device: str
     num_stages: int
     source_device: str
@@ -124,7 +127,8 @@ class LoadRequest(_message.Message):
     first_device: str
     threads: int
     queue_depth: int
-    def __init__(self, device: _Optional[str] = ..., num_stages: _Optional[int] = ..., source_device: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., first_device: _Optional[str] = ..., threads: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, device: _Optional[str] = ..., num_stages: _Optional[int] = ..., source_device: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[StageSpec, _Mapping]]] = ..., peers: _Optional[_Iterable[_Union[Peer, _Mapping]]] = ..., first_device: _Optional[str] = ..., threads: _Optional[int] = ..., queue_depth: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class LoadReply(_message.Message):
     __slots__ = ("ok", "error", "threads", "cpu_quota", "providers", "shaping", "netem")

@@ -14,10 +14,18 @@ Serialisation: the sender encodes each frame itself (common/tensors.py encode_me
 hands gRPC the bytes. The first message's payload is joined first, then the time that took is
 stamped as serialize_ns on the frame's last StageTiming (the stage that sent it), then the
 link is paced, and only then is the header serialized: the stamp rides in the frame it
-describes, and the emulated transmission starts after the frame was serialized."""
+describes, and the emulated transmission starts after the frame was serialized.
+
+Neighbour heartbeat: a peer that dies mid-stream is noticed by gRPC only when the connection
+breaks, and a peer that cannot be reached again makes every later frame wait out the connect
+timeout (10 s) one after the other. So while a sender holds frames (queued, or taken and not
+yet on the wire) it asks the peer's Health every HEARTBEAT_S on a channel of its own; no answer
+for DEAD_AFTER_S and the peer is lost: every frame it holds fails at once, flagged `lost`,
+and so does every frame sent to it until it answers again."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import queue
 import threading
@@ -35,6 +43,8 @@ log = logging.getLogger("node.links")
 
 _SPIN_NS = 1_000_000  # spin at most the last millisecond of a wait
 _STOP = object()
+HEARTBEAT_S = 0.2  # how often a busy sender asks its peer's Health
+DEAD_AFTER_S = 0.5  # a busy sender's peer silent this long is lost
 
 
 def sleep_until(t_ns: int) -> None:
@@ -51,9 +61,11 @@ class PeerSender:
     """Frames to one peer over ONE client-streaming Push call fed from a bounded queue.
 
     send() blocks when the queue is full (back-pressure from a slow link or peer). If the peer
-    cannot be reached or the stream breaks, the frames in flight and queued are handed to
-    on_failed(frame, message) (the node sends them home with an error), and the next frame
-    opens a fresh stream."""
+    cannot be reached, the stream breaks or the heartbeat finds the peer silent, the frames in
+    flight and queued are handed to on_failed(frame, message) with `lost` set (the node sends
+    them home with an error), and the next frame opens a fresh stream. on_sent(frame) is called
+    once a frame has been handed to the wire (the node stops counting it as held).
+    heartbeat_s=0 switches the heartbeat off (gRPC's own detection alone)."""
 
     def __init__(
         self,
@@ -65,6 +77,9 @@ class PeerSender:
         queue_depth: int = 8,
         connect_timeout_s: float = 10.0,
         on_failed: Callable[[TensorFrame, str], None] | None = None,
+        on_sent: Callable[[TensorFrame], None] | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        dead_after_s: float = DEAD_AFTER_S,
     ) -> None:
         self.address = address
         self.name = name or address
@@ -72,12 +87,23 @@ class PeerSender:
         self.delay_ns = int(round(delay_s * 1e9))
         self.connect_timeout_s = connect_timeout_s
         self.on_failed = on_failed
+        self.on_sent = on_sent
+        self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
+        self.lost = ""  # why the peer is taken for lost ("" while it answers)
         self.frames_out = 0
         self.bytes_out = 0
         self._busy_until_ns = 0  # the emulated link is transmitting until then
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_depth))
         self._inflight: TensorFrame | None = None
+        self._holding: TensorFrame | None = None  # taken from the queue, not yet handed to the wire
+        self._call: grpc.Future | None = None  # the Push call in progress: the heartbeat cancels it
         self._carry: object = None
+        self._getting = False  # the request iterator is waiting on the queue
+        # headers of the frames handed to the wire lately, with when (monotonic s): cancelling the
+        # call of a silent peer discards what it has not read yet, so those go home too
+        self._handed: collections.deque[tuple[pb.Frame, float]] = collections.deque()
+        self._silent_since = 0.0  # set with `lost`: frames handed over since then go home
         self._stopping = threading.Event()
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         # Push with the frame codec's messages as they are (this sender encodes them itself)
@@ -86,11 +112,25 @@ class PeerSender:
         )
         self._thread = threading.Thread(target=self._run, name=f"send->{self.name}", daemon=True)
         self._thread.start()
+        self._hb_channel: grpc.Channel | None = None
+        if heartbeat_s > 0:
+            # its own channel: a Push stream stalled by flow control must not delay the answers
+            self._hb_channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._health = self._hb_channel.unary_unary(
+                f"/{SERVICE.full_name}/Health",
+                request_serializer=pb.Empty.SerializeToString,
+                response_deserializer=pb.HealthReply.FromString,
+            )
+            self._watcher = threading.Thread(target=self._watch, name=f"heartbeat->{self.name}", daemon=True)
+            self._watcher.start()
 
     def send(self, frame: TensorFrame) -> None:
         """Queue a frame for the link (blocks while the queue is full)."""
         if self._stopping.is_set():
             self._fail(frame, f"link to {self.name} closed")
+            return
+        if self.lost:  # no waiting for a peer that does not answer
+            self._fail(frame, self.lost)
             return
         self._queue.put(frame)
 
@@ -108,6 +148,13 @@ class PeerSender:
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
         self._channel.close()
+        if self._hb_channel is not None:
+            self._hb_channel.close()
+
+    @property
+    def busy(self) -> bool:
+        """Frames are queued, or one is taken and not yet handed to the wire."""
+        return self._holding is not None or not self._queue.empty()
 
     # -- internals -------------------------------------------------------------------------
 
@@ -145,22 +192,29 @@ class PeerSender:
                     return
                 assert isinstance(item, TensorFrame)
                 size = frame_nbytes(item)
-                self._inflight = item
+                self._inflight = self._holding = item
                 yield from self._messages(item)
+                self._holding = None
                 self.frames_out += 1
                 self.bytes_out += size
+                self._remember(item.header)
+                self._sent(item)
+                self._getting = True  # before the check: _run waits for `done` only while this is set
                 while True:
                     if dead.is_set():
                         return
                     try:
                         item = self._queue.get(timeout=0.1)
+                        self._holding = item if isinstance(item, TensorFrame) else None
                         break
                     except queue.Empty:
                         continue
+                self._getting = False
                 if dead.is_set():
                     self._carry = item
                     return
         finally:
+            self._getting = False
             done.set()
 
     def _run(self) -> None:
@@ -169,25 +223,40 @@ class PeerSender:
             if item is _STOP:
                 return
             assert isinstance(item, TensorFrame)
-            try:
-                grpc.channel_ready_future(self._channel).result(timeout=self.connect_timeout_s)
-            except grpc.FutureTimeoutError:
-                msg = f"peer {self.name} at {self.address} unreachable"
-                log.error(msg)
-                self._fail(item, msg)
-                self._drain(msg)
+            self._holding = item
+            why = self._connect()
+            if why:
+                log.error(why)
+                self._holding = None
+                self._fail(item, why)
+                self._drain(why)
                 continue
             self._inflight = None
             self._carry = None
             dead, done = threading.Event(), threading.Event()
             try:
-                self._push(self._requests(item, dead, done))
+                self._call = self._push.future(self._requests(item, dead, done))
+                if self.lost:  # lost while the call was being made
+                    self._call.cancel()
+                self._call.result()
                 return  # the iterator ended: closed
-            except grpc.RpcError as e:
-                msg = f"link to {self.name} at {self.address} failed: {e.code().name} {e.details()}"
+            except (grpc.RpcError, grpc.FutureCancelledError) as e:
+                if self.lost:
+                    msg = self.lost
+                elif isinstance(e, grpc.RpcError):
+                    msg = f"link to {self.name} at {self.address} failed: {e.code().name} {e.details()}"
+                else:
+                    msg = f"link to {self.name} at {self.address} cancelled"
                 log.error(msg)
                 dead.set()
-                done.wait(0.5)
+                if self._getting:  # it may be taking a frame from the queue: let it carry it
+                    done.wait(0.5)
+                self._holding = None
+                if self.lost:  # the cancel discarded what the silent peer had not read
+                    for header, at in list(self._handed):
+                        if at >= self._silent_since and header is not getattr(self._inflight, "header", None):
+                            self._fail(TensorFrame(header, {}), msg)
+                self._handed.clear()
                 if self._inflight is not None:
                     self._fail(self._inflight, msg)
                 carry, self._carry = self._carry, None
@@ -198,6 +267,79 @@ class PeerSender:
                 self._drain(msg)
                 if self._stopping.is_set():
                     return
+            finally:
+                self._call = None
+
+    def _connect(self) -> str:
+        """Wait until the channel is connected; why not ("" once it is): the connect timeout
+        passed, or the heartbeat found the peer lost meanwhile."""
+        ready = grpc.channel_ready_future(self._channel)
+        deadline = time.monotonic() + self.connect_timeout_s
+        try:
+            while True:
+                try:
+                    ready.result(timeout=0.05)
+                    return ""
+                except grpc.FutureTimeoutError:
+                    if self.lost:
+                        return self.lost
+                    if time.monotonic() >= deadline:
+                        return f"peer {self.name} at {self.address} unreachable"
+        finally:
+            ready.cancel()
+
+    def _watch(self) -> None:
+        """The heartbeat: while the sender holds frames (or its peer is lost), ask the peer's
+        Health every heartbeat_s, each call with the silence left as its deadline; silence for
+        dead_after_s (counted from the last answer, or from when the sender became busy) takes
+        the peer for lost; an answer from a lost peer brings it back."""
+        since: float | None = None  # the last answer, or when the sender became busy
+        while not self._stopping.wait(self.heartbeat_s):
+            if not (self.lost or self.busy):
+                since = None
+                continue
+            now = time.monotonic()
+            if since is None:
+                since = now
+            try:
+                self._health(pb.Empty(), timeout=max(since + self.dead_after_s - now, 0.05))
+            except grpc.RpcError as e:
+                why = f"{e.code().name}" if hasattr(e, "code") else str(e)
+            else:
+                since = time.monotonic()
+                if self.lost:
+                    log.info("peer %s at %s answers again", self.name, self.address)
+                    self.lost = ""
+                continue
+            silent = time.monotonic() - since
+            if not self.lost and silent >= self.dead_after_s and not self._stopping.is_set():
+                why = f"peer {self.name} at {self.address} lost: no answer for {silent:.2f} s ({why})"
+                self._peer_lost(why, since - self.heartbeat_s)
+
+    def _peer_lost(self, why: str, silent_since: float) -> None:
+        """Fail every frame held for the peer now: the Push call is cancelled (its handler fails
+        the frame in flight, those handed to the wire since `silent_since`, and drains the
+        queue), or the connect wait sees `lost` and does."""
+        log.error(why)
+        self._silent_since = silent_since
+        self.lost = why
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _remember(self, header: pb.Frame) -> None:
+        now = time.monotonic()
+        self._handed.append((header, now))
+        horizon = now - self.dead_after_s - 2 * self.heartbeat_s
+        while self._handed and self._handed[0][1] < horizon:
+            self._handed.popleft()
+
+    def _sent(self, frame: TensorFrame) -> None:
+        if self.on_sent is not None:
+            try:
+                self.on_sent(frame)
+            except Exception:  # never let a callback kill the sender thread
+                log.exception("on_sent callback")
 
     def _drain(self, msg: str) -> None:
         """Fail everything queued now (the peer is gone); later frames try a new stream."""
@@ -213,6 +355,7 @@ class PeerSender:
             self._fail(item, msg)
 
     def _fail(self, frame: TensorFrame, msg: str) -> None:
+        frame.header.lost = True  # it could not reach the peer: not the request's own failure
         if self.on_failed is not None:
             try:
                 self.on_failed(frame, msg)

@@ -14,6 +14,8 @@ node's published port, so no probe process competes with that node for its CPU c
   held for the link's delay, and reads back from that node's Stats how long it really held them.
 - stage: runs a model as a node's stage runs it, back to back for a fixed window: the mean time
   of one run under this container's CPU cap.
+- meter / stream: a TCP stream kept saturated until a given time, and its receiver sampling the
+  bytes its interface received every 10 ms: a link's rate over time, while its shaping changes.
 - netem: whether this kernel can attach netem (needs NET_ADMIN).
 - quota: the CPU quota this container's cgroup holds, as the node reads it.
 """
@@ -118,6 +120,76 @@ def send(ip: str, n: int, pings: int, port: int) -> dict:
         r = json.loads(f.readline())
     r["one_way_ms"] = sorted(one_way)
     return r
+
+
+# -- meter and stream ----------------------------------------------------------------------------
+
+
+def _rx_bytes(path: str = "/proc/net/dev") -> int:
+    """Bytes received on every interface but loopback, as the kernel counts them (whole frames)."""
+    with open(path) as f:
+        rows = [line.split(":", 1) for line in f.readlines()[2:]]
+    return sum(int(rest.split()[0]) for name, rest in rows if name.strip() != "lo")
+
+
+def meter(port: int, t0_ns: int, until_ns: int, bin_ns: int = 10_000_000, host: str = "0.0.0.0") -> dict:
+    """Accept one stream, drain it, and sample this container's received bytes every `bin_ns` from
+    t0_ns to until_ns (host clock: shared by every container of one host); the bytes that arrived
+    in each bin, spread over the time between two samples.
+
+    The interface's counter, not the bytes TCP hands over: after a loss TCP holds back everything
+    behind the missing segment until its retransmission gets through (seconds on a crawling
+    link), while the link itself was delivering all along. A sample late under a small CPU cap is
+    stamped with its own time, so the bytes still land in the right bins, only coarser."""
+    n = max(1, -(-(until_ns - t0_ns) // bin_ns))
+    bins = [0.0] * n
+    with socket.socket() as srv:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind((host, port))
+        srv.listen(1)
+        srv.settimeout(max(1.0, (until_ns - time.time_ns()) / 1e9))
+        conn, _ = srv.accept()
+
+    def drain() -> None:
+        buf = bytearray(_READ_BYTES)
+        try:
+            while conn.recv_into(buf):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    try:
+        prev_t, prev_c = time.time_ns(), _rx_bytes()
+        while prev_t < until_ns:
+            time.sleep(max(0.0, (bin_ns - (time.time_ns() - t0_ns) % bin_ns) / 1e9))
+            t, c = time.time_ns(), _rx_bytes()
+            lo, hi = max(prev_t, t0_ns), min(t, until_ns)
+            if hi > lo and t > prev_t:  # the bytes since the last sample, spread evenly over its span
+                per_ns = (c - prev_c) / (t - prev_t)
+                for k in range((lo - t0_ns) // bin_ns, min(n, (hi - t0_ns - 1) // bin_ns + 1)):
+                    a, b = max(lo, t0_ns + k * bin_ns), min(hi, t0_ns + (k + 1) * bin_ns)
+                    bins[k] += per_ns * (b - a)
+            prev_t, prev_c = t, c
+    finally:
+        conn.close()
+    return {"t0_ns": t0_ns, "bin_ns": bin_ns, "bins": [round(b) for b in bins], "unit": "wire bytes"}
+
+
+def stream(ip: str, port: int, until_ns: int) -> dict:
+    """Keep a TCP stream to a meter saturated until `until_ns` (host clock); the bytes handed over."""
+    sent = 0
+    with _connect(ip, port) as s:
+        chunk = memoryview(bytes(_READ_BYTES))
+        while (left := (until_ns - time.time_ns()) / 1e9) > 0:
+            s.settimeout(min(left, 0.2))
+            try:
+                sent += s.send(chunk)
+            except TimeoutError:
+                continue
+            except OSError:  # the meter closed at its end time
+                break
+    return {"sent": sent}
 
 
 # -- busy ----------------------------------------------------------------------------------------
@@ -297,6 +369,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window-s", type=float, required=True, help="how long to run it back to back")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=3)
+    p = sub.add_parser("meter")
+    p.add_argument("port", type=int)
+    p.add_argument("t0_ns", type=int)
+    p.add_argument("until_ns", type=int)
+    p.add_argument("--bin-ns", type=int, default=10_000_000)
+    p = sub.add_parser("stream")
+    p.add_argument("ip")
+    p.add_argument("port", type=int)
+    p.add_argument("until_ns", type=int)
     sub.add_parser("netem")
     sub.add_parser("quota")
     a = ap.parse_args(argv)
@@ -308,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         "busy": lambda: busy(a.procs, a.wall_s),
         "hold": lambda: hold(a.address, a.device, a.hold_s, a.count),
         "stage": lambda: stage(a.model, a.window_s, a.threads, a.warmup),
+        "meter": lambda: meter(a.port, a.t0_ns, a.until_ns, a.bin_ns),
+        "stream": lambda: stream(a.ip, a.port, a.until_ns),
         "netem": netem,
         "quota": quota,
     }[a.probe]()

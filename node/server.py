@@ -24,13 +24,14 @@ from common.cpu_quota import ort_threads
 from common.grpc_options import SERVER_OPTIONS
 from common.rpc import add_node_servicer
 from common.tensors import TensorFrame, frame_nbytes
-from node import resources, shaping
+from node import resources, shaping, tc
 from node.links import PeerSender, sleep_until
 from node.stage import Stage, StageConfig
 
 log = logging.getLogger("node.server")
 
 DEFAULT_QUEUE_DEPTH = 4
+REQUOTA_WAIT_S = 20.0  # a stage mid-frame under a small quota finishes it before reopening
 _INPUT_END = object()
 _POLL_S = 0.2
 
@@ -45,11 +46,24 @@ class _Pipeline:
     first_device: str
     queue_depth: int
     threads: int
+    epoch: int = 0  # the plan this pipeline runs: frames of another are dropped (a re-plan resends)
     stages: dict[int, Stage] = field(default_factory=dict)
     queues: dict[int, queue.Queue[tuple[TensorFrame, int]]] = field(default_factory=dict)
     senders: dict[str, PeerSender] = field(default_factory=dict)
     workers: list[threading.Thread] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
+    want_threads: int = 0  # set by Requota: each stage worker reopens its session with it between frames
+    resize_error: str = ""
+
+    def resize(self, stage: Stage, limits: resources.Limits) -> None:
+        """Between two frames of a stage: reopen its session if Requota asked for another thread count."""
+        want = self.want_threads
+        if want and stage.threads != want and not self.resize_error:
+            try:
+                stage.reopen(want, limits)
+            except Exception as e:
+                log.exception("stage %d: reopening its session with %d threads", stage.config.index, want)
+                self.resize_error = f"stage {stage.config.index}: {type(e).__name__}: {e}"
 
     @property
     def is_source(self) -> bool:
@@ -183,6 +197,10 @@ class NodeServicer(pb_grpc.NodeServicer):
         self._closed_frames_out = self._closed_bytes_out = 0
         self._results_out = self._result_bytes_out = 0
         self._holds = _LinkHolds()
+        # request ids on this node (arrival, or ingress on the source, until handed to the wire):
+        # what a crash of this node would lose
+        self._held: set[int] = set()
+        self._held_lock = threading.Lock()
 
     def now_ns(self) -> int:
         """This node's clock for stamps: time.time_ns(), plus the planted offset if any."""
@@ -199,8 +217,8 @@ class NodeServicer(pb_grpc.NodeServicer):
                 log.error("load failed: %s: %s", type(e).__name__, e)
                 return pb.LoadReply(ok=False, error=f"{type(e).__name__}: {e}")
             old, self._pipe = self._pipe, new
-            if old is not None:
-                self._retire(old)
+            if old is not None:  # in the background: a link to a lost peer may take seconds to close
+                threading.Thread(target=self._retire, args=(old,), name="retire", daemon=True).start()
             for idx, stage in new.stages.items():
                 t = threading.Thread(target=self._work, args=(new, stage), name=f"stage-{idx}", daemon=True)
                 new.workers.append(t)
@@ -232,6 +250,8 @@ class NodeServicer(pb_grpc.NodeServicer):
             for frame in request_iterator:
                 arrived = time.time_ns()
                 self._count_in(frame)
+                if not frame.header.probe:
+                    self._hold(frame)
                 due = frame.header.deliver_after_ns
                 if frame.header.hold_ns:
                     due = max(due, arrived + frame.header.hold_ns)
@@ -286,23 +306,77 @@ class NodeServicer(pb_grpc.NodeServicer):
             yield item
 
     def SetLink(self, request: pb.Peer, context: grpc.ServicerContext | None = None) -> pb.Peer:
-        """Change the rate this node paces and the delay it holds towards one peer, in place."""
+        """Change one outgoing link in place. Where tc shapes it (Peer.tc_rate_bps > 0): its htb
+        class's rate, read back from the kernel, and its delay by netem where the kernel has it, else
+        by this node's hold (Peer.tc_delay_s); loaded or not. Otherwise: the rate this node paces and
+        the delay it holds (a loaded pipeline's link). Replies with what holds."""
         p = self._pipe
         sender = p.senders.get(request.device) if p is not None else None
+        by_tc = request.tc_rate_bps > 0
         why = ""
-        if sender is None:
-            why = f"node {self.device} has no link to {request.device!r}" + ("" if p else " (not loaded)")
-        elif request.rate_bps < 0 or request.delay_s < 0:
+        if request.rate_bps < 0 or request.delay_s < 0 or request.tc_delay_s < 0:
             why = f"link {self.device}->{request.device}: rate and delay must be >= 0"
+        elif sender is None and not by_tc:
+            why = f"node {self.device} has no link to {request.device!r}" + ("" if p else " (not loaded)")
+        held: shaping.LinkSpec | None = None
+        if not why and by_tc:
+            sh = shaping.current()
+            ip = request.ip or (sh.ip_of(request.device) if sh is not None else "")
+            try:
+                held = shaping.change(request.device, ip, request.tc_rate_bps, request.tc_delay_s)
+            except (ValueError, tc.TcError) as e:
+                why = f"link {self.device}->{request.device}: {e}"
         if why:
             if context is None:
                 raise ValueError(why)
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
-        sender.set_link(request.rate_bps, request.delay_s)
-        log.info("link to %s: paced at %d bit/s, held %.3f ms", request.device, request.rate_bps, request.delay_s * 1e3)
-        return pb.Peer(
-            device=request.device, address=sender.address, rate_bps=int(sender.rate_bps), delay_s=sender.delay_ns / 1e9
-        )
+        reply = pb.Peer(device=request.device)
+        if held is not None:
+            sh = shaping.current()
+            hold = sh.node_delay_s.get(held.ip, 0.0) if sh is not None else 0.0
+            if sender is not None:
+                sender.set_link(sender.rate_bps, hold)
+            reply.ip, reply.tc_rate_bps, reply.tc_delay_s, reply.delay_s = held.ip, held.rate_bps, held.delay_s, hold
+            log.info(
+                "link to %s: tc class at %d bit/s, delay %.3f ms by %s",
+                request.device,
+                held.rate_bps,
+                held.delay_s * 1e3,
+                "the node" if hold else "netem" if held.delay_s else "nobody",
+            )
+        else:
+            sender.set_link(request.rate_bps, request.delay_s)
+            log.info(
+                "link to %s: paced at %d bit/s, held %.3f ms", request.device, request.rate_bps, request.delay_s * 1e3
+            )
+        if sender is not None:
+            reply.address, reply.rate_bps, reply.delay_s = sender.address, int(sender.rate_bps), sender.delay_ns / 1e9
+        return reply
+
+    def Requota(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.LoadReply:
+        """Re-read the CPU quota this node runs under (a live cgroup update) and size the stages' ORT
+        threads to it (`ort_threads`, as the orchestrator picks them for a Load): each stage worker
+        reopens its session with the new count between two frames. Replies once they have. Never raises."""
+        with self._load_lock:
+            try:
+                self.limits = resources.limits()
+                p = self._pipe
+                want = ort_threads(self.limits.cpu_quota, self.limits.cores)
+                if p is not None:
+                    p.want_threads = want
+                    deadline = time.monotonic() + REQUOTA_WAIT_S
+                    while any(st.threads != want for st in p.stages.values()) and not p.stop.is_set():
+                        if time.monotonic() > deadline:
+                            raise TimeoutError(f"stage sessions not reopened within {REQUOTA_WAIT_S:g} s")
+                        if p.resize_error:
+                            raise RuntimeError(p.resize_error)
+                        time.sleep(0.01)
+                    p.threads = want
+            except Exception as e:
+                log.error("requota failed: %s: %s", type(e).__name__, e)
+                return pb.LoadReply(ok=False, error=f"{type(e).__name__}: {e}", cpu_quota=self.limits.cpu_quota or 0.0)
+            log.info("quota %s: %d ORT threads", self.limits.cpu_quota, want)
+            return pb.LoadReply(ok=True, threads=want, cpu_quota=self.limits.cpu_quota or 0.0)
 
     def Health(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.HealthReply:
         loaded = self._pipe is not None
@@ -330,6 +404,7 @@ class NodeServicer(pb_grpc.NodeServicer):
             cpu_quota=self.limits.cpu_quota or 0.0,
             threads=p.threads if p is not None else ort_threads(self.limits.cpu_quota, self.limits.cores),
             holds=self._holds.snapshot(),
+            held_ids=self.held_ids(),
         )
 
     def close(self) -> None:
@@ -399,6 +474,7 @@ class NodeServicer(pb_grpc.NodeServicer):
             first_device=req.first_device,
             queue_depth=depth,
             threads=threads,
+            epoch=req.epoch,
             stages=stages,
             queues={i: queue.Queue(maxsize=depth) for i in stages},
         )
@@ -411,15 +487,33 @@ class NodeServicer(pb_grpc.NodeServicer):
                 queue_depth=depth,
                 connect_timeout_s=self.connect_timeout_s,
                 on_failed=self._on_link_failed,
+                on_sent=self._unhold,
             )
         return pipe
 
     def _retire(self, pipe: _Pipeline) -> None:
         frames, nbytes = pipe.close()
+        for q in pipe.queues.values():  # frames its stages never took are gone with it
+            for frame, _ in list(q.queue):
+                self._unhold(frame)
         self._closed_frames_out += frames
         self._closed_bytes_out += nbytes
 
     # -- routing ---------------------------------------------------------------------------
+
+    def held_ids(self) -> list[int]:
+        """Request ids on this node now: queued, computing, held for a link's delay or waiting
+        to be sent (on the source: from ingress until forwarded)."""
+        with self._held_lock:
+            return sorted(self._held)
+
+    def _hold(self, frame: TensorFrame) -> None:
+        with self._held_lock:
+            self._held.add(frame.header.request_id)
+
+    def _unhold(self, frame: TensorFrame) -> None:
+        with self._held_lock:
+            self._held.discard(frame.header.request_id)
 
     def _count_in(self, frame: TensorFrame) -> None:
         size = frame_nbytes(frame)
@@ -442,12 +536,18 @@ class NodeServicer(pb_grpc.NodeServicer):
         p = self._pipe
         if p is None:
             log.error("frame %d dropped: node %s not loaded", frame.header.request_id, self.device)
+            self._unhold(frame)
+            return
+        if frame.header.epoch != p.epoch:
+            log.info("frame %d of plan %d dropped: now plan %d", frame.header.request_id, frame.header.epoch, p.epoch)
+            self._unhold(frame)
             return
         s = frame.header.stage
         if s >= p.num_stages or frame.header.error:
             self._deliver_result(p, frame, recv_ns)
         elif s in p.stages:
-            p.put(s, (frame, recv_ns))
+            if not p.put(s, (frame, recv_ns)):  # the pipeline is being replaced
+                self._unhold(frame)
         else:
             self._fail_frame(p, frame, f"stage {s} sent to {self.device}, which does not run it")
 
@@ -460,7 +560,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             out.put(frame)
             return
         self._pending[frame.header.request_id] = out
+        self._hold(frame)
         frame.header.stage = 0
+        frame.header.epoch = p.epoch
         frame.header.timings.add(
             stage=-1,
             device=self.device,
@@ -473,6 +575,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         self._send(p, p.first_device, frame)
 
     def _deliver_result(self, p: _Pipeline, frame: TensorFrame, recv_ns: int) -> None:
+        self._unhold(frame)
         if not p.is_source:
             log.error(
                 "result %d arrived at %s, not the source %s: dropped",
@@ -502,9 +605,12 @@ class NodeServicer(pb_grpc.NodeServicer):
             return
         sender.send(frame)
 
-    def _fail_frame(self, p: _Pipeline, frame: TensorFrame, msg: str) -> None:
-        """Send a frame home with error set (tensors dropped): no silent loss."""
+    def _fail_frame(self, p: _Pipeline, frame: TensorFrame, msg: str, lost: bool = False) -> None:
+        """Send a frame home with error set (tensors dropped): no silent loss. `lost`: the cause
+        is a peer link (the request may be sent again), not the request itself."""
         log.error("frame %d: %s", frame.header.request_id, msg)
+        if lost:
+            frame.header.lost = True
         if not frame.header.error:
             frame.header.error = msg
         frame.header.stage = p.num_stages
@@ -517,11 +623,13 @@ class NodeServicer(pb_grpc.NodeServicer):
     def _on_link_failed(self, frame: TensorFrame, msg: str) -> None:
         p = self._pipe
         if p is None:
+            self._unhold(frame)
             return
         if frame.header.error and frame.header.stage >= p.num_stages and not p.is_source:
             log.error("error frame %d could not go home: %s", frame.header.request_id, msg)
+            self._unhold(frame)
             return
-        self._fail_frame(p, frame, msg)
+        self._fail_frame(p, frame, msg, lost=True)
 
     # -- compute ---------------------------------------------------------------------------
 
@@ -533,6 +641,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         forward = set(stage.config.forward) or set(stage.output_names)
         next_device = stage.config.next_device or p.source_device
         while not p.stop.is_set():
+            p.resize(stage, self.limits)
             try:
                 frame, recv_ns = q.get(timeout=_POLL_S)
             except queue.Empty:

@@ -59,6 +59,7 @@ class Stage:
             providers = (("CUDAExecutionProvider", cuda_options()), "CPUExecutionProvider")
         elif use_cuda:
             log.warning("stage %d: CUDA asked for but this onnxruntime has no CUDA provider: CPU used", config.index)
+        self._providers = providers
         settings = SessionSettings.for_share(threads, lim.cpu_quota, lim.cores, providers)
         self.threads, self.spinning = settings.threads, settings.spinning
         self.session = open_session(config.model_path, settings)
@@ -77,6 +78,26 @@ class Stage:
             "none" if self.cpu_quota is None else f"{self.cpu_quota:g}",
             "on" if self.spinning else "off",
             ",".join(self.providers),
+        )
+
+    def reopen(self, threads: int, limits: resources.Limits) -> None:
+        """Open the session again with `threads` under `limits` (its CPU cap changed while it runs):
+        the old one is released first, so a memory-tight device never holds both."""
+        settings = SessionSettings.for_share(threads, limits.cpu_quota, limits.cores, self._providers)
+        old = SessionSettings(threads=self.threads, spinning=self.spinning, providers=self._providers)
+        del self.session
+        try:
+            self.session = open_session(self.config.model_path, settings)
+        except Exception:
+            self.session = open_session(self.config.model_path, old)  # keep running as before
+            raise
+        self.threads, self.spinning, self.cpu_quota = settings.threads, settings.spinning, limits.cpu_quota
+        log.info(
+            "stage %d reopened: threads=%d quota=%s spinning=%s",
+            self.config.index,
+            self.threads,
+            "none" if self.cpu_quota is None else f"{self.cpu_quota:g}",
+            "on" if self.spinning else "off",
         )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ ROOT_HANDLE = "1:"
 DEFAULT_CLASS = "1:1"
 FIRST_PEER_MINOR = 0x10
 TC_TIMEOUT_S = 10.0
+SLOW_FRAME_S = 0.01  # a link slower than a frame in this long gets a bucket under a frame (change_burst_bytes)
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,24 @@ def _cmd(line: str) -> list[str]:
     return line.split()
 
 
+def change_burst_bytes(rate_bps: int) -> int:
+    """The burst of a class changed while traffic flows: about a millisecond of the rate, but one
+    full frame at low rates, not several. A class left idle (TCP backing off after a dead moment)
+    fills its bucket, and a bucket of several frames would let a burst through above the new
+    rate; the offload lumps are one frame at such rates anyway (`gso_max_size`).
+
+    A slow link (a frame takes over 10 ms) gets a bucket of a tenth of a frame: htb keeps its
+    tokens as time, and a class may send while it owes less than its bucket, so a bucket of a
+    frame lets three frames through back to back after an idle moment, and at a crawl the debt
+    (two frame times: 3 s at 8 kbit) outlives the change back to a real rate; with a tenth of a
+    frame it sends one frame at a time and owes one frame time at most."""
+    if rate_bps * SLOW_FRAME_S < MTU_FRAME * 8:
+        return MTU_FRAME // 10
+    return max(math.ceil(rate_bps / 8 / 1000), MTU_FRAME)
+
+
 def _htb_class(iface: str, classid: str, rate_bps: int, verb: str = "add") -> list[str]:
-    burst = burst_bytes(rate_bps)
+    burst = burst_bytes(rate_bps) if verb == "add" else change_burst_bytes(rate_bps)
     # quantum: bytes served per round between classes; between one frame and htb's sane maximum.
     quantum = min(max(burst, MTU_FRAME), 200_000)
     return _cmd(
@@ -156,13 +173,25 @@ def shaping_commands(iface: str, peers: list[PeerShape], netem: bool) -> Shaping
 
 
 def change_link_commands(
-    iface: str, classid: str, rate_bps: int, netem_delay_s: float | None = None, slowest_bps: int | None = None
+    iface: str,
+    classid: str,
+    rate_bps: int,
+    netem_delay_s: float | None = None,
+    slowest_bps: int | None = None,
+    *,
+    queue_floor: int = 0,
+    replace_leaf: bool = False,
 ) -> list[list[str]]:
     """tc commands that change one peer's shaping in place, on the layout `shaping_commands` built:
     its htb class's rate (`tc class change`) and its leaf queue sized for the new rate, netem with
     `netem_delay_s` where netem holds the link's delay (None: the leaf is a pfifo). Nothing is
     deleted and re-added, so the link is never unshaped. `slowest_bps` (the slowest class once
-    changed) re-caps the offload lumps as `shaping_commands` does."""
+    changed) re-caps the offload lumps as `shaping_commands` does.
+
+    `queue_floor`: the leaf never holds fewer packets than this (what it held before), so a link
+    slowed to a crawl queues what it has rather than dropping it, and TCP carries on when the rate
+    comes back instead of backing off for seconds. `replace_leaf`: the leaf changes kind (pfifo to
+    netem or back), which `change` cannot do; the class itself is still changed in place."""
     if not iface or any(c.isspace() for c in iface):
         raise ValueError(f"bad interface name {iface!r}")
     if rate_bps <= 0:
@@ -172,12 +201,12 @@ def change_link_commands(
     root, minor = classid.split(":")
     if f"{root}:" != ROOT_HANDLE or not minor or int(minor, 16) < FIRST_PEER_MINOR:
         raise ValueError(f"class {classid} is not a peer's class under {ROOT_HANDLE}")
-    leaf = f"tc qdisc change dev {iface} parent {classid} handle {minor}:"
+    leaf = f"tc qdisc {'replace' if replace_leaf else 'change'} dev {iface} parent {classid} handle {minor}:"
     cmds = [_htb_class(iface, classid, rate_bps, verb="change")]
     if netem_delay_s is None:
-        cmds.append(_cmd(f"{leaf} pfifo limit {queue_limit_packets(rate_bps)}"))
+        cmds.append(_cmd(f"{leaf} pfifo limit {max(queue_limit_packets(rate_bps), queue_floor)}"))
     else:
-        limit = _netem_limit(rate_bps, netem_delay_s)
+        limit = max(_netem_limit(rate_bps, netem_delay_s), queue_floor)
         cmds.append(_cmd(f"{leaf} netem delay {round(netem_delay_s * 1e6)}us limit {limit}"))
     if slowest_bps:
         cmds.append(_cmd(f"ip link set dev {iface} gso_max_size {gso_max_size([PeerShape('0.0.0.0', slowest_bps)])}"))
@@ -215,6 +244,41 @@ def apply(commands: list[list[str]], netns: str | None = None) -> None:
     """Run the commands in order; the first failure stops and raises TcError."""
     for cmd in commands:
         run_tc(cmd, netns)
+
+
+def apply_batch(commands: list[list[str]], netns: str | None = None) -> str:
+    """`apply`, with the tc commands run by one `tc -batch` process instead of one process each: a
+    change while traffic flows is applied, and read back with a `show` among them, in a few
+    milliseconds. Order is kept; the first failure stops and raises TcError with tc's message.
+    Returns what the commands printed."""
+    batch: list[list[str]] = []
+    out: list[str] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        full = _prefix(netns) + ["tc", "-batch", "-"]
+        text = "".join(" ".join(c[1:]) + "\n" for c in batch)
+        try:
+            r = subprocess.run(full, input=text, capture_output=True, text=True, timeout=TC_TIMEOUT_S)
+        except FileNotFoundError as e:
+            raise TcError(f"`{' '.join(full)}` failed: {e.filename} not found (install iproute2)") from e
+        except subprocess.TimeoutExpired as e:
+            raise TcError(f"`{' '.join(full)}` timed out after {TC_TIMEOUT_S}s") from e
+        if r.returncode != 0:
+            msg = (r.stderr.strip() or r.stdout.strip() or "no message").replace("\n", " | ")
+            raise TcError(f"`tc -batch` of `{'; '.join(' '.join(c) for c in batch)}` failed: {msg}")
+        out.append(r.stdout)
+        batch.clear()
+
+    for cmd in commands:
+        if cmd[0] == "tc":
+            batch.append(cmd)
+            continue
+        flush()
+        out.append(run_tc(cmd, netns))
+    flush()
+    return "".join(out)
 
 
 def read_back(iface: str, netns: str | None = None) -> str:
@@ -260,6 +324,11 @@ def parse_htb_rates(text: str) -> dict[str, int]:
     return {m.group(1): round(float(m.group(2)) * _UNITS[m.group(3).lower()]) for m in _CLASS_RE.finditer(text)}
 
 
+def holds_rate(held: int | None, asked: int) -> bool:
+    """The kernel keeps rates in bytes/s and tc prints them rounded: 0.1% (or one byte/s) is equal."""
+    return held is not None and abs(held - asked) <= max(8, asked * 1e-3)
+
+
 def verify(iface: str, peers: list[PeerShape], netns: str | None = None) -> dict[str, int]:
     """Check that each peer's htb class holds the rate asked for; return classid -> rate.
 
@@ -271,7 +340,7 @@ def verify(iface: str, peers: list[PeerShape], netns: str | None = None) -> dict
         got = rates.get(_classid(i))
         if got is None:
             problems.append(f"class {_classid(i)} for {p.ip} missing")
-        elif abs(got - p.rate_bps) > max(8, p.rate_bps * 1e-3):
+        elif not holds_rate(got, p.rate_bps):
             problems.append(f"class {_classid(i)} for {p.ip}: rate {got} bit/s, asked {p.rate_bps}")
     if problems:
         raise TcError(f"tc on {iface} does not hold what was set: {'; '.join(problems)}\n{text}")

@@ -16,7 +16,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     from orchestrator.run import execute
 
     _, rep = execute(a.job, runtime=a.runtime, out=a.out, fidelity_check=not a.no_check)
-    return 1 if rep["errors"] else 0
+    return 1 if rep["errors"] or rep.get("ended") else 0  # a lost device that ended the run: 1
 
 
 def _cmd_partition(a: argparse.Namespace) -> int:
@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--workspace", default="runs", help="host folder the nodes see (read-only), default runs")
     tb.add_argument("--out", help="render: file to write (default stdout); check: report file")
     tb.add_argument("--all", action="store_true", help="down: every testbed's containers, not just --name")
+    tb.add_argument(
+        "--scenario", help="check: replay this scenario's link changes on saturated links, configured vs achieved"
+    )
+    tb.add_argument("--seconds", type=float, help="check --scenario: only the first SECONDS of the scenario")
+    tb.add_argument("--json", help="check --scenario: write the figures to this file")
     tb.set_defaults(func=_cmd_testbed)
 
     st = sub.add_parser("stats", help="live per-device table: CPU of its cap, memory, bytes in and out")

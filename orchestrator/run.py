@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common.ort_session import SessionSettings, open_session
-from orchestrator.config import Job, Testbed, load_devices, load_job
+from orchestrator.adapt.world import ChangingWorld, WorldSetup
+from orchestrator.config import AdaptPolicy, Job, Testbed, load_devices, load_job
 from orchestrator.driving.client import NodeClient
 from orchestrator.driving.clocks import estimate_offsets, offsets_ns
 from orchestrator.driving.deploy import deploy
@@ -21,11 +22,12 @@ from orchestrator.driving.driver import Record, drive
 from orchestrator.driving.inputs import Inputs, open_inputs
 from orchestrator.errors import UserError
 from orchestrator.figures.compare import comparison_rows
+from orchestrator.figures.disruption import disruption_figures
 from orchestrator.figures.fidelity import host_busy_share
 from orchestrator.figures.gpu_power import NvmlPowerSampler
 from orchestrator.figures.metrics import hop_samples
 from orchestrator.figures.report import RunMeasurements, RunSetup, build_report
-from orchestrator.partition import partition
+from orchestrator.partition import partition, place
 from orchestrator.partition.plan import Plan
 from orchestrator.partition.weights_store import WeightsStore
 from orchestrator.profiling import cached_profile, profile
@@ -38,6 +40,8 @@ from orchestrator.reporting.markdown import write_comparison, write_report
 from orchestrator.reporting.plots import write_plots
 from orchestrator.runtimes.base import Deployment
 from orchestrator.runtimes.choice import make_runtime, select_runtime
+from orchestrator.scenario import load_job_scenarios
+from orchestrator.scenario.model import Scenario
 
 # algorithms that plan on measured per-device costs: the runtime is profiled before planning
 PROFILED = {"optimal"}
@@ -54,6 +58,8 @@ class Config:
     devices_file: Path
     testbed: Testbed
     source: str
+    adapt: AdaptPolicy = "static"
+    scenario: Scenario | None = None
 
 
 def run_folder(job: Job, out: str | None) -> Path:
@@ -90,6 +96,7 @@ def configurations(job: Job, job_file: str) -> list[Config]:
                 devices_file=devices_file,
                 testbed=testbed,
                 source=source,
+                adapt=(v.adapt if v is not None and v.adapt else None) or job.adapt,
             )
         )
     names = [c.name for c in out]
@@ -115,6 +122,14 @@ def execute(
     if not model.exists():
         raise UserError(f"model file not found: {model}", job_path, "model")
     configs = configurations(job, job_path)
+    scenarios = load_job_scenarios(job, job_path, configs)  # a bad scenario ends here, before anything starts
+    for i, cfg in enumerate(configs):
+        cfg.scenario = scenarios.get(cfg.name)
+        if cfg.scenario is not None and job.repeat > 1:
+            raise UserError("a scenario plays once: repeat must be 1", job_path, "repeat")
+        if cfg.adapt != "static" and cfg.algorithm == "user":
+            field = f"compare[{i - 1}].adapt" if i else "adapt"
+            raise UserError(f"{cfg.adapt} re-plans, which a manual plan (algorithm: user) cannot", job_path, field)
     rt_name, rt_notes = select_runtime(runtime or job.runtime)
     console.print(f"runtime: {rt_name}" + (f" ({rt_notes[0]})" if rt_notes else ""))
     run_dir = run_folder(job, out)
@@ -147,7 +162,7 @@ def execute(
 
 def plan_config(
     job: Job, cfg: Config, model: Path, dep: Deployment, run_dir: Path, console: Console
-) -> tuple[Plan, Profile | None]:
+) -> tuple[Plan, Profile | None, list[int]]:
     """Partition for this configuration; profile the running nodes first where the algorithm needs it."""
     table = None
     if cfg.algorithm in PROFILED:
@@ -161,6 +176,15 @@ def plan_config(
             f"{prof.seconds:.1f} s" + (" (cached)" if prof.cached else "")
         )
     t0 = time.perf_counter()
+    placed = place(
+        model,
+        cfg.testbed,
+        algorithm=cfg.algorithm,
+        objective=cfg.objective,
+        stages=cfg.stages,
+        source=cfg.source,
+        cost_table=table,
+    )
     plan = partition(
         model,
         cfg.testbed,
@@ -170,12 +194,13 @@ def plan_config(
         source=cfg.source,
         out_dir=run_dir,
         cost_table=table,
+        placed=placed,
     )
     console.print(
         f"partitioned {model.name} into {len(plan.stages)} stages ({cfg.algorithm}, "
         f"{cfg.objective}) in {time.perf_counter() - t0:.2f} s: " + " > ".join(s.device for s in plan.stages)
     )
-    return plan, prof
+    return plan, prof, list(placed[1].cuts)
 
 
 def run_config(
@@ -204,7 +229,7 @@ def run_config(
         with make_runtime(rt_name, testbed, run_dir, testbed_name=testbed_name, subnet=subnet) as rt:
             dep = rt.start()
             notes += dep.notes
-            plan, prof = plan_config(job, cfg, model, dep, run_dir, console)
+            plan, prof, cuts = plan_config(job, cfg, model, dep, run_dir, console)
             notes += list(plan.notes)
             node_plan = rt.node_plan(plan, run_dir)
             from_blocks = None
@@ -229,7 +254,27 @@ def run_config(
             source = dep.client(cfg.source)
             gpus = {d.name: d.gpu.index for d in testbed.devices if d.gpu is not None}
             host_before = psutil.cpu_times()
-            with rt.stats_sampler(run_dir / "stats") as sampler, NvmlPowerSampler(list(gpus.values())) as gpu_power:
+            world = WorldSetup(
+                policy=cfg.adapt,
+                scenario=cfg.scenario,
+                testbed=testbed,
+                model=model,
+                algorithm=cfg.algorithm,
+                objective=cfg.objective,
+                stages=cfg.stages,
+                source=cfg.source,
+                run_dir=run_dir,
+                table=prof.table if prof is not None else None,
+                plan=plan,
+                cuts=cuts,
+                until_s=job.duration_s,
+                offsets=offsets,
+            )
+            with (
+                rt.stats_sampler(run_dir / "stats") as sampler,
+                NvmlPowerSampler(list(gpus.values())) as gpu_power,
+                ChangingWorld(world, rt, console) as changing,
+            ):
                 sampler.take_sample()  # a first sample before the load, for CPU deltas
                 for r in range(job.repeat):
                     label = f"run {r + 1}/{job.repeat}" if job.repeat > 1 else "driving"
@@ -242,13 +287,24 @@ def run_config(
                         job,
                         job.requests if not job.duration_s else None,
                         job.duration_s,
+                        changing if r == 0 else None,
                     )
+                    if r == 0:
+                        id_offset = len(all_records) + len(warm)
                     for rec in warm + meas:
                         rec.id = len(all_records)
                         all_records.append(rec)
                     measured_ids |= {rec.id for rec in meas if not rec.error and rec.done_ns}
                     repeats.append([rec for rec in meas if not rec.error and rec.done_ns])
+                    if changing.control.ended:
+                        break
                 sampler.take_sample()  # and one that covers the end of the run
+            disruption = changing.report(id_offset)
+            disruption |= {
+                "lost": [r.id for r in all_records if r.error],
+                "resent": [r.id for r in all_records if r.resent],
+                "complete": not disruption["ended"],
+            }
             samples = sampler.samples
             host_busy = host_busy_share(host_before, psutil.cpu_times())
     finally:
@@ -289,7 +345,8 @@ def run_config(
         reference=reference,
         output_name=output_names[0],
     )
-    rep = build_report(setup, measurements)
+    rep = build_report(setup, measurements) | disruption
+    rep |= disruption_figures(rep["events"], rep["plans"], all_records, measured_ids, job.batch)
     write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
     write_requests(run_dir / "requests.jsonl", all_records, measured_ids)
     rep = rep | {"plots": write_plots(run_dir, rep, all_records, measured_ids, samples, offsets)}
@@ -305,7 +362,9 @@ def _drive(
     job: Job,
     total: int | None,
     duration_s: float | None,
+    world: ChangingWorld | None = None,
 ) -> list[Record]:
+    """One drive with a progress bar; `world` (the measured drive of a run) steers it."""
     if total == 0:
         return []
     with Progress(
@@ -324,6 +383,8 @@ def _drive(
             duration_s=duration_s,
             concurrency=job.concurrency,
             rate_hz=job.rate_hz,
-            on_done=lambda r: bar.advance(task),
+            on_done=lambda r: (bar.advance(task), world.answered(r) if world is not None else None),
             timeout_s=job.timeout_s,
+            control=world.control if world is not None else None,
+            on_start=world.on_start if world is not None else None,
         )

@@ -90,6 +90,11 @@ class NodeClient:
     def stats(self, timeout_s: float = 5.0) -> pb.StatsReply:
         return self._call("Stats", pb.Empty(), timeout_s)
 
+    def held(self, timeout_s: float = 5.0) -> set[int]:
+        """The request ids on the node now (queued, computing, held for a link or waiting to be
+        sent): what would be lost if it crashed this moment."""
+        return set(self.stats(timeout_s).held_ids)
+
     def set_link(self, peer: pb.Peer, timeout_s: float = 5.0) -> pb.Peer:
         """Change one outgoing link in place (the rate the node paces, the delay it holds); returns
         the link as the node now holds it."""

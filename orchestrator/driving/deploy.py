@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from common import testbed_pb2 as pb
@@ -22,9 +23,18 @@ class LoadedNode:
 
 
 def load_requests(
-    plan: Plan, testbed: Testbed, dep: Deployment, source: str, queue_depth: int = 4, explicit_threads: bool = True
+    plan: Plan,
+    testbed: Testbed,
+    dep: Deployment,
+    source: str,
+    queue_depth: int = 4,
+    explicit_threads: bool = True,
+    epoch: int = 0,
 ) -> dict[str, pb.LoadRequest]:
+    """One LoadRequest per device of `testbed` that has a node: its stages, and a link to every
+    other such device as `testbed` says it is now (a device left out of `testbed` is not a peer)."""
     n = len(plan.stages)
+    members = {d.name for d in testbed.devices}
     stage_device = [s.device for s in plan.stages]
     reqs: dict[str, pb.LoadRequest] = {}
     for dev in testbed.devices:
@@ -47,7 +57,7 @@ def load_requests(
             )
         peers = []
         for other, h in dep.nodes.items():
-            if other == dev.name:
+            if other == dev.name or other not in members:
                 continue
             link = testbed.link(dev.name, other)
             if dep.link_emulation.tc_shaped:  # the node shapes this link with tc (delay by netem or by itself)
@@ -66,16 +76,27 @@ def load_requests(
             first_device=stage_device[0],
             threads=ort_threads(dev.cpus) if explicit_threads else 0,
             queue_depth=queue_depth,
+            epoch=epoch,
         )
     return reqs
 
 
 def deploy(
-    plan: Plan, testbed: Testbed, dep: Deployment, source: str, explicit_threads: bool = True, timeout_s: float = 120.0
+    plan: Plan,
+    testbed: Testbed,
+    dep: Deployment,
+    source: str,
+    explicit_threads: bool = True,
+    timeout_s: float = 120.0,
+    epoch: int = 0,
 ) -> dict[str, LoadedNode]:
-    """Send every node its LoadRequest; a node that refuses stops the run with its reason."""
-    out: dict[str, LoadedNode] = {}
-    for name, req in load_requests(plan, testbed, dep, source, explicit_threads=explicit_threads).items():
-        reply = dep.client(name).load(req, timeout_s=timeout_s)
-        out[name] = LoadedNode(name, reply.threads, reply.cpu_quota, reply.providers, reply.shaping, reply.netem)
-    return out
+    """Send every node its LoadRequest, all at once (a re-plan's redeploy waits for the slowest
+    stage to load, not for the sum); a node that refuses stops the run with its reason."""
+    reqs = load_requests(plan, testbed, dep, source, explicit_threads=explicit_threads, epoch=epoch)
+
+    def load(name: str) -> LoadedNode:
+        reply = dep.client(name).load(reqs[name], timeout_s=timeout_s)
+        return LoadedNode(name, reply.threads, reply.cpu_quota, reply.providers, reply.shaping, reply.netem)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(reqs))) as pool:
+        return dict(zip(reqs, pool.map(load, reqs), strict=True))

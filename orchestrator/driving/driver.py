@@ -11,6 +11,12 @@ All requests travel on one Drive stream to the source node. Two ways to generate
   `max_in_flight` is reached) the requests go out as soon as they can, late, and the lateness
   counts in their latency. So a stall shows in the tail as every request it delayed.
 
+A run whose world changes steers the drive through a DriveControl: `hold()` keeps new requests
+back while it re-plans, `resend(ids)` sends requests again under the new plan (their feeds are
+kept until answered; the first answer wins, a later one is ignored), `end(why)` ends the drive at
+once with every unanswered request failed for that reason. With `resend_lost`, a result a node
+marked `lost` (its next device was gone) is not an answer: the request stays pending for a resend.
+
 Inputs come from an iterator of Feeds pulled lazily, one per request and never one more than
 is sent; the next feed is pulled before waiting for its turn (its due time, or a free slot),
 so that pulling (a dataset prefetcher, say) stays off the timed path.
@@ -34,6 +40,7 @@ log = logging.getLogger("orchestrator.driving.driver")
 
 CONNECT_TIMEOUT_S = 10.0
 _POLL_S = 0.2
+LOST_RETRY_S = 1.0  # a request a node gave back as lost is sent again after this, re-plan or not
 
 
 @dataclass
@@ -70,11 +77,64 @@ class Record:
     timings: list[Timing] = field(default_factory=list)
     error: str = ""
     outputs: dict[str, np.ndarray] | None = None
+    resent: int = 0  # times it was sent again after a re-plan
+    lost_on: str = ""  # the device whose loss took it (a `lost` result), before it was resent
 
     @property
     def latency_ms(self) -> float:
         """From the intended send time to the answer: an open loop's late sends count."""
         return (self.done_ns - self.intended_ns) / 1e6
+
+
+class DriveControl:
+    """The run's handle on a drive in progress (thread-safe; see the module docstring)."""
+
+    def __init__(self, resend_lost: bool = False) -> None:
+        self.resend_lost = resend_lost
+        self._open = threading.Event()
+        self._open.set()
+        self._lock = threading.Lock()
+        self._resend: list[int] = []
+        self._ended = threading.Event()
+        self.why = ""
+        self.pending: Callable[[], list[int]] = list  # set by drive(): the ids sent and not answered
+
+    def hold(self) -> None:
+        """Send no new request (nor resend) until release()."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    @property
+    def holding(self) -> bool:
+        return not self._open.is_set()
+
+    def resend(self, ids: list[int]) -> None:
+        """Send these requests again (under the plan now loaded), before any new one."""
+        with self._lock:
+            self._resend.extend(i for i in ids if i not in self._resend)
+
+    def take_resend(self) -> int | None:
+        with self._lock:
+            return self._resend.pop(0) if self._resend else None
+
+    def end(self, why: str) -> None:
+        """End the drive now: unanswered requests fail with `why`."""
+        self.why = why
+        self._ended.set()
+        self._open.set()
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    def wait_open(self, stop: threading.Event) -> bool:
+        """Block while held; False when the drive is over meanwhile."""
+        while not self._open.wait(_POLL_S):
+            if stop.is_set():
+                return False
+        return not (stop.is_set() or self.ended)
 
 
 def _wait_until(t_ns: int, stop: threading.Event) -> None:
@@ -96,6 +156,8 @@ def drive(
     on_done: Callable[[Record], None] | None = None,
     timeout_s: float = 600.0,
     max_in_flight: int = 1024,
+    control: DriveControl | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> list[Record]:
     """Send requests to the source node until `total` are sent, `duration_s` of sending has
     passed (whichever comes first; at least one must be given) or `feeds` ends; then wait for
@@ -105,7 +167,9 @@ def drive(
     A request without an answer `timeout_s` after it was sent ends the run: it and every other
     unanswered request get `error` set. Errors from the pipeline are recorded, not raised; an
     unreachable source node (or a broken stream) raises NodeError; an exception from
-    `feeds` is raised after the requests already sent are answered."""
+    `feeds` is raised after the requests already sent are answered. `on_start(t0_ns)` is called
+    as the first request goes out (a scenario's clock starts there); `control` steers the drive
+    while the world changes (see DriveControl)."""
     if total is None and duration_s is None:
         raise ValueError("drive: give total, duration_s or both")
     if total is not None and total < 0:
@@ -116,6 +180,7 @@ def drive(
         raise ValueError(f"drive: rate_hz must be positive, got {rate_hz}")
     if concurrency < 1 or max_in_flight < 1:
         raise ValueError("drive: concurrency and max_in_flight must be at least 1")
+    ctl = control or DriveControl()
     open_loop = rate_hz is not None
     period_ns = 1e9 / rate_hz if rate_hz is not None else 0.0
     duration_ns = None if duration_s is None else round(duration_s * 1e9)
@@ -124,7 +189,15 @@ def drive(
     slots = threading.Semaphore(max_in_flight if open_loop else concurrency)
     records: dict[int, Record] = {}
     pending: dict[int, Record] = {}  # sent, not answered
+    kept: dict[int, dict[str, np.ndarray]] = {}  # their inputs, for a resend
     lock = threading.Lock()
+    sender_done = threading.Event()
+
+    def pending_ids() -> list[int]:
+        with lock:
+            return sorted(pending)
+
+    ctl.pending = pending_ids
     stop = threading.Event()  # the call is over: the sender gives up
     feed_error: list[BaseException] = []
 
@@ -137,38 +210,66 @@ def drive(
                 return None
         return next(it, None)
 
+    def resends() -> Iterator[TensorFrame]:
+        """Requests the run asked to send again, while any are queued."""
+        while (rid := ctl.take_resend()) is not None:
+            with lock:
+                rec, arrays = pending.get(rid), kept.get(rid)
+            if rec is None or arrays is None:  # answered meanwhile
+                continue
+            rec.resent += 1
+            yield TensorFrame(pb.Frame(request_id=rid, stage=0, sent_ns=time.time_ns()), arrays)
+
     def requests() -> Iterator[TensorFrame]:
         t0: int | None = None
         i = 0
         try:
             while not stop.is_set():
+                if not ctl.wait_open(stop):
+                    return
+                yield from resends()
                 due = None if t0 is None or not open_loop else t0 + round(i * period_ns)
                 feed = pull(i, due, t0)  # before the wait: off the timed path
                 if feed is None:
-                    return
+                    break
                 if t0 is None:  # the clock starts with the first request, its feed in hand
                     t0 = time.time_ns()
                     due = t0 if open_loop else None
+                    if on_start is not None:
+                        on_start(t0)
                 if due is not None:
                     _wait_until(due, stop)
-                while not slots.acquire(timeout=_POLL_S):
+                while not slots.acquire(timeout=_POLL_S / 4):
                     if stop.is_set():
                         return
-                if stop.is_set():
+                    if not ctl.holding:  # resends go out while new requests wait for a slot
+                        yield from resends()
+                if not ctl.wait_open(stop):
                     return
                 now = time.time_ns()
                 rec = Record(id=i, key=feed.key, intended_ns=now if due is None else due, sent_ns=now)
                 with lock:
                     records[i] = pending[i] = rec
+                    kept[i] = feed.arrays
                 yield TensorFrame(pb.Frame(request_id=i, stage=0, sent_ns=now), feed.arrays)
                 i += 1
+            # everything is sent: stay open for resends until every request is answered
+            while not stop.is_set() and pending_ids():
+                if ctl.wait_open(stop):
+                    yield from resends()
+                time.sleep(_POLL_S / 4)
         except Exception as e:  # the feeds broke: end the stream, raise once the rest is home
             feed_error.append(e)
+        finally:
+            sender_done.set()
 
     timed_out = threading.Event()
 
     def watchdog(call: DriveStream) -> None:
-        while not stop.wait(_POLL_S):
+        while not stop.wait(_POLL_S / 4):
+            if ctl.ended or (sender_done.is_set() and not pending_ids()):
+                call.cancel()  # ended early, or everything is answered (a dropped duplicate never returns)
+                return
             with lock:
                 oldest = min((r.sent_ns for r in pending.values()), default=None)
             if oldest is not None and time.time_ns() - oldest > timeout_s * 1e9:
@@ -184,11 +285,23 @@ def drive(
         for result in responses:
             frame = result.header
             now = time.time_ns()
+            if frame.lost and ctl.resend_lost:  # not an answer: it waits for the re-plan's resend
+                with lock:
+                    rec = pending.get(frame.request_id)
+                if rec is not None:
+                    rec.lost_on = rec.lost_on or frame.error
+                    # a re-plan resends it; if none comes (the device was only unreachable), retry
+                    retry = threading.Timer(LOST_RETRY_S, ctl.resend, args=([frame.request_id],))
+                    retry.daemon = True
+                    retry.start()
+                continue
             with lock:
                 rec = pending.pop(frame.request_id, None)
+                kept.pop(frame.request_id, None)
             if rec is None:
-                log.warning("result for unknown request %d ignored", frame.request_id)
-                continue
+                if frame.request_id not in records:
+                    log.warning("result for unknown request %d ignored", frame.request_id)
+                continue  # a resent request's second answer
             rec.done_ns = now
             rec.error = frame.error
             rec.timings = [
@@ -210,11 +323,14 @@ def drive(
             slots.release()
             if on_done is not None:
                 on_done(rec)
+            if sender_done.is_set() and not pending_ids():
+                break
     finally:
         stop.set()
         responses.cancel()
         guard.join(timeout=1.0)
     why = f"no result within {timeout_s:g} s" if timed_out.is_set() else "no result: the stream ended"
+    why = ctl.why or why
     with lock:
         for rec in pending.values():
             rec.error = rec.error or why

@@ -84,6 +84,7 @@ class HopSample:
     busy_s: float  # transmission alone (delay excluded): what the link's rate governs
     serialize_ms: float = 0.0  # sender encoding the frame before its first byte left
     deserialize_ms: float = 0.0  # receiver decoding it after its last byte arrived
+    recv_ns: int = 0  # the receiver's stamp on the orchestrator's clock: when, for windows over time
 
 
 def hop_samples(
@@ -124,6 +125,7 @@ def hop_samples(
                     (arrived - delay_ns - start) / 1e9,
                     ser / 1e6,
                     deser / 1e6,
+                    recv_ns,
                 )
             )
     return out

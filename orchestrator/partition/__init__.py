@@ -26,11 +26,12 @@ __all__ = [
     "get_algorithm",
     "load_graph",
     "partition",
+    "place",
     "predict",
 ]
 
 
-def partition(
+def place(
     model_path: str | Path,
     testbed: Testbed,
     *,
@@ -38,16 +39,11 @@ def partition(
     objective: str = "throughput",
     stages: int | None = None,
     source: str | None = None,
-    out_dir: str | Path,
     cost_table: CostTable | None = None,
     store: WeightsStore | None = None,
-) -> Plan:
-    """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes).
-
-    `cost_table` (seconds per block per device, e.g. a profile's table) replaces the FLOP estimate.
-    weights.bin is a hard link into `store` (default: WeightsStore()), which keeps each model's
-    weights once: a model stored before is cut without reading its weights.
-    """
+) -> tuple[ModelGraph, Placement]:
+    """Validate and place, writing nothing: where the cuts go and which device runs each stage
+    (a run that re-plans weighs placements this way before it cuts one)."""
     model_path = Path(model_path)
     src = testbed.source
     if objective not in OBJECTIVES:
@@ -90,7 +86,41 @@ def partition(
     placement = algo(problem)
     check_placement(problem, placement)
     check_memory(problem, placement)
+    return graph, placement
 
+
+def partition(
+    model_path: str | Path,
+    testbed: Testbed,
+    *,
+    algorithm: str = "even",
+    objective: str = "throughput",
+    stages: int | None = None,
+    source: str | None = None,
+    out_dir: str | Path,
+    cost_table: CostTable | None = None,
+    store: WeightsStore | None = None,
+    placed: tuple[ModelGraph, Placement] | None = None,
+) -> Plan:
+    """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes).
+
+    `cost_table` (seconds per block per device, e.g. a profile's table) replaces the FLOP estimate.
+    weights.bin is a hard link into `store` (default: WeightsStore()), which keeps each model's
+    weights once: a model stored before is cut without reading its weights. `placed` (from
+    `place`) writes that placement instead of placing again.
+    """
+    graph, placement = placed or place(
+        model_path,
+        testbed,
+        algorithm=algorithm,
+        objective=objective,
+        stages=stages,
+        source=source,
+        cost_table=cost_table,
+        store=store,
+    )
+    model_path = Path(model_path)
+    store = store or WeightsStore()
     out = Path(out_dir)
     files = write_stages(graph, placement.cuts, out, store)
     try:

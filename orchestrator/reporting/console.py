@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.figures import disruption
+
 
 def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
     """The headline figures of one configuration's report, and where its run folder is."""
@@ -40,10 +42,28 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
             f"{pv['throughput_fps']['predicted']:.2f} images/s ({pv['throughput_fps']['error_pct']:+.1f}%)",
         )
     t.add_row("errors", str(rep["errors"]))
+    if rep.get("events") or rep.get("plans"):
+        _add_disruption(t, rep)
     for f in (rep.get("fidelity") or {}).get("flagged") or []:
         t.add_row("[bold red]fidelity off >10%", f)
     console.print(t)
     console.print(f"run folder: {run_dir}")
+
+
+def _add_disruption(t: Table, rep: dict) -> None:
+    """A row per plan in force and per event (figures.disruption), and the requests lost and resent."""
+    for p in disruption.plan_rows(rep):
+        t.add_row(f"plan {p['index']}", disruption.plan_text(p))
+    shown, links = disruption.headline_events(disruption.disruption_rows(rep))
+    for r in shown:
+        t.add_row(disruption.event_title(r), disruption.event_text(r))
+    if links:
+        t.add_row(f"{links} link changes", "one line each in report.md")
+    counts = disruption.lost_resent(rep)
+    if counts:
+        t.add_row("requests lost / resent", f"{counts[0]} / {counts[1]}")
+    if rep.get("complete") is False:
+        t.add_row("[bold red]run interrupted", "figures of what was measured until then")
 
 
 def print_comparison(console: Console, rows: list[dict]) -> None:

@@ -7,6 +7,14 @@ import json
 from pathlib import Path
 
 from orchestrator.errors import UserError
+from orchestrator.figures.disruption import (
+    disruption_rows,
+    event_text,
+    event_title,
+    headline_events,
+    lost_resent,
+    plan_rows,
+)
 from orchestrator.reporting.plots import comparison_plot
 
 
@@ -29,6 +37,64 @@ def _load_text(rep: dict) -> str:
     else:
         text = f"closed loop, {rep.get('concurrency')} in flight"
     return text + (f", for {load['duration_s']:g} s" if load.get("duration_s") else "")
+
+
+def _disruption_summary(rep: dict) -> list[str]:
+    """Summary table lines: one per event (figures.disruption), the requests lost and resent, an
+    interrupted run."""
+    shown, links = headline_events(disruption_rows(rep))
+    lines = [f"| {event_title(r)} | {event_text(r)} |" for r in shown]
+    if links:
+        lines.append(f"| {links} link changes | one line each under Disruption |")
+    counts = lost_resent(rep)
+    if counts:
+        lines.append(f"| requests lost / resent | {counts[0]} / {counts[1]} |")
+    if rep.get("complete") is False:
+        lines.append("| run interrupted | the figures are of what was measured until then |")
+    return lines
+
+
+def _disruption_section(rep: dict) -> list[str]:
+    """Every event with the time each step took after it, and every plan in force."""
+    lines = [
+        "",
+        "## Disruption",
+        "",
+        "Seconds from the first measured request; each step after an event counted from the event "
+        "(re-planned: the planning itself in brackets); recovered: throughput back within 10% of its "
+        "new steady level for 3 s; p99 latency in the 5 s before and after.",
+        "",
+        "| at s | event | where | detail | applied ms | detected ms | re-planned ms | redeployed ms "
+        "| recovered s | lost | resent | p99 before -> after ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in disruption_rows(rep):
+        planning = f" ({_fmt(r['replan_ms'], 0)})" if r["replan_ms"] is not None else ""
+        lines.append(
+            f"| {r['at_s']:.1f} | {r['kind']} | {r['where']} | {r['detail']} | {_since(r['applied_ms'], 0)} | "
+            f"{_since(r['detected_ms'], 0)} | {_since(r['replanned_ms'], 0)}{planning} | "
+            f"{_since(r['redeployed_ms'], 0)} | {_since(r['recovered_s'])} | {r['lost']} | {r['resent']} | "
+            f"{_since(r['p99_before_ms'])} -> {_since(r['p99_after_ms'])} |"
+        )
+    plans = plan_rows(rep)
+    if plans:
+        lines += [
+            "",
+            "## Plans",
+            "",
+            "| plan | from s | to s | stages in order | reason | predicted images/s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in plans:
+            lines.append(
+                f"| {p['index']} | {p['from_s']:.1f} | {'end' if p['to_s'] is None else _since(p['to_s'])} | "
+                f"{p['stages']} | {p['reason']} | {_since(p['predicted_fps'], 2)} |"
+            )
+    return lines
+
+
+def _since(v, nd=1) -> str:
+    return "-" if v is None else f"{v:.{nd}f}"
 
 
 def render_markdown(rep: dict) -> str:
@@ -75,6 +141,8 @@ def render_markdown(rep: dict) -> str:
     if rep.get("host_cpu_busy") is not None:
         lines.append(f"| host CPUs busy while driving | {rep['host_cpu_busy']:.0%} |")
     lines.append(f"| errors | {rep.get('errors', 0)} |")
+    if rep.get("events") or rep.get("plans"):
+        lines += _disruption_summary(rep)
     if rep.get("repeats"):
         sp = rep.get("repeat_spread") or {}
         lines += [
@@ -92,6 +160,8 @@ def render_markdown(rep: dict) -> str:
             lines.append(
                 f"| {i + 1} | {_fmt(r.get('throughput_fps'), 2)} | {_fmt(rl.get('p50'))} | {_fmt(rl.get('p99'))} |"
             )
+    if rep.get("events") or rep.get("plans"):
+        lines += _disruption_section(rep)
     pv = rep.get("prediction_vs_measured")
     if pv:
         tp, lt = pv["throughput_fps"], pv["latency_ms"]

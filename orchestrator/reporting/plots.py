@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib
 
 from orchestrator.driving.driver import Record
+from orchestrator.figures.disruption import stage_part, time_origin
 from orchestrator.figures.latency import per_second
 from orchestrator.figures.metrics import HOP_PARTS, STAGE_PARTS, pipeline_order, timeline_rows
 from orchestrator.runtimes.stats import StatsLine
@@ -56,9 +57,17 @@ def latency_cdf(latency_ms: list[float], path: Path, title: str = "") -> Path:
 
 def throughput_over_time(series: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    t = [s["second"] for s in series]
-    ax.bar(t, [s["throughput_fps"] for s in series], color=_COLORS[0], alpha=0.6, label="throughput")
+    _per_second_axes(ax, series)
     ax.set_xlabel("time since the first measured completion (s)")
+    ax.set_title("Throughput and latency over time")
+    return _save(fig, path)
+
+
+def _per_second_axes(ax, series: list[dict], shift_s: float = 0.0):
+    """Per-second throughput bars on `ax` and p50/p99 latency lines on a twin axis (returned), each
+    second drawn at `shift_s` + its number."""
+    t = [s["second"] + shift_s for s in series]
+    ax.bar(t, [s["throughput_fps"] for s in series], color=_COLORS[0], alpha=0.6, label="throughput")
     ax.set_ylabel("completed images per second")
     ax2 = ax.twinx()
     for key, color, label in (("p50_ms", _COLORS[1], "p50 latency"), ("p99_ms", _COLORS[3], "p99 latency")):
@@ -74,8 +83,7 @@ def throughput_over_time(series: list[dict], path: Path) -> Path:
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=8)
-    ax.set_title("Throughput and latency over time")
-    return _save(fig, path)
+    return ax2
 
 
 def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
@@ -273,6 +281,138 @@ def comparison_plot(run_dir: Path, rows: list[dict]) -> Path:
     )
 
 
+_EVENT_LABELS_MAX = 12  # with more events than this, link changes (a trace's steps) go unlabelled
+
+
+def _mark_events(ax, events: list[dict], t0: float, labels: bool = True) -> None:
+    """A vertical line at each event (dotted grey for a link change), named along its top, and a
+    green triangle on the time axis where throughput recovered after it."""
+    many = len(events) > _EVENT_LABELS_MAX
+    recovered = False
+    for e in events:
+        x = e["at_unix_s"] - t0
+        link = e["kind"] == "link"
+        ax.axvline(x, color="grey" if link else "black", linestyle=":" if link else "-", linewidth=0.7 if link else 1)
+        if labels and not (many and link):
+            ax.annotate(
+                f"{e['kind']} {e.get('link') or e.get('device') or ''}".strip(),
+                (x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(-2, -3),
+                textcoords="offset points",
+                rotation=90,
+                fontsize=7,
+                ha="right",
+                va="top",
+            )
+        if e.get("recovered_unix_s") is not None:
+            ax.plot(
+                [e["recovered_unix_s"] - t0],
+                [0.0],
+                marker="^",
+                color=_COLORS[2],
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+                label=None if recovered else "recovered",
+            )
+            recovered = True
+
+
+def _plan_spans(plans: list[dict], end: float) -> list[tuple[dict, float, float]]:
+    return [(p, p["from_unix_s"], p["to_unix_s"] if p.get("to_unix_s") is not None else end) for p in plans]
+
+
+def disruption_timeline(
+    series: list[dict], shift_s: float, events: list[dict], plans: list[dict], t0: float, end: float, path: Path
+) -> Path:
+    """Throughput and p50/p99 latency per second (figures.latency.per_second, its seconds drawn
+    `shift_s` after `t0`) through a scenario: events as vertical lines, each plan in force shaded."""
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    top = _per_second_axes(ax, series, shift_s)  # drawn over ax: the plans' names go on it
+    for k, (p, lo, hi) in enumerate(_plan_spans(plans, end)):
+        ax.axvspan(lo - t0, hi - t0, color=_COLORS[7] if k % 2 else _COLORS[9], alpha=0.12, linewidth=0)
+        top.annotate(
+            f"plan {p['index']}: {p.get('reason', '')}",
+            (max(lo, t0 + shift_s - 0.5) - t0, 0.04),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, 0),
+            textcoords="offset points",
+            fontsize=7,
+            zorder=5,
+            bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "alpha": 0.8, "linewidth": 0},
+        )
+    _mark_events(ax, events, t0)
+    ax.set_xlim(min(0.0, shift_s - 0.5), end - t0 + 0.5)
+    ax.set_xlabel("time since the first measured request (s)")
+    ax.set_title(
+        "Throughput and latency through the scenario (lines: events, shading: plans, triangles: recovered)",
+        fontsize=10,
+    )
+    return _save(fig, path)
+
+
+def _part_position(plans: list[dict]) -> dict[tuple[int, int], float]:
+    """Where each plan stage's part sits in the model, 0 (input) to 1 (output), so one part of the
+    model has one colour whatever device holds it: the middle of its blocks, or of its share."""
+    last = max((s["blocks"][1] for p in plans for s in p["stages"] if s.get("blocks") is not None), default=0)
+    out = {}
+    for p in plans:
+        done = 0.0
+        for s in p["stages"]:
+            if s.get("blocks") is not None:
+                out[(p["index"], s["index"])] = (s["blocks"][0] + s["blocks"][1] + 1) / 2 / (last + 1)
+            else:
+                share = s.get("share") or 0.0
+                out[(p["index"], s["index"])] = done + share / 2
+                done += share
+    return out
+
+
+def placement(plans: list[dict], events: list[dict], t0: float, end: float, path: Path) -> Path:
+    """Which device held which part of the model over time: a band per device, a bar per stage it
+    held while each plan was in force, coloured by where that part sits in the model."""
+    devices: list[str] = []
+    for p in plans:
+        devices += [s["device"] for s in p["stages"] if s["device"] not in devices]
+    cmap, pos = plt.get_cmap("viridis"), _part_position(plans)
+    fig, ax = plt.subplots(figsize=(10, 0.55 * len(devices) + 2))
+    for p, lo, hi in _plan_spans(plans, end):
+        for dev in devices:
+            held = [s for s in p["stages"] if s["device"] == dev]
+            for j, s in enumerate(held):
+                h = 0.7 / len(held)
+                y = devices.index(dev) - 0.35 + h * (j + 0.5)
+                ax.barh(y, hi - lo, left=lo - t0, height=h, color=cmap(pos[(p["index"], s["index"])]), alpha=0.85)
+                ax.text(lo - t0, y, f" {s['index']}: {stage_part(s)}", fontsize=7, va="center", clip_on=True)
+        ax.axvline(lo - t0, color="black", linewidth=0.6)
+    _mark_events(ax, events, t0)
+    ax.set_yticks(range(len(devices)), devices)
+    ax.invert_yaxis()
+    ax.set_xlim(min((p["from_unix_s"] - t0 for p in plans), default=0.0), end - t0 + 0.5)
+    fig.colorbar(plt.cm.ScalarMappable(cmap=cmap), ax=ax, label="part of the model (input to output)", pad=0.01)
+    ax.set_xlabel("time since the first measured request (s)")
+    ax.set_title("Placement over time: the stages each device held, plan by plan", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def disruption_plots(
+    out: Path, rep: dict, records: list[Record], measured_ids: set[int], series: list[dict]
+) -> list[Path]:
+    """disruption.png and placement.png from the report's `events` and `plans` (figures.disruption)
+    and the measured requests' per-second figures (`series`, figures.latency.per_second of them)."""
+    done = [r.done_ns / 1e9 for r in records if r.id in measured_ids and r.done_ns]
+    events, plans = rep["events"], rep.get("plans") or []
+    starts = [e["at_unix_s"] for e in events] + [p["from_unix_s"] for p in plans]
+    t0 = time_origin(rep)
+    end = max(done + starts)
+    shift = (min(done) - t0 + 0.5) if done else 0.0
+    made = [disruption_timeline(series, shift, events, plans, t0, end, out / "disruption.png")]
+    if plans:
+        made.append(placement(plans, events, t0, end, out / "placement.png"))
+    return made
+
+
 def write_plots(
     run_dir: Path,
     rep: dict,
@@ -285,14 +425,10 @@ def write_plots(
     report's `plots` (the report itself is left as it is)."""
     out = run_dir / "plots"
     n = len(rep["stages"])
-    measured = [r for r in records if r.id in measured_ids]
+    measured = [r for r in records if r.id in measured_ids and r.done_ns]  # a lost request has no done time
     made = [latency_cdf([r.latency_ms for r in measured], out / "latency_cdf.png")]
-    made.append(
-        throughput_over_time(
-            per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], rep["batch"]),
-            out / "throughput.png",
-        )
-    )
+    series = per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], rep["batch"])
+    made.append(throughput_over_time(series, out / "throughput.png"))
     made.append(breakdown(rep["stages"], rep["hops"], out / "breakdown.png"))
     if any(stats.values()):
         made.append(device_usage(stats, out / "devices.png"))
@@ -309,6 +445,8 @@ def write_plots(
                 view.get("title", ""),
             )
         )
+    if rep.get("events"):
+        made += disruption_plots(out, rep, records, measured_ids, series)
     if rep.get("comparison"):
         made.append(comparison_plot(run_dir, rep["comparison"]))
     return [str(p.relative_to(run_dir)) for p in made]

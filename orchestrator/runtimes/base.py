@@ -14,12 +14,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.driving.client import NodeClient
+from orchestrator.scenario.timeline import HELD_RATE_BPS  # re-exported: what a runtime applies for a zero
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.partition.plan import Plan
     from orchestrator.runtimes.stats import StatsSampler
+
+__all__ = ["HELD_RATE_BPS", "Deployment", "LinkChange", "LinkEmulation", "NodeHandle", "Runtime", "held_rate"]
+
+
+def held_rate(rate_bps: int) -> int:
+    """The rate a runtime applies for `rate_bps`: a zero (a trace's dead moment) crawls at
+    HELD_RATE_BPS instead. tc and the nodes' pacing cannot hold a zero rate, and a link that crawls
+    queues what it has rather than dropping it, so TCP and the streams on it resume with the rate."""
+    return int(rate_bps) if rate_bps > 0 else HELD_RATE_BPS
 
 
 class LinkEmulation(enum.Enum):
@@ -159,6 +169,11 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def kill(self, device: str) -> None:
         """Crash a device's node: gone at once, with no goodbye to its peers."""
+
+    @abc.abstractmethod
+    def leave(self, device: str) -> None:
+        """A device departs (announced: the run has re-planned away from it): its node is stopped
+        the orderly way, and can come back with revive()."""
 
     @abc.abstractmethod
     def revive(self, device: str) -> NodeHandle:

@@ -7,10 +7,10 @@ NET_ADMIN for tc). Each node shapes its own egress at start (EDGE_TC_PEERS); at 
 the same links again and keeps them (node/shaping.py). Everything is labelled `edge-testbed=1`
 and `edge-testbed.testbed=<name>`, so `down` and clean-up remove exactly the testbed's objects.
 
-While it runs, the world can change: a link's rate in place (`tc class change` in the sender's
-container, read back with `tc class show`), its delay (netem changed in place, or the sending
-node's hold through its SetLink call where the node holds the delay), a CPU cap (a live update of
-the container's NanoCpus, read back from its cgroup), a container killed and started again.
+While it runs, the world can change: a link's rate and delay in place, through the sending node's
+SetLink call (`tc class change` in its container, read back with `tc class show`; the delay by
+netem or by the node's own hold), a CPU cap (a live update of the container's NanoCpus, then the
+node re-reads its cgroup and resizes its ORT threads: Requota), a container killed and started again.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from node import tc
 from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeClient
 from orchestrator.errors import UserError
-from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime
+from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime, held_rate
 from orchestrator.runtimes.docker_engine import engine, testbed_containers
-from orchestrator.runtimes.docker_fidelity import PROBE, check_testbed, probe
+from orchestrator.runtimes.docker_fidelity import PROBE, check_testbed
 from orchestrator.runtimes.docker_stats import DockerStatsCollector
 from orchestrator.runtimes.docker_testbed import (
     DEFAULT_NAME,
@@ -409,51 +409,49 @@ class DockerRuntime(Runtime):
             raise ValueError(f"testbed {self.spec.name!r} has no container for {device!r} (is the runtime started?)")
         return self.containers[device]
 
-    def _peer_class(self, cont, dst_ip: str) -> tuple[str, str]:
-        """The interface and htb class that shape a container's egress to one address."""
-        route = _exec_ok(cont, ["ip", "-o", "route", "get", dst_ip])
-        iface = route.split(" dev ", 1)[1].split()[0] if " dev " in route else "eth0"
-        classid = tc.parse_u32_flows(_exec_ok(cont, ["tc", "filter", "show", "dev", iface])).get(dst_ip)
-        if classid is None:
-            raise RuntimeError(
-                f"{cont.name} has no htb class for {dst_ip}: the link was started unshaped "
-                "(give it a bandwidth in the devices file to change it while running)"
-            )
-        return iface, classid
-
     def set_link(self, src: str, dst: str, rate_bps: int | None = None, delay_s: float | None = None) -> LinkChange:
-        """tc changes the rate in place (and netem the delay, where it holds it); where the node
-        holds the delay, the sending node's hold is changed through its SetLink call. The rate is
-        read back from `tc class show`; anything else than what was asked raises."""
+        """Through the sending node's SetLink call (a `docker exec` would cost ~100 ms): the node
+        changes its htb class for `dst` in place (`tc class change`, never deleted and re-added),
+        reads the rate back from the kernel, and sets the delay where it is held (netem, or its own
+        hold). A rate of 0 (a trace's dead moment) crawls at HELD_RATE_BPS. A link started unshaped
+        has no class to change: only its delay (the node's hold, on a loaded pipeline) can change.
+        Anything else than what was asked raises."""
         dep = self.running
         if (src, dst) not in self._links:
             raise ValueError(f"no link {src} -> {dst} in this testbed")
         cfg = self._links[(src, dst)]
-        rate = cfg.rate_bps if rate_bps is None else int(rate_bps)
+        rate = cfg.rate_bps if rate_bps is None else held_rate(rate_bps)
         delay = cfg.delay_s if delay_s is None else float(delay_s)
-        cont, dst_ip = self._container(src), self.spec.by_device()[dst].ip
         netem = dep.link_emulation is LinkEmulation.TC_NETEM
         how = []
-        if rate != cfg.rate_bps or (netem and delay != cfg.delay_s):
-            iface, classid = self._peer_class(cont, dst_ip)
-            rates = tc.parse_htb_rates(_exec_ok(cont, ["tc", "class", "show", "dev", iface])) | {classid: rate}
-            slowest = min(r for c, r in rates.items() if c != tc.DEFAULT_CLASS)
-            for cmd in tc.change_link_commands(iface, classid, rate, delay if netem else None, slowest):
-                _exec_ok(cont, cmd)
-            held = tc.parse_htb_rates(_exec_ok(cont, ["tc", "class", "show", "dev", iface])).get(classid)
-            if held is None or abs(held - rate) > max(8, rate * 1e-3):
-                raise RuntimeError(f"{cont.name}: class {classid} holds {held} bit/s after the change, asked {rate}")
-            rate = held
-            how.append("tc class change" + (" and netem" if netem else ""))
-        if not netem and delay != cfg.delay_s:
+        if self.testbed.link(src, dst).rate_bps > 0:  # shaped at start: the node has a class for it
+            peer = pb.Peer(device=dst, ip=self.spec.by_device()[dst].ip, tc_rate_bps=rate, tc_delay_s=delay)
+            held = dep.client(src).set_link(peer)
+            if not tc.holds_rate(held.tc_rate_bps, rate) or abs(held.tc_delay_s - delay) > 1e-9:
+                raise RuntimeError(
+                    f"link {src}->{dst}: the node holds {held.tc_rate_bps} bit/s and {held.tc_delay_s * 1e3:g} ms "
+                    f"after the change, asked {rate} bit/s and {delay * 1e3:g} ms"
+                )
+            rate = held.tc_rate_bps
+            if rate != cfg.rate_bps:
+                how.append("tc class change")
+            if delay != cfg.delay_s:
+                how.append("netem" if netem else "the sending node's hold")
+        elif rate_bps is not None and rate != cfg.rate_bps:
+            raise RuntimeError(
+                f"link {src}->{dst} has no htb class: it was started unshaped "
+                "(give it a bandwidth in the devices file to change it while running)"
+            )
+        elif delay != cfg.delay_s:
             dep.client(src).set_link(pb.Peer(device=dst, rate_bps=0, delay_s=delay))
             how.append("the sending node's hold")
         self._links[(src, dst)] = cfg.model_copy(update={"rate_bps": rate, "delay_s": delay})
         return LinkChange(src, dst, rate or None, delay, time.time(), " and ".join(how) or "nothing to change")
 
     def set_cpus(self, device: str, cpus: float) -> float:
-        """A live update of the container's NanoCpus (Docker's update of a CPU quota set that way);
-        read back from the container's HostConfig and, as the node reads it, from its cgroup."""
+        """A live update of the container's NanoCpus (Docker's update of a CPU quota set that way),
+        read back from the container's HostConfig; then the node re-reads its quota from its cgroup
+        and resizes its stages' ORT threads to it (Requota). Returns the quota the node reads."""
         if cpus <= 0:
             raise ValueError(f"{device}: cpus must be > 0, got {cpus}")
         cont = self._container(device)
@@ -461,7 +459,10 @@ class DockerRuntime(Runtime):
         api._result(api._post_json(api._url("/containers/{0}/update", cont.id), data={"NanoCpus": round(cpus * 1e9)}))
         cont.reload()
         host = (cont.attrs["HostConfig"].get("NanoCpus") or 0) / 1e9
-        quota = probe(cont, "quota")["cpu_quota"]
+        reply = self.running.client(device).requota()
+        if not reply.ok:
+            raise RuntimeError(f"{cont.name}: the node could not follow its new CPU cap: {reply.error}")
+        quota = reply.cpu_quota or None
         if quota is None or abs(quota - cpus) > cpus * 0.01 or abs(host - cpus) > 1e-9:
             raise RuntimeError(f"{cont.name}: CPU cap reads {host:g} (engine) and {quota} (cgroup), asked {cpus:g}")
         self.caps[device] = cpus
@@ -471,6 +472,12 @@ class DockerRuntime(Runtime):
         """`docker kill`: the node gets SIGKILL, its container stops; its address stays reserved."""
         cont = self._container(device)
         cont.kill()
+        _wait_status(cont, lambda c: c.status != "running", "stopped")
+
+    def leave(self, device: str) -> None:
+        """`docker stop`: SIGTERM, the node closes its links and exits; the address stays reserved."""
+        cont = self._container(device)
+        cont.stop(timeout=5)
         _wait_status(cont, lambda c: c.status != "running", "stopped")
 
     def revive(self, device: str) -> NodeHandle:

@@ -1,5 +1,6 @@
 """`orchestrator testbed up/down/status/check/render` and `orchestrator stats`: the Docker testbed's
-own commands (cli.py defines their arguments and loads this module only when one runs)."""
+own commands (cli.py defines their arguments and loads this module only when one runs). `check
+--scenario` replays a scenario's link changes on the running testbed (docker_trace_check.py)."""
 
 from __future__ import annotations
 
@@ -142,6 +143,8 @@ def testbed(a: argparse.Namespace) -> int:
         return 0
     if a.action == "status":
         return status(client, a.name, con)
+    if a.action == "check" and getattr(a, "scenario", None):
+        return scenario_check(a, con)
     if a.action == "check":
         conts = _containers(client, a.name)
         tb = load_devices(a.devices)
@@ -160,6 +163,69 @@ def testbed(a: argparse.Namespace) -> int:
         con.print(f"wrote {out}")
         return 1 if fid["flagged"] else 0
     raise AssertionError(a.action)
+
+
+def trace_tables(res: dict) -> list[Table]:
+    """Per link: configured against achieved for each second, then one summary row per link."""
+    out = []
+    for x in res["links"]:
+        t = Table(title=f"link {x['from']} -> {x['to']}: configured vs achieved per second")
+        for col in ("s", "configured", "achieved", "error", ""):
+            t.add_column(col, justify="right" if col else "left")
+        for w in x["windows"]:
+            t.add_row(
+                f"{w['t_s']:.0f}",
+                f"{w['configured_bps'] / 1e6:.3f} Mbit/s",
+                f"{w['achieved_bps'] / 1e6:.3f} Mbit/s",
+                f"{w['error']:+.1%}" if w["error"] is not None else "-",
+                "ok" if w["ok"] else "[red]off",
+            )
+        out.append(t)
+    t = Table(title=f"scenario {res['scenario']}: links as applied ({res['seconds']:.0f} s)")
+    for col in ("link", "changes", "seconds", "1-s windows within 10%", "worst 100-ms overshoot", "late p50", "p99"):
+        t.add_column(col, justify="left" if col == "link" else "right")
+    for x in res["links"]:
+        late = x["lateness_ms"]
+        t.add_row(
+            f"{x['from']} -> {x['to']}",
+            str(late["n"]),
+            f"{x['seconds']:.0f}",
+            f"{x['within_share']:.0%}" if x["within_share"] is not None else "-",
+            f"{x['worst_overshoot']:+.1%}" if x["worst_overshoot"] is not None else "-",
+            f"{late['p50']:.1f} ms" if late["p50"] is not None else "-",
+            f"{late['p99']:.1f} ms" if late["p99"] is not None else "-",
+        )
+    out.append(t)
+    return out
+
+
+def scenario_check(a: argparse.Namespace, con: Console) -> int:
+    """`testbed check --scenario S.yaml`: the running testbed's links follow the scenario's changes?"""
+    from orchestrator.runtimes.docker_trace_check import check_scenario
+    from orchestrator.scenario import load_scenario
+
+    tb = load_devices(a.devices)
+    path = Path(a.scenario)
+    scenario = load_scenario(str(path), base_dir=Path.cwd(), testbed=tb, file=str(path))
+    if a.seconds is not None and a.seconds <= 0:
+        raise UserError("must be > 0 seconds", None, "--seconds")
+    _containers(_engine(), a.name)  # a clear line when no testbed runs
+    rt = dk.DockerRuntime(tb, LOGS / "trace_check", Path(a.workspace), testbed_name=a.name, subnet=a.subnet)
+    with rt:
+        rt.start()
+        con.print(f"replaying {path}'s link changes on saturated links, one link at a time...")
+        res = check_scenario(rt, scenario, a.seconds, on_link=lambda x: con.print(f"  {x['from']} -> {x['to']} done"))
+    for t in trace_tables(res):
+        con.print(t)
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=2) + "\n")
+        con.print(f"wrote {a.json}")
+    for f in res["flagged"]:
+        con.print(f"[red]missed:[/red] {f}")
+    if res["skipped_events"]:
+        con.print(f"note: {res['skipped_events']} CPU or device event(s) not checked here (links only)")
+    return 1 if res["flagged"] else 0
 
 
 def status(client, name: str | None, con: Console) -> int:

@@ -14,13 +14,14 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from common import testbed_pb2 as pb
 from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeClient
-from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime
+from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime, held_rate
 from orchestrator.runtimes.local_stats import LocalStatsSampler
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class LocalRuntime(Runtime):
             if a.name != b.name
         }
         self.deployment: Deployment | None = None
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-spawn")
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -81,14 +83,17 @@ class LocalRuntime(Runtime):
         if device not in self._logs:
             self._logs[device] = open(self.log_dir / f"node_{device}.log", "w")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "node", "--device", device, "--port", str(port), "--host", "127.0.0.1"]
-        proc = subprocess.Popen(
+        # Popen on the runtime's own thread: the node dies with the thread that started it
+        # (PR_SET_PDEATHSIG), and a revive may come from a thread that ends before the run does
+        proc = self._spawner.submit(
+            subprocess.Popen,
             [*cmd, "--log-level", self.log_level],
             stdout=self._logs[device],
             stderr=subprocess.STDOUT,
             env=self._env(),
             preexec_fn=_die_with_parent,
             start_new_session=True,
-        )
+        ).result()
         self.procs[device] = proc
         addr = f"127.0.0.1:{port}"
         return NodeHandle(device, addr, addr, proc.pid)
@@ -134,6 +139,7 @@ class LocalRuntime(Runtime):
         for log in self._logs.values():
             log.close()
         self._logs.clear()
+        self._spawner.shutdown(wait=False)
 
     def node_plan(self, plan: Plan, run_dir: Path) -> Plan:
         return plan  # the nodes read the orchestrator's own files
@@ -145,11 +151,12 @@ class LocalRuntime(Runtime):
         return None  # NO_CHECK_NOTE, among the deployment's notes, says why
 
     def set_link(self, src: str, dst: str, rate_bps: int | None = None, delay_s: float | None = None) -> LinkChange:
-        """The sending node paces the rate and stamps the delay itself: its sender is changed in place."""
+        """The sending node paces the rate and stamps the delay itself: its sender is changed in place.
+        A rate of 0 (a trace's dead moment) crawls at HELD_RATE_BPS: 0 would mean "not paced" to the node."""
         if (src, dst) not in self._links:
             raise ValueError(f"no link {src} -> {dst} in this testbed")
         rate, delay = self._links[(src, dst)]
-        rate = rate if rate_bps is None else rate_bps
+        rate = rate if rate_bps is None else held_rate(rate_bps)
         delay = delay if delay_s is None else delay_s
         held = self.running.client(src).set_link(pb.Peer(device=dst, rate_bps=rate, delay_s=delay))
         self._links[(src, dst)] = (held.rate_bps, held.delay_s)
@@ -166,6 +173,17 @@ class LocalRuntime(Runtime):
         if proc.poll() is None:
             proc.kill()
         proc.wait(timeout=5)
+
+    def leave(self, device: str) -> None:
+        """SIGTERM: the node process closes its links and exits."""
+        proc = self.procs[device]
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
 
     def revive(self, device: str) -> NodeHandle:
         if self.procs[device].poll() is None:

@@ -1,0 +1,377 @@
+"""What a run does when its world changes: the adapt policies, acting on one worker thread.
+
+Inputs arrive from other threads: a device found lost (the heartbeat), a device leaving (announced
+by the scenario before its node stops) or back (after it started again, empty), each scenario
+change once applied, and, for `adaptive`, a tick every second with the answers measured since.
+
+- `static` keeps the plan; losing a device the plan uses ends the drive at once with one line
+  naming the device, the time and the requests lost.
+- `failover` re-plans on the devices left (and again when one comes back) with the costs the run
+  planned with, loads the new stages, and resends every request not yet answered.
+- `adaptive` is failover, and also re-plans when the conditions measured from the answers (link
+  rates, step times; never the scenario) make another plan better by MARGIN, on HOLD_TICKS
+  ticks in a row and no sooner than DWELL_S after the last plan change.
+- `oracle` re-plans at every scenario change with the conditions the scenario says are true.
+
+A re-plan holds new requests, places (timed: `replan_s`), cuts, loads every node with the next
+plan epoch (frames of the old plan are dropped where they are), resends what is unanswered and
+lets requests go again. The links and CPU caps given to the nodes are always the true ones: a
+plan chooses where stages run, not what the network does.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator.adapt.replan import Placed, Replanner, scaled
+from orchestrator.config import Testbed
+from orchestrator.driving.deploy import deploy
+from orchestrator.driving.driver import DriveControl, Record
+from orchestrator.partition.costmodel import CostTable
+from orchestrator.partition.plan import Plan
+from orchestrator.runtimes.base import Runtime
+from orchestrator.scenario.player import Applied
+from orchestrator.scenario.timeline import Conditions
+
+log = logging.getLogger("orchestrator.adapt")
+
+MARGIN = 0.2  # adaptive: another plan must promise this much more throughput
+HOLD_TICKS = 2  # ... on this many ticks in a row
+DWELL_S = 5.0  # ... and the plan in force must have held this long
+TICK_S = 1.0
+RECENT = 300  # adaptive: the last answers its estimate reads, whatever plan they ran under
+
+
+@dataclass
+class PlanInForce:
+    index: int
+    plan: Plan
+    cuts: list[int]
+    devices: list[str]
+    from_unix_s: float
+    reason: str
+    predicted_fps: float | None
+    to_unix_s: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "from_unix_s": self.from_unix_s,
+            "to_unix_s": self.to_unix_s,
+            "devices": self.devices,
+            "stages": [{"index": s.index, "device": s.device, "model": s.model} for s in self.plan.stages],
+            "cuts": self.cuts,
+            "reason": self.reason,
+            "predicted_fps": self.predicted_fps,
+            "folder": str(self.plan.dir),
+        }
+
+
+@dataclass
+class Adaptation:
+    policy: str
+    runtime: Runtime
+    replanner: Replanner
+    truth: Conditions  # the world as the scenario made it (updated as changes apply)
+    configured: Testbed
+    table: CostTable | None
+    control: DriveControl
+    first: PlanInForce
+    console: Console | None = None
+    estimate: Callable[[list[Record], PlanInForce, Testbed], tuple[Testbed, dict[str, float]]] | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    plans: list[PlanInForce] = field(default_factory=list)
+    ended: str = ""  # static: why the run ended early
+    ended_unix_s: float | None = None
+
+    def __post_init__(self) -> None:
+        self.plans.append(self.first)
+        self.gone: set[str] = set()
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._recent: deque[Record] = deque(maxlen=RECENT)
+        self._streak = 0
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="adapt", daemon=True)
+        self._worker.start()
+        self._ticker: threading.Thread | None = None
+        if self.policy == "adaptive":
+            self._ticker = threading.Thread(target=self._tick_loop, name="adapt-tick", daemon=True)
+            self._ticker.start()
+
+    # -- inputs (any thread) ------------------------------------------------------------------
+
+    @property
+    def current(self) -> PlanInForce:
+        return self.plans[-1]
+
+    def uses(self, device: str) -> bool:
+        return device in self.current.devices or device == self.replanner.source
+
+    def lost(self, device: str, last_seen_unix_s: float, detected_unix_s: float, why: str = "") -> None:
+        """The heartbeat found a device gone."""
+        ev = self._event("lost", device=device, at=last_seen_unix_s, detail=why or "no heartbeat")
+        ev["detected_unix_s"] = detected_unix_s
+        self._submit(lambda: self._on_gone(device, ev, announced=False))
+
+    def leaving(self, device: str) -> None:
+        """A device announces it leaves: returns once the run no longer needs it."""
+        done = threading.Event()
+        ev = self._event("leave", device=device, at=time.time(), detail="announced")
+
+        def job() -> None:
+            try:
+                self._on_gone(device, ev, announced=True)
+            finally:
+                done.set()
+
+        self._submit(job)
+        done.wait(120.0)
+
+    def joined(self, device: str) -> None:
+        ev = self._event("join", device=device, at=time.time(), detail="back, empty")
+        self._submit(lambda: self._on_join(device, ev))
+
+    def applied(self, a: Applied) -> None:
+        """A scenario change took effect: the truth moves; the oracle acts on it."""
+        if a.error:
+            return
+        c = a.change
+        with self._lock:
+            self.truth.apply(c)
+        if self.policy == "oracle" and c.kind in ("link", "cpus", "crash"):
+            ev = self._event(f"oracle {c.kind}", device=c.device, at=a.scheduled_unix_s, detail="")
+            if c.kind == "crash":
+                assert c.device is not None
+                self._submit(lambda: self._on_gone(c.device, ev, announced=True))
+            else:
+                self._submit(lambda: self._maybe_replan("oracle", ev, self._oracle_view()))
+
+    def answered(self, rec: Record) -> None:
+        """Every answer, as it comes (adaptive reads the recent ones)."""
+        if self.policy != "adaptive":
+            return
+        with self._lock:
+            self._recent.append(rec)
+
+    def close(self) -> None:
+        if self.current.to_unix_s is None:
+            self.current.to_unix_s = time.time()
+        self._stop.set()
+        self._jobs.put(None)
+        self._worker.join(30.0)
+        if self._ticker is not None:
+            self._ticker.join(5.0)
+
+    def report(self) -> dict[str, Any]:
+        return {"policy": self.policy, "plans": [p.to_json() for p in self.plans], "ended": self.ended or None}
+
+    # -- the worker ---------------------------------------------------------------------------
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except Exception as e:
+                log.exception("adapting")
+                self._say(f"[red]adapting failed: {type(e).__name__}: {e}")
+                self.control.end(f"adapting failed: {type(e).__name__}: {e}")
+                self.ended = self.ended or f"adapting failed: {e}"
+
+    def _event(self, kind: str, *, device: str | None, at: float, detail: str) -> dict[str, Any]:
+        ev: dict[str, Any] = {
+            "kind": kind,
+            "device": device,
+            "link": None,
+            "detail": detail,
+            "at_unix_s": at,
+            "applied_unix_s": None,
+            "detected_unix_s": None,
+            "replanned_unix_s": None,
+            "redeployed_unix_s": None,
+            "recovered_unix_s": None,
+            "replan_s": None,
+            "lost": [],
+            "resent": [],
+        }
+        with self._lock:
+            self.events.append(ev)
+        return ev
+
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
+        log.info(text)
+
+    def _on_gone(self, device: str, ev: dict[str, Any], *, announced: bool) -> None:
+        if device in self.gone:
+            return
+        self.gone.add(device)
+        used = self.uses(device)
+        if not announced:
+            ev["lost"] = self._lost_on(device)
+        if not used:
+            return
+        if device == self.replanner.source or self.policy == "static":
+            pending = self.control.pending()
+            stamp = time.strftime("%H:%M:%S", time.localtime(ev["detected_unix_s"] or ev["at_unix_s"]))
+            why = (
+                f"device {device} {'left' if announced else 'lost'} at {stamp}"
+                + ("" if device != self.replanner.source else " (the source: nothing can go on)")
+                + f": {len(pending)} request(s) lost"
+                + (f" (ids {_ids(pending)})" if pending else "")
+            )
+            ev["lost"] = pending
+            self.ended = why
+            self.ended_unix_s = time.time()
+            self._say(f"[red]{why}")
+            self.control.end(why)
+            return
+        view = self._oracle_view() if self.policy == "oracle" else self._configured_view()
+        self._replan(f"{'leave' if announced else 'lost'} {device}", ev, self._place(view))
+
+    def _on_join(self, device: str, ev: dict[str, Any]) -> None:
+        self.gone.discard(device)
+        if self.policy == "static" or self.ended:
+            return
+        view = self._oracle_view() if self.policy == "oracle" else self._configured_view()
+        self._maybe_replan(f"join {device}", ev, view)
+
+    def _maybe_replan(self, reason: str, ev: dict[str, Any], view: tuple[Testbed, CostTable | None]) -> None:
+        """Place on `view`; redeploy only when the placement differs from the one in force."""
+        if self.ended:
+            return
+        placed = self._place(view)
+        ev["replan_s"] = placed.seconds
+        ev["replanned_unix_s"] = time.time()
+        if placed.key == (tuple(self.current.cuts), tuple(self.current.devices)):
+            ev["detail"] = (ev["detail"] + "; " if ev["detail"] else "") + "plan unchanged"
+            return
+        self._replan(reason, ev, placed)
+
+    def _place(self, view: tuple[Testbed, CostTable | None]) -> Placed:
+        testbed, table = view
+        return self.replanner.place(testbed, table)
+
+    def _replan(self, reason: str, ev: dict[str, Any], placed: Placed) -> None:
+        """Cut and load `placed` as the next plan, resend what is unanswered."""
+        self.control.hold()
+        try:
+            ev["replan_s"] = placed.seconds
+            ev["replanned_unix_s"] = time.time()
+            index = self.current.index + 1
+            with self._lock:
+                truth = self.truth.current_testbed()
+            live = _without(truth, self.gone)
+            plan = self.replanner.write(placed, _without(self.configured, self.gone), self.table, index)
+            node_plan = self.runtime.node_plan(plan, plan.dir)
+            deploy(node_plan, live, self.runtime.running, self.replanner.source, epoch=index)
+            now = time.time()
+            ev["redeployed_unix_s"] = now
+            self.current.to_unix_s = now
+            self.plans.append(
+                PlanInForce(
+                    index, plan, list(placed.placement.cuts), list(placed.placement.devices), now, reason, placed.fps
+                )
+            )
+            resend = self.control.pending()
+            ev["resent"] = resend
+            self.control.resend(resend)
+            self._say(
+                f"re-planned ({reason}) in {placed.seconds * 1e3:.0f} ms, loaded in "
+                f"{now - ev['replanned_unix_s']:.2f} s: "
+                + " > ".join(placed.placement.devices)
+                + (f", {len(resend)} request(s) resent" if resend else "")
+            )
+        finally:
+            self.control.release()
+
+    def _lost_on(self, device: str) -> list[int]:
+        """Requests unanswered and held by no device left: those the lost one had."""
+        pending = set(self.control.pending())
+        held: set[int] = set()
+        dep = self.runtime.running
+        for d in dep.nodes:
+            if d == device or d in self.gone:
+                continue
+            try:
+                held |= set(dep.client(d).stats(timeout_s=1.0).held_ids)
+            except Exception:  # another one gone: its requests count as lost too
+                continue
+        return sorted(pending - held)
+
+    # -- views of the world -------------------------------------------------------------------
+
+    def _configured_view(self) -> tuple[Testbed, CostTable | None]:
+        return _without(self.configured, self.gone), self.table
+
+    def _oracle_view(self) -> tuple[Testbed, CostTable | None]:
+        with self._lock:
+            truth = self.truth.current_testbed()
+        factors = {
+            d.name: d.cpus / truth.device(d.name).cpus
+            for d in self.configured.devices
+            if d.name in {x.name for x in truth.devices} and truth.device(d.name).cpus != d.cpus
+        }
+        return _without(truth, self.gone), scaled(self.table, factors)
+
+    # -- adaptive -----------------------------------------------------------------------------
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(TICK_S):
+            if not self.control.holding and not self.ended:
+                self._submit(self._tick)
+
+    def _tick(self) -> None:
+        if self.estimate is None or self.ended:
+            return
+        with self._lock:
+            recent = list(self._recent)
+        if not recent or time.time() - self.current.from_unix_s < TICK_S:
+            return
+        testbed, factors = self.estimate(recent, self.current, _without(self.configured, self.gone))
+        table = scaled(self.table, factors)
+        placed = self.replanner.place(testbed, table)
+        now_fps = self.replanner.fps(placed.graph, self.current.cuts, self.current.devices, testbed, table)
+        better = placed.fps is not None and (now_fps is None or placed.fps > now_fps * (1 + MARGIN))
+        other = placed.key != (tuple(self.current.cuts), tuple(self.current.devices))
+        self._streak = self._streak + 1 if better and other else 0
+        if self._streak < HOLD_TICKS or time.time() - self.current.from_unix_s < DWELL_S:
+            return
+        self._streak = 0
+        ev = self._event(
+            "measured",
+            device=None,
+            at=time.time(),
+            detail=f"measured: plan in force {now_fps or 0:.2f} fps, another {placed.fps:.2f} fps",
+        )
+        ev["detected_unix_s"] = ev["at_unix_s"]
+        self._replan("measured", ev, placed)
+
+
+def _without(testbed: Testbed, gone: set[str]) -> Testbed:
+    if not gone:
+        return testbed
+    return testbed.model_copy(
+        update={
+            "devices": [d for d in testbed.devices if d.name not in gone],
+            "links": [x for x in testbed.links if x.src not in gone and x.dst not in gone],
+        }
+    )
+
+
+def _ids(ids: list[int], most: int = 12) -> str:
+    shown = ", ".join(str(i) for i in ids[:most])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > most else "")

@@ -1,0 +1,157 @@
+"""A drive in a world that changes: the heartbeat that notices lost devices, the policy that
+reacts (Adaptation), and the scenario player that changes the world, started and stopped as one.
+
+The heartbeat runs from the start of the drive whatever the job (a device killed from outside is
+noticed in every run); the scenario's clock starts with the first measured request."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator.adapt.estimate import WINDOW_S, Estimate, apply_links, link_rates, predicted_steps, speed_factors
+from orchestrator.adapt.events import scenario_events
+from orchestrator.adapt.replan import Replanner
+from orchestrator.adapt.session import Adaptation, PlanInForce
+from orchestrator.config import Testbed
+from orchestrator.driving.driver import DriveControl, Record
+from orchestrator.driving.heartbeat import Heartbeat, Lost
+from orchestrator.partition.costmodel import CostTable
+from orchestrator.partition.plan import Plan
+from orchestrator.runtimes.base import Runtime
+from orchestrator.scenario.model import Scenario
+from orchestrator.scenario.player import PlayerHooks, ScenarioPlayer
+from orchestrator.scenario.timeline import Conditions, timeline
+
+
+@dataclass
+class WorldSetup:
+    policy: str
+    scenario: Scenario | None
+    testbed: Testbed
+    model: Path
+    algorithm: str
+    objective: str
+    stages: int | None
+    source: str
+    run_dir: Path
+    table: CostTable | None
+    plan: Plan
+    cuts: list[int]
+    until_s: float | None  # how long the drive may last (a looping scenario plays that long)
+    offsets: dict[str, int]  # node clocks against the orchestrator's (clocks.offsets_ns)
+
+
+# a device's measured step within this factor of the table's is taken as the table's: stages
+# under a quota and sharing a host run some 10-30% over their profile, throttled or not
+SPEED_NOISE = 1.3
+STALE_S = 2 * WINDOW_S
+
+
+def estimated_view(
+    table: CostTable | None, offsets: dict[str, int]
+) -> Callable[[list[Record], PlanInForce, Testbed], tuple[Testbed, dict[str, float]]]:
+    """What `adaptive` re-plans on: the testbed with the link rates the answers show, and each
+    device's speed factor where it is clearly off the table (never the scenario)."""
+
+    def view(records: list[Record], current: PlanInForce, configured: Testbed) -> tuple[Testbed, dict[str, float]]:
+        now = time.time_ns()
+        links, floored = link_rates(records, configured, offsets=offsets, now_ns=now, window_s=WINDOW_S)
+        # a link no longer used keeps its last figure only a while: then its reverse (or its
+        # configured rate) stands for it, so a link that came back is tried again
+        links = {k: v for k, v in links.items() if v.age_s <= STALE_S}
+        speed: dict[str, float] = {}
+        if table is not None:
+            mine = [r for r in records if r.sent_ns / 1e9 >= current.from_unix_s]
+            try:
+                steps = predicted_steps(table, current.cuts, current.devices)
+            except (ValueError, KeyError, IndexError):  # a cut the table cannot regroup to: speeds unknown
+                steps = []
+            if mine and steps:
+                speed = speed_factors(mine, steps, offsets=offsets, now_ns=now, window_s=WINDOW_S)
+        factors = {d: f for d, f in speed.items() if not 1 / SPEED_NOISE <= f <= SPEED_NOISE}
+        return apply_links(Estimate(links, speed, floored), configured), factors
+
+    return view
+
+
+class ChangingWorld:
+    """Context manager around the measured drive; `control` and `on_start`/`answered` go to it."""
+
+    def __init__(self, setup: WorldSetup, runtime: Runtime, console: Console | None = None):
+        self.setup = setup
+        self.runtime = runtime
+        self.control = DriveControl(resend_lost=setup.policy != "static")
+        self.changes = timeline(setup.scenario, setup.testbed, setup.until_s) if setup.scenario else []
+        first = PlanInForce(
+            0,
+            setup.plan,
+            list(setup.cuts),
+            [s.device for s in setup.plan.stages],
+            time.time(),
+            "initial",
+            setup.plan.predicted.throughput_fps,
+        )
+        self.adaptation = Adaptation(
+            policy=setup.policy,
+            runtime=runtime,
+            replanner=Replanner(
+                setup.model, setup.algorithm, setup.objective, setup.stages, setup.source, setup.run_dir
+            ),
+            truth=Conditions.initial(setup.testbed),
+            configured=setup.testbed,
+            table=setup.table,
+            control=self.control,
+            first=first,
+            console=console,
+            estimate=estimated_view(setup.table, setup.offsets),
+        )
+        dep = runtime.running
+        self.heartbeat = Heartbeat(
+            clients=lambda: {d: dep.client(d) for d in dep.nodes if d not in self.adaptation.gone},
+            on_lost=self._lost,
+        )
+        self.player = ScenarioPlayer(
+            self.changes,
+            runtime,
+            PlayerHooks(leaving=self._leaving, joined=self._joined, applied=self.adaptation.applied),
+        )
+        self.t0_unix_s: float | None = None
+
+    def __enter__(self) -> ChangingWorld:
+        self.heartbeat.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.player.stop()
+        self.heartbeat.__exit__(*exc)
+        self.adaptation.close()
+
+    def on_start(self, t0_ns: int) -> None:
+        """The first measured request left: the scenario's time 0."""
+        self.t0_unix_s = t0_ns / 1e9
+        self.adaptation.current.from_unix_s = min(self.adaptation.current.from_unix_s, self.t0_unix_s)
+        self.player.start(self.t0_unix_s)
+
+    def answered(self, rec: Record) -> None:
+        self.adaptation.answered(rec)
+
+    def _lost(self, lost: Lost) -> None:
+        self.adaptation.lost(lost.device, lost.last_seen_unix_s, lost.detected_unix_s, lost.why)
+
+    def _leaving(self, device: str) -> None:
+        self.heartbeat.forget(device)
+        self.adaptation.leaving(device)
+
+    def _joined(self, device: str) -> None:
+        self.heartbeat.watch(device)
+        self.adaptation.joined(device)
+
+    def report(self, id_offset: int) -> dict[str, Any]:
+        """report.json's `events`, `plans`, `scenario` and `ended` (request ids as the run numbers them)."""
+        return scenario_events(self.player.log, self.adaptation, self.t0_unix_s, id_offset)
