@@ -67,15 +67,16 @@ def main() -> int:
     print(json.dumps(ev, indent=1) if ev else "no crash event in the failover report")
     if ev is None or ev["detected_unix_s"] is None:
         return verdict(False, "the crash was detected")
-    detect = ev["detected_unix_s"] - ev["applied_unix_s"]
+    at = ev["at_unix_s"]  # when the kill was due: every time below counts from it, docker kill's own included
+    detect = ev["detected_unix_s"] - at
     replan = ev["replan_s"]
-    back = (ev["recovered_unix_s"] - ev["applied_unix_s"]) if ev["recovered_unix_s"] else None
+    back = (ev["recovered_unix_s"] - at) if ev["recovered_unix_s"] else None
     base_fps = plain["static"]["throughput_fps"] if "static" in plain else None
-    print(f"failover: detected {detect:.2f} s after the kill; re-planned in {replan * 1e3:.1f} ms (target < 100 ms)")
-    print(
-        f"failover: redeployed {ev['redeployed_unix_s'] - ev['applied_unix_s']:.2f} s after the kill; "
-        f"back to steady {'never' if back is None else f'{back:.2f} s'} after it (target <= 5 s)"
-    )
+    print(f"failover: the container stopped {ev['applied_unix_s'] - at:.2f} s after the kill was due")
+    print(f"failover: detected {detect:.2f} s after the kill (target <= 1 s)")
+    print(f"failover: re-planned in {replan * 1e3:.1f} ms (target < 100 ms)")
+    print(f"failover: redeployed {ev['redeployed_unix_s'] - at:.2f} s after the kill")
+    print(f"failover: back to steady {'never' if back is None else f'{back:.2f} s'} after the kill (target <= 5 s)")
     print(f"failover: {len(f['lost'])} requests lost (target 0), {len(f['resent'])} resent, {answered(f)} answered")
     print(f"failover: {f['throughput_fps']} images/s over the run; without the crash: {base_fps} images/s")
     ok &= not f["lost"] and replan < 0.1 and back is not None and back <= 5.0

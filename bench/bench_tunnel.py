@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 from benchlib import DEFAULT_MODEL, ROOT, answered, run_job_reports, verdict
@@ -31,6 +32,7 @@ def main() -> int:
     ap.add_argument("--model", default=str(DEFAULT_MODEL))
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of measured requests")
     ap.add_argument("--runtime", default="docker")
+    ap.add_argument("--keep", type=Path, help="leave the run folder here")
     a = ap.parse_args()
     model = ensure_vit(a.model)
     job = {
@@ -47,7 +49,7 @@ def main() -> int:
         "adapt": "adaptive",
         "compare": [{"name": "static", "adapt": "static"}, {"name": "oracle", "adapt": "oracle"}],
     }
-    status, reports = run_job_reports(job, runtime=a.runtime)
+    status, reports = run_job_reports(job, runtime=a.runtime, keep=a.keep)
     if set(reports) != {"adaptive", "static", "oracle"}:
         print(f"the job did not write every report (exit status {status}; got {sorted(reports)})")
         return 1

@@ -33,12 +33,17 @@ def run_job(job: dict, runtime: str | None = None, quiet: bool = True, keep: Pat
     return rep
 
 
-def run_job_reports(job: dict, runtime: str | None = None, quiet: bool = True) -> tuple[int, dict[str, dict]]:
+def run_job_reports(
+    job: dict, runtime: str | None = None, quiet: bool = True, keep: Path | None = None
+) -> tuple[int, dict[str, dict]]:
     """Run a job (with its `compare` entries) through the command line as a user would; return the
-    exit status and every configuration's report by name (the job's own under its `adapt`)."""
+    exit status and every configuration's report by name (the job's own under its `adapt`). The
+    run folder is thrown away unless `keep` names a folder to leave it in."""
     import subprocess
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         path = Path(tmp) / f"{job['name']}.yaml"
         path.write_text(json.dumps(job))
         out = Path(tmp) / "run"
@@ -51,8 +56,8 @@ def run_job_reports(job: dict, runtime: str | None = None, quiet: bool = True) -
             reports[job.get("adapt", "static")] = json.loads((out / "report.json").read_text())
         for f in sorted((out / "compare").glob("*/report.json")):
             reports[f.parent.name] = json.loads(f.read_text())
-        if quiet and done.returncode not in (0, 1):
-            print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+        if quiet and done.returncode != 0:
+            print(f"exit status {done.returncode}; the end of its output:", done.stderr[-2000:], sep="\n")
     return done.returncode, reports
 
 

@@ -35,7 +35,7 @@ from orchestrator.profiling.cache import blocks_folder
 from orchestrator.profiling.calibration import calibrated, calibration_note, measure_stages
 from orchestrator.profiling.results import Profile
 from orchestrator.reporting.console import print_comparison, print_summary
-from orchestrator.reporting.files import write_latencies, write_requests
+from orchestrator.reporting.files import write_changes, write_latencies, write_requests
 from orchestrator.reporting.markdown import write_comparison, write_report
 from orchestrator.reporting.plots import write_plots
 from orchestrator.runtimes.base import Deployment
@@ -279,6 +279,8 @@ def run_config(
                 for r in range(job.repeat):
                     label = f"run {r + 1}/{job.repeat}" if job.repeat > 1 else "driving"
                     warm = _drive(console, f"{label}: warm-up", source, inputs, job, job.warmup, None)
+                    if r == 0:  # the run numbers requests from the warm-up's first
+                        changing.adaptation.id_offset = len(all_records) + len(warm)
                     meas = _drive(
                         console,
                         label,
@@ -300,6 +302,8 @@ def run_config(
                         break
                 sampler.take_sample()  # and one that covers the end of the run
             disruption = changing.report(id_offset)
+            if changing.changes:
+                write_changes(run_dir / "scenario.jsonl", changing.changes_log())
             disruption |= {
                 "lost": [r.id for r in all_records if r.error],
                 "resent": [r.id for r in all_records if r.resent],

@@ -60,7 +60,8 @@ def scenario_events(applied: list[Applied], adaptation: Adaptation, t0_unix_s: f
         seen["resent"] = [i + id_offset for i in seen["resent"]]
         target = None
         for ev in events:
-            if ev["kind"] in _MERGES.get(seen["kind"], ()) and ev["device"] == seen["device"]:
+            same = ev["device"] == seen["device"] and (seen["link"] is None or ev["link"] == seen["link"])
+            if ev["kind"] in _MERGES.get(seen["kind"], ()) and same:
                 if ev["detected_unix_s"] is None and ev["at_unix_s"] <= seen["at_unix_s"] + 1.0:
                     target = ev
         if seen["kind"].startswith("oracle") and target is None:
@@ -76,7 +77,9 @@ def scenario_events(applied: list[Applied], adaptation: Adaptation, t0_unix_s: f
         if seen["detail"]:
             target["detail"] += f"; {seen['detail']}"
     events.sort(key=lambda e: e["at_unix_s"])
-    late = np.array([a.late_s for a in applied if a.late_s is not None]) * 1e3
+    # lateness of the changes that are meant to be instant (a link, a CPU cap); a crash, a leave or
+    # a join takes what stopping or starting a node takes, and says so in its own event
+    late = np.array([a.late_s for a in applied if a.late_s is not None and a.change.kind in ("link", "cpus")]) * 1e3
     return {
         "events": events,
         "plans": [p.to_json() for p in adaptation.plans],

@@ -91,6 +91,7 @@ class Adaptation:
     events: list[dict[str, Any]] = field(default_factory=list)
     plans: list[PlanInForce] = field(default_factory=list)
     ended: str = ""  # static: why the run ended early
+    id_offset: int = 0  # the run's number for the drive's request 0: lines name requests as report.json does
     ended_unix_s: float | None = None
 
     def __post_init__(self) -> None:
@@ -150,6 +151,7 @@ class Adaptation:
             self.truth.apply(c)
         if self.policy == "oracle" and c.kind in ("link", "cpus", "crash"):
             ev = self._event(f"oracle {c.kind}", device=c.device, at=a.scheduled_unix_s, detail="")
+            ev["link"] = c.link
             if c.kind == "crash":
                 assert c.device is not None
                 self._submit(lambda: self._on_gone(c.device, ev, announced=True))
@@ -231,7 +233,7 @@ class Adaptation:
                 f"device {device} {'left' if announced else 'lost'} at {stamp}"
                 + ("" if device != self.replanner.source else " (the source: nothing can go on)")
                 + f": {len(pending)} request(s) lost"
-                + (f" (ids {_ids(pending)})" if pending else "")
+                + (f" (ids {_ids([i + self.id_offset for i in pending])})" if pending else "")
             )
             ev["lost"] = pending
             self.ended = why

@@ -86,7 +86,9 @@ class ChangingWorld:
     def __init__(self, setup: WorldSetup, runtime: Runtime, console: Console | None = None):
         self.setup = setup
         self.runtime = runtime
-        self.control = DriveControl(resend_lost=setup.policy != "static")
+        # every policy holds a request a node gave back as lost (not an answer): `static` ends the
+        # run as the loss is detected, naming it among the requests lost, instead of sending more
+        self.control = DriveControl(resend_lost=True)
         self.changes = timeline(setup.scenario, setup.testbed, setup.until_s) if setup.scenario else []
         first = PlanInForce(
             0,
@@ -151,6 +153,28 @@ class ChangingWorld:
     def _joined(self, device: str) -> None:
         self.heartbeat.watch(device)
         self.adaptation.joined(device)
+
+    def changes_log(self) -> list[dict[str, Any]]:
+        """Every change applied, as scenario.jsonl has it: due, applied, late, what held, or the error."""
+        t0 = self.t0_unix_s or 0.0
+        return [
+            {
+                "at_s": a.change.at_s,
+                "kind": a.change.kind,
+                "device": a.change.device,
+                "link": a.change.link,
+                "rate_bps": a.change.rate_bps,
+                "delay_s": a.change.delay_s,
+                "cpus": a.change.cpus,
+                "scheduled_unix_s": a.scheduled_unix_s,
+                "applied_unix_s": a.applied_unix_s,
+                "late_ms": None if a.late_s is None else round(a.late_s * 1e3, 3),
+                "applied_s": None if a.applied_unix_s is None else round(a.applied_unix_s - t0, 4),
+                "detail": a.detail,
+                "error": a.error,
+            }
+            for a in sorted(self.player.log, key=lambda a: a.scheduled_unix_s)
+        ]
 
     def report(self, id_offset: int) -> dict[str, Any]:
         """report.json's `events`, `plans`, `scenario` and `ended` (request ids as the run numbers them)."""

@@ -77,6 +77,13 @@ def write_requests(path: Path, records: list[Record], measured_ids: set[int]) ->
             )
 
 
+def write_changes(path: Path, changes: list[dict]) -> None:
+    """scenario.jsonl: every change a scenario applied, one line each, in the order applied."""
+    with open(path, "w") as f:
+        for c in changes:
+            f.write(json.dumps(c) + "\n")
+
+
 def read_requests(path: Path) -> tuple[list[Record], set[int]]:
     """The records written by write_requests, and which of them were measured."""
     records, measured = [], set()
