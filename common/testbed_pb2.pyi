@@ -178,8 +178,40 @@ class LinkHold(_message.Message):
     max_late_ns: int
     def __init__(self, device: _Optional[str] = ..., frames: _Optional[int] = ..., asked_ns: _Optional[int] = ..., held_ns: _Optional[int] = ..., max_late_ns: _Optional[int] = ...) -> None: ...
 
+class LinkProbe(_message.Message):
+    __slots__ = ("device", "bytes", "sent_ns", "arrived_ns")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    SENT_NS_FIELD_NUMBER: _ClassVar[int]
+    ARRIVED_NS_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    bytes: int
+    sent_ns: int
+    arrived_ns: int
+    def __init__(self, device: _Optional[str] = ..., bytes: _Optional[int] = ..., sent_ns: _Optional[int] = ..., arrived_ns: _Optional[int] = ...) -> None: ...
+
+class LinkLoad(_message.Message):
+    __slots__ = ("device", "sent_bytes", "backlog", "at_ns")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    AT_NS_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    sent_bytes: int
+    backlog: int
+    at_ns: int
+    def __init__(self, device: _Optional[str] = ..., sent_bytes: _Optional[int] = ..., backlog: _Optional[int] = ..., at_ns: _Optional[int] = ...) -> None: ...
+
+class ProbeRequest(_message.Message):
+    __slots__ = ("device", "bytes")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    bytes: int
+    def __init__(self, device: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+
 class StatsReply(_message.Message):
-    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads", "holds", "held_ids")
+    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads", "holds", "held_ids", "probes", "links")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_IN_FIELD_NUMBER: _ClassVar[int]
     FRAMES_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +224,8 @@ class StatsReply(_message.Message):
     THREADS_FIELD_NUMBER: _ClassVar[int]
     HOLDS_FIELD_NUMBER: _ClassVar[int]
     HELD_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    LINKS_FIELD_NUMBER: _ClassVar[int]
     device: str
     frames_in: int
     frames_out: int
@@ -204,4 +238,6 @@ class StatsReply(_message.Message):
     threads: int
     holds: _containers.RepeatedCompositeFieldContainer[LinkHold]
     held_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[LinkHold, _Mapping]]] = ..., held_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    probes: _containers.RepeatedCompositeFieldContainer[LinkProbe]
+    links: _containers.RepeatedCompositeFieldContainer[LinkLoad]
+    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[LinkHold, _Mapping]]] = ..., held_ids: _Optional[_Iterable[int]] = ..., probes: _Optional[_Iterable[_Union[LinkProbe, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkLoad, _Mapping]]] = ...) -> None: ...

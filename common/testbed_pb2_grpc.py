@@ -69,6 +69,11 @@ class NodeStub:
                 request_serializer=common_dot_testbed__pb2.Empty.SerializeToString,
                 response_deserializer=common_dot_testbed__pb2.LoadReply.FromString,
                 _registered_method=True)
+        self.Probe = channel.unary_unary(
+                '/testbed.Node/Probe',
+                request_serializer=common_dot_testbed__pb2.ProbeRequest.SerializeToString,
+                response_deserializer=common_dot_testbed__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -124,6 +129,15 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Probe(self, request, context):
+        """Put one probe frame of the given size on the loaded link to a peer, through the link's
+        emulation like any frame, unless requests are queued on it; the peer reports its arrival in
+        StatsReply.probes. How a run sees a link it no longer uses come back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +175,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Requota,
                     request_deserializer=common_dot_testbed__pb2.Empty.FromString,
                     response_serializer=common_dot_testbed__pb2.LoadReply.SerializeToString,
+            ),
+            'Probe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Probe,
+                    request_deserializer=common_dot_testbed__pb2.ProbeRequest.FromString,
+                    response_serializer=common_dot_testbed__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +371,33 @@ class Node:
             '/testbed.Node/Requota',
             common_dot_testbed__pb2.Empty.SerializeToString,
             common_dot_testbed__pb2.LoadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Probe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/testbed.Node/Probe',
+            common_dot_testbed__pb2.ProbeRequest.SerializeToString,
+            common_dot_testbed__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

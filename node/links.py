@@ -45,6 +45,7 @@ _SPIN_NS = 1_000_000  # spin at most the last millisecond of a wait
 _STOP = object()
 HEARTBEAT_S = 0.2  # how often a busy sender asks its peer's Health
 DEAD_AFTER_S = 0.5  # a busy sender's peer silent this long is lost
+_RECHECK_NS = 100_000_000  # a frame with longer than this left to cross waits for a rate change
 
 
 def sleep_until(t_ns: int) -> None:
@@ -94,6 +95,7 @@ class PeerSender:
         self.frames_out = 0
         self.bytes_out = 0
         self._busy_until_ns = 0  # the emulated link is transmitting until then
+        self._rate_changed = threading.Event()  # set_link wakes a frame still crossing the link
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, queue_depth))
         self._inflight: TensorFrame | None = None
         self._holding: TensorFrame | None = None  # taken from the queue, not yet handed to the wire
@@ -139,6 +141,7 @@ class PeerSender:
         figures; the stream, the queue and the frames in flight are left as they are."""
         self.rate_bps = float(rate_bps)
         self.delay_ns = int(round(delay_s * 1e9))
+        self._rate_changed.set()
 
     def close(self, timeout_s: float = 5.0) -> None:
         """Finish the queued frames (up to timeout_s), then end the stream and the channel."""
@@ -151,6 +154,11 @@ class PeerSender:
         if self._hb_channel is not None:
             self._hb_channel.close()
 
+    def load(self) -> tuple[int, int]:
+        """(bytes this sender put on the link, frames waiting for it): the link's counters where
+        the node paces it (a frame counts once its emulated transmission has ended)."""
+        return self.bytes_out, self._queue.qsize() + (self._holding is not None)
+
     @property
     def busy(self) -> bool:
         """Frames are queued, or one is taken and not yet handed to the wire."""
@@ -160,14 +168,34 @@ class PeerSender:
 
     def _pace(self, frame: TensorFrame, size: int) -> None:
         now = time.time_ns()
+        if frame.header.probe:  # a rate probe: the receiver times it from when it goes on the link
+            frame.header.sent_ns = max(now, self._busy_until_ns)
         if self.rate_bps > 0:
             start = max(now, self._busy_until_ns)
             sleep_until(start)  # the link is still sending the previous frame
-            tx_end = start + int(size * 8e9 / self.rate_bps)
+            tx_end = self._transmit(start, size * 8.0)
             self._busy_until_ns = tx_end
             frame.header.deliver_after_ns = tx_end + self.delay_ns
         elif self.delay_ns > 0:
             frame.header.hold_ns = self.delay_ns
+
+    def _transmit(self, start_ns: int, bits: float) -> int:
+        """When a frame of `bits` put on the link at start_ns has crossed it. A rate change while it
+        crosses applies to the rest of it, as on a real link: a frame that began crawling in a
+        trace's dead moment goes on at the next step's rate, not at the crawl's for minutes. So a
+        frame with more than _RECHECK_NS still to cross waits here for a change until then (the
+        loopback transfer still overlaps the end of its transmission)."""
+        rate = self.rate_bps
+        end = start_ns + int(bits * 1e9 / rate)
+        while (left := end - time.time_ns()) > _RECHECK_NS and not self._stopping.is_set():
+            self._rate_changed.wait((left - _RECHECK_NS) / 1e9)
+            self._rate_changed.clear()
+            if self.rate_bps > 0 and self.rate_bps != rate:
+                now = time.time_ns()
+                bits = max(0.0, bits - (now - start_ns) * rate / 1e9)
+                start_ns, rate = now, self.rate_bps
+                end = now + int(bits * 1e9 / rate)
+        return end
 
     def _messages(self, frame: TensorFrame) -> Iterator[bytes]:
         """The frame's wire messages: serialize_ns stamped on the sending stage's timing, the

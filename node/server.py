@@ -17,6 +17,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+import numpy as np
 
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pb_grpc
@@ -31,6 +32,7 @@ from node.stage import Stage, StageConfig
 log = logging.getLogger("node.server")
 
 DEFAULT_QUEUE_DEPTH = 4
+PROBE_MAX_BYTES = 16 << 20
 REQUOTA_WAIT_S = 20.0  # a stage mid-frame under a small quota finishes it before reopening
 _INPUT_END = object()
 _POLL_S = 0.2
@@ -197,6 +199,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         self._closed_frames_out = self._closed_bytes_out = 0
         self._results_out = self._result_bytes_out = 0
         self._holds = _LinkHolds()
+        self._probes: dict[str, pb.LinkProbe] = {}  # the last rate probe from each upstream device
         # request ids on this node (arrival, or ingress on the source, until handed to the wire):
         # what a crash of this node would lose
         self._held: set[int] = set()
@@ -378,6 +381,22 @@ class NodeServicer(pb_grpc.NodeServicer):
             log.info("quota %s: %d ORT threads", self.limits.cpu_quota, want)
             return pb.LoadReply(ok=True, threads=want, cpu_quota=self.limits.cpu_quota or 0.0)
 
+    def Probe(self, request: pb.ProbeRequest, context: grpc.ServicerContext | None = None) -> pb.Empty:
+        """Put one rate probe on the link to a peer, unless frames are waiting for that link."""
+        p = self._pipe
+        sender = p.senders.get(request.device) if p is not None else None
+        if sender is None or not 0 < request.bytes <= PROBE_MAX_BYTES:
+            why = f"node {self.device}: no loaded link to {request.device!r}, or probe size {request.bytes} bytes"
+            if context is None:
+                raise ValueError(why)
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+        if not sender.busy:
+            frame = TensorFrame(pb.Frame(request_id=-1, probe=True, epoch=p.epoch), {})
+            frame.arrays["probe"] = np.zeros(request.bytes, np.uint8)
+            frame.header.timings.add(stage=-1, device=self.device)
+            sender.send(frame)
+        return pb.Empty()
+
     def Health(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.HealthReply:
         loaded = self._pipe is not None
         return pb.HealthReply(
@@ -404,8 +423,24 @@ class NodeServicer(pb_grpc.NodeServicer):
             cpu_quota=self.limits.cpu_quota or 0.0,
             threads=p.threads if p is not None else ort_threads(self.limits.cpu_quota, self.limits.cores),
             holds=self._holds.snapshot(),
+            probes=list(self._probes.values()),
+            links=self._link_loads(p),
             held_ids=self.held_ids(),
         )
+
+    def _link_loads(self, p: _Pipeline | None) -> list[pb.LinkLoad]:
+        """Each outgoing link's counters: tc's where tc shapes it, the sender's pacing otherwise."""
+        if p is None:
+            return []
+        now = time.time_ns()
+        sh = shaping.current()
+        by_ip = shaping.loads() if sh is not None and sh.classes else {}
+        out = []
+        for device, sender in p.senders.items():
+            ip = sh.ip_of(device) if sh is not None else ""
+            sent, backlog = by_ip[ip] if ip in by_ip else sender.load()
+            out.append(pb.LinkLoad(device=device, sent_bytes=sent, backlog=backlog, at_ns=now))
+        return out
 
     def close(self) -> None:
         """Stop workers and links (the server itself is stopped by its owner)."""
@@ -530,6 +565,12 @@ class NodeServicer(pb_grpc.NodeServicer):
             self._holds.add(timings[-1].device if timings else "", due_ns - arrived_ns, released - arrived_ns)
         if not frame.header.probe:
             self._route(frame, released + self.clock_offset_ns)
+        elif frame.header.sent_ns and frame.header.timings:  # a rate probe (a fidelity probe has no stamp)
+            upstream = frame.header.timings[-1].device
+            with self._count_lock:
+                self._probes[upstream] = pb.LinkProbe(
+                    device=upstream, bytes=frame.nbytes, sent_ns=frame.header.sent_ns, arrived_ns=released
+                )
 
     def _route(self, frame: TensorFrame, recv_ns: int) -> None:
         """A frame that reached this node (after link emulation): result, local stage, or error."""
@@ -621,6 +662,8 @@ class NodeServicer(pb_grpc.NodeServicer):
             self._send(p, p.source_device, frame)
 
     def _on_link_failed(self, frame: TensorFrame, msg: str) -> None:
+        if frame.header.probe:  # a rate probe that did not get through: nothing to send home
+            return
         p = self._pipe
         if p is None:
             self._unhold(frame)

@@ -204,6 +204,20 @@ def _change_locked(cur: Shaping, spec: LinkSpec) -> LinkSpec:
     return now
 
 
+def loads() -> dict[str, tuple[int, int]]:
+    """Peer ip -> (bytes its htb class sent, bytes waiting in it), read from the kernel now; {}
+    when nothing is shaped (or tc cannot be read: the counters are a measurement, not a must)."""
+    cur = _current
+    if cur is None or not cur.classes:
+        return {}
+    try:
+        by_class = tc.parse_class_load(tc.run_tc(["tc", "-s", "class", "show", "dev", cur.iface]))
+    except tc.TcError as e:
+        log.warning("reading tc counters: %s", e)
+        return {}
+    return {ip: by_class[c] for ip, c in cur.classes.items() if c in by_class}
+
+
 def links_from_env(value: str | None = None) -> list[LinkSpec]:
     raw = os.environ.get(ENV, "") if value is None else value
     if not raw.strip():

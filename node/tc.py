@@ -102,9 +102,10 @@ def change_burst_bytes(rate_bps: int) -> int:
 
     A slow link (a frame takes over 10 ms) gets a bucket of a tenth of a frame: htb keeps its
     tokens as time, and a class may send while it owes less than its bucket, so a bucket of a
-    frame lets three frames through back to back after an idle moment, and at a crawl the debt
-    (two frame times: 3 s at 8 kbit) outlives the change back to a real rate; with a tenth of a
-    frame it sends one frame at a time and owes one frame time at most."""
+    frame lets three frames through back to back after an idle moment; with a tenth of a frame
+    it sends one frame at a time and owes one frame time at most. That debt survives a `tc class
+    change` (the kernel resets a class's tokens only when it creates it), which is why a trace's
+    zero crawls at 100 kbit (a lump owes 0.24 s) rather than less."""
     if rate_bps * SLOW_FRAME_S < MTU_FRAME * 8:
         return MTU_FRAME // 10
     return max(math.ceil(rate_bps / 8 / 1000), MTU_FRAME)
@@ -316,6 +317,22 @@ def parse_u32_flows(text: str) -> dict[str, str]:
             flow = m.group(1)
         elif (m := _U32_DST_RE.match(line)) and flow is not None:
             out[str(ipaddress.IPv4Address(int(m.group(1), 16)))] = flow
+    return out
+
+
+_CLASS_LOAD_RE = re.compile(
+    r"^class htb (\S+) .*?^\s*Sent (\d+) bytes .*?^\s*backlog (\d+(?:\.\d+)?)([KMG]?)b", re.M | re.S
+)
+
+
+def parse_class_load(text: str) -> dict[str, tuple[int, int]]:
+    """classid -> (bytes sent, bytes backlogged), from `tc -s class show` output."""
+    scale = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3}
+    out: dict[str, tuple[int, int]] = {}
+    for block in re.split(r"(?m)^(?=class )", text):
+        m = _CLASS_LOAD_RE.search(block)
+        if m:
+            out[m.group(1)] = (int(m.group(2)), round(float(m.group(3)) * scale[m.group(4).upper()]))
     return out
 
 

@@ -56,3 +56,16 @@ def node_image(docker_client) -> str:
     )
     assert r.returncode == 0, f"scripts/build_image.sh failed:\n{r.stderr[-3000:]}"
     return image_tag()
+
+
+@pytest.fixture(scope="session")
+def scenario_vit(tmp_path_factory) -> Path:
+    """A 4-layer ViT at 224x224 (hidden 192), built by the command line: stages heavy enough to
+    flow like a real pipeline on edge4, small enough that a scenario run takes seconds."""
+    import sys
+
+    out = tmp_path_factory.mktemp("scenario_models") / "vit_4l.onnx"
+    cmd = ["model", "vit", "--out", str(out), "--layers", "4", "--hidden", "192", "--heads", "3", "--mlp", "768"]
+    r = subprocess.run([sys.executable, "-m", "orchestrator", *cmd], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out

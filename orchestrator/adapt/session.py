@@ -60,6 +60,7 @@ class PlanInForce:
     from_unix_s: float
     reason: str
     predicted_fps: float | None
+    n: int = 0  # positions in the model's node order (the cuts count in them)
     to_unix_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -68,12 +69,22 @@ class PlanInForce:
             "from_unix_s": self.from_unix_s,
             "to_unix_s": self.to_unix_s,
             "devices": self.devices,
-            "stages": [{"index": s.index, "device": s.device, "model": s.model} for s in self.plan.stages],
+            "stages": [
+                {"index": s.index, "device": s.device, "model": s.model, "blocks": self._span(s.index)}
+                for s in self.plan.stages
+            ],
             "cuts": self.cuts,
             "reason": self.reason,
             "predicted_fps": self.predicted_fps,
             "folder": str(self.plan.dir),
         }
+
+    def _span(self, k: int) -> list[int] | None:
+        """The first and last node position stage k runs (None when the plan's length is unknown)."""
+        if not self.n or len(self.cuts) != len(self.plan.stages) - 1:
+            return None
+        bounds = [0, *self.cuts, self.n]
+        return [bounds[k], bounds[k + 1] - 1]
 
 
 @dataclass
@@ -285,7 +296,14 @@ class Adaptation:
             self.current.to_unix_s = now
             self.plans.append(
                 PlanInForce(
-                    index, plan, list(placed.placement.cuts), list(placed.placement.devices), now, reason, placed.fps
+                    index,
+                    plan,
+                    list(placed.placement.cuts),
+                    list(placed.placement.devices),
+                    now,
+                    reason,
+                    placed.fps,
+                    n=placed.graph.n,
                 )
             )
             resend = self.control.pending()

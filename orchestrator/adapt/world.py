@@ -14,15 +14,26 @@ from typing import Any
 
 from rich.console import Console
 
-from orchestrator.adapt.estimate import WINDOW_S, Estimate, apply_links, link_rates, predicted_steps, speed_factors
+from orchestrator.adapt.estimate import (
+    WINDOW_S,
+    Estimate,
+    LinkEstimate,
+    apply_links,
+    link_rates,
+    predicted_steps,
+    speed_factors,
+)
 from orchestrator.adapt.events import scenario_events
+from orchestrator.adapt.probe import LinkProber
 from orchestrator.adapt.replan import Replanner
 from orchestrator.adapt.session import Adaptation, PlanInForce
 from orchestrator.config import Testbed
+from orchestrator.driving.client import NodeClient
 from orchestrator.driving.driver import DriveControl, Record
 from orchestrator.driving.heartbeat import Heartbeat, Lost
 from orchestrator.partition.costmodel import CostTable
 from orchestrator.partition.plan import Plan
+from orchestrator.partition.weights_store import WeightsStore
 from orchestrator.runtimes.base import Runtime
 from orchestrator.scenario.model import Scenario
 from orchestrator.scenario.player import PlayerHooks, ScenarioPlayer
@@ -50,21 +61,38 @@ class WorldSetup:
 # a device's measured step within this factor of the table's is taken as the table's: stages
 # under a quota and sharing a host run some 10-30% over their profile, throttled or not
 SPEED_NOISE = 1.3
-STALE_S = 2 * WINDOW_S
+LINK_NOISE = 0.5
 
 
 def estimated_view(
-    table: CostTable | None, offsets: dict[str, int]
+    table: CostTable | None, offsets: dict[str, int], prober: LinkProber
 ) -> Callable[[list[Record], PlanInForce, Testbed], tuple[Testbed, dict[str, float]]]:
-    """What `adaptive` re-plans on: the testbed with the link rates the answers show, and each
-    device's speed factor where it is clearly off the table (never the scenario)."""
+    """What `adaptive` re-plans on (never the scenario): the testbed with the link rates the
+    answers show (links the requests cross), the nodes' counters show (a link backlogged now) or
+    the probes show (the others, probed as it goes),
+    and each device's speed factor where it is clearly off the table. A link measured at
+    LINK_NOISE of its configured rate or more is taken at its configured rate: requests crossing a
+    link always read somewhat below it (framing, encoding), and only a real fade should move a plan."""
 
     def view(records: list[Record], current: PlanInForce, configured: Testbed) -> tuple[Testbed, dict[str, float]]:
         now = time.time_ns()
         links, floored = link_rates(records, configured, offsets=offsets, now_ns=now, window_s=WINDOW_S)
-        # a link no longer used keeps its last figure only a while: then its reverse (or its
-        # configured rate) stands for it, so a link that came back is tried again
-        links = {k: v for k, v in links.items() if v.age_s <= STALE_S}
+        names = [d.name for d in configured.devices]
+        idle = [
+            (a, b) for a in names for b in names if a != b and ((a, b) not in links or links[(a, b)].age_s > WINDOW_S)
+        ]
+        probed = prober.rates(configured)
+        for pair in idle:
+            if pair in probed and (pair not in links or probed[pair][1] < links[pair].age_s):
+                links[pair] = LinkEstimate(probed[pair][0], 1, probed[pair][1])
+        for pair, rate in prober.saturated.items():  # backlogged now: what it delivers is its rate
+            if pair not in links or links[pair].age_s > 0.5 or rate < links[pair].rate_bps:
+                links[pair] = LinkEstimate(rate, 1, 0.0)
+        prober.ask(idle)
+        for pair, est in list(links.items()):
+            conf = configured.link(*pair).rate_bps
+            if conf and (est.rate_bps == 0 or est.rate_bps >= conf * LINK_NOISE):
+                links[pair] = est._replace(rate_bps=conf)
         speed: dict[str, float] = {}
         if table is not None:
             mine = [r for r in records if r.sent_ns / 1e9 >= current.from_unix_s]
@@ -98,6 +126,7 @@ class ChangingWorld:
             time.time(),
             "initial",
             setup.plan.predicted.throughput_fps,
+            n=WeightsStore().graph(setup.model).n,
         )
         self.adaptation = Adaptation(
             policy=setup.policy,
@@ -111,11 +140,10 @@ class ChangingWorld:
             control=self.control,
             first=first,
             console=console,
-            estimate=estimated_view(setup.table, setup.offsets),
+            estimate=estimated_view(setup.table, setup.offsets, LinkProber(self._live_clients)),
         )
-        dep = runtime.running
         self.heartbeat = Heartbeat(
-            clients=lambda: {d: dep.client(d) for d in dep.nodes if d not in self.adaptation.gone},
+            clients=self._live_clients,
             on_lost=self._lost,
         )
         self.player = ScenarioPlayer(
@@ -124,6 +152,10 @@ class ChangingWorld:
             PlayerHooks(leaving=self._leaving, joined=self._joined, applied=self.adaptation.applied),
         )
         self.t0_unix_s: float | None = None
+
+    def _live_clients(self) -> dict[str, NodeClient]:
+        dep = self.runtime.running
+        return {d: dep.client(d) for d in dep.nodes if d not in self.adaptation.gone}
 
     def __enter__(self) -> ChangingWorld:
         self.heartbeat.__enter__()

@@ -100,6 +100,11 @@ class NodeClient:
         the link as the node now holds it."""
         return self._call("SetLink", peer, timeout_s)
 
+    def probe(self, device: str, nbytes: int, timeout_s: float = 2.0) -> None:
+        """Ask the node to put a rate probe of `nbytes` on its link to `device` (skipped when
+        requests wait for that link); the peer's stats() report its arrival."""
+        self._call("Probe", pb.ProbeRequest(device=device, bytes=nbytes), timeout_s)
+
     def requota(self, timeout_s: float = 30.0) -> pb.LoadReply:
         """Make the node re-read its CPU quota and resize its stages' threads; returns what holds."""
         return self._call("Requota", pb.Empty(), timeout_s)

@@ -283,6 +283,8 @@ def drive(
     guard.start()
     try:
         for result in responses:
+            if ctl.ended:  # end() failed what was unanswered then: an answer coming after is not counted
+                break
             frame = result.header
             now = time.time_ns()
             if frame.lost and ctl.resend_lost:  # not an answer: it waits for the re-plan's resend

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from orchestrator.runtimes.base import Runtime
@@ -82,26 +83,38 @@ class ScenarioPlayer:
         self.stop()
 
     def _play(self, changes: list[Change]) -> None:
+        """Changes due at the same time are applied together (two directions of one link that
+        fades, say), so neither waits for the other."""
         assert self.t0_unix_s is not None
+        batches: list[list[Change]] = []
         for c in changes:
-            due = self.t0_unix_s + c.at_s
-            while not self._stop.is_set() and (left := due - time.time()) > 0:
-                time.sleep(min(left, 0.05) if left > 0.002 else 0)  # sleep, then spin the last 2 ms
-            if self._stop.is_set():
-                return
-            rec = Applied(c, due)
-            try:
-                rec.detail = self._apply(c)
-                rec.applied_unix_s = time.time()
-            except Exception as e:  # logged, and the play goes on
-                rec.error = f"{type(e).__name__}: {e}"
-                log.warning("scenario change at %.3f s (%s) failed: %s", c.at_s, c.kind, rec.error)
-            with self._lock:
-                self.log.append(rec)
-            try:
-                self.hooks.applied(rec)
-            except Exception:
-                log.exception("scenario hook")
+            if batches and batches[-1][0].at_s == c.at_s:
+                batches[-1].append(c)
+            else:
+                batches.append([c])
+        with ThreadPoolExecutor(max_workers=8, thread_name_prefix=threading.current_thread().name) as pool:
+            for batch in batches:
+                due = self.t0_unix_s + batch[0].at_s
+                while not self._stop.is_set() and (left := due - time.time()) > 0:
+                    time.sleep(min(left, 0.05) if left > 0.002 else 0)  # sleep, then spin the last 2 ms
+                if self._stop.is_set():
+                    return
+                list(pool.map(lambda c, due=due: self._apply_logged(c, due), batch))
+
+    def _apply_logged(self, c: Change, due: float) -> None:
+        rec = Applied(c, due)
+        try:
+            rec.detail = self._apply(c)
+            rec.applied_unix_s = time.time()
+        except Exception as e:  # logged, and the play goes on
+            rec.error = f"{type(e).__name__}: {e}"
+            log.warning("scenario change at %.3f s (%s) failed: %s", c.at_s, c.kind, rec.error)
+        with self._lock:
+            self.log.append(rec)
+        try:
+            self.hooks.applied(rec)
+        except Exception:
+            log.exception("scenario hook")
 
     def _apply(self, c: Change) -> str:
         rt = self.runtime

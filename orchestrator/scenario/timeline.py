@@ -16,8 +16,12 @@ from orchestrator.scenario.model import EVERY_PEER, Event, Scenario
 ChangeKind = Literal["link", "cpus", "leave", "crash", "join"]
 
 # A trace's zero: the link crawls (its queue holds the frames) rather than drops them or goes
-# unshaped, so a transfer resumes when the trace does.
-HELD_RATE_BPS = 8_000
+# unshaped, so a transfer resumes when the trace does. Not slower: htb charges every frame it lets
+# through at the class's rate, as time, and `tc class change` keeps that debt (the kernel sets a
+# class's tokens only when it creates it), so the one frame (or two-frame TCP lump) sent at the
+# crawl blocks the link for its whole time at the crawl rate after the trace comes back: 3 s at 8
+# kbit, 0.24 s at 100 kbit.
+HELD_RATE_BPS = 100_000
 
 
 @dataclass(frozen=True)
