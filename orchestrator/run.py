@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from common.ort_session import SessionSettings, open_session
+from orchestrator.adapt.replan import Replanner
 from orchestrator.adapt.world import ChangingWorld, WorldSetup
 from orchestrator.config import AdaptPolicy, Job, Testbed, load_devices, load_job
 from orchestrator.driving.client import NodeClient
@@ -176,26 +177,15 @@ def plan_config(
             f"{prof.seconds:.1f} s" + (" (cached)" if prof.cached else "")
         )
     t0 = time.perf_counter()
-    placed = place(
-        model,
-        cfg.testbed,
-        algorithm=cfg.algorithm,
-        objective=cfg.objective,
-        stages=cfg.stages,
-        source=cfg.source,
-        cost_table=table,
-    )
-    plan = partition(
-        model,
-        cfg.testbed,
-        algorithm=cfg.algorithm,
-        objective=cfg.objective,
-        stages=cfg.stages,
-        source=cfg.source,
-        out_dir=run_dir,
-        cost_table=table,
-        placed=placed,
-    )
+    how = {
+        "algorithm": cfg.algorithm,
+        "objective": cfg.objective,
+        "stages": cfg.stages,
+        "source": cfg.source,
+        "cost_table": table,
+    }
+    placed = place(model, cfg.testbed, **how)  # kept: a run that re-plans needs the cuts
+    plan = partition(model, cfg.testbed, out_dir=run_dir, placed=placed, **how)
     console.print(
         f"partitioned {model.name} into {len(plan.stages)} stages ({cfg.algorithm}, "
         f"{cfg.objective}) in {time.perf_counter() - t0:.2f} s: " + " > ".join(s.device for s in plan.stages)
@@ -258,12 +248,7 @@ def run_config(
                 policy=cfg.adapt,
                 scenario=cfg.scenario,
                 testbed=testbed,
-                model=model,
-                algorithm=cfg.algorithm,
-                objective=cfg.objective,
-                stages=cfg.stages,
-                source=cfg.source,
-                run_dir=run_dir,
+                replanner=Replanner(model, cfg.algorithm, cfg.objective, cfg.stages, cfg.source, run_dir),
                 table=prof.table if prof is not None else None,
                 plan=plan,
                 cuts=cuts,

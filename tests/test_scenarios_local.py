@@ -188,3 +188,25 @@ def test_oracle_replans_around_a_link_that_slows(tmp_path, scenario_vit):
     # frames after the re-plan went the new way
     after = [r for r in requests_by_id(run_dir).values() if r["sent_ns"] / 1e9 > ev["redeployed_unix_s"] + 0.5]
     assert after and all(_stages(r) == plans[1]["devices"] for r in after)
+
+
+def test_adaptive_moves_off_a_fade_it_measures_and_back_when_it_returns(tmp_path, scenario_vit):
+    """adaptive never reads the scenario: it sees laptop -> tablet fade from the nodes' link counters
+    (a frame stuck on it) and moves off it, then sees it come back through rate probes and returns."""
+    events = [
+        {"at": "2s", "link": {"from": "laptop", "to": "tablet"}, "bandwidth": "0.1mbit"},
+        {"at": "9s", "link": {"from": "laptop", "to": "tablet"}, "bandwidth": "200mbit"},
+    ]
+    job = scenario_job(tmp_path, scenario_vit, "adaptive", events, algorithm="optimal", duration_s=18)
+    run_dir, rep = execute(str(job), out=str(tmp_path / "run"))
+
+    assert rep["complete"] is True and rep["lost"] == [] and rep["errors"] == 0
+    plans = rep["plans"]
+    assert ("laptop", "tablet") in hops(plans[0]), f"premise: the first plan uses laptop->tablet: {plans[0]}"
+    t0 = rep["scenario"]["t0_unix_s"]
+    away = next((p for p in plans[1:] if ("laptop", "tablet") not in hops(p)), None)
+    assert away is not None and away["reason"] == "measured", plans
+    assert 2.0 < away["from_unix_s"] - t0 < 7.0, away  # noticed within a few ticks of the fade
+    back = [p for p in plans if p["from_unix_s"] > t0 + 9.0 and ("laptop", "tablet") in hops(p)]
+    assert back, f"no plan returned to the link once it came back: {[(p['reason'], p['devices']) for p in plans]}"
+    assert len(plans) <= 5, "re-planned more often than the fade calls for"

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.adapt.session import Adaptation
+from orchestrator.adapt.session import Adaptation, new_event
 from orchestrator.scenario.player import Applied
 
 _MERGES = {
@@ -28,20 +28,9 @@ def _scenario_event(group: list[Applied]) -> dict[str, Any]:
     first = group[0]
     c = first.change
     late = [a.late_s for a in group if a.late_s is not None]
-    return {
-        "kind": c.kind,
-        "device": c.device,
-        "link": c.link,
-        "detail": first.detail if len(group) == 1 else f"{len(group)} steps, first: {first.detail}",
-        "at_unix_s": first.scheduled_unix_s,
+    detail = first.detail if len(group) == 1 else f"{len(group)} steps, first: {first.detail}"
+    return new_event(c.kind, device=c.device, link=c.link, at=first.scheduled_unix_s, detail=detail) | {
         "applied_unix_s": first.applied_unix_s,
-        "detected_unix_s": None,
-        "replanned_unix_s": None,
-        "redeployed_unix_s": None,
-        "recovered_unix_s": None,
-        "replan_s": None,
-        "lost": [],
-        "resent": [],
         "scenario_event": c.event,
         "steps": len(group),
         "late_ms_max": round(max(late) * 1e3, 2) if late else None,

@@ -8,9 +8,10 @@ change once applied, and, for `adaptive`, a tick every second with the answers m
   naming the device, the time and the requests lost.
 - `failover` re-plans on the devices left (and again when one comes back) with the costs the run
   planned with, loads the new stages, and resends every request not yet answered.
-- `adaptive` is failover, and also re-plans when the conditions measured from the answers (link
-  rates, step times; never the scenario) make another plan better by MARGIN, on HOLD_TICKS
-  ticks in a row and no sooner than DWELL_S after the last plan change.
+- `adaptive` is failover, and also re-plans when the conditions measured (link rates from the
+  answers, the nodes' counters and probes; step times; never the scenario) have changed, held
+  for HOLD_TICKS ticks, and make another plan better by MARGIN; no sooner than DWELL_S after
+  the last plan change.
 - `oracle` re-plans at every scenario change with the conditions the scenario says are true.
 
 A re-plan holds new requests, places (timed: `replan_s`), cuts, loads every node with the next
@@ -22,6 +23,7 @@ plan chooses where stages run, not what the network does.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -49,6 +51,25 @@ HOLD_TICKS = 2  # ... on this many ticks in a row
 DWELL_S = 5.0  # ... and the plan in force must have held this long
 TICK_S = 1.0
 RECENT = 300  # adaptive: the last answers its estimate reads, whatever plan they ran under
+
+
+def new_event(kind: str, *, device: str | None, link: str | None, at: float, detail: str) -> dict[str, Any]:
+    """One entry of report.json's `events`, its times still to fill in."""
+    return {
+        "kind": kind,
+        "device": device,
+        "link": link,
+        "detail": detail,
+        "at_unix_s": at,
+        "applied_unix_s": None,
+        "detected_unix_s": None,
+        "replanned_unix_s": None,
+        "redeployed_unix_s": None,
+        "recovered_unix_s": None,
+        "replan_s": None,
+        "lost": [],
+        "resent": [],
+    }
 
 
 @dataclass
@@ -112,6 +133,8 @@ class Adaptation:
         self._lock = threading.Lock()
         self._recent: deque[Record] = deque(maxlen=RECENT)
         self._streak = 0
+        self._seen_view: ViewKey = frozenset()  # the measured world the plan in force was weighed in
+        self._candidate: ViewKey | None = None
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run, name="adapt", daemon=True)
         self._worker.start()
@@ -204,21 +227,7 @@ class Adaptation:
                 self.ended = self.ended or f"adapting failed: {e}"
 
     def _event(self, kind: str, *, device: str | None, at: float, detail: str) -> dict[str, Any]:
-        ev: dict[str, Any] = {
-            "kind": kind,
-            "device": device,
-            "link": None,
-            "detail": detail,
-            "at_unix_s": at,
-            "applied_unix_s": None,
-            "detected_unix_s": None,
-            "replanned_unix_s": None,
-            "redeployed_unix_s": None,
-            "recovered_unix_s": None,
-            "replan_s": None,
-            "lost": [],
-            "resent": [],
-        }
+        ev = new_event(kind, device=device, link=None, at=at, detail=detail)
         with self._lock:
             self.events.append(ev)
         return ev
@@ -355,30 +364,67 @@ class Adaptation:
                 self._submit(self._tick)
 
     def _tick(self) -> None:
+        """Re-plan only when the measured world has changed (a link or a device speed moved to
+        another bucket), held so for HOLD_TICKS ticks, and another plan beats the one in force by
+        MARGIN under it: measurement noise on an unchanged world never moves a plan."""
         if self.estimate is None or self.ended:
             return
         with self._lock:
             recent = list(self._recent)
         if not recent or time.time() - self.current.from_unix_s < TICK_S:
             return
-        testbed, factors = self.estimate(recent, self.current, _without(self.configured, self.gone))
+        configured = _without(self.configured, self.gone)
+        testbed, factors = self.estimate(recent, self.current, configured)
+        key = _view_key(testbed, factors, configured)
+        if key == self._seen_view:
+            self._candidate, self._streak = None, 0
+            return
+        self._streak = self._streak + 1 if key == self._candidate else 1
+        self._candidate = key
+        if self._streak < HOLD_TICKS or time.time() - self.current.from_unix_s < DWELL_S:
+            return
+        self._seen_view, self._candidate, self._streak = key, None, 0
         table = scaled(self.table, factors)
         placed = self.replanner.place(testbed, table)
         now_fps = self.replanner.fps(placed.graph, self.current.cuts, self.current.devices, testbed, table)
         better = placed.fps is not None and (now_fps is None or placed.fps > now_fps * (1 + MARGIN))
-        other = placed.key != (tuple(self.current.cuts), tuple(self.current.devices))
-        self._streak = self._streak + 1 if better and other else 0
-        if self._streak < HOLD_TICKS or time.time() - self.current.from_unix_s < DWELL_S:
+        if not better or placed.key == (tuple(self.current.cuts), tuple(self.current.devices)):
             return
-        self._streak = 0
         ev = self._event(
             "measured",
             device=None,
             at=time.time(),
-            detail=f"measured: plan in force {now_fps or 0:.2f} fps, another {placed.fps:.2f} fps",
+            detail=f"measured {_describe_view(key)}: plan in force {now_fps or 0:.2f} fps, "
+            f"another {placed.fps:.2f} fps",
         )
         ev["detected_unix_s"] = ev["at_unix_s"]
         self._replan("measured", ev, placed)
+
+
+ViewKey = frozenset[tuple[str, ...]]
+
+
+def _view_key(testbed: Testbed, factors: dict[str, float], configured: Testbed) -> ViewKey:
+    """What the measured world differs from the configured one in, coarsely: each link off its
+    configured rate by its factor-of-two bucket, each device speed off the table by half steps."""
+    names = [d.name for d in configured.devices]
+    out: set[tuple[str, ...]] = set()
+    for a in names:
+        for b in names:
+            if a == b:
+                continue
+            now, conf = testbed.link(a, b).rate_bps, configured.link(a, b).rate_bps
+            if now != conf and now > 0:
+                out.add(("link", a, b, str(round(math.log2(now / 1e5)))))
+    for d, f in factors.items():
+        out.add(("speed", d, str(round(f * 2) / 2)))
+    return frozenset(out)
+
+
+def _describe_view(key: ViewKey) -> str:
+    parts = [f"{k[1]}->{k[2]} ~{2 ** int(k[3]) * 0.1:g} Mbit/s" for k in key if k[0] == "link"]
+    parts += [f"{k[1]} x{k[2]} slower" for k in key if k[0] == "speed"]
+    return ", ".join(sorted(parts)) or "conditions as configured"
 
 
 def _without(testbed: Testbed, gone: set[str]) -> Testbed:

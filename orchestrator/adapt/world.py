@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -45,12 +44,7 @@ class WorldSetup:
     policy: str
     scenario: Scenario | None
     testbed: Testbed
-    model: Path
-    algorithm: str
-    objective: str
-    stages: int | None
-    source: str
-    run_dir: Path
+    replanner: Replanner  # how the run planned: a re-plan places and cuts the same way
     table: CostTable | None
     plan: Plan
     cuts: list[int]
@@ -59,8 +53,9 @@ class WorldSetup:
 
 
 # a device's measured step within this factor of the table's is taken as the table's: stages
-# under a quota and sharing a host run some 10-30% over their profile, throttled or not
-SPEED_NOISE = 1.3
+# under a quota and sharing a host run 10-50% over their profile, throttled or not (a CPU share
+# halved reads about 2)
+SPEED_NOISE = 1.6
 LINK_NOISE = 0.5
 
 
@@ -126,14 +121,12 @@ class ChangingWorld:
             time.time(),
             "initial",
             setup.plan.predicted.throughput_fps,
-            n=WeightsStore().graph(setup.model).n,
+            n=WeightsStore().graph(setup.replanner.model).n,
         )
         self.adaptation = Adaptation(
             policy=setup.policy,
             runtime=runtime,
-            replanner=Replanner(
-                setup.model, setup.algorithm, setup.objective, setup.stages, setup.source, setup.run_dir
-            ),
+            replanner=setup.replanner,
             truth=Conditions.initial(setup.testbed),
             configured=setup.testbed,
             table=setup.table,
