@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from common import testbed_pb2 as pb
 from orchestrator.config import load_devices
 
 pytestmark = pytest.mark.docker
@@ -70,13 +71,17 @@ def test_a_change_through_the_node_keeps_the_class_and_its_counters(runtime):
     _, _, sent = _class(runtime, "src", "dst")
     assert before_rate == 20_000_000 and sent > 0
     try:
-        change = runtime.set_link("src", "dst", rate_bps=3_000_000)
-        assert change.rate_bps == 3_000_000 and change.how == "tc class change"
+        change = runtime.set_link("src", "dst", rate_bps=3_000_000)  # from the host where it is root
+        assert change.rate_bps == 3_000_000 and change.how.startswith("tc class change")
         classid, rate, now_sent = _class(runtime, "src", "dst")
         assert classid == before_id and rate == 3_000_000
         assert now_sent >= sent  # changed, not deleted and added again: no unshaped moment
+        # the node's own path (a delay it holds, or a host that cannot reach its namespace)
+        peer = pb.Peer(device="dst", ip=runtime.spec.by_device()["dst"].ip, tc_rate_bps=4_000_000)
+        held = runtime.running.client("src").set_link(peer)
+        assert held.tc_rate_bps == 4_000_000 and _class(runtime, "src", "dst")[:2] == (before_id, 4_000_000)
         logs = runtime.containers["src"].logs().decode()
-        assert "link to dst: tc class at 3000000 bit/s" in logs  # the node did it, not a docker exec
+        assert "link to dst: tc class at 4000000 bit/s" in logs  # the node did it, not a docker exec
     finally:
         runtime.set_link("src", "dst", rate_bps=20_000_000)
     assert _class(runtime, "src", "dst")[1] == 20_000_000

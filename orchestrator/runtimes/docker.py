@@ -33,6 +33,7 @@ from orchestrator.errors import UserError
 from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime, held_rate
 from orchestrator.runtimes.docker_engine import engine, testbed_containers
 from orchestrator.runtimes.docker_fidelity import PROBE, check_testbed
+from orchestrator.runtimes.docker_host_tc import HostShaper
 from orchestrator.runtimes.docker_stats import DockerStatsCollector
 from orchestrator.runtimes.docker_testbed import (
     DEFAULT_NAME,
@@ -302,6 +303,7 @@ class DockerRuntime(Runtime):
         self.start_s: float | None = None
         self.containers: dict[str, object] = {}
         self.caps = {d.name: d.cpus for d in testbed.devices}  # live: set_cpus updates it, the stats follow
+        self._host_tc = HostShaper() if HostShaper.available() else None
         self._links = {
             (a.name, b.name): testbed.link(a.name, b.name) for a in testbed.devices for b in testbed.devices if a != b
         }
@@ -359,6 +361,8 @@ class DockerRuntime(Runtime):
         if self.deployment is not None:
             self.deployment.close()
             self.deployment = None
+        if self._host_tc is not None:
+            self._host_tc.close()
         if not self.containers and not self.owned:
             return
         self.save_logs()
@@ -410,11 +414,13 @@ class DockerRuntime(Runtime):
         return self.containers[device]
 
     def set_link(self, src: str, dst: str, rate_bps: int | None = None, delay_s: float | None = None) -> LinkChange:
-        """Through the sending node's SetLink call (a `docker exec` would cost ~100 ms): the node
-        changes its htb class for `dst` in place (`tc class change`, never deleted and re-added),
-        reads the rate back from the kernel, and sets the delay where it is held (netem, or its own
-        hold). A rate of 0 (a trace's dead moment) crawls at HELD_RATE_BPS. A link started unshaped
-        has no class to change: only its delay (the node's hold, on a loaded pipeline) can change.
+        """A rate alone is changed from the host in the sender's network namespace (see
+        docker_host_tc: no wait for the node's CPU quota); otherwise through the sending node's
+        SetLink call (a `docker exec` would cost ~100 ms): the node changes its htb class for `dst`
+        in place (`tc class change`, never deleted and re-added), reads the rate back from the
+        kernel, and sets the delay where it is held (netem, or its own hold). A rate of 0 (a trace's
+        dead moment) crawls at HELD_RATE_BPS. A link started unshaped has no class to change: only
+        its delay (the node's hold, on a loaded pipeline) can change.
         Anything else than what was asked raises."""
         dep = self.running
         if (src, dst) not in self._links:
@@ -424,7 +430,12 @@ class DockerRuntime(Runtime):
         delay = cfg.delay_s if delay_s is None else float(delay_s)
         netem = dep.link_emulation is LinkEmulation.TC_NETEM
         how = []
-        if self.testbed.link(src, dst).rate_bps > 0:  # shaped at start: the node has a class for it
+        if self.testbed.link(src, dst).rate_bps > 0 and delay == cfg.delay_s and self._host_tc is not None:
+            # a rate alone: from the host, in the sender's namespace, outside its CPU quota
+            dst_ip = self.spec.by_device()[dst].ip
+            rate = self._host_tc.change_rate(self._container(src), dst_ip, rate, delay if netem else None)
+            how.append("tc class change (from the host)")
+        elif self.testbed.link(src, dst).rate_bps > 0:  # shaped at start: the node has a class for it
             peer = pb.Peer(device=dst, ip=self.spec.by_device()[dst].ip, tc_rate_bps=rate, tc_delay_s=delay)
             held = dep.client(src).set_link(peer)
             if not tc.holds_rate(held.tc_rate_bps, rate) or abs(held.tc_delay_s - delay) > 1e-9:
@@ -489,6 +500,8 @@ class DockerRuntime(Runtime):
         if cont.status == "running":
             raise RuntimeError(f"{cont.name} is running: kill it first")
         cont.start()
+        if self._host_tc is not None:  # a new process, a new namespace, the start-up shaping again
+            self._host_tc.forget(cont)
         _wait_status(cont, _serving, "running")
         handle = handles(self.client, self.spec.name)[device]
         with NodeClient(device, handle.control_address) as c:
