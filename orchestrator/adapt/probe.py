@@ -28,6 +28,7 @@ log = logging.getLogger("orchestrator.adapt.probe")
 PROBE_BYTES = 64 * 1024  # ~10 ms at 50 Mbit/s, 2.6 s at 0.2 Mbit/s
 PROBE_TIMEOUT_S = 5.0
 MIN_RATE_BPS = 1000
+MIN_CROSSING_S = 0.05  # a 64 KiB probe: 10 Mbit/s and more all read "fast"
 PROBE_EVERY_S = 2.0  # a link that answered is probed again no sooner than this
 
 Pair = tuple[str, str]
@@ -67,7 +68,9 @@ class LinkProber:
                     continue
                 self._seen[(a, b)] = p.sent_ns
                 crossing = (p.arrived_ns - p.sent_ns) / 1e9 - testbed.link(a, b).delay_s
-                rate = int(p.bytes * 8 / crossing) if crossing > 1e-4 else 0  # 0: too fast to tell
+                # a probe that crossed in a few ms shows the nodes' own overheads (and a sender
+                # under a small CPU quota), not the link: it only says "fast", 0 as LinkParams has it
+                rate = int(p.bytes * 8 / crossing) if crossing > MIN_CROSSING_S else 0
                 out[(a, b)] = (rate, (now_ns - p.arrived_ns) / 1e9)
         return out
 

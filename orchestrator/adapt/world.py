@@ -97,7 +97,7 @@ def estimated_view(
                 steps = []
             if mine and steps:
                 speed = speed_factors(mine, steps, offsets=offsets, now_ns=now, window_s=WINDOW_S)
-        factors = {d: f for d, f in speed.items() if not 1 / SPEED_NOISE <= f <= SPEED_NOISE}
+        factors = {d: f for d, f in speed.items() if f > SPEED_NOISE}  # a slowdown (thermal), not noise
         return apply_links(Estimate(links, speed, floored), configured), factors
 
     return view
