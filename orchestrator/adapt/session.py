@@ -178,7 +178,8 @@ class Adaptation:
 
     def applied(self, a: Applied) -> None:
         """A scenario change took effect: the truth moves; the oracle acts on it."""
-        if a.error:
+        if a.error:  # said once, here; the report counts it (scenario.failed) and scenario.jsonl has it
+            self._say(f"[yellow]scenario change at {a.change.at_s:g} s ({a.change.kind}) not applied: {a.error}")
             return
         c = a.change
         with self._lock:

@@ -26,6 +26,8 @@ class _Shaped:
     iface: str
     classes: dict[str, str]  # peer ip -> htb class
     leaf_limits: dict[str, int] = field(default_factory=dict)  # peer ip -> packets its leaf holds now
+    rates: dict[str, int] = field(default_factory=dict)  # peer ip -> its class's rate now
+    gso_max_size: int = 0  # the offload cap last set (0: not yet by us)
 
 
 class HostShaper:
@@ -47,12 +49,19 @@ class HostShaper:
         if classid is None:
             raise RuntimeError(f"{cont.name} has no htb class for {peer_ip}: the link was started unshaped")
         floor = s.leaf_limits.get(peer_ip, 0)
-        cmds = tc.change_link_commands(s.iface, classid, rate_bps, netem_delay_s, None, queue_floor=floor)
+        # offload lumps capped at ~2 ms of the slowest class, as the node does: else a crawling
+        # link lets a 64 KB lump through at once, seconds of its rate in one burst
+        rates = s.rates | {peer_ip: rate_bps}
+        gso = tc.gso_max_size([tc.PeerShape(ip, r) for ip, r in rates.items()])
+        slowest = min(rates.values()) if gso != s.gso_max_size else None
+        cmds = tc.change_link_commands(s.iface, classid, rate_bps, netem_delay_s, slowest, queue_floor=floor)
         shown = tc.apply_batch([*cmds, ["tc", "class", "show", "dev", s.iface, "classid", classid]], netns=s.netns)
         held = tc.parse_htb_rates(shown).get(classid)
         if held is None or not tc.holds_rate(held, rate_bps):
             raise RuntimeError(f"{cont.name}: class {classid} holds {held} bit/s after the change, asked {rate_bps}")
         s.leaf_limits[peer_ip] = max(floor, tc.queue_limit_packets(rate_bps))
+        s.rates[peer_ip] = held
+        s.gso_max_size = gso
         return held
 
     def forget(self, cont) -> None:
@@ -81,7 +90,9 @@ class HostShaper:
             iface = route.split(" dev ", 1)[1].split()[0] if " dev " in route else "eth0"
             classes = tc.parse_u32_flows(tc.run_tc(["tc", "filter", "show", "dev", iface], netns=netns))
             qdiscs = tc.run_tc(["tc", "qdisc", "show", "dev", iface], netns=netns)
-            s = _Shaped(netns, iface, classes, _leaf_limits(qdiscs, classes))
+            by_class = tc.parse_htb_rates(tc.run_tc(["tc", "class", "show", "dev", iface], netns=netns))
+            rates = {ip: by_class[c] for ip, c in classes.items() if c in by_class}
+            s = _Shaped(netns, iface, classes, _leaf_limits(qdiscs, classes), rates)
             self._shaped[cont.id] = s
         return s
 
