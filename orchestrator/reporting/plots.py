@@ -119,7 +119,8 @@ def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("median time per request (ms)")
     ax.set_title("Where the time goes: stages and hops")
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:  # nothing timed (a report with no stamps): no legend
+        ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
 
