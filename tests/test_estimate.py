@@ -11,10 +11,10 @@ from orchestrator.adapt.estimate import (
     Estimate,
     LinkEstimate,
     apply_links,
-    apply_speed,
     estimate,
     predicted_steps,
 )
+from orchestrator.adapt.replan import scaled
 from orchestrator.config import Device, Link
 from orchestrator.driving.driver import Record, Timing
 from orchestrator.partition.costmodel import CostTable
@@ -189,9 +189,9 @@ def test_a_throttled_device_is_slower_than_the_table_by_its_factor():
     late = estimate(recs, TESTBED, steps)
     assert early.speed == {"laptop": pytest.approx(1.0, rel=0.01)}
     assert late.speed == {"laptop": pytest.approx(2.0, rel=0.01)}
-    scaled = apply_speed(late, TABLE)
-    assert scaled.block_s["laptop"] == pytest.approx([0.04, 0.06])
-    assert scaled.block_s["phone"] == TABLE.block_s["phone"]
+    slowed = scaled(TABLE, late.speed)
+    assert slowed.block_s["laptop"] == pytest.approx([0.04, 0.06])
+    assert slowed.block_s["phone"] == TABLE.block_s["phone"]
 
 
 def test_a_stage_found_on_another_device_is_not_counted():

@@ -37,7 +37,7 @@ def _probe_rate(prober: LinkProber, tb, pair: tuple[str, str], timeout_s: float 
     prober.ask([pair])
     deadline = asked + timeout_s
     while time.time() < deadline:
-        got = prober.rates(tb).get(pair)
+        got = prober.read(tb).probed.get(pair)
         if got is not None and got[1] < time.time() - asked:  # arrived after it was asked for
             return got[0]
         time.sleep(0.05)

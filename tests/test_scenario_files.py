@@ -20,7 +20,6 @@ from orchestrator.scenario import (
     MAHIMAHI_BIN_S,
     Change,
     Conditions,
-    check_job_scenarios,
     link_changes,
     load_job_scenarios,
     load_scenario,
@@ -564,10 +563,10 @@ def test_job_scenarios_by_configuration(tmp_path, fixture_copy):
     # the job's scenario checked against a compare entry's own devices
     extra = "scenario: scenarios/a.yaml\ncompare:\n  - {name: small, devices: local2.yaml}\n"
     job, configs = job_configs(make_job(tmp_path, model, extra))
-    assert check_job_scenarios(job, "job.yaml", configs) is None
+    assert load_job_scenarios(job, "job.yaml", configs)["small"] is not None
     write(tmp_path, "scenarios/a.yaml", "events:\n  - {at: 1s, device: watch, cpus: 0.2}\n")
     with pytest.raises(UserError) as e:
-        check_job_scenarios(job, "job.yaml", configs)
+        load_job_scenarios(job, "job.yaml", configs)
     assert e.value.field == "events[0].device" and "compare[0]" in e.value.message
 
     job, configs = job_configs(make_job(tmp_path, model, ""))

@@ -37,7 +37,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from orchestrator.adapt.replan import scaled
 from orchestrator.config import Link, Testbed
 from orchestrator.driving.driver import Record
 from orchestrator.figures.fidelity import MIN_MEASURABLE_S
@@ -220,8 +219,3 @@ def apply_links(est: Estimate, testbed: Testbed) -> Testbed:
         return testbed
     kept = [x for x in testbed.links if (x.src, x.dst) not in changed]
     return testbed.model_copy(update={"links": kept + list(changed.values())})
-
-
-def apply_speed(est: Estimate, table: CostTable | None) -> CostTable | None:
-    """`table` with each device's block times multiplied by its speed factor."""
-    return scaled(table, est.speed)

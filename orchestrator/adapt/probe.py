@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeClient, NodeError
@@ -34,6 +35,12 @@ PROBE_EVERY_S = 2.0  # a link that answered is probed again no sooner than this
 Pair = tuple[str, str]
 
 
+@dataclass
+class Readings:
+    probed: dict[Pair, tuple[int, float]] = field(default_factory=dict)  # bit/s and age (s), last probe
+    saturated: dict[Pair, int] = field(default_factory=dict)  # bit/s, backlogged across two readings
+
+
 class LinkProber:
     def __init__(self, clients: Callable[[], dict[str, NodeClient]], nbytes: int = PROBE_BYTES):
         self._clients = clients
@@ -41,15 +48,12 @@ class LinkProber:
         self._asked: dict[Pair, float] = {}  # when a probe was last asked for (unix s)
         self._seen: dict[Pair, int] = {}  # sent_ns of the last probe read back
         self._loads: dict[Pair, tuple[int, int, int]] = {}  # last reading: at_ns, sent bytes, backlog
-        self.saturated: dict[Pair, int] = {}  # links backlogged across the last two readings: bit/s
 
-    def rates(self, testbed: Testbed) -> dict[Pair, tuple[int, float]]:
-        """(rate in bit/s, age in s) per probed link, from the receivers' last probes; and, as a
-        side effect of the same readings, `saturated` (see the module docstring)."""
+    def read(self, testbed: Testbed) -> Readings:
+        """One Stats call per node: the probed links' rates and the saturated links' rates."""
         clients = self._clients()
-        out: dict[Pair, tuple[int, float]] = {}
+        out = Readings()
         now_ns = time.time_ns()
-        self.saturated = {}
         for b, client in clients.items():
             try:
                 stats = client.stats(timeout_s=1.0)
@@ -61,7 +65,7 @@ class LinkProber:
                 self._loads[pair] = (load.at_ns, load.sent_bytes, load.backlog)
                 if last is not None and last[2] > 0 and load.backlog > 0 and load.at_ns - last[0] > 2e8:
                     rate = int((load.sent_bytes - last[1]) * 8e9 / (load.at_ns - last[0]))
-                    self.saturated[pair] = max(rate, MIN_RATE_BPS)  # nothing went out: a crawl, never "unshaped"
+                    out.saturated[pair] = max(rate, MIN_RATE_BPS)  # nothing went out: a crawl, never "unshaped"
             for p in stats.probes:
                 a = p.device
                 if a not in clients:
@@ -71,7 +75,7 @@ class LinkProber:
                 # a probe that crossed in a few ms shows the nodes' own overheads (and a sender
                 # under a small CPU quota), not the link: it only says "fast", 0 as LinkParams has it
                 rate = int(p.bytes * 8 / crossing) if crossing > MIN_CROSSING_S else 0
-                out[(a, b)] = (rate, (now_ns - p.arrived_ns) / 1e9)
+                out.probed[(a, b)] = (rate, (now_ns - p.arrived_ns) / 1e9)
         return out
 
     def ask(self, pairs: Iterable[Pair]) -> None:

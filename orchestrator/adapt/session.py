@@ -209,9 +209,6 @@ class Adaptation:
         if self._ticker is not None:
             self._ticker.join(5.0)
 
-    def report(self) -> dict[str, Any]:
-        return {"policy": self.policy, "plans": [p.to_json() for p in self.plans], "ended": self.ended or None}
-
     # -- the worker ---------------------------------------------------------------------------
 
     def _submit(self, job: Callable[[], None]) -> None:

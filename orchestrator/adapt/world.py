@@ -76,11 +76,13 @@ def estimated_view(
         idle = [
             (a, b) for a in names for b in names if a != b and ((a, b) not in links or links[(a, b)].age_s > WINDOW_S)
         ]
-        probed = prober.rates(configured)
+        read = prober.read(configured)
         for pair in idle:
-            if pair in probed and (pair not in links or probed[pair][1] < links[pair].age_s):
-                links[pair] = LinkEstimate(probed[pair][0], 1, probed[pair][1])
-        for pair, rate in prober.saturated.items():  # backlogged now: what it delivers is its rate
+            if pair in read.probed:
+                rate, age = read.probed[pair]
+                if pair not in links or age < links[pair].age_s:  # newer than the answers' figure
+                    links[pair] = LinkEstimate(rate, 1, age)
+        for pair, rate in read.saturated.items():  # backlogged now: what it delivers is its rate
             if pair not in links or links[pair].age_s > 0.5 or rate < links[pair].rate_bps:
                 links[pair] = LinkEstimate(rate, 1, 0.0)
         prober.ask(idle)

@@ -78,7 +78,6 @@ class Record:
     error: str = ""
     outputs: dict[str, np.ndarray] | None = None
     resent: int = 0  # times it was sent again after a re-plan
-    lost_on: str = ""  # the device whose loss took it (a `lost` result), before it was resent
 
     @property
     def latency_ms(self) -> float:
@@ -291,7 +290,6 @@ def drive(
                 with lock:
                     rec = pending.get(frame.request_id)
                 if rec is not None:
-                    rec.lost_on = rec.lost_on or frame.error
                     # a re-plan resends it; if none comes (the device was only unreachable), retry
                     retry = threading.Timer(LOST_RETRY_S, ctl.resend, args=([frame.request_id],))
                     retry.daemon = True

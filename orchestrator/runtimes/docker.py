@@ -338,6 +338,11 @@ class DockerRuntime(Runtime):
             notes.append("no CUDA MPS daemon runs: GPU shares are not enforced (memory limits are)")
         emulation = link_emulation_of(next(iter(self.containers.values())))
         notes.append(emulation.describe())
+        if self._host_tc is None:
+            notes.append(
+                "link rates changed while running go through the sending nodes (the host cannot enter "
+                "their network namespaces: not root): a busy node may apply them a CFS period late"
+            )
         self.deployment = DockerDeployment(
             "docker",
             nodes,

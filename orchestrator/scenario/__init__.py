@@ -23,7 +23,6 @@ __all__ = [
     "Scenario",
     "Trace",
     "TraceFormat",
-    "check_job_scenarios",
     "link_changes",
     "load_job_scenarios",
     "load_scenario",
@@ -66,8 +65,3 @@ def load_job_scenarios(job: Job, job_file: str, configs: Sequence[_Config]) -> d
                 f"{e.message} (with compare[{i - 1}]'s devices {cfg.devices_file})", e.file, e.field
             ) from None
     return out
-
-
-def check_job_scenarios(job: Job, job_file: str, configs: Sequence[_Config]) -> None:
-    """Raise the UserError of the first bad scenario of the job, if any."""
-    load_job_scenarios(job, job_file, configs)
