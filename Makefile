@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 VIT := models/vit_b16.onnx
 
-.PHONY: install protos models demo test lint bench image image-gpu clean testbed-up testbed-down
+.PHONY: install protos models demo test lint bench image image-gpu clean testbed-up testbed-down gpu-check
 
 install: $(STAMP)
 
@@ -62,6 +62,14 @@ image:
 
 image-gpu:
 	scripts/build_image.sh --gpu
+
+# What this machine proves of the GPU path: discovery, NVML power, the CUDA provider or the CPU
+# fallback named in a run's report. No install needed: a GPU host may have only python3 and a few
+# packages, and each part says what it could not check (orchestrator/gpu_check.py; exit 3: no GPU).
+GPU_CHECK_ARGS ?=
+gpu-check:
+	@if [ -x $(BIN)/python ]; then py=$(BIN)/python; else py=$(PY); fi; \
+	  $$py -m orchestrator.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf runs logs .cache build

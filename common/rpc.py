@@ -44,7 +44,9 @@ def _frame_method(m: Any) -> bool:
 
 def _wrap_servicer(method: Callable[..., Any], frame_in: bool, frame_out: bool) -> Callable[..., Any]:
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        result = method(decode_stream(request) if frame_in else request, context)
+        # a frame that cannot be read comes to the servicer refused (`invalid`): it answers an
+        # error for that frame and keeps the stream
+        result = method(decode_stream(request, refused=True) if frame_in else request, context)
         return encode_stream(result) if frame_out else result
 
     return handler

@@ -20,6 +20,12 @@ Plain Frames whose tensors carry `data` (the old encoding) are read too.
 - encode_messages / FrameReader: one frame as its messages (chunked when large) / a stream's
   frames from its messages; encode_stream / decode_stream do whole streams (common/rpc.py).
 
+What arrives may be hostile or broken: a message that is not a frame, sizes and offsets that
+overrun the payload, shapes that do not match the bytes, a dtype no model takes, a chunked
+frame whose pieces do not add up. The reader refuses each such frame alone (FrameError, or a
+TensorFrame with `invalid` set from FrameReader.read) and is ready for the next one, so a node
+can answer an error for that frame and keep its stream.
+
 In memory a frame is a TensorFrame: the header Frame (request id, stage, timings, ...; its
 `tensors` field empty) and the arrays by name.
 
@@ -42,7 +48,21 @@ PREFIX_BYTES = 6  # the tag and the payload length as a varint padded to 5 bytes
 ALIGN = 64  # each array starts at a multiple of this from the start of the message
 CHUNK_BYTES = 1 << 20  # payloads above this go in several messages (encode_messages)
 _MAX_PAYLOAD = 1 << 31  # protobuf's limit on a length-delimited field
+_MAX_DIMS = 32  # ONNX Runtime's tensors have fewer; numpy's limit is 64
 _ZEROS = bytes(ALIGN)
+# what a frame may carry: numpy's native numeric types that ONNX Runtime takes as inputs. Not
+# object (pointers), not strings or structured/void types, not a byte order of the sender's.
+DTYPES = tuple("bool int8 uint8 int16 uint16 int32 uint32 int64 uint64 float16 float32 float64".split())
+NO_REQUEST = -1  # request_id of a frame refused before its header could be read
+
+
+class FrameError(ValueError):
+    """A frame that cannot be read. `header` is what of it could be read (its request id, ...),
+    None when not even that."""
+
+    def __init__(self, message: str, header: pb.Frame | None = None) -> None:
+        super().__init__(message)
+        self.header = header
 
 
 @dataclass(eq=False)
@@ -52,6 +72,9 @@ class TensorFrame:
     header: pb.Frame = field(default_factory=pb.Frame)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     decode_ns: int = 0  # FrameReader: time decoding the frame's last message (after it arrived)
+    # FrameReader.read: why this frame could not be read ("" when it could); the header is then
+    # what could be read of it (request_id NO_REQUEST when nothing), with no arrays
+    invalid: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -176,71 +199,168 @@ def _split(data: bytes) -> tuple[int, int, pb.Frame | None]:
         size, start = _varint(data, 1)
         end = start + size
         if end > len(data):
-            raise ValueError(f"frame payload of {size} bytes overruns a {len(data)}-byte message")
+            raise FrameError(f"frame payload of {size} bytes overruns a {len(data)}-byte message")
         return start, size, (pb.Frame.FromString(memoryview(data)[end:]) if end < len(data) else None)
     except DecodeError as e:
-        raise ValueError(f"bad frame header: {e}") from e
+        raise FrameError(f"bad frame header: {e}") from e
+    except FrameError:
+        raise
+    except ValueError as e:
+        raise FrameError(str(e)) from e
+
+
+def _described(t: pb.Tensor) -> tuple[np.dtype, tuple[int, ...], int]:
+    """A tensor's dtype, shape and element count as its header says, checked to be an array."""
+    if t.dtype not in DTYPES:
+        raise ValueError(f"tensor {t.name!r}: dtype {t.dtype!r} is not one a frame carries ({', '.join(DTYPES)})")
+    shape = tuple(t.shape)
+    if len(shape) > _MAX_DIMS or any(d < 0 or d >= _MAX_PAYLOAD for d in shape):
+        raise ValueError(f"tensor {t.name!r}: shape {list(shape)[:8]} (rank {len(shape)}) is not an array's")
+    count = 1
+    for d in shape:
+        count *= d
+    return np.dtype(t.dtype), shape, count
 
 
 def _arrays(header: pb.Frame, buffer: Any, start: int, size: int) -> TensorFrame:
     """Views into buffer (payload at `start`, `size` bytes) for the header's tensors."""
     arrays: dict[str, np.ndarray] = {}
-    for t in header.tensors:
-        dtype = np.dtype(t.dtype)
-        shape = tuple(t.shape)
-        count = 1
-        for d in shape:
-            count *= d
-        raw = t.data  # read once: each read copies
-        if raw:  # old encoding: the bytes inside the Tensor
-            arrays[t.name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
-            continue
-        n = count * dtype.itemsize
-        if t.nbytes != n or t.offset < 0 or t.offset + n > size:
-            raise ValueError(
-                f"tensor {t.name!r}: {t.nbytes} bytes at {t.offset} do not fit "
-                f"{dtype.name}{list(shape)} in a {size}-byte payload"
-            )
-        arrays[t.name] = np.frombuffer(buffer, dtype=dtype, count=count, offset=start + t.offset).reshape(shape)
-    del header.tensors[:]
-    header.payload_size = 0
+    try:
+        for t in header.tensors:
+            dtype, shape, count = _described(t)
+            if t.name in arrays:
+                raise ValueError(f"tensor {t.name!r} twice in one frame")
+            n = count * dtype.itemsize
+            raw = t.data  # read once: each read copies
+            if raw:  # old encoding: the bytes inside the Tensor
+                if len(raw) != n:
+                    raise ValueError(f"tensor {t.name!r}: {len(raw)} bytes of data for {dtype.name}{list(shape)}")
+                arrays[t.name] = np.frombuffer(raw, dtype=dtype).reshape(shape)
+                continue
+            if t.nbytes != n or t.offset < 0 or t.offset + n > size:
+                raise ValueError(
+                    f"tensor {t.name!r}: {t.nbytes} bytes at {t.offset} do not fit "
+                    f"{dtype.name}{list(shape)} in a {size}-byte payload"
+                )
+            arrays[t.name] = np.frombuffer(buffer, dtype=dtype, count=count, offset=start + t.offset).reshape(shape)
+    except ValueError as e:
+        raise FrameError(str(e), header) from e
+    finally:
+        del header.tensors[:]
+        header.payload_size = 0
+        header.ClearField("payload")  # a header's own copy of field 15 (only the prefix's counts)
     return TensorFrame(header, arrays)
 
 
-class FrameReader:
-    """Frames from the messages of one stream, in order: feed() returns a frame when its last
-    message arrived. A one-message frame's arrays are read-only views into that message; a
-    chunked frame's payload is copied chunk by chunk into one buffer allocated when its first
-    message arrives, and its arrays are views into that buffer."""
+def _refused(why: str, header: pb.Frame | None) -> TensorFrame:
+    """The frame FrameReader.read gives for one it could not read."""
+    if header is None:
+        header = pb.Frame(request_id=NO_REQUEST)
+    del header.tensors[:]
+    header.payload_size = 0
+    header.ClearField("payload")
+    return TensorFrame(header, {}, invalid=why)
 
-    def __init__(self) -> None:
+
+class FrameReader:
+    """Frames from the messages of one stream, in order: read() returns the frames a message
+    completes. A one-message frame's arrays are read-only views into that message; a chunked
+    frame's payload is copied chunk by chunk into one buffer allocated when its first message
+    arrives, and its arrays are views into that buffer.
+
+    A frame that cannot be read comes out refused (`invalid` set) and the reader goes on with
+    the next one: the rest of a broken chunked frame (the messages without a header that
+    follow) is skipped, and a chunked frame cut short by the next frame's first message is
+    refused before that frame is read."""
+
+    def __init__(self, max_payload: int = _MAX_PAYLOAD) -> None:
+        self.max_payload = max_payload  # a chunked frame announcing more is refused, not allocated
         self._header: pb.Frame | None = None
         self._buffer: np.ndarray | None = None
         self._filled = 0
+        self._skipping = False
 
     def feed(self, data: bytes) -> TensorFrame | None:
-        t0 = time.perf_counter_ns()
-        frame = self._feed(data)
-        if frame is not None:
-            frame.decode_ns = time.perf_counter_ns() - t0
+        """The frame this message completes, or None; raises FrameError for a frame it cannot
+        read (the reader is then ready for the next frame)."""
+        frame = None
+        for f in self.read(data):
+            if f.invalid:
+                raise FrameError(f.invalid, None if f.header.request_id == NO_REQUEST else f.header)
+            frame = f
         return frame
 
-    def _feed(self, data: bytes) -> TensorFrame | None:
-        start, size, header = _split(data)
-        if self._buffer is None:
-            if header is None:
-                raise ValueError("frame message without a header where a frame should start")
-            total = header.payload_size
-            if total <= size:
-                return _arrays(header, data, start, size)
-            self._header = header
-            self._buffer = np.empty(PREFIX_BYTES + total, np.uint8)  # same alignment as a message
-            self._filled = 0
-        elif header is not None:
-            raise ValueError("frame header inside a chunked frame's payload")
+    def read(self, data: bytes) -> list[TensorFrame]:
+        """The frames this message completes, in order (usually none or one), refused ones among
+        them. Never raises."""
+        t0 = time.perf_counter_ns()
+        try:
+            frames = self._read(data)
+        except Exception as e:  # no memory for a chunked frame, say: this frame is lost, the stream goes on
+            why = f"{type(e).__name__}: {e}"
+            frames = [self._abandon(why) if self._header is not None else _refused(why, None)]
+        if frames and not frames[-1].invalid:
+            frames[-1].decode_ns = time.perf_counter_ns() - t0
+        return frames
+
+    def finish(self) -> list[TensorFrame]:
+        """The stream ended: a chunked frame still waiting for pieces is refused."""
+        if self._header is None:
+            return []
+        return [self._abandon(f"stream ended after {self._filled} of {self._total} bytes of a chunked frame")]
+
+    @property
+    def _total(self) -> int:
+        return 0 if self._buffer is None else len(self._buffer) - PREFIX_BYTES
+
+    def _abandon(self, why: str) -> TensorFrame:
+        """Refuse the chunked frame in progress; skip what is left of it."""
+        header, self._header, self._buffer, self._filled = self._header, None, None, 0
+        self._skipping = True
+        return _refused(why, header)
+
+    def _read(self, data: bytes) -> list[TensorFrame]:
+        frames: list[TensorFrame] = []
+        try:
+            start, size, header = _split(data)
+        except FrameError as e:  # no piece of a chunked frame in progress either: that one is broken too
+            if self._header is not None:
+                frames.append(self._abandon(f"chunked frame cut by a message that is no piece of it: {e}"))
+            return [*frames, _refused(str(e), None)]
+        if self._header is not None:
+            if header is not None:  # the next frame starts: this one's pieces did not add up
+                frames.append(
+                    self._abandon(f"chunked frame cut short after {self._filled} of {self._total} payload bytes")
+                )
+            else:
+                frame = self._piece(data, start, size)
+                return frames if frame is None else [frame]
+        if header is None:
+            if self._skipping:  # what is left of a broken chunked frame
+                return frames
+            return [*frames, _refused("frame message without a header where a frame should start", None)]
+        self._skipping = False
+        total = header.payload_size
+        if total <= size:
+            try:
+                return [*frames, _arrays(header, data, start, size)]
+            except FrameError as e:
+                return [*frames, _refused(str(e), header)]
+        if total > self.max_payload:
+            self._skipping = True
+            return [*frames, _refused(f"chunked frame of {total} bytes is over {self.max_payload}", header)]
+        self._header = header
+        self._buffer = np.empty(PREFIX_BYTES + total, np.uint8)  # same alignment as a message
+        self._filled = 0
+        frame = self._piece(data, start, size)
+        return frames if frame is None else [*frames, frame]
+
+    def _piece(self, data: bytes, start: int, size: int) -> TensorFrame | None:
+        """Copy one piece of the chunked frame in progress; the frame once it is complete."""
         buf, filled = self._buffer, self._filled
+        assert buf is not None
         if filled + size > len(buf) - PREFIX_BYTES:
-            raise ValueError("chunked frame overruns its payload_size")
+            return self._abandon(f"chunked frame overruns its payload_size of {len(buf) - PREFIX_BYTES} bytes")
         buf[PREFIX_BYTES + filled : PREFIX_BYTES + filled + size] = np.frombuffer(
             data, np.uint8, count=size, offset=start
         )
@@ -249,14 +369,18 @@ class FrameReader:
             return None
         header, self._header, self._buffer = self._header, None, None
         assert header is not None
-        return _arrays(header, buf, PREFIX_BYTES, self._filled)
+        try:
+            return _arrays(header, buf, PREFIX_BYTES, self._filled)
+        except FrameError as e:
+            return _refused(str(e), header)
 
 
 def decode_frame(data: bytes) -> TensorFrame:
-    """A frame from ONE wire message; arrays are read-only views into `data` (no copy)."""
+    """A frame from ONE wire message; arrays are read-only views into `data` (no copy).
+    Raises FrameError when it cannot be read."""
     frame = FrameReader().feed(data)
     if frame is None:
-        raise ValueError("chunked frame: read its messages with a FrameReader")
+        raise FrameError("chunked frame: read its messages with a FrameReader")
     return frame
 
 
@@ -266,13 +390,20 @@ def encode_stream(frames: Iterable[TensorFrame], chunk_bytes: int = CHUNK_BYTES)
         yield from encode_messages(frame, chunk_bytes)
 
 
-def decode_stream(messages: Iterable[bytes]) -> Iterator[TensorFrame]:
-    """The frames of a stream of messages."""
+def decode_stream(messages: Iterable[bytes], refused: bool = False) -> Iterator[TensorFrame]:
+    """The frames of a stream of messages. A frame that cannot be read raises FrameError, which
+    ends the stream; with refused=True it comes out refused (`invalid` set), the stream goes on,
+    and a chunked frame the stream leaves unfinished comes out refused at its end."""
     reader = FrameReader()
     for message in messages:
+        if refused:
+            yield from reader.read(message)
+            continue
         frame = reader.feed(message)
         if frame is not None:
             yield frame
+    if refused:
+        yield from reader.finish()
 
 
 def arrays_nbytes(arrays: Mapping[str, np.ndarray]) -> int:

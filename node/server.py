@@ -24,7 +24,7 @@ from common import testbed_pb2_grpc as pb_grpc
 from common.cpu_quota import ort_threads
 from common.grpc_options import SERVER_OPTIONS
 from common.rpc import add_node_servicer
-from common.tensors import TensorFrame, frame_nbytes
+from common.tensors import NO_REQUEST, TensorFrame, frame_nbytes
 from node import resources, shaping, tc
 from node.links import PeerSender, sleep_until
 from node.stage import Stage, StageConfig
@@ -34,6 +34,7 @@ log = logging.getLogger("node.server")
 DEFAULT_QUEUE_DEPTH = 4
 PROBE_MAX_BYTES = 16 << 20
 REQUOTA_WAIT_S = 20.0  # a stage mid-frame under a small quota finishes it before reopening
+MAX_HOLD_S = 60.0  # a frame asking its link to hold it longer is refused: it would stall the link
 _INPUT_END = object()
 _POLL_S = 0.2
 
@@ -204,6 +205,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         # what a crash of this node would lose
         self._held: set[int] = set()
         self._held_lock = threading.Lock()
+        self.frames_refused = 0  # frames answered with an error unread: malformed, or asking what no frame may
 
     def now_ns(self) -> int:
         """This node's clock for stamps: time.time_ns(), plus the planted offset if any."""
@@ -247,23 +249,36 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     def Push(self, request_iterator: Iterator[TensorFrame], context: grpc.ServicerContext) -> pb.Empty:
         """Frames from one upstream node (decoded by the frame codec: arrays are views into the
-        received message); link delay honoured before routing."""
+        received message); link delay honoured before routing.
+
+        A frame that cannot be read, or asks to be held longer than MAX_HOLD_S, is refused
+        (`_refuse`): it goes home as an error and the stream goes on."""
         line: _DelayLine | None = None
         try:
             for frame in request_iterator:
                 arrived = time.time_ns()
                 self._count_in(frame)
-                if not frame.header.probe:
-                    self._hold(frame)
-                due = frame.header.deliver_after_ns
-                if frame.header.hold_ns:
-                    due = max(due, arrived + frame.header.hold_ns)
-                if line is None and due <= arrived:
-                    self._release(frame, arrived, due)
-                    continue
-                if line is None:
-                    line = _DelayLine(self._release)
-                line.put(arrived, due, frame)
+                try:
+                    due = frame.header.deliver_after_ns
+                    if frame.header.hold_ns:
+                        due = max(due, arrived + frame.header.hold_ns)
+                    why = frame.invalid
+                    if not why and due - arrived > MAX_HOLD_S * 1e9:
+                        why = f"asks its link to hold it {(due - arrived) / 1e9:.0f} s, more than {MAX_HOLD_S:g} s"
+                    if why:
+                        self._refuse(frame, why)
+                        continue
+                    if not frame.header.probe:
+                        self._hold(frame)
+                    if line is None and due <= arrived:
+                        self._release(frame, arrived, due)
+                        continue
+                    if line is None:
+                        line = _DelayLine(self._release)
+                    line.put(arrived, due, frame)
+                except Exception as e:  # this frame only: the stream goes on
+                    log.exception("frame %d from upstream", frame.header.request_id)
+                    self._refuse(frame, f"{type(e).__name__}: {e}")
         finally:
             if line is not None:
                 line.close()
@@ -272,7 +287,9 @@ class NodeServicer(pb_grpc.NodeServicer):
     def Drive(self, request_iterator: Iterator[TensorFrame], context: grpc.ServicerContext) -> Iterator[TensorFrame]:
         """The driver's stream on the source node: requests in, results (or errors) out.
 
-        Ends when the driver has closed its side and every request it sent has come back."""
+        Ends when the driver has closed its side and every request it sent has come back. A frame
+        that cannot be read, or is no request, is answered at once with an error (`_answer`: its
+        request_id where it could be read, else NO_REQUEST) and the stream goes on."""
         out: queue.Queue[object] = queue.Queue()
         received = 0
 
@@ -282,7 +299,13 @@ class NodeServicer(pb_grpc.NodeServicer):
                 for frame in request_iterator:
                     self._count_in(frame)
                     received += 1
-                    self._ingress(frame, out)
+                    try:
+                        self._ingress(frame, out)
+                    except Exception as e:  # this request only: the stream goes on
+                        log.exception("request %d", frame.header.request_id)
+                        if self._pending.get(frame.header.request_id) is out:
+                            del self._pending[frame.header.request_id]
+                        self._answer(frame, out, f"{type(e).__name__}: {e}")
             except Exception as e:  # the driver went away
                 log.debug("drive input ended: %s", e)
             finally:
@@ -584,7 +607,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             self._unhold(frame)
             return
         s = frame.header.stage
-        if s >= p.num_stages or frame.header.error:
+        if (s >= p.num_stages or frame.header.error) and not p.is_source:  # misrouted: home, as an error
+            self._fail_frame(p, frame, f"a result for {p.source_device} arrived at {self.device}")
+        elif s >= p.num_stages or frame.header.error:
             self._deliver_result(p, frame, recv_ns)
         elif s in p.stages:
             if not p.put(s, (frame, recv_ns)):  # the pipeline is being replaced
@@ -596,10 +621,18 @@ class NodeServicer(pb_grpc.NodeServicer):
         """A driver frame on the source node: stamp stage -1 and send it to stage 0's device."""
         p = self._pipe
         now = self.now_ns()
+        h = frame.header
+        why = frame.invalid or ("it carries an error" if h.error else "a probe is no request" if h.probe else "")
+        if why:
+            self._answer(frame, out, why)
+            return
         if p is None or not p.is_source:
             frame.header.error = f"node {self.device} is not loaded as the source"
             out.put(frame)
             return
+        h.deliver_after_ns = h.hold_ns = 0  # set by this pipeline's links, not the driver
+        h.lost = False
+        del h.timings[:]
         self._pending[frame.header.request_id] = out
         self._hold(frame)
         frame.header.stage = 0
@@ -614,6 +647,32 @@ class NodeServicer(pb_grpc.NodeServicer):
         )
         frame.decode_ns = 0
         self._send(p, p.first_device, frame)
+
+    def _answer(self, frame: TensorFrame, out: queue.Queue[object], why: str) -> None:
+        """A driver's frame refused at the source: answered at once with an error, never sent on."""
+        with self._count_lock:
+            self.frames_refused += 1
+        log.warning("request %d refused by %s: %s", frame.header.request_id, self.device, why)
+        frame.arrays.clear()
+        frame.header.error = f"frame refused by {self.device}: {why}"
+        out.put(frame)
+
+    def _refuse(self, frame: TensorFrame, why: str) -> None:
+        """A frame from upstream this node cannot take: counted, and sent home as an error where
+        its request is known (a probe, a frame of another plan or one whose header could not be
+        read is dropped)."""
+        with self._count_lock:
+            self.frames_refused += 1
+        msg = f"frame refused by {self.device}: {why}"
+        p, h = self._pipe, frame.header
+        if p is None or h.probe or h.request_id == NO_REQUEST or h.epoch != p.epoch:
+            log.warning("%s (request %d): dropped", msg, h.request_id)
+            return
+        h.error = msg
+        try:
+            self._fail_frame(p, frame, msg)
+        except Exception:
+            log.exception("frame %d: sending its error home", h.request_id)
 
     def _deliver_result(self, p: _Pipeline, frame: TensorFrame, recv_ns: int) -> None:
         self._unhold(frame)

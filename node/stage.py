@@ -64,6 +64,8 @@ class Stage:
         self.threads, self.spinning = settings.threads, settings.spinning
         self.session = open_session(config.model_path, settings)
         self.providers: list[str] = list(self.session.get_providers())
+        if providers is not CPU_ONLY and "CUDAExecutionProvider" not in self.providers:
+            log.warning("stage %d: the CUDA provider did not start (CUDA or cuDNN missing?): CPU used", config.index)
         self.input_names = [i.name for i in self.session.get_inputs()]
         declared = [o.name for o in self.session.get_outputs()]
         self.output_names = list(config.outputs) or declared

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
+from orchestrator import interrupts
 from orchestrator.config import OBJECTIVES
 from orchestrator.errors import UserError
 from orchestrator.runtimes import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET, RUNTIMES
@@ -15,7 +15,7 @@ from orchestrator.runtimes import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET,
 def _cmd_run(a: argparse.Namespace) -> int:
     from orchestrator.run import execute
 
-    _, rep = execute(a.job, runtime=a.runtime, out=a.out, fidelity_check=not a.no_check)
+    _, rep = execute(a.job, runtime=a.runtime, out=a.out, fidelity_check=not a.no_check, wait_for_testbed=a.wait)
     return 1 if rep["errors"] or rep.get("ended") else 0  # a lost device that ended the run: 1
 
 
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runtime", choices=RUNTIMES)
     r.add_argument("--out", help="run folder (default runs/<UTC time>_<job>)")
     r.add_argument("--no-check", action="store_true", help="skip the fidelity check at the start (docker)")
+    r.add_argument("--wait", action="store_true", help="wait for a running testbed another run holds (default: refuse)")
     r.set_defaults(func=_cmd_run)
 
     pa = sub.add_parser("partition", help="write plan.json and the stage models, run nothing")
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--workspace", default="runs", help="host folder the nodes see (read-only), default runs")
     tb.add_argument("--out", help="render: file to write (default stdout); check: report file")
     tb.add_argument("--all", action="store_true", help="down: every testbed's containers, not just --name")
+    tb.add_argument("--force", action="store_true", help="down: even a testbed a run holds")
     tb.add_argument(
         "--scenario", help="check: replay this scenario's link changes on saturated links, configured vs achieved"
     )
@@ -224,22 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sigterm(signum: int, frame: object) -> None:
-    """SIGTERM unwinds like Ctrl-C, so runtimes stop what they started."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    interrupts.install()  # SIGINT and SIGTERM stop what was started, then end the command
     try:
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        status = e.exit_status if isinstance(e, interrupts.Interrupted) else 130
         print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+        return status
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

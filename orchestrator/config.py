@@ -6,6 +6,7 @@ Both our own devices format and the Ianvs multi-edge one (string values, `bandwi
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from orchestrator.errors import UserError
 from orchestrator.runtimes import RUNTIMES
-from orchestrator.units import parse_delay, parse_rate, parse_size
+from orchestrator.units import parse_delay, parse_rate, parse_size, shown
 
 _DNS = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -31,7 +32,8 @@ RuntimeChoice = Literal[("auto", *RUNTIMES)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)  # schemas built on first use: a fast CLI
+    # schemas built on first use: a fast CLI; no field takes NaN or infinity (`.inf` is valid YAML)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
 class Power(_Strict):
@@ -70,8 +72,8 @@ class Device(_Strict):
     @field_validator("name")
     @classmethod
     def _dns(cls, v: str) -> str:
-        if not _DNS.match(v):
-            raise ValueError(f"{v!r} is not a DNS-safe name (lower-case letters, digits, '-')")
+        if not _DNS.fullmatch(v):  # match() would let a trailing newline through ($)
+            raise ValueError(f"{shown(v)} is not a DNS-safe name (lower-case letters, digits, '-')")
         return v
 
     @field_validator("memory", mode="before")
@@ -91,7 +93,9 @@ class Device(_Strict):
 
 
 class Link(_Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, defer_build=True, allow_inf_nan=False
+    )
     src: str = Field(alias="from")
     dst: str = Field(alias="to")
     bandwidth: int | None = None
@@ -165,6 +169,39 @@ class Testbed(_Strict):
 
 # --- job.yaml -------------------------------------------------------------------------------
 
+_NAME_MAX = 200  # bytes: a name becomes part of a folder name (runs/<time>_<name>)
+_PART_MAX = 255  # bytes in one part of a path, as file systems take
+_PATH_MAX = 4000
+
+
+def _check_path(v: Any) -> Any:
+    """A path field the run opens later: refused here when no file system could open it (a NUL byte,
+    an over-long part), so that the error names the field instead of a traceback naming the OS."""
+    if not isinstance(v, str):
+        return v
+    if not v:
+        raise ValueError("an empty path")
+    if "\x00" in v:
+        raise ValueError("a path cannot contain a NUL byte")
+    try:
+        raw = os.fsencode(v)
+    except UnicodeError:
+        raise ValueError(f"{shown(v)} is not a valid path") from None
+    if len(raw) > _PATH_MAX or any(len(part) > _PART_MAX for part in raw.split(b"/")):
+        raise ValueError(f"{shown(v)}: path too long")
+    return v
+
+
+def _check_folder_name(v: Any) -> Any:
+    """A job or configuration name: the run folder (and compare/<name>) is named after it."""
+    if not isinstance(v, str):
+        return v
+    if v in ("", ".", "..") or any(c in v for c in "/\\") or not v.isprintable() or len(v.encode()) > _NAME_MAX:
+        raise ValueError(
+            f"{shown(v)} cannot name a run folder: printable, no '/' or '\\', at most {_NAME_MAX} bytes"
+        )
+    return v
+
 
 class DatasetSpec(_Strict):
     """Where the images come from; `synthetic` makes seeded random inputs of the model's shape."""
@@ -178,6 +215,8 @@ class DatasetSpec(_Strict):
     preprocessing: dict[str, Any] | None = None  # {size, mode: resize | resize-crop, mean, std}
     workers: int = Field(default=2, ge=0)  # decoding threads running ahead of the pipeline
 
+    _paths = field_validator("path", "devkit", "classes")(_check_path)
+
 
 class Variant(_Strict):
     """One configuration of a comparison: what differs from the job's own."""
@@ -190,6 +229,9 @@ class Variant(_Strict):
     source: str | None = None
     scenario: str | dict[str, Any] | None = None  # a scenario file, or the same mapping inline
     adapt: AdaptPolicy | None = None
+
+    _name = field_validator("name")(_check_folder_name)
+    _paths = field_validator("devices", "scenario")(_check_path)
 
 
 class Job(_Strict):
@@ -221,6 +263,9 @@ class Job(_Strict):
     adapt: AdaptPolicy = "static"
     base_dir: str = "."  # folder of the job file: relative paths resolve from here
 
+    _name = field_validator("name")(_check_folder_name)
+    _paths = field_validator("model", "devices", "scenario")(_check_path)
+
     def path(self, p: str) -> Path:
         q = Path(p)
         return q if q.is_absolute() else Path(self.base_dir) / q
@@ -231,19 +276,26 @@ class Job(_Strict):
 
 def read_yaml(path: str | Path) -> Any:
     p = Path(path)
-    if not p.exists():
-        raise UserError("file not found", str(p))
-    if p.is_dir():
-        raise UserError("is a folder, not a YAML file", str(p))
     try:
-        return yaml.safe_load(p.read_text())
+        if not p.exists():
+            raise UserError("file not found", str(p))
+        if p.is_dir():
+            raise UserError("is a folder, not a YAML file", str(p))
+        text = p.read_text(encoding="utf-8")
+    except (OSError, ValueError) as e:  # unreadable, a NUL byte or an over-long name, not UTF-8
+        reason = "not a text file" if isinstance(e, UnicodeDecodeError) else f"cannot read: {e}"
+        raise UserError(reason, str(p)) from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else None
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or ["unreadable"])[0]
         raise UserError(f"not valid YAML: {problem}", str(p), where) from None
-    except UnicodeDecodeError:
-        raise UserError("not a text file", str(p)) from None
+    except RecursionError:
+        raise UserError("not valid YAML: nested too deeply", str(p)) from None
+    except (ValueError, OverflowError) as e:  # a tagged value its constructor refuses: 2001-13-45, !!int x
+        raise UserError(f"not valid YAML: {e}", str(p)) from None
 
 
 def _first_error(e: ValidationError) -> tuple[str, str]:
@@ -266,25 +318,40 @@ def _is_ianvs(raw: dict) -> bool:
 
 def _from_ianvs(raw: dict) -> dict:
     """Ianvs multi-edge devices.yaml: memory in MB and bandwith in Mbit/s, as bare strings."""
+    def text(v: Any) -> Any:  # Ianvs writes values as strings; a number of sane size reads as one too
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e15
+        return str(v) if ok else v
+
+    def bare(v: Any) -> bool:  # a bare number, as Ianvs writes memory and bandwith
+        v = text(v)
+        return isinstance(v, str) and v.strip().replace(".", "", 1).isdigit()
+
+    def label(v: Any) -> Any:  # a name as Ianvs writes it; anything else is left for the schema to refuse
+        v = text(v)
+        return v.lower().replace("_", "-") if isinstance(v, str) else v
+
     out = []
     for d in raw.get("devices") or []:
+        if not isinstance(d, dict):
+            out.append(d)
+            continue
         d = dict(d)
-        dev = {"name": str(d.pop("name", "")).lower().replace("_", "-"), "type": str(d.pop("type", "device"))}
+        dev = {"name": label(d.pop("name", "")), "type": text(d.pop("type", "device"))}
         mem = d.pop("memory", None)
         if mem is not None:
-            dev["memory"] = f"{mem}MB" if str(mem).strip().replace(".", "", 1).isdigit() else mem
+            dev["memory"] = f"{mem}MB" if bare(mem) else mem
         bw = d.pop("bandwith", d.pop("bandwidth", None))
         if bw is not None:
-            dev["bandwidth"] = f"{bw}mbit" if str(bw).strip().replace(".", "", 1).isdigit() else bw
+            dev["bandwidth"] = f"{bw}mbit" if bare(bw) else bw
         d.pop("freq", None)  # a label in Ianvs; the CPU share is what we emulate
         dev.update(d)
         out.append(dev)
-    pts = []
-    for p in raw.get("partition_points") or []:
-        p = dict(p)
-        if "device_name" in p and p["device_name"] is not None:
-            p["device_name"] = str(p["device_name"]).lower().replace("_", "-")
-        pts.append(p)
+    pts = raw.get("partition_points") or []
+    if isinstance(pts, list):
+        pts = [
+            {**p, "device_name": label(p["device_name"])} if isinstance(p, dict) and "device_name" in p else p
+            for p in pts
+        ]
     res = {k: v for k, v in raw.items() if k not in ("devices", "partition_points")}
     res["devices"] = out
     res["partition_points"] = pts
@@ -299,10 +366,12 @@ def load_devices(path: str | Path) -> Testbed:
         raise UserError("required field is missing", str(path), "devices")
     if not isinstance(raw["devices"], list):
         raise UserError("expected a list of devices", str(path), "devices")
+    if "source" in raw:  # set from the path, not the file
+        raise UserError("unknown field", str(path), "source")
     if _is_ianvs(raw):
         raw = _from_ianvs(raw)
     try:
-        return Testbed(**raw, source=str(path))
+        return Testbed.model_validate({**raw, "source": str(path)})  # not **raw: a key may not be text
     except ValidationError as e:
         loc, msg = _first_error(e)
         # a model-level check reports its own location inside the message
@@ -317,11 +386,13 @@ def load_job(path: str | Path) -> Job:
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise UserError("expected a mapping of job fields", str(path))
+    if "base_dir" in raw:  # set from the path, not the file
+        raise UserError("unknown field", str(path), "base_dir")
     raw = dict(raw)
     raw.setdefault("name", Path(path).stem)
     raw["base_dir"] = str(Path(path).resolve().parent)
     try:
-        return Job(**raw)
+        return Job.model_validate(raw)  # not **raw: a key may not be text
     except ValidationError as e:
         loc, msg = _first_error(e)
         raise UserError(msg, str(path), loc or None) from None

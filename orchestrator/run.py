@@ -3,6 +3,9 @@ the algorithm needs measured costs), deploy, check fidelity, drive, measure, wri
 
 from __future__ import annotations
 
+import contextlib
+import json
+import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,7 +22,7 @@ from orchestrator.config import AdaptPolicy, Job, Testbed, load_devices, load_jo
 from orchestrator.driving.client import NodeClient
 from orchestrator.driving.clocks import estimate_offsets, offsets_ns
 from orchestrator.driving.deploy import deploy
-from orchestrator.driving.driver import Record, drive
+from orchestrator.driving.driver import DriveControl, Record, drive
 from orchestrator.driving.inputs import Inputs, open_inputs
 from orchestrator.errors import UserError
 from orchestrator.figures.compare import comparison_rows
@@ -28,6 +31,7 @@ from orchestrator.figures.fidelity import host_busy_share
 from orchestrator.figures.gpu_power import NvmlPowerSampler
 from orchestrator.figures.metrics import hop_samples
 from orchestrator.figures.report import RunMeasurements, RunSetup, build_report
+from orchestrator.interrupts import Interrupted, current_phase, phase, shield, soft_stop, stopped
 from orchestrator.partition import partition, place
 from orchestrator.partition.plan import Plan
 from orchestrator.partition.weights_store import WeightsStore
@@ -115,9 +119,14 @@ def execute(
     fidelity_check: bool = True,
     testbed_name: str | None = None,
     subnet: str | None = None,
+    wait_for_testbed: bool = False,
 ) -> tuple[Path, dict]:
-    """Run every configuration of the job; return the run folder and the first one's report."""
+    """Run every configuration of the job; return the run folder and the first one's report.
+
+    A signal stops it (orchestrator/interrupts.py): the configuration in progress writes what it
+    measured, with `complete: false`, and Interrupted is raised once it has."""
     console = console or Console()
+    phase("starting")
     job = load_job(job_path)
     model = job.path(job.model).resolve()
     if not model.exists():
@@ -150,10 +159,13 @@ def execute(
             fidelity_check=fidelity_check and job.fidelity_check,
             testbed_name=testbed_name,
             subnet=subnet,
+            wait_for_testbed=wait_for_testbed,
             notes=list(rt_notes),
         )
         reports.append((cfg.name, rep))
         print_summary(console, rep, cfg_dir)
+        if (stop := stopped()) is not None:  # the drive ended on a signal: no further configuration
+            raise stop
     first = reports[0][1]
     if len(reports) > 1:
         first = write_comparison(run_dir, first, comparison_rows(reports))
@@ -206,8 +218,70 @@ def run_config(
     testbed_name: str | None,
     subnet: str | None,
     notes: list[str],
+    wait_for_testbed: bool = False,
 ) -> dict:
+    """One configuration, start to report. Interrupted in any phase but the drive, it writes a
+    report.json of what it has (`complete: false`, the phase) after the runtime stopped, and re-raises."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_config(
+            job,
+            job_file,
+            cfg,
+            model,
+            rt_name,
+            run_dir,
+            console,
+            fidelity_check,
+            testbed_name,
+            subnet,
+            notes,
+            wait_for_testbed,
+        )
+    except Interrupted as e:
+        _write_interrupted(run_dir, job, cfg, rt_name, e, notes)
+        raise
+    except KeyboardInterrupt:  # no handler installed (called as a library): Ctrl-C as Python raises it
+        _write_interrupted(run_dir, job, cfg, rt_name, Interrupted(), notes)
+        raise
+
+
+def _write_interrupted(run_dir: Path, job: Job, cfg: Config, rt_name: str, e: Interrupted, notes: list[str]) -> None:
+    """report.json for a configuration stopped before its drive was measured."""
+    with shield():
+        plan = run_dir / "plan.json"
+        rep = {
+            "job": job.name,
+            "configuration": cfg.name,
+            "runtime": rt_name,
+            "requests": 0,
+            "complete": False,
+            "interrupted": {"signal": signal_name(e.signum), "phase": current_phase()},
+            "errors": [],
+            "plan": str(plan.name) if plan.exists() else None,
+            "notes": notes,
+        }
+        (run_dir / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _run_config(
+    job: Job,
+    job_file: str,
+    cfg: Config,
+    model: Path,
+    rt_name: str,
+    run_dir: Path,
+    console: Console,
+    fidelity_check: bool,
+    testbed_name: str | None,
+    subnet: str | None,
+    notes: list[str],
+    wait_for_testbed: bool,
+) -> dict:
     testbed = cfg.testbed
     sess = open_session(model, SessionSettings(threads=1))
     inputs = open_inputs(job, job_file, sess)
@@ -216,14 +290,18 @@ def run_config(
     measured_ids: set[int] = set()
     repeats: list[list[Record]] = []
     try:
-        with make_runtime(rt_name, testbed, run_dir, testbed_name=testbed_name, subnet=subnet) as rt:
+        with make_runtime(
+            rt_name, testbed, run_dir, testbed_name=testbed_name, subnet=subnet, wait=wait_for_testbed, console=console
+        ) as rt:
             dep = rt.start()
             notes += dep.notes
+            phase("partitioning")
             plan, prof, cuts = plan_config(job, cfg, model, dep, run_dir, console)
             notes += list(plan.notes)
             node_plan = rt.node_plan(plan, run_dir)
             from_blocks = None
             if job.measure_stages and plan.predicted.throughput_fps:
+                phase("measuring stages")
                 console.print("measuring each stage as a whole on its device...")
                 t0 = time.perf_counter()
                 measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
@@ -234,11 +312,14 @@ def run_config(
                 plan.predicted = calibrated(before, measured, on_source[0] if on_source else None)
                 plan.save(run_dir)
                 notes.append(calibration_note(plan.stages, measured, before, plan.predicted, seconds))
+            phase("deploying")
             loaded = deploy(node_plan, testbed, dep, cfg.source)
             if fidelity_check:
+                phase("checking fidelity")
                 fid = rt.fidelity_check(console)
             else:
                 notes.append("fidelity check switched off")
+            phase("driving")
             clocks = estimate_offsets({d: dep.client(d) for d in dep.nodes})
             offsets = offsets_ns(clocks)
             source = dep.client(cfg.source)
@@ -256,14 +337,19 @@ def run_config(
                 offsets=offsets,
             )
             with (
+                contextlib.ExitStack() as stack,
                 rt.stats_sampler(run_dir / "stats") as sampler,
                 NvmlPowerSampler(list(gpus.values())) as gpu_power,
                 ChangingWorld(world, rt, console) as changing,
             ):
                 sampler.take_sample()  # a first sample before the load, for CPU deltas
+                warming = DriveControl()
+                stack.enter_context(soft_stop(lambda why: (warming.end(why), changing.control.end(why))))
                 for r in range(job.repeat):
                     label = f"run {r + 1}/{job.repeat}" if job.repeat > 1 else "driving"
-                    warm = _drive(console, f"{label}: warm-up", source, inputs, job, job.warmup, None)
+                    warm = _drive(console, f"{label}: warm-up", source, inputs, job, job.warmup, None, control=warming)
+                    if stopped() is not None:
+                        break
                     if r == 0:  # the run numbers requests from the warm-up's first
                         changing.adaptation.id_offset = len(all_records) + len(warm)
                     meas = _drive(
@@ -283,64 +369,75 @@ def run_config(
                         all_records.append(rec)
                     measured_ids |= {rec.id for rec in meas if not rec.error and rec.done_ns}
                     repeats.append([rec for rec in meas if not rec.error and rec.done_ns])
-                    if changing.control.ended:
+                    if changing.control.ended or stopped() is not None:
                         break
                 sampler.take_sample()  # and one that covers the end of the run
             disruption = changing.report(id_offset)
             if changing.changes:
                 write_changes(run_dir / "scenario.jsonl", changing.changes_log())
+            stop = stopped()
             disruption |= {
                 "lost": [r.id for r in all_records if r.error],
                 "resent": [r.id for r in all_records if r.resent],
-                "complete": not disruption["ended"],
+                "complete": not disruption["ended"] and stop is None,
             }
+            if stop is not None:
+                disruption["interrupted"] = {"signal": signal_name(stop.signum), "phase": "driving"}
             samples = sampler.samples
             host_busy = host_busy_share(host_before, psutil.cpu_times())
     finally:
         inputs.close()
     notes += inputs.notes
-
-    n = len(plan.stages)
-    hops = hop_samples(all_records, n, lambda a, b: testbed.link(a, b).delay_s, offsets=offsets)
-    output_names = [o.name for o in sess.get_outputs()]
-    reference = {k: dict(zip(output_names, sess.run(None, arrays), strict=True)) for k, arrays in inputs.kept.items()}
-    setup = RunSetup(
-        job=job,
-        configuration=cfg.name,
-        runtime=rt_name,
-        model=model,
-        source=cfg.source,
-        testbed=testbed,
-        devices_file=cfg.devices_file,
-        run_dir=run_dir,
-        plan=plan,
-        predicted_from_blocks=from_blocks,
-        profile=prof,
-        nodes=loaded,
-        fidelity_check=fid,
-        graph=WeightsStore().graph(model),
-        notes=notes,
-    )
-    measurements = RunMeasurements(
-        records=all_records,
-        measured_ids=measured_ids,
-        repeats=repeats,
-        hops=hops,
-        stats=samples,
-        gpu_power=gpu_power,
-        clocks=clocks,
-        host_busy=host_busy,
-        inputs=inputs,
-        reference=reference,
-        output_name=output_names[0],
-    )
-    rep = build_report(setup, measurements) | disruption
-    rep |= disruption_figures(rep["events"], rep["plans"], all_records, measured_ids, job.batch)
-    write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
-    write_requests(run_dir / "requests.jsonl", all_records, measured_ids)
-    rep = rep | {"plots": write_plots(run_dir, rep, all_records, measured_ids, samples, offsets)}
-    write_report(run_dir, rep)
-    return rep
+    with shield():  # what was measured gets written, a signal or not
+        phase("writing the report")
+        n = len(plan.stages)
+        hops = hop_samples(all_records, n, lambda a, b: testbed.link(a, b).delay_s, offsets=offsets)
+        output_names = [o.name for o in sess.get_outputs()]
+        reference = {
+            k: dict(zip(output_names, sess.run(None, arrays), strict=True)) for k, arrays in inputs.kept.items()
+        }
+        setup = RunSetup(
+            job=job,
+            configuration=cfg.name,
+            runtime=rt_name,
+            model=model,
+            source=cfg.source,
+            testbed=testbed,
+            devices_file=cfg.devices_file,
+            run_dir=run_dir,
+            plan=plan,
+            predicted_from_blocks=from_blocks,
+            profile=prof,
+            nodes=loaded,
+            fidelity_check=fid,
+            graph=WeightsStore().graph(model),
+            notes=notes,
+        )
+        measurements = RunMeasurements(
+            records=all_records,
+            measured_ids=measured_ids,
+            repeats=repeats,
+            hops=hops,
+            stats=samples,
+            gpu_power=gpu_power,
+            clocks=clocks,
+            host_busy=host_busy,
+            inputs=inputs,
+            reference=reference,
+            output_name=output_names[0],
+        )
+        rep = build_report(setup, measurements) | disruption
+        rep |= disruption_figures(rep["events"], rep["plans"], all_records, measured_ids, job.batch)
+        write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
+        write_requests(run_dir / "requests.jsonl", all_records, measured_ids)
+        if stopped() is None:
+            rep = rep | {"plots": write_plots(run_dir, rep, all_records, measured_ids, samples, offsets)}
+        else:  # a person waits for the command to end: the plots can be drawn later
+            rep["notes"] = [*rep["notes"], f"plots not drawn (interrupted): `orchestrator report {run_dir}` draws them"]
+        if (stop := stopped()) is not None and "interrupted" not in rep:  # while the report was written
+            rep |= {"complete": False, "interrupted": {"signal": signal_name(stop.signum), "phase": current_phase()}}
+        write_report(run_dir, rep)
+        return rep
 
 
 def _drive(
@@ -352,8 +449,9 @@ def _drive(
     total: int | None,
     duration_s: float | None,
     world: ChangingWorld | None = None,
+    control: DriveControl | None = None,
 ) -> list[Record]:
-    """One drive with a progress bar; `world` (the measured drive of a run) steers it."""
+    """One drive with a progress bar; `world` (the measured drive of a run) steers it, else `control`."""
     if total == 0:
         return []
     with Progress(
@@ -374,6 +472,6 @@ def _drive(
             rate_hz=job.rate_hz,
             on_done=lambda r: (bar.advance(task), world.answered(r) if world is not None else None),
             timeout_s=job.timeout_s,
-            control=world.control if world is not None else None,
+            control=world.control if world is not None else control,
             on_start=world.on_start if world is not None else None,
         )

@@ -6,6 +6,7 @@ naming the file and the field.
 
 from __future__ import annotations
 
+import math
 import re
 
 _NUM = r"([0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
@@ -42,15 +43,37 @@ _SIZE = {
 _TIME = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "min": 60.0}
 
 
+def shown(value: object, limit: int = 60) -> str:
+    """A short repr for messages: a long string is cut, a container is named by its type only (an
+    alias bomb in a YAML file is a small list that would print as billions of items)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return "a huge number"
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    return f"a {type(value).__name__}"
+
+
 def _split(text: object, kind: str) -> tuple[float, str]:
     if isinstance(text, bool) or text is None:
-        raise ValueError(f"expected a {kind} with a unit, got {text!r}")
+        raise ValueError(f"expected a {kind} with a unit, got {shown(text)}")
     if isinstance(text, (int, float)):
-        raise ValueError(f"{text!r} has no unit; write e.g. {_EXAMPLE[kind]}")
-    m = re.fullmatch(_NUM + r"\s*([A-Za-zµ]*)", str(text).strip())
+        raise ValueError(f"{shown(text)} has no unit; write e.g. {_EXAMPLE[kind]}")
+    if not isinstance(text, str):
+        raise ValueError(f"expected a {kind} with a unit (e.g. {_EXAMPLE[kind]}), got {shown(text)}")
+    m = re.fullmatch(_NUM + r"\s*([A-Za-zµ]*)", text.strip())
     if not m:
-        raise ValueError(f"{text!r} is not a {kind} (e.g. {_EXAMPLE[kind]})")
+        raise ValueError(f"{shown(text)} is not a {kind} (e.g. {_EXAMPLE[kind]})")
     return float(m.group(1)), m.group(2)
+
+
+def _scaled(text: object, value: float, factor: float, kind: str) -> float:
+    """value * factor, refused when it is not a finite number (1e400mbit)."""
+    out = value * factor
+    if not math.isfinite(out):
+        raise ValueError(f"{shown(text)}: too large for a {kind}")
+    return out
 
 
 _EXAMPLE = {"rate": "20mbit", "size": "1GiB", "delay": "10ms"}
@@ -61,10 +84,11 @@ def parse_rate(text: object) -> int:
     value, unit = _split(text, "rate")
     factor = _RATE.get(unit.lower())
     if factor is None:
-        raise ValueError(f"{text!r}: unknown rate unit {unit!r} (use bit, kbit, mbit, gbit)")
-    if value <= 0:
-        raise ValueError(f"{text!r}: a rate must be positive")
-    return int(round(value * factor))
+        raise ValueError(f"{shown(text)}: unknown rate unit {shown(unit)} (use bit, kbit, mbit, gbit)")
+    bps = int(round(_scaled(text, value, factor, "rate")))
+    if bps <= 0:  # 0 would read as "not shaped"
+        raise ValueError(f"{shown(text)}: a rate must be at least 1 bit/s")
+    return bps
 
 
 def parse_size(text: object) -> int:
@@ -72,10 +96,11 @@ def parse_size(text: object) -> int:
     value, unit = _split(text, "size")
     factor = _SIZE.get(unit.lower()) if unit else None
     if factor is None:
-        raise ValueError(f"{text!r}: unknown size unit {unit!r} (use KiB, MiB, GiB, KB, MB, GB)")
-    if value <= 0:
-        raise ValueError(f"{text!r}: a size must be positive")
-    return int(round(value * factor))
+        raise ValueError(f"{shown(text)}: unknown size unit {shown(unit)} (use KiB, MiB, GiB, KB, MB, GB)")
+    size = int(round(_scaled(text, value, factor, "size")))
+    if size <= 0:
+        raise ValueError(f"{shown(text)}: a size must be at least 1 byte")
+    return size
 
 
 def parse_delay(text: object) -> float:
@@ -83,5 +108,5 @@ def parse_delay(text: object) -> float:
     value, unit = _split(text, "delay")
     factor = _TIME.get(unit.lower()) if unit else None
     if factor is None:
-        raise ValueError(f"{text!r}: unknown time unit {unit!r} (use us, ms, s)")
-    return value * factor
+        raise ValueError(f"{shown(text)}: unknown time unit {shown(unit)} (use us, ms, s)")
+    return _scaled(text, value, factor, "delay")

@@ -157,6 +157,7 @@ def drive(
     max_in_flight: int = 1024,
     control: DriveControl | None = None,
     on_start: Callable[[int], None] | None = None,
+    keep: bool = True,
 ) -> list[Record]:
     """Send requests to the source node until `total` are sent, `duration_s` of sending has
     passed (whichever comes first; at least one must be given) or `feeds` ends; then wait for
@@ -168,7 +169,9 @@ def drive(
     unreachable source node (or a broken stream) raises NodeError; an exception from
     `feeds` is raised after the requests already sent are answered. `on_start(t0_ns)` is called
     as the first request goes out (a scenario's clock starts there); `control` steers the drive
-    while the world changes (see DriveControl)."""
+    while the world changes (see DriveControl). With `keep` false an answered request is handed
+    to `on_done` and forgotten, and only the unanswered ones are returned: a drive of any length
+    then holds only what is in flight (a run keeps every record for its report)."""
     if total is None and duration_s is None:
         raise ValueError("drive: give total, duration_s or both")
     if total is not None and total < 0:
@@ -298,8 +301,10 @@ def drive(
             with lock:
                 rec = pending.pop(frame.request_id, None)
                 kept.pop(frame.request_id, None)
+                if rec is not None and not keep:
+                    del records[frame.request_id]
             if rec is None:
-                if frame.request_id not in records:
+                if keep and frame.request_id not in records:
                     log.warning("result for unknown request %d ignored", frame.request_id)
                 continue  # a resent request's second answer
             rec.done_ns = now

@@ -17,6 +17,7 @@ from orchestrator.figures.compare import prediction_vs_measured
 from orchestrator.figures.energy import device_energy
 from orchestrator.figures.fidelity import fidelity_figures
 from orchestrator.figures.gpu_power import NvmlPowerSampler, gpu_energy
+from orchestrator.figures.gpu_use import fallback_notes, gpu_use
 from orchestrator.figures.latency import encode, histogram_of, per_second, summary
 from orchestrator.figures.metrics import HopSample, breakdown_table, hop_figures, stage_figures, throughput
 from orchestrator.figures.partition_view import partition_view
@@ -107,6 +108,7 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
     ]
     fps = [p["throughput_fps"] for p in per_repeat if p["throughput_fps"]]
     gpus = {d.name: d.gpu.index for d in testbed.devices if d.gpu is not None}
+    on_gpu = gpu_use(testbed, plan, setup.nodes)
     predicted = plan.predicted.model_dump() if plan.predicted else None
     rep = {
         "job": job.name,
@@ -149,6 +151,7 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
             for d, i in gpus.items()
         }
         or None,
+        "gpu_use": on_gpu or None,
         "nodes": {k: vars(v) for k, v in setup.nodes.items()},
         "predicted": predicted,
         "predicted_from_blocks": setup.predicted_from_blocks,
@@ -162,7 +165,7 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
         "versions": versions(),
         "host": host_facts(),
         "git_revision": git_revision(),
-        "notes": list(setup.notes),
+        "notes": list(setup.notes) + fallback_notes(on_gpu),
         "host_cpu_busy": round(run.host_busy, 4),
     }
     rep["prediction_vs_measured"] = prediction_vs_measured(predicted, rep)

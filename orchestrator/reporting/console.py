@@ -24,6 +24,9 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
     for s in rep["stages"]:
         c = s.get("compute_ms") or {}
         t.add_row(f"stage {s['index']} on {s['device']}", f"{c.get('p50', float('nan')):.1f} ms p50")
+    for name, u in (rep.get("gpu_use") or {}).items():
+        where = "CUDA" if u["on_gpu"] else f"[bold red]{u['fallback']} (CPU fallback)"
+        t.add_row(f"{name}'s GPU {u['gpu_index']}", where)
     for h in rep["hops"]:
         tm = h.get("transfer_ms") or {}
         t.add_row(f"hop {h['from']} -> {h['to']}", f"{tm.get('p50', float('nan')):.2f} ms p50, {h['bytes']} B")

@@ -10,6 +10,8 @@ from orchestrator.errors import UserError
 from orchestrator.runtimes import RUNTIMES
 
 if TYPE_CHECKING:  # the engines load only when one is made: `orchestrator partition` needs none
+    from rich.console import Console
+
     from orchestrator.runtimes.base import Runtime
 
 
@@ -42,16 +44,19 @@ def make_runtime(
     subnet: str | None = None,
     workspace: Path | None = None,
     log_dir: Path | None = None,
+    wait: bool = False,
+    console: Console | None = None,
 ) -> Runtime:
     """The runtime `name` for a testbed, its node logs under `log_dir` (default <run_dir>/logs).
     `workspace` is where the orchestrator writes files its nodes read: by default the run folder
-    for docker (a running testbed's own workspace wins), `.cache` for local nodes, which read any file."""
+    for docker (a running testbed's own workspace wins), `.cache` for local nodes, which read any file.
+    `wait`: a testbed another run holds is waited for rather than refused (docker)."""
     logs = log_dir or run_dir / "logs"
     if name == "docker":
         from orchestrator.runtimes.docker import DockerRuntime
 
         kw = {k: v for k, v in (("testbed_name", testbed_name), ("subnet", subnet)) if v}
-        return DockerRuntime(testbed, logs, workspace=workspace or run_dir, **kw)
+        return DockerRuntime(testbed, logs, workspace=workspace or run_dir, wait=wait, console=console, **kw)
     if name == "local":
         from orchestrator.runtimes.local import DEFAULT_WORKSPACE, LocalRuntime
 

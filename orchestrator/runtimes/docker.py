@@ -33,6 +33,7 @@ from orchestrator.errors import UserError
 from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime, held_rate
 from orchestrator.runtimes.docker_engine import engine, testbed_containers
 from orchestrator.runtimes.docker_fidelity import PROBE, check_testbed
+from orchestrator.runtimes.docker_hold import TestbedHold, free_subnet, is_held, own_testbed_name
 from orchestrator.runtimes.docker_host_tc import HostShaper
 from orchestrator.runtimes.docker_stats import DockerStatsCollector
 from orchestrator.runtimes.docker_testbed import (
@@ -41,6 +42,7 @@ from orchestrator.runtimes.docker_testbed import (
     LABEL,
     LABEL_CONFIG,
     LABEL_DEVICE,
+    LABEL_OWNER,
     LABEL_TESTBED,
     LABEL_WORKSPACE,
     NODE_PORT,
@@ -126,7 +128,6 @@ def up(client, spec: TestbedSpec, wait_s: float = 60.0) -> dict[str, NodeHandle]
                 cap_add=["NET_ADMIN"],
                 environment=c.env,
                 labels={**c.labels, LABEL_WORKSPACE: spec.workspace},
-                ports={f"{NODE_PORT}/tcp": ("127.0.0.1", None)},
                 volumes={spec.workspace: {"bind": WORKSPACE_IN, "mode": "ro"}},
                 network=spec.network,
                 networking_config={spec.network: client.api.create_endpoint_config(ipv4_address=c.ip)},
@@ -140,14 +141,6 @@ def up(client, spec: TestbedSpec, wait_s: float = 60.0) -> dict[str, NodeHandle]
     except BaseException:
         down(client, spec.name)
         raise
-
-
-def _published(cont) -> str:
-    ports = (cont.attrs.get("NetworkSettings") or {}).get("Ports") or {}
-    for b in ports.get(f"{NODE_PORT}/tcp") or []:
-        if b.get("HostPort"):
-            return f"127.0.0.1:{b['HostPort']}"
-    raise RuntimeError(f"container {cont.name} publishes no port for {NODE_PORT}")
 
 
 def container_ip(cont) -> str:
@@ -165,7 +158,8 @@ def handles(client, name: str) -> dict[str, NodeHandle]:
     out = {}
     for cont in testbed_containers(client, name, all_=False):
         dev, pid = cont.labels[LABEL_DEVICE], cont.attrs["State"].get("Pid")
-        out[dev] = NodeHandle(dev, _published(cont), f"{container_ip(cont)}:{NODE_PORT}", pid)
+        addr = f"{container_ip(cont)}:{NODE_PORT}"  # the host reaches the bridge: nothing is published
+        out[dev] = NodeHandle(dev, addr, addr, pid)
     return out
 
 
@@ -176,8 +170,8 @@ def _explain_exit(cont) -> str:
 
 
 def _serving(cont) -> bool:
-    """Running, with the node's port published (as of the container's last reload)."""
-    return cont.status == "running" and bool(cont.attrs["NetworkSettings"]["Ports"].get(f"{NODE_PORT}/tcp"))
+    """Running, with an address on the testbed's network (as of the container's last reload)."""
+    return cont.status == "running" and bool(container_ip(cont))
 
 
 def _alive(cont) -> bool:
@@ -232,6 +226,18 @@ def down(client, name: str | None = None) -> tuple[int, int]:
     return len(conts), len(nets)
 
 
+def reap_orphans(client) -> list[str]:
+    """Remove the testbeds runs started for themselves whose run is gone (killed outright: nothing
+    could remove them); a testbed a person started is never touched. Their names."""
+    runs = {"label": f"{LABEL_OWNER}=run"}
+    names = {c.labels.get(LABEL_TESTBED) for c in client.containers.list(all=True, filters=runs)}
+    names |= {(n.attrs.get("Labels") or {}).get(LABEL_TESTBED) for n in client.networks.list(filters=runs)}
+    gone = sorted(n for n in names if n and not is_held(n))
+    for n in gone:
+        down(client, n)
+    return gone
+
+
 def status(client, name: str | None = None) -> list[dict]:
     rows = []
     for c in testbed_containers(client, name):
@@ -278,7 +284,8 @@ def _wait_status(cont, done, what: str, timeout_s: float = 30.0) -> None:
 
 
 class DockerRuntime(Runtime):
-    """Uses a running testbed whose devices match, or starts one and stops it afterwards."""
+    """Uses the running testbed of that name whose devices match, held for the run; where none runs,
+    starts one of its own (a name and a subnet of its own unless given) and removes it afterwards."""
 
     name = "docker"
 
@@ -287,17 +294,26 @@ class DockerRuntime(Runtime):
         testbed: Testbed,
         log_dir: Path,
         workspace: Path,
-        testbed_name: str = DEFAULT_NAME,
-        subnet: str = DEFAULT_SUBNET,
+        testbed_name: str | None = None,
+        subnet: str | None = None,
         image: str | None = None,
         client=None,
+        wait: bool = False,
+        console: Console | None = None,
     ):
         self.testbed = testbed
         self.log_dir = Path(log_dir)
         self.client = client or engine()
         if self.client is None:
             raise RuntimeError("no Docker engine answers")
-        self.spec = testbed_spec(testbed, testbed_name, subnet, image, Path(workspace).resolve())
+        self.requested_name = testbed_name
+        self.requested_subnet = subnet
+        self.wait = wait
+        self.console = console
+        self.spec = testbed_spec(
+            testbed, testbed_name or DEFAULT_NAME, subnet or DEFAULT_SUBNET, image, Path(workspace).resolve()
+        )
+        self.hold: TestbedHold | None = None
         self.owned = False
         self.started_at = 0
         self.start_s: float | None = None
@@ -309,30 +325,66 @@ class DockerRuntime(Runtime):
         }
         self.deployment: DockerDeployment | None = None
 
+    def _say(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text)
+
+    def _use_running(self, running: list) -> str:
+        """Hold the running testbed and check it is the one asked for; a note saying so."""
+        self.hold = TestbedHold(self.spec.name, purpose="a run").acquire(
+            wait=self.wait, on_wait=lambda who: self._say(f"testbed {self.spec.name!r} is in use by {who}: waiting")
+        )
+        running = testbed_containers(self.client, self.spec.name)  # as it is once held
+        cfgs = {c.labels.get(LABEL_CONFIG) for c in running}
+        if not running or cfgs != {self.spec.config_hash} or any(c.status != "running" for c in running):
+            raise UserError(
+                f"testbed {self.spec.name!r} is up with other devices (or not all running); "
+                "`orchestrator testbed down` first, or run with the devices it has"
+            )
+        ws = Path(running[0].labels.get(LABEL_WORKSPACE, self.spec.workspace))
+        self.spec.workspace = str(ws)
+        return f"docker runtime: used the running testbed {self.spec.name!r} (workspace {ws}), held for the run"
+
+    def _start_own(self) -> tuple[dict[str, NodeHandle], str]:
+        """Start a testbed for this run alone, held by it; another run taking the same subnet at the
+        same moment makes the engine refuse the network: the next free one is tried."""
+        import docker
+
+        own = self.requested_name is None
+        tried: set[str] = set()
+        for _ in range(8):
+            if own:
+                name = own_testbed_name(DEFAULT_NAME)
+                subnet = self.requested_subnet or free_subnet(self.client, skip=tried)
+                self.spec = testbed_spec(self.testbed, name, subnet, self.spec.image, self.spec.workspace, owner="run")
+            self.hold = TestbedHold(self.spec.name, purpose="a run, its own testbed").acquire(wait=self.wait)
+            self.owned = True
+            t0 = time.perf_counter()
+            try:
+                nodes = up(self.client, self.spec)
+            except docker.errors.APIError as e:
+                if not own or self.requested_subnet or "overlap" not in str(e).lower():
+                    raise
+                tried.add(self.spec.subnet)
+                self.hold.release()
+                continue
+            self.start_s = time.perf_counter() - t0
+            return nodes, (
+                f"docker runtime: started testbed {self.spec.name!r} ({self.spec.subnet}) in {self.start_s:.1f} s "
+                "for this run, and removed it after"
+            )
+        raise RuntimeError(f"no free subnet for a testbed of this run's own after trying {', '.join(sorted(tried))}")
+
     def start(self) -> Deployment:
         self.started_at = int(time.time())
-        notes = []
+        reap_orphans(self.client)
         running = testbed_containers(self.client, self.spec.name)
         if running:
-            cfgs = {c.labels.get(LABEL_CONFIG) for c in running}
-            if cfgs != {self.spec.config_hash} or any(c.status != "running" for c in running):
-                raise UserError(
-                    f"testbed {self.spec.name!r} is up with other devices (or not all running); "
-                    "`orchestrator testbed down` first, or run with the devices it has"
-                )
-            ws = Path(running[0].labels.get(LABEL_WORKSPACE, self.spec.workspace))
-            self.spec.workspace = str(ws)
+            note = self._use_running(running)
             nodes = wait_nodes(self.client, self.spec.name, 30.0)
-            notes.append(f"docker runtime: used the running testbed {self.spec.name!r} (workspace {ws})")
         else:
-            t0 = time.perf_counter()
-            nodes = up(self.client, self.spec)
-            self.owned = True
-            self.start_s = time.perf_counter() - t0
-            notes.append(
-                f"docker runtime: started testbed {self.spec.name!r} in {self.start_s:.1f} s "
-                "and stopped it after the run"
-            )
+            nodes, note = self._start_own()
+        notes = [note]
         self.containers = {c.labels[LABEL_DEVICE]: c for c in testbed_containers(self.client, self.spec.name)}
         if any(d.gpu is not None for d in self.testbed.devices) and not mps_daemon_running():
             notes.append("no CUDA MPS daemon runs: GPU shares are not enforced (memory limits are)")
@@ -363,18 +415,23 @@ class DockerRuntime(Runtime):
             (self.log_dir / f"node_{dev}.log").write_text(text)
 
     def stop(self) -> None:
-        if self.deployment is not None:
-            self.deployment.close()
-            self.deployment = None
-        if self._host_tc is not None:
-            self._host_tc.close()
-        if not self.containers and not self.owned:
-            return
-        self.save_logs()
-        if self.owned:
-            down(self.client, self.spec.name)
-            self.owned = False
-        self.containers = {}
+        """Close the clients, keep the nodes' logs, remove a testbed of the run's own, drop the hold."""
+        try:
+            if self.deployment is not None:
+                self.deployment.close()
+                self.deployment = None
+            if self._host_tc is not None:
+                self._host_tc.close()
+            if self.containers:
+                self.save_logs()
+            if self.owned:
+                down(self.client, self.spec.name)
+                self.owned = False
+            self.containers = {}
+        finally:
+            if self.hold is not None:
+                self.hold.release()
+                self.hold = None
 
     def node_plan(self, plan: Plan, run_dir: Path) -> Plan:
         """The plan as the containers can read it: itself when under the workspace, else its files
@@ -498,7 +555,7 @@ class DockerRuntime(Runtime):
 
     def revive(self, device: str) -> NodeHandle:
         """Start the killed container again: same address, caps and start-up shaping (the links as
-        configured), a new published port, no stages loaded."""
+        configured), no stages loaded."""
         dep = self.running
         cont = self._container(device)
         cont.reload()

@@ -22,6 +22,7 @@ from orchestrator.config import load_devices
 from orchestrator.errors import UserError
 from orchestrator.runtimes import docker as dk
 from orchestrator.runtimes.docker_fidelity import check_testbed
+from orchestrator.runtimes.docker_hold import describe_holder, is_held
 from orchestrator.runtimes.docker_stats import DockerStatsCollector
 from orchestrator.runtimes.docker_testbed import COMPOSE_WORKSPACE, LABEL_DEVICE, render_compose, testbed_spec
 
@@ -137,8 +138,21 @@ def testbed(a: argparse.Namespace) -> int:
         return status(client, a.name, con)
     if a.action == "down":
         t0 = time.perf_counter()
-        _stop_collector(a.name)
-        n_c, n_n = dk.down(client, None if a.all else a.name)
+        found = {c.labels.get(dk.LABEL_TESTBED) for c in dk.testbed_containers(client)}
+        found |= {(n.attrs.get("Labels") or {}).get(dk.LABEL_TESTBED) for n in dk.testbed_networks(client)}
+        names = sorted(found - {None}) if a.all else [a.name]
+        held = [n for n in names if is_held(n)]
+        if held and not a.force:
+            if not a.all:
+                who = describe_holder(a.name)
+                raise UserError(f"testbed {a.name!r} is in use by {who}: wait for it, or --force", "--name")
+            for n in held:
+                con.print(f"left testbed {n!r}: in use by {describe_holder(n)} (--force removes it)")
+        n_c = n_n = 0
+        for n in names if a.force else [n for n in names if n not in held]:
+            _stop_collector(n)
+            c, k = dk.down(client, n)
+            n_c, n_n = n_c + c, n_n + k
         con.print(f"removed {n_c} containers and {n_n} networks in {time.perf_counter() - t0:.1f} s")
         return 0
     if a.action == "status":

@@ -26,6 +26,7 @@ LABEL_TESTBED = "edge-testbed.testbed"
 LABEL_DEVICE = "edge-testbed.device"
 LABEL_CONFIG = "edge-testbed.config"  # hash of the devices and links: does a running one match?
 LABEL_WORKSPACE = "edge-testbed.workspace"
+LABEL_OWNER = "edge-testbed.owner"  # "run": a run started it for itself (and removes it), else absent
 NODE_PORT = 50051
 WORKSPACE_IN = "/workspace"  # where the host workspace (run folders) is mounted, read-only
 COMPOSE_WORKSPACE = "./runs"  # docker-compose.yml mounts this (relative to the repo root)
@@ -68,6 +69,7 @@ class TestbedSpec:
     image: str
     workspace: str  # host folder mounted at WORKSPACE_IN
     config_hash: str
+    owner: str | None = None  # "run": started by a run for itself
     containers: list[ContainerSpec] = field(default_factory=list)
 
     def by_device(self) -> dict[str, ContainerSpec]:
@@ -75,7 +77,8 @@ class TestbedSpec:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {LABEL: "1", LABEL_TESTBED: self.name, LABEL_CONFIG: self.config_hash}
+        own = {LABEL_OWNER: self.owner} if self.owner else {}
+        return {LABEL: "1", LABEL_TESTBED: self.name, LABEL_CONFIG: self.config_hash, **own}
 
 
 def config_hash(testbed: Testbed) -> str:
@@ -98,6 +101,7 @@ def testbed_spec(
     subnet: str = DEFAULT_SUBNET,
     image: str | None = None,
     workspace: str | Path = "runs",
+    owner: str | None = None,
 ) -> TestbedSpec:
     net = ipaddress.ip_network(subnet)
     if net.num_addresses < len(testbed.devices) + 16:
@@ -111,6 +115,7 @@ def testbed_spec(
         image=image or image_tag(),
         workspace=str(workspace),
         config_hash=h,
+        owner=owner,
     )
     for d in testbed.devices:
         peers = []
@@ -168,7 +173,6 @@ def render_compose(spec: TestbedSpec, devices_path: str = DEFAULT_DEVICES) -> st
             "environment": dict(c.env),
             "labels": {**c.labels, LABEL_WORKSPACE: spec.workspace},
             "networks": {spec.network: {"ipv4_address": c.ip}},
-            "ports": [f"127.0.0.1::{NODE_PORT}"],
             "volumes": [f"{spec.workspace}:{WORKSPACE_IN}:ro"],
         }
         if c.cpuset:

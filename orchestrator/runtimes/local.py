@@ -8,6 +8,7 @@ process groups, and a finally that terminates them on error or Ctrl-C.
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import signal
 import socket
@@ -70,11 +71,18 @@ class LocalRuntime(Runtime):
         self.deployment: Deployment | None = None
         self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-spawn")
 
-    def _env(self) -> dict[str, str]:
+    def _env(self, device: str) -> dict[str, str]:
         env = dict(os.environ)
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(64 * 1024 * 1024))
         env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 * 1024 * 1024))
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
+        gpu = self.testbed.device(device).gpu
+        if gpu is not None:  # the node sees its GPU alone (as device 0), with the device's ORT memory cap
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers GPUs as NVML does (the index is NVML's)
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu.index)
+            if gpu.memory:
+                env["ORT_CUDA_GPU_MEM_LIMIT"] = str(gpu.memory)
+            env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(max(1, math.floor(gpu.share * 100)))
         return env
 
     def _spawn(self, device: str) -> NodeHandle:
@@ -83,6 +91,8 @@ class LocalRuntime(Runtime):
         if device not in self._logs:
             self._logs[device] = open(self.log_dir / f"node_{device}.log", "w")  # noqa: SIM115 - closed in stop()
         cmd = [sys.executable, "-m", "node", "--device", device, "--port", str(port), "--host", "127.0.0.1"]
+        if self.testbed.device(device).gpu is not None:
+            cmd.append("--cuda")
         # Popen on the runtime's own thread: the node dies with the thread that started it
         # (PR_SET_PDEATHSIG), and a revive may come from a thread that ends before the run does
         proc = self._spawner.submit(
@@ -90,7 +100,7 @@ class LocalRuntime(Runtime):
             [*cmd, "--log-level", self.log_level],
             stdout=self._logs[device],
             stderr=subprocess.STDOUT,
-            env=self._env(),
+            env=self._env(device),
             preexec_fn=_die_with_parent,
             start_new_session=True,
         ).result()

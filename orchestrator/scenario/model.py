@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from orchestrator.config import Testbed, read_yaml
 from orchestrator.errors import UserError
 from orchestrator.scenario.traces import Trace, TraceFormat, read_trace
-from orchestrator.units import parse_delay, parse_rate
+from orchestrator.units import parse_delay, parse_rate, shown
 
 Action = Literal["leave", "crash", "join"]
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -20,15 +20,17 @@ EVERY_PEER = "*"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, defer_build=True, allow_inf_nan=False
+    )
 
 
 def _time(v: Any) -> float:
     if isinstance(v, str) and v.strip().startswith("-"):
-        raise ValueError(f"{v!r}: a time cannot be negative")
+        raise ValueError(f"{shown(v)}: a time cannot be negative")
     t = parse_delay(v)
     if t < 0:
-        raise ValueError(f"{v!r}: a time cannot be negative")
+        raise ValueError(f"{shown(v)}: a time cannot be negative")
     return t
 
 
@@ -72,7 +74,7 @@ class Event(_Strict):
     @classmethod
     def _action(cls, v: Any) -> Any:
         if v is not None and v not in ACTIONS:
-            raise ValueError(f"unknown action {v!r} (use {', '.join(ACTIONS)})")
+            raise ValueError(f"unknown action {shown(v)} (use {', '.join(ACTIONS)})")
         return v
 
     @model_validator(mode="after")
@@ -118,7 +120,12 @@ class Scenario(_Strict):
     """A checked scenario. `traces` holds each trace event's trace, read once, by event index."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, arbitrary_types_allowed=True, defer_build=True
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        arbitrary_types_allowed=True,
+        defer_build=True,
+        allow_inf_nan=False,
     )
 
     loop: bool = False
@@ -247,7 +254,11 @@ def load_scenario(
         raw, where, prefix, folder = spec, file, field, Path(base_dir)
     elif isinstance(spec, (str, Path)):
         path = Path(spec) if Path(spec).is_absolute() else Path(base_dir) / spec
-        if not path.exists():
+        try:
+            found = path.exists()
+        except (OSError, ValueError) as e:  # a NUL byte, an over-long name
+            raise UserError(f"scenario file cannot be read: {e}", file, field) from None
+        if not found:
             raise UserError(f"scenario file not found: {path}", file, field)
         raw, where, prefix, folder = read_yaml(path), str(path), None, path.parent
     else:
@@ -266,7 +277,7 @@ def load_scenario(
         return UserError(msg, where, _join(prefix, loc))
 
     try:
-        scn = Scenario(**raw, file=where, base_dir=str(folder))
+        scn = Scenario.model_validate({**raw, "file": where, "base_dir": str(folder)})  # a key may not be text
     except ValidationError as e:
         loc, msg = _first_error(e)
         raise fail(msg, loc) from None

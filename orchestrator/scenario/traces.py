@@ -20,12 +20,15 @@ from statistics import median
 from typing import Literal, get_args
 
 from orchestrator.errors import UserError
+from orchestrator.units import shown
 
 TraceFormat = Literal["two-column", "mahimahi"]
 TRACE_FORMATS: tuple[str, ...] = get_args(TraceFormat)
 
 MAHIMAHI_BIN_S = 0.1  # mahimahi delivery opportunities become 100-ms steps
 MAHIMAHI_PACKET_BITS = 1500 * 8  # one delivery opportunity: an MTU-sized packet
+MAHIMAHI_MAX_MS = 86_400_000  # a day: one step per 100 ms is 864,000 steps; longer is a broken file
+TWO_COLUMN_MAX_MBIT = 1e6  # 1 Tbit/s: above it a rate is a typo, and past 1e302 it is not a number
 
 
 @dataclass(frozen=True)
@@ -73,14 +76,15 @@ def _fail(path: Path, msg: str, file: str | None, field_: str | None) -> UserErr
 
 
 def _lines(path: Path, file: str | None, field_: str | None) -> list[tuple[int, list[str]]]:
-    if not path.exists():
-        raise _fail(path, "trace file not found", file, field_)
-    if path.is_dir():
-        raise _fail(path, "is a folder, not a trace file", file, field_)
     try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise _fail(path, "not a text file", file, field_) from None
+        if not path.exists():
+            raise _fail(path, "trace file not found", file, field_)
+        if path.is_dir():
+            raise _fail(path, "is a folder, not a trace file", file, field_)
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as e:  # unreadable, a NUL byte or an over-long name, not UTF-8
+        reason = "not a text file" if isinstance(e, UnicodeDecodeError) else f"cannot read: {e}"
+        raise _fail(path, reason, file, field_) from None
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
@@ -91,9 +95,14 @@ def _lines(path: Path, file: str | None, field_: str | None) -> list[tuple[int, 
     return out
 
 
+def _is_ms(text: str) -> bool:
+    """A mahimahi timestamp: ASCII digits ('²'.isdigit() is true, but int() refuses it)."""
+    return text.isascii() and text.isdigit()
+
+
 def detect_format(rows: list[tuple[int, list[str]]]) -> TraceFormat:
     """Mahimahi when every line is one integer, two-column otherwise (its errors then say why)."""
-    if all(len(parts) == 1 and parts[0].isdigit() for _, parts in rows):
+    if all(len(parts) == 1 and _is_ms(parts[0]) for _, parts in rows):
         return "mahimahi"
     return "two-column"
 
@@ -115,9 +124,11 @@ def _two_column(path: Path, rows: list[tuple[int, list[str]]], file: str | None,
             )
         t, mbit = _number(parts[0]), _number(parts[1])
         if t is None or mbit is None:
-            raise _fail(path, f"line {n}: {' '.join(parts)!r} is not two numbers (seconds, Mbit/s)", file, field_)
+            raise _fail(path, f"line {n}: {shown(' '.join(parts))} is not two numbers (seconds, Mbit/s)", file, field_)
         if t < 0 or mbit < 0:
             raise _fail(path, f"line {n}: times and rates cannot be negative", file, field_)
+        if mbit > TWO_COLUMN_MAX_MBIT:
+            raise _fail(path, f"line {n}: {mbit:g} Mbit/s is above {TWO_COLUMN_MAX_MBIT:g} Mbit/s", file, field_)
         if points and t <= points[-1][0]:
             raise _fail(path, f"line {n}: time {t:g} s does not follow {points[-1][0]:g} s", file, field_)
         points.append((t, mbit))
@@ -131,8 +142,10 @@ def _two_column(path: Path, rows: list[tuple[int, list[str]]], file: str | None,
 def _mahimahi(path: Path, rows: list[tuple[int, list[str]]], file: str | None, field_: str | None) -> Trace:
     stamps: list[int] = []
     for n, parts in rows:
-        if len(parts) != 1 or not parts[0].isdigit():
-            raise _fail(path, f"line {n}: expected one timestamp in ms, got {' '.join(parts)!r}", file, field_)
+        if len(parts) != 1 or not _is_ms(parts[0]):
+            raise _fail(path, f"line {n}: expected one timestamp in ms, got {shown(' '.join(parts))}", file, field_)
+        if len(parts[0]) > len(str(MAHIMAHI_MAX_MS)) or int(parts[0]) > MAHIMAHI_MAX_MS:
+            raise _fail(path, f"line {n}: timestamp past {MAHIMAHI_MAX_MS} ms (a day)", file, field_)
         ms = int(parts[0])
         if stamps and ms < stamps[-1]:
             raise _fail(path, f"line {n}: timestamp {ms} ms comes before {stamps[-1]} ms", file, field_)
