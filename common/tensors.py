@@ -281,8 +281,8 @@ class FrameReader:
         self._skipping = False
 
     def feed(self, data: bytes) -> TensorFrame | None:
-        """The frame this message completes, or None; raises FrameError for a frame it cannot
-        read (the reader is then ready for the next frame)."""
+        """The frame this message completes, or None; raises FrameError for the first frame in
+        it that cannot be read, for a caller that gives up on the stream then (read() goes on)."""
         frame = None
         for f in self.read(data):
             if f.invalid:
@@ -296,7 +296,7 @@ class FrameReader:
         t0 = time.perf_counter_ns()
         try:
             frames = self._read(data)
-        except Exception as e:  # no memory for a chunked frame, say: this frame is lost, the stream goes on
+        except Exception as e:  # a case not foreseen: this frame is lost, the stream goes on
             why = f"{type(e).__name__}: {e}"
             frames = [self._abandon(why) if self._header is not None else _refused(why, None)]
         if frames and not frames[-1].invalid:
@@ -349,9 +349,12 @@ class FrameReader:
         if total > self.max_payload:
             self._skipping = True
             return [*frames, _refused(f"chunked frame of {total} bytes is over {self.max_payload}", header)]
-        self._header = header
-        self._buffer = np.empty(PREFIX_BYTES + total, np.uint8)  # same alignment as a message
-        self._filled = 0
+        try:
+            buffer = np.empty(PREFIX_BYTES + total, np.uint8)  # same alignment as a message
+        except MemoryError:
+            self._skipping = True
+            return [*frames, _refused(f"no memory for a chunked frame of {total} bytes", header)]
+        self._header, self._buffer, self._filled = header, buffer, 0
         frame = self._piece(data, start, size)
         return frames if frame is None else [*frames, frame]
 

@@ -93,20 +93,22 @@ class Peer(_message.Message):
     def __init__(self, device: _Optional[str] = ..., address: _Optional[str] = ..., rate_bps: _Optional[int] = ..., delay_s: _Optional[float] = ..., ip: _Optional[str] = ..., tc_rate_bps: _Optional[int] = ..., tc_delay_s: _Optional[float] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("index", "model_path", "inputs", "outputs", "forward", "next_device")
+    __slots__ = ("index", "model_path", "inputs", "outputs", "forward", "next_device", "memory_mode")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     NEXT_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MODE_FIELD_NUMBER: _ClassVar[int]
     index: int
     model_path: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
     outputs: _containers.RepeatedScalarFieldContainer[str]
     forward: _containers.RepeatedScalarFieldContainer[str]
     next_device: str
-    def __init__(self, index: _Optional[int] = ..., model_path: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., forward: _Optional[_Iterable[str]] = ..., next_device: _Optional[str] = ...) -> None: ...
+    memory_mode: str
+    def __init__(self, index: _Optional[int] = ..., model_path: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., forward: _Optional[_Iterable[str]] = ..., next_device: _Optional[str] = ..., memory_mode: _Optional[str] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ("device", "num_stages", "source_device", "stages", "peers", "first_device", "threads", "queue_depth", "epoch")

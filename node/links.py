@@ -123,6 +123,9 @@ class PeerSender:
                 request_serializer=pb.Empty.SerializeToString,
                 response_deserializer=pb.HealthReply.FromString,
             )
+            # its connection now, while the link is idle: a busy sender's first heartbeat then
+            # waits for an answer, not for a connection inside its deadline (the answer is not needed)
+            self._warm_up = self._health.future(pb.Empty(), timeout=connect_timeout_s)
             self._watcher = threading.Thread(target=self._watch, name=f"heartbeat->{self.name}", daemon=True)
             self._watcher.start()
 

@@ -27,7 +27,7 @@ from common.rpc import add_node_servicer
 from common.tensors import NO_REQUEST, TensorFrame, frame_nbytes
 from node import resources, shaping, tc
 from node.links import PeerSender, sleep_until
-from node.stage import Stage, StageConfig
+from node.stage import Stage, StageConfig, cap_malloc_arenas, release_free_memory
 
 log = logging.getLogger("node.server")
 
@@ -518,7 +518,10 @@ class NodeServicer(pb_grpc.NodeServicer):
                 outputs=list(spec.outputs),
                 forward=list(spec.forward),
                 next_device=spec.next_device,
+                memory_mode=spec.memory_mode or "default",
             )
+            if cfg.memory_mode not in ("default", "lean"):
+                raise ValueError(f"stage {spec.index}: unknown memory_mode {spec.memory_mode!r} (default or lean)")
             stages[spec.index] = Stage(cfg, threads=req.threads, limits=self.limits, use_cuda=self.use_cuda)
         threads = (
             next(iter(stages.values())).threads
@@ -551,6 +554,8 @@ class NodeServicer(pb_grpc.NodeServicer):
 
     def _retire(self, pipe: _Pipeline) -> None:
         frames, nbytes = pipe.close()
+        pipe.stages.clear()  # its sessions close here (its workers have ended), not when the last reference goes
+        release_free_memory()
         for q in pipe.queues.values():  # frames its stages never took are gone with it
             for frame, _ in list(q.queue):
                 self._unhold(frame)
@@ -797,6 +802,7 @@ class NodeServer:
         clock_offset_ns: int | None = None,
         servicer: NodeServicer | None = None,
     ) -> None:
+        cap_malloc_arenas()  # before the server's threads allocate: resident memory as the stages need it
         self.device = device
         self.host = host
         self.servicer = servicer or NodeServicer(

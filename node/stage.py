@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,6 +26,35 @@ class StageConfig:
     outputs: list[str] = field(default_factory=list)
     forward: list[str] = field(default_factory=list)
     next_device: str = ""
+    memory_mode: str = "default"  # "lean": no pre-packed weights (less resident memory, slower)
+
+
+MALLOC_ARENAS = 2  # glibc malloc arenas a node uses (its default: 8 per core, one per busy thread)
+_M_ARENA_MAX = -8  # mallopt's M_ARENA_MAX
+
+
+def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap glibc's malloc arenas for the threads still to come; True where it could.
+
+    Each gRPC thread that handles a frame otherwise gets an arena of its own, and memory freed in
+    one is never reused by another: which threads happened to serve decides several MiB of a node's
+    resident memory, run to run. Two arenas keep it what the stage needs (partition.memory)."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_free_memory() -> bool:
+    """Give the memory freed so far back to the system (glibc's malloc_trim); True where it could.
+
+    The runtimes raise glibc's trim threshold (fast large frames), so the weights and arena of a
+    stage session just closed would otherwise stay resident for good: a node that held profiling
+    chunks or an earlier plan would report, and be limited on, memory that no stage of its own uses."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
 
 
 def cuda_options(env: dict[str, str] | None = None) -> dict[str, str]:
@@ -60,7 +90,8 @@ class Stage:
         elif use_cuda:
             log.warning("stage %d: CUDA asked for but this onnxruntime has no CUDA provider: CPU used", config.index)
         self._providers = providers
-        settings = SessionSettings.for_share(threads, lim.cpu_quota, lim.cores, providers)
+        self.prepacking = config.memory_mode != "lean"
+        settings = SessionSettings.for_share(threads, lim.cpu_quota, lim.cores, providers, self.prepacking)
         self.threads, self.spinning = settings.threads, settings.spinning
         self.session = open_session(config.model_path, settings)
         self.providers: list[str] = list(self.session.get_providers())
@@ -73,20 +104,23 @@ class Stage:
         if missing:
             raise ValueError(f"stage {config.index}: {config.model_path} has no output(s) {missing}")
         log.info(
-            "stage %d %s: threads=%d quota=%s spinning=%s providers=%s",
+            "stage %d %s: threads=%d quota=%s spinning=%s memory=%s providers=%s",
             config.index,
             config.model_path,
             self.threads,
             "none" if self.cpu_quota is None else f"{self.cpu_quota:g}",
             "on" if self.spinning else "off",
+            "default" if self.prepacking else "lean (no pre-packed weights)",
             ",".join(self.providers),
         )
 
     def reopen(self, threads: int, limits: resources.Limits) -> None:
         """Open the session again with `threads` under `limits` (its CPU cap changed while it runs):
         the old one is released first, so a memory-tight device never holds both."""
-        settings = SessionSettings.for_share(threads, limits.cpu_quota, limits.cores, self._providers)
-        old = SessionSettings(threads=self.threads, spinning=self.spinning, providers=self._providers)
+        settings = SessionSettings.for_share(threads, limits.cpu_quota, limits.cores, self._providers, self.prepacking)
+        old = SessionSettings(
+            threads=self.threads, spinning=self.spinning, prepacking=self.prepacking, providers=self._providers
+        )
         del self.session
         try:
             self.session = open_session(self.config.model_path, settings)

@@ -15,7 +15,14 @@ from orchestrator.runtimes import DEFAULT_DEVICES, DEFAULT_NAME, DEFAULT_SUBNET,
 def _cmd_run(a: argparse.Namespace) -> int:
     from orchestrator.run import execute
 
-    _, rep = execute(a.job, runtime=a.runtime, out=a.out, fidelity_check=not a.no_check, wait_for_testbed=a.wait)
+    _, rep = execute(
+        a.job,
+        runtime=a.runtime,
+        out=a.out,
+        fidelity_check=not a.no_check,
+        testbed_name=a.testbed,
+        wait_for_testbed=a.wait,
+    )
     return 1 if rep["errors"] or rep.get("ended") else 0  # a lost device that ended the run: 1
 
 
@@ -153,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runtime", choices=RUNTIMES)
     r.add_argument("--out", help="run folder (default runs/<UTC time>_<job>)")
     r.add_argument("--no-check", action="store_true", help="skip the fidelity check at the start (docker)")
+    r.add_argument(
+        "--testbed",
+        help=f"docker: the testbed to run on, started under that name where none runs (default: {DEFAULT_NAME!r} "
+        "where it runs, else one of the run's own)",
+    )
     r.add_argument("--wait", action="store_true", help="wait for a running testbed another run holds (default: refuse)")
     r.set_defaults(func=_cmd_run)
 
@@ -236,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         status = e.exit_status if isinstance(e, interrupts.Interrupted) else 130
+        interrupts.ignore_further()
         print("interrupted; everything started was stopped", file=sys.stderr)
         return status
     except RuntimeError as e:

@@ -68,6 +68,8 @@ class Device(_Strict):
     bandwidth: int | None = None  # bit/s, default egress rate; None: not shaped
     delay: float = 0.0  # seconds, default one-way egress delay
     cpuset: str | None = None
+    # "lean": its stages open ONNX Runtime without pre-packed weights (less resident memory, slower)
+    memory_mode: Literal["default", "lean"] = "default"
 
     @field_validator("name")
     @classmethod
@@ -93,9 +95,7 @@ class Device(_Strict):
 
 
 class Link(_Strict):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, defer_build=True, allow_inf_nan=False
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True, allow_inf_nan=False)
     src: str = Field(alias="from")
     dst: str = Field(alias="to")
     bandwidth: int | None = None
@@ -197,9 +197,7 @@ def _check_folder_name(v: Any) -> Any:
     if not isinstance(v, str):
         return v
     if v in ("", ".", "..") or any(c in v for c in "/\\") or not v.isprintable() or len(v.encode()) > _NAME_MAX:
-        raise ValueError(
-            f"{shown(v)} cannot name a run folder: printable, no '/' or '\\', at most {_NAME_MAX} bytes"
-        )
+        raise ValueError(f"{shown(v)} cannot name a run folder: printable, no '/' or '\\', at most {_NAME_MAX} bytes")
     return v
 
 
@@ -257,6 +255,8 @@ class Job(_Strict):
     # measure each planned stage as a whole on its device before the run (a few seconds) and
     # predict throughput from those step times instead of the sum of the profiled blocks
     measure_stages: bool = True
+    # a stage the memory model says cannot fit its device: refused at plan time, or run with a warning
+    memory_check: Literal["refuse", "warn"] = "refuse"
     timeout_s: float = Field(default=600.0, gt=0)
     # a timeline of link, CPU and device changes applied while requests flow (DESIGN: Scenarios)
     scenario: str | dict[str, Any] | None = None
@@ -273,6 +273,25 @@ class Job(_Strict):
 
 # --- loading --------------------------------------------------------------------------------
 
+_MAX_DEPTH = 64  # nesting levels; our files use five or six
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses deep nesting early: PyYAML composes recursively (a RecursionError
+    past a few hundred levels) and its scanner slows quadratically with the depth of [ and {."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > _MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {_MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
 
 def read_yaml(path: str | Path) -> Any:
     p = Path(path)
@@ -286,7 +305,7 @@ def read_yaml(path: str | Path) -> Any:
         reason = "not a text file" if isinstance(e, UnicodeDecodeError) else f"cannot read: {e}"
         raise UserError(reason, str(p)) from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else None
@@ -318,6 +337,7 @@ def _is_ianvs(raw: dict) -> bool:
 
 def _from_ianvs(raw: dict) -> dict:
     """Ianvs multi-edge devices.yaml: memory in MB and bandwith in Mbit/s, as bare strings."""
+
     def text(v: Any) -> Any:  # Ianvs writes values as strings; a number of sane size reads as one too
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e15
         return str(v) if ok else v

@@ -86,6 +86,13 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+def ignore_further() -> None:
+    """The command is ending after a signal: later ones are ignored to the end (the interpreter's
+    exit puts back the default action, which would kill it with the clean-up done)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _end_softly(end: Callable[[str], None], why: str) -> None:
     """End the drive; one that has not returned within SOFT_STOP_S is unwound in the main thread."""
     end(why)

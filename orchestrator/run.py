@@ -196,7 +196,7 @@ def plan_config(
         "source": cfg.source,
         "cost_table": table,
     }
-    placed = place(model, cfg.testbed, **how)  # kept: a run that re-plans needs the cuts
+    placed = place(model, cfg.testbed, memory_check=job.memory_check, **how)  # kept: a re-plan needs the cuts
     plan = partition(model, cfg.testbed, out_dir=run_dir, placed=placed, **how)
     console.print(
         f"partitioned {model.name} into {len(plan.stages)} stages ({cfg.algorithm}, "
@@ -257,7 +257,7 @@ def _write_interrupted(run_dir: Path, job: Job, cfg: Config, rt_name: str, e: In
             "requests": 0,
             "complete": False,
             "interrupted": {"signal": signal_name(e.signum), "phase": current_phase()},
-            "errors": [],
+            "errors": 0,
             "plan": str(plan.name) if plan.exists() else None,
             "notes": notes,
         }

@@ -58,7 +58,9 @@ _PAD = bytes(58)  # the payload starts 6 bytes into the message: 58 puts the arr
 
 def _good(rid: int, arrays: dict[str, np.ndarray] | None = None, stage: int = 0) -> list[bytes]:
     """A valid frame's messages, made by the codec itself."""
-    return list(encode_messages(TensorFrame(pb.Frame(request_id=rid, stage=stage), arrays or {"x": X})))
+    return list(
+        encode_messages(TensorFrame(pb.Frame(request_id=rid, stage=stage), {"x": X} if arrays is None else arrays))
+    )
 
 
 # Each case: messages for ONE frame, and what answers it: (request id, error expected).
@@ -300,7 +302,7 @@ def test_hostile_frames_are_answered_and_the_node_keeps_serving(pipeline, caplog
         else:
             assert r.arrays == {}
     assert src.servicer.frames_refused == sum(refused for _, _, refused in cases)
-    assert errors[NO_REQUEST] > 100 and len(errors) > 1500
+    assert errors[NO_REQUEST] > 300 and errors.total() > 1800  # thousands of hostile frames, all answered
     _healthy(pipeline)
 
     # 2. Push: the stream lives through them; every frame with a readable request id comes home
@@ -318,7 +320,7 @@ def test_hostile_frames_are_answered_and_the_node_keeps_serving(pipeline, caplog
     # 3. Push: random mutations of valid messages and random bytes
     a_refused = a.servicer.frames_refused
     assert isinstance(push(_mutations(3000, seed=3), timeout=TOTAL_S), pb.Empty)
-    assert a.servicer.frames_refused - a_refused > 300
+    assert a.servicer.frames_refused - a_refused > 2000  # 2,509 of 3,000 with this seed
     _healthy(pipeline)
 
     unexpected = [r for r in caplog.records if r.exc_info]

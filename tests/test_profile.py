@@ -13,7 +13,7 @@ from orchestrator.config import Device
 from orchestrator.config import Testbed as TB
 from orchestrator.partition import partition
 from orchestrator.partition.graph import load_graph
-from orchestrator.partition.memory import NODE_OVERHEAD_BYTES, resident_bytes, usable_bytes
+from orchestrator.partition.memory import resident_bytes, stage_needs, usable_bytes
 from orchestrator.partition.seeded_inputs import seeded_inputs, session_inputs
 from orchestrator.partition.stage_files import write_stages
 from orchestrator.partition.verify import verify_plan
@@ -35,7 +35,7 @@ def _dev(name: str, cpus: float = 1, memory: str = "1GiB") -> Device:
 
 
 # "small" has barely more than a node's own footprint: the blocks go in many loads
-BIG, SMALL, TWIN = _dev("big"), _dev("small", memory="110MiB"), _dev("twin")
+BIG, SMALL, TWIN = _dev("big"), _dev("small", memory="56MiB"), _dev("twin")
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +83,16 @@ def test_chunks_cover_every_block_and_fit():
     b = block_bounds(g)
     nb = len(b) - 1
     assert chunk_blocks(g, b, BIG) == [(0, nb)]
-    # room for the node itself and about 2 MiB of resident weights and activations
-    dev = _dev("x", memory=f"{int((NODE_OVERHEAD_BYTES + 2 * 1024**2) / 0.9)}B")
+    # room for the node holding the smallest block and about 2 MiB more
+    least = min(resident_bytes(stage_needs(g, b[k], b[k + 1])) for k in range(nb))
+    dev = _dev("x", memory=f"{int((least + 2 * 1024**2) / 0.9)}B")
     small = chunk_blocks(g, b, dev)
     assert len(small) > 2
     assert [c[0] for c in small] == [0, *[c[1] for c in small[:-1]]] and small[-1][1] == nb
     for i, j in small:
-        w = g.weights_bytes(b[i], b[j])
-        act = max(g.max_activation(b[k], b[k + 1]) for k in range(i, j))
-        assert j - i == 1 or resident_bytes(w, act) <= usable_bytes(dev.memory)
+        assert j - i == 1 or resident_bytes(stage_needs(g, b[i], b[j])) <= usable_bytes(dev.memory)
     assert len(chunk_blocks(g, b, SMALL)) > 3
-    assert all(j - i == 1 for i, j in chunk_blocks(g, b, _dev("tiny", memory="64MiB")))  # below a node's own size
+    assert all(j - i == 1 for i, j in chunk_blocks(g, b, _dev("tiny", memory="32MiB")))  # below a node's own size
 
 
 def test_chunk_request_routes_everything_home_on_the_same_device(tmp_path):

@@ -152,10 +152,16 @@ class Adaptation:
     def uses(self, device: str) -> bool:
         return device in self.current.devices or device == self.replanner.source
 
-    def lost(self, device: str, last_seen_unix_s: float, detected_unix_s: float, why: str = "") -> None:
-        """The heartbeat found a device gone."""
-        ev = self._event("lost", device=device, at=last_seen_unix_s, detail=why or "no heartbeat")
+    def lost(
+        self, device: str, last_seen_unix_s: float, detected_unix_s: float, why: str = "", cause: str | None = None
+    ) -> None:
+        """The heartbeat found a device gone; `cause` is the runtime's word on why, where it has one."""
+        detail = why or "no heartbeat"
+        ev = self._event("lost", device=device, at=last_seen_unix_s, detail=f"{cause}: {detail}" if cause else detail)
         ev["detected_unix_s"] = detected_unix_s
+        if cause:
+            ev["cause"] = cause
+            self._say(f"[red]device {device} {cause}")
         self._submit(lambda: self._on_gone(device, ev, announced=False))
 
     def leaving(self, device: str) -> None:
@@ -248,7 +254,7 @@ class Adaptation:
             pending = self.control.pending()
             stamp = time.strftime("%H:%M:%S", time.localtime(ev["detected_unix_s"] or ev["at_unix_s"]))
             why = (
-                f"device {device} {'left' if announced else 'lost'} at {stamp}"
+                f"device {device} {'left' if announced else ev.get('cause') or 'lost'} at {stamp}"
                 + ("" if device != self.replanner.source else " (the source: nothing can go on)")
                 + f": {len(pending)} request(s) lost"
                 + (f" (ids {_ids([i + self.id_offset for i in pending])})" if pending else "")

@@ -171,7 +171,8 @@ class ChangingWorld:
         self.adaptation.answered(rec)
 
     def _lost(self, lost: Lost) -> None:
-        self.adaptation.lost(lost.device, lost.last_seen_unix_s, lost.detected_unix_s, lost.why)
+        cause = self.runtime.gone_reason(lost.device)  # e.g. "ran out of memory (...)", where the runtime knows
+        self.adaptation.lost(lost.device, lost.last_seen_unix_s, lost.detected_unix_s, lost.why, cause=cause)
 
     def _leaving(self, device: str) -> None:
         self.heartbeat.forget(device)

@@ -53,6 +53,7 @@ def load_requests(
                     outputs=list(s.outputs),
                     forward=list(plan.forward_after(s.index)),
                     next_device=nxt,
+                    memory_mode=s.memory_mode,
                 )
             )
         peers = []

@@ -19,6 +19,7 @@ from orchestrator.figures.fidelity import fidelity_figures
 from orchestrator.figures.gpu_power import NvmlPowerSampler, gpu_energy
 from orchestrator.figures.gpu_use import fallback_notes, gpu_use
 from orchestrator.figures.latency import encode, histogram_of, per_second, summary
+from orchestrator.figures.memory import memory_figures, memory_notes
 from orchestrator.figures.metrics import HopSample, breakdown_table, hop_figures, stage_figures, throughput
 from orchestrator.figures.partition_view import partition_view
 from orchestrator.figures.provenance import git_revision, host_facts, versions
@@ -132,7 +133,10 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
         "repeats": per_repeat if job.repeat > 1 else None,
         "repeat_spread": _repeat_spread(fps) if job.repeat > 1 and fps else None,
         "per_second": per_second([r.done_ns / 1e9 for r in measured], [r.latency_ms for r in measured], job.batch),
-        "stages": stage_figures(measured, n, offsets=offsets),
+        "stages": [  # a stage no measured request passed through is still on its planned device
+            s | {"device": s["device"] or setup.plan.stages[s["index"]].device}
+            for s in stage_figures(measured, n, offsets=offsets)
+        ],
         "hops": hop_figures(run.hops, run.measured_ids),
         "agreement": agreement([r for r in run.records if not r.error], run.reference),
         "accuracy": (
@@ -141,6 +145,7 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
             else {"top1": None, "top5": None, "why": "synthetic data has no labels"}
         ),
         "devices": device_summary(run.stats),
+        "memory": memory_figures(plan, run.stats),
         "energy": device_energy(run.stats, testbed, window, images),
         "gpu_energy": {
             d: (
@@ -168,6 +173,7 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
         "notes": list(setup.notes) + fallback_notes(on_gpu),
         "host_cpu_busy": round(run.host_busy, 4),
     }
+    rep["notes"] += memory_notes(rep["memory"])
     rep["prediction_vs_measured"] = prediction_vs_measured(predicted, rep)
     rep["breakdown"] = breakdown_table(rep["stages"], rep["hops"], (rep["latency_ms"] or {}).get("mean"), setup.source)
     rep["clocks"] = {d: c.as_dict() for d, c in run.clocks.items()}

@@ -10,7 +10,15 @@ import importlib
 
 from orchestrator.errors import UserError
 from orchestrator.partition.graph import ModelGraph, prefix
-from orchestrator.partition.memory import NODE_OVERHEAD_BYTES, WEIGHTS_RESIDENT_FACTOR, format_bytes, resident_bytes
+from orchestrator.partition.memory import (
+    LEAN_TIME_FACTOR,
+    MemoryMode,
+    StageMemory,
+    breakdown,
+    format_bytes,
+    stage_needs,
+    usable_bytes,
+)
 from orchestrator.partition.memory_baseline import memory_partition
 from orchestrator.partition.optimal import optimal
 from orchestrator.partition.problem import Algorithm, Placement, Problem
@@ -144,26 +152,69 @@ def stage_memory(g: ModelGraph, lo: int, hi: int) -> tuple[int, int]:
     return g.weights_bytes(lo, hi), g.max_activation(lo, hi)
 
 
+def _parts(m: StageMemory) -> str:
+    parts = [
+        f"the node {format_bytes(m.node + m.graph)}",
+        f"weights as ONNX Runtime holds them {format_bytes(m.weights)}",
+        f"activations {format_bytes(m.activations)}",
+        f"frames {format_bytes(m.frames)}",
+    ]
+    if m.source:
+        parts.append(f"the driver's stream {format_bytes(m.source)}")
+    return ", ".join(parts)
+
+
 def check_memory(problem: Problem, placement: Placement) -> None:
-    """Refuse a stage whose node (weights as ONNX Runtime holds them, largest activation, the
-    node itself) cannot fit its device's memory."""
+    """Choose how each stage opens its session and refuse a stage whose node cannot fit its device.
+
+    A stage runs as ONNX Runtime does by default where its node fits the device's usable memory
+    (the planner's headroom kept free), else `lean` (no pre-packed weights: less resident memory,
+    `LEAN_TIME_FACTOR` slower) where that fits; a device with `memory_mode: lean` runs lean always.
+    Beyond the device's memory (the headroom spent) it is refused.
+    Sets `placement.modes` and `placement.memory_bytes` (the prediction plan.json carries) first,
+    so a caller that lets a refused stage through still has them."""
     g = problem.graph
     b = [0, *placement.cuts, g.n]
     by_name = {d.name: (i, d) for i, d in enumerate(problem.devices)}
+    modes: list[MemoryMode] = []
+    memory: list[int] = []
+    refusal: UserError | None = None
     for k, dev_name in enumerate(placement.devices):
         if dev_name not in by_name:
             raise UserError(f"stage {k}: unknown device {dev_name!r}", problem.devices_file, "devices")
         i, dev = by_name[dev_name]
-        w, act = stage_memory(g, b[k], b[k + 1])
-        need = resident_bytes(w, act)
-        if need > dev.memory:
-            raise UserError(
-                f"stage {k} needs about {format_bytes(need)} (weights {format_bytes(w)} held "
-                f"{WEIGHTS_RESIDENT_FACTOR:g}x by ONNX Runtime, largest activation {format_bytes(act)}, the node "
-                f"{format_bytes(NODE_OVERHEAD_BYTES)}) but device {dev_name!r} has {format_bytes(dev.memory)}",
+        needs = stage_needs(g, b[k], b[k + 1])
+        # a source that runs stage 0 takes the driver's frames as that stage's own; otherwise they come besides
+        inputs = g.live_bytes[0] if dev_name == problem.source and k > 0 else None
+        default = breakdown(needs, "default", input_bytes=inputs)
+        lean = breakdown(needs, "lean", input_bytes=inputs)
+        usable = usable_bytes(dev.memory)
+        if dev.memory_mode == "lean":
+            chosen = lean
+        elif default.total <= usable or lean.total >= default.total:  # lean only where it saves memory
+            chosen = default
+        else:
+            chosen = lean
+        modes.append(chosen.mode)
+        memory.append(int(chosen.total))
+        if chosen.mode == "lean" and dev.memory_mode != "lean" and chosen.total <= dev.memory:
+            placement.notes.append(
+                f"stage {k} fits {dev_name} ({format_bytes(usable)} usable) only without pre-packed weights: it runs "
+                f"lean, {format_bytes(lean.total)} resident instead of {format_bytes(default.total)}, its "
+                f"{format_bytes(lean.mapped_weights)} of weights read from the mapped file (page cache), "
+                f"compute about {LEAN_TIME_FACTOR:g}x slower"
+            )
+        if chosen.total > dev.memory and refusal is None:
+            refusal = UserError(
+                f"stage {k} needs about {format_bytes(chosen.total)} resident ({_parts(chosen)}"
+                + (f"; {format_bytes(default.total)} with pre-packed weights" if chosen.mode == "lean" else "")
+                + f") but device {dev_name!r} has {format_bytes(dev.memory)}",
                 problem.devices_file,
                 f"devices[{i}].memory",
             )
+    placement.modes, placement.memory_bytes = modes, memory
+    if refusal is not None:
+        raise refusal
 
 
 def check_placement(problem: Problem, placement: Placement) -> None:

@@ -4,7 +4,8 @@ A *block* is the stretch of the graph between two consecutive cut candidates ("b
 Compute comes from a `CostTable` (seconds per block per device): today estimated from FLOPs
 and the device's CPU quota; a profiler can later fill the same table with measured times,
 and nothing downstream changes. Transfers are `bytes * 8 / rate + delay` (rate 0: unshaped,
-delay only). Memory of a stage is its weights plus its largest activation (as `check_memory`).
+delay only). Memory of a stage is its node's resident memory by `partition.memory`; a stage that
+fits a device only without pre-packed weights runs lean there, `LEAN_TIME_FACTOR` slower.
 
 Everything the optimiser needs is turned into plain arrays (`Arrays`) so the solver can be
 tested without ONNX graphs.
@@ -21,7 +22,17 @@ import numpy as np
 
 from orchestrator.config import Device, Link, Testbed
 from orchestrator.partition.graph import ModelGraph, prefix, tensor_nbytes
-from orchestrator.partition.memory import MEMORY_HEADROOM, resident_bytes, usable_bytes
+from orchestrator.partition.memory import (
+    LEAN_TIME_FACTOR,
+    MEMORY_HEADROOM,
+    MemoryMode,
+    StageNeeds,
+    activation_peaks,
+    conv_weights,
+    resident_bytes,
+    source_bytes,
+    usable_bytes,
+)
 from orchestrator.partition.plan import Predicted
 
 # A rough sustained rate for FLOP-based estimates, per host CPU of quota. Profiling replaces it.
@@ -158,28 +169,58 @@ def reduce_candidates(
         window *= 2
 
 
-def segment_memory(graph: ModelGraph, bounds: Sequence[int], batch: int = 1) -> np.ndarray:
-    """mem[i, j] (i < j): resident bytes of a node holding blocks i..j-1 (see partition.memory).
+def segment_needs(graph: ModelGraph, bounds: Sequence[int]) -> dict[tuple[int, int], StageNeeds]:
+    """needs[i, j] (i < j): what the memory model reads off a stage holding blocks i..j-1.
 
-    Built from per-block initializer sets and per-block peak activations, so a weight shared by
-    several blocks is counted once per stage, exactly as the stage files hold it.
-    """
+    Built from per-block initializer and constant sets, so a weight or constant shared by several
+    blocks is counted once per stage, exactly as the stage files hold it; equal to
+    `memory.stage_needs` of the same stage."""
     nb = len(bounds) - 1
     inits = [graph.stage_initializers(bounds[i], bounds[i + 1]) for i in range(nb)]
-    acts = [graph.max_activation(bounds[i], bounds[i + 1]) for i in range(nb)]
+    consts = [graph.stage_consts(bounds[i], bounds[i + 1]) for i in range(nb)]
     size = {name: tensor_nbytes(graph.initializers[name]) for names in inits for name in names}
-    mem = np.full((nb + 1, nb + 1), np.inf)
+    conv = conv_weights(graph)
+    live = graph.live_bytes
+    out: dict[tuple[int, int], StageNeeds] = {}
     for i in range(nb):
+        lo = bounds[i]
+        peaks, largest = activation_peaks(graph, lo)
         seen: set[str] = set()
-        w = 0
-        act = 0
+        seen_consts: set[int] = set()
+        w = cw = 0
         for j in range(i, nb):
             for name in inits[j]:
                 if name not in seen:
                     seen.add(name)
                     w += size[name]
-            act = max(act, acts[j] * batch)
-            mem[i, j + 1] = resident_bytes(w, act)
+                    cw += size[name] if name in conv else 0
+            seen_consts.update(consts[j])
+            hi = bounds[j + 1]
+            out[i, j + 1] = StageNeeds(
+                weights=w,
+                conv_weights=cw,
+                nodes=(hi - lo) + len(seen_consts),
+                activations=int(peaks[hi - lo - 1]) if hi > lo else 0,
+                largest_activation=int(largest[hi - lo - 1]) if hi > lo else 0,
+                frame_bytes=live[lo] + live[hi],
+            )
+    return out
+
+
+def segment_memory(
+    graph: ModelGraph,
+    bounds: Sequence[int],
+    batch: int = 1,
+    mode: MemoryMode = "default",
+    needs: dict[tuple[int, int], StageNeeds] | None = None,
+) -> np.ndarray:
+    """mem[i, j] (i < j): resident bytes of a node holding blocks i..j-1 in `mode` (see
+    partition.memory); inf below the diagonal."""
+    nb = len(bounds) - 1
+    needs = needs if needs is not None else segment_needs(graph, bounds)
+    mem = np.full((nb + 1, nb + 1), np.inf)
+    for (i, j), nd in needs.items():
+        mem[i, j] = resident_bytes(nd, mode, batch=batch)
     return mem
 
 
@@ -216,6 +257,21 @@ class Arrays:
     # holds a stage (it also takes the requests in and sends the results out), once to relay otherwise.
     # It slows the pipeline's steps, not a request's path: latency counts compute and transfers.
     overhead: np.ndarray | None = None
+    # per stage [i, j] without pre-packed weights (partition.memory, lean); None: no lean choice
+    mem_lean: np.ndarray | None = None
+    lean_device: np.ndarray | None = None  # (D,) bool: devices whose memory_mode is lean
+    lean_factor: float = LEAN_TIME_FACTOR  # a lean stage's compute time over its default one
+
+    def mode(self, device: int, i: int, j: int) -> MemoryMode | None:
+        """How blocks i..j-1 run on `device`: "default" where they fit so, else "lean" where they fit
+        without pre-packed weights (always on a lean device); None where they do not fit."""
+        room = self.dev_mem[device]
+        lean_fits = self.mem_lean is not None and stage_mem(self.mem_lean, i, j) <= room
+        if self.lean_device is not None and self.lean_device[device]:
+            return "lean" if lean_fits else None
+        if stage_mem(self.mem, i, j) <= room:
+            return "default"
+        return "lean" if lean_fits else None
 
     def busy_s(self, device: int) -> float:
         """Per-frame time a device holding a stage spends beside compute."""
@@ -235,6 +291,7 @@ class Evaluation:
     fits: bool
     busy_s: list[float] = field(default_factory=list)  # per stage: compute and per-frame overhead
     relay_s: float = 0.0  # a source holding no stage still relays every frame
+    modes: list[MemoryMode | None] = field(default_factory=list)  # per stage; None: does not fit
 
     @property
     def bottleneck_s(self) -> float:
@@ -251,11 +308,24 @@ def stage_mem(mem: np.ndarray, i: int, j: int) -> float:
     return float(mem[i, j]) if mem.ndim == 2 else float(np.sum(mem[i:j]))
 
 
-def evaluate(a: Arrays, cuts: Sequence[int], devices: Sequence[int]) -> Evaluation:
-    """Cost of a placement given as block-bound indices (1..B-1) and device indices."""
+def evaluate(
+    a: Arrays, cuts: Sequence[int], devices: Sequence[int], modes: Sequence[MemoryMode] | None = None
+) -> Evaluation:
+    """Cost of a placement given as block-bound indices (1..B-1) and device indices. Each stage runs
+    in `modes` where given, else as `Arrays.mode` chooses; a lean stage computes `lean_factor` slower."""
     nb = a.block_cost.shape[1]
     b = [0, *cuts, nb]
-    stage = [float(a.block_cost[d, b[k] : b[k + 1]].sum()) for k, d in enumerate(devices)]
+    chosen = [a.mode(d, b[k], b[k + 1]) for k, d in enumerate(devices)]
+    if modes is not None:
+        mem = {"default": a.mem, "lean": a.mem_lean if a.mem_lean is not None else a.mem}
+        chosen = [
+            m if stage_mem(mem[m], b[k], b[k + 1]) <= a.dev_mem[d] else None
+            for k, (d, m) in enumerate(zip(devices, modes, strict=True))
+        ]
+    stage = [
+        float(a.block_cost[d, b[k] : b[k + 1]].sum()) * (a.lean_factor if m == "lean" else 1.0)
+        for k, (d, m) in enumerate(zip(devices, chosen if modes is None else modes, strict=True))
+    ]
     trans = [
         transfer_s(a.cut_bytes[c], a.link_rate[devices[k], devices[k + 1]], a.link_delay[devices[k], devices[k + 1]])
         for k, c in enumerate(cuts)
@@ -267,10 +337,10 @@ def evaluate(a: Arrays, cuts: Sequence[int], devices: Sequence[int]) -> Evaluati
             inp = transfer_s(a.cut_bytes[0], a.link_rate[s, devices[0]], a.link_delay[s, devices[0]])
         if devices[-1] != s:
             out = transfer_s(a.cut_bytes[nb], a.link_rate[devices[-1], s], a.link_delay[devices[-1], s])
-    fits = all(stage_mem(a.mem, b[k], b[k + 1]) <= a.dev_mem[d] for k, d in enumerate(devices))
+    fits = all(m is not None for m in chosen)
     busy = [st + a.busy_s(d) for st, d in zip(stage, devices, strict=True)]
     relay = float(a.overhead[s]) if a.overhead is not None and s is not None and s not in devices else 0.0
-    return Evaluation(stage, trans, inp, out, fits, busy, relay)
+    return Evaluation(stage, trans, inp, out, fits, busy, relay, chosen)
 
 
 def build_arrays(
@@ -297,15 +367,21 @@ def build_arrays(
     names = [d.name for d in devices]
     testbed = Testbed(devices=list(devices), links=list(links))
     rate, delay = link_matrices(testbed, names)
+    needs = segment_needs(graph, bounds)
+    # the source's node also carries the driver's stream (its own frames when it runs stage 0, not
+    # known here): less room for a stage there
+    driver = [source_bytes(graph.live_bytes[0]) if d.name == source else 0.0 for d in devices]
     arrays = Arrays(
         block_cost=np.array([table.block_s[n] for n in names], dtype=float).reshape(len(names), len(bounds) - 1),
         cut_bytes=np.array([graph.live_bytes[p] for p in bounds], dtype=float),
         link_rate=rate,
         link_delay=delay,
-        mem=segment_memory(graph, bounds),
-        dev_mem=np.array([usable_bytes(d.memory, headroom) for d in devices], dtype=float),
+        mem=segment_memory(graph, bounds, needs=needs),
+        dev_mem=np.array([usable_bytes(d.memory, headroom) - x for d, x in zip(devices, driver, strict=True)]),
         source=names.index(source) if source is not None and source in names else None,
         overhead=np.array([table.overhead_s.get(n, 0.0) for n in names], dtype=float) if table.overhead_s else None,
+        mem_lean=segment_memory(graph, bounds, mode="lean", needs=needs),
+        lean_device=np.array([d.memory_mode == "lean" for d in devices], dtype=bool),
     )
     return arrays, bounds
 
@@ -330,12 +406,14 @@ def predict(
     *,
     table: CostTable | None = None,
     source: str | None = None,
+    modes: Sequence[MemoryMode] | None = None,
 ) -> Predicted:
-    """plan.json's `predicted` for a placement (seq-position cuts), from the cost model."""
+    """plan.json's `predicted` for a placement (seq-position cuts), from the cost model; stages run
+    in `modes` (default: as the memory model chooses, see `Arrays.mode`)."""
     names = [d.name for d in testbed.devices]
     bounds = [0, *cuts, graph.n]
     a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
-    ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names])
+    ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names], modes)
     slowest = ev.bottleneck_s
     latency = ev.latency_s
     trip = table.roundtrip_s.get(source, 0.0) if table is not None and source is not None else 0.0

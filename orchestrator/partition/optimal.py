@@ -42,6 +42,14 @@ def _transfer(nbytes: float, rate: np.ndarray, delay: np.ndarray) -> np.ndarray:
     return t + delay
 
 
+def _per_stage(mem: np.ndarray) -> np.ndarray:
+    """Memory per stage [i, j] from either form of `Arrays.mem`."""
+    if mem.ndim == 2:
+        return mem
+    mp = np.concatenate([[0.0], np.cumsum(mem)])
+    return mp[None, :] - mp[:, None]
+
+
 def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> Solution:
     """One DP pass; `cap` (if given) forbids any step slower than it.
 
@@ -58,15 +66,19 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> 
     # stage time comp[d, i, j] for blocks i..j-1 on device d; inf where it does not fit
     pre = np.concatenate([np.zeros((d_n, 1)), np.cumsum(a.block_cost, axis=1)], axis=1)
     comp = pre[:, None, :] - pre[:, :, None]
+    mem = _per_stage(a.mem)
+    room = a.dev_mem[:, None, None]
+    fits = mem[None] <= room
+    if a.mem_lean is not None:  # where only lean fits (always, on a lean device), compute is slower
+        lean_fits = _per_stage(a.mem_lean)[None] <= room
+        lean_dev = (a.lean_device if a.lean_device is not None else np.zeros(d_n, dtype=bool))[:, None, None]
+        lean = lean_dev | (~fits & lean_fits)
+        fits = np.where(lean_dev, lean_fits, fits | lean_fits)
+        comp = np.where(lean, comp * a.lean_factor, comp)
     if combine is np.maximum:
         comp = comp + busy[:, None, None]
-    if a.mem.ndim == 2:
-        mem = a.mem
-    else:
-        mp = np.concatenate([[0.0], np.cumsum(a.mem)])
-        mem = mp[None, :] - mp[:, None]
     idx = np.arange(b_n + 1)
-    bad = (idx[None, :] <= idx[:, None])[None] | (mem[None] > a.dev_mem[:, None, None])
+    bad = (idx[None, :] <= idx[:, None])[None] | ~fits
     comp = np.where(bad, inf, comp)
     if cap is not None:
         comp = np.where(comp + (0.0 if combine is np.maximum else busy[:, None, None]) > cap, inf, comp)
@@ -204,7 +216,8 @@ def _no_fit(problem: Problem, a: Arrays, bounds: list[int]) -> UserError:
     """Name the block that is hardest to place and the device with the most memory."""
     g = problem.graph
     nb = len(bounds) - 1
-    block_mem = [float(a.mem[i, i + 1]) for i in range(nb)]
+    least = np.minimum(a.mem, a.mem_lean) if a.mem_lean is not None else a.mem  # lean where it saves memory
+    block_mem = [float(least[i, i + 1]) for i in range(nb)]
     big = int(np.argmax(block_mem))
     dev = max(problem.devices, key=lambda d: d.memory)
     usable = float(a.dev_mem[problem.devices.index(dev)])
@@ -215,7 +228,7 @@ def _no_fit(problem: Problem, a: Arrays, bounds: list[int]) -> UserError:
             f"largest device, {dev.name}, has {format_bytes(dev.memory)} ({format_bytes(usable)} usable)"
         )
     else:
-        total = float(a.mem[0, nb])
+        total = float(least[0, nb])
         room = float(a.dev_mem.sum())
         msg = (
             f"no placement fits: the model needs about {format_bytes(total)} and every block fits some "

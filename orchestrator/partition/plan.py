@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
@@ -21,6 +22,9 @@ class StagePlan(BaseModel):
     model: str
     inputs: list[str]
     outputs: list[str]
+    # the node's predicted peak resident (anonymous) bytes running this stage (partition.memory)
+    memory_bytes: int | None = None
+    memory_mode: Literal["default", "lean"] = "default"  # lean: no pre-packed weights
 
 
 class Predicted(BaseModel):

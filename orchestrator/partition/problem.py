@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from orchestrator.config import Device, Link, Objective, PartitionPoint, Testbed
 from orchestrator.partition.costmodel import CostTable
 from orchestrator.partition.graph import ModelGraph
+from orchestrator.partition.memory import MemoryMode
 from orchestrator.partition.plan import Predicted
 
 
@@ -43,6 +44,9 @@ class Placement:
     devices: list[str]
     notes: list[str] = field(default_factory=list)
     predicted: Predicted | None = None  # the algorithm's own estimate, when it made one
+    # per stage, set by the memory check: how its session opens and its node's predicted resident bytes
+    modes: list[MemoryMode] | None = None
+    memory_bytes: list[int] | None = None
 
 
 Algorithm = Callable[[Problem], Placement]

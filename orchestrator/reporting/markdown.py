@@ -30,6 +30,32 @@ def _pct(v) -> str:
     return "n/a" if v is None else f"{v:+.1f}%"
 
 
+def _mib(v) -> str:
+    return _fmt(v / 2**20 if v is not None else None)
+
+
+def _memory_section(mem: dict | None) -> list[str]:
+    """Each stage's predicted resident memory beside its device's measured peak."""
+    if not mem or not mem.get("stages"):
+        return []
+    lines = [
+        "",
+        "## Memory: predicted and measured",
+        "",
+        "Resident is the node's anonymous memory (what the device's limit kills for); the page cache "
+        "(the model files it read, reclaimable) is apart, in the table above.",
+        "",
+        "| stage | device | mode | predicted MiB | peak resident MiB | error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for x in mem["stages"]:
+        lines.append(
+            f"| {x['index']} | {x['device']} | {x['memory_mode']} | {_mib(x.get('predicted_bytes'))} | "
+            f"{_mib(x.get('peak_resident_bytes'))} | {_pct(None if x.get('error') is None else x['error'] * 100)} |"
+        )
+    return lines
+
+
 def _load_text(rep: dict) -> str:
     load = rep.get("load") or {}
     if load.get("mode") == "open":
@@ -130,11 +156,10 @@ def render_markdown(rep: dict) -> str:
         f"| agreement with the whole model: top-1 | {_fmt(ag.get('top1'), 4)} ({ag.get('checked', 0)} images) |",
     ]
     for name, d in (rep.get("devices") or {}).items():
-        pm = d.get("peak_memory_bytes")
         e = (rep.get("energy") or {}).get(name) or {}
         lines.append(
-            f"| {name}: peak memory, energy per image | {_fmt(pm / 2**20 if pm else None)} MiB, "
-            f"{_fmt(e.get('energy_per_image_j'), 3)} J (modelled) |"
+            f"| {name}: peak resident memory, page cache, energy per image | {_mib(d.get('peak_resident_bytes'))} MiB, "
+            f"{_mib(d.get('peak_page_cache_bytes'))} MiB, {_fmt(e.get('energy_per_image_j'), 3)} J (modelled) |"
         )
     flagged = fid.get("flagged") or []
     lines.append(f"| fidelity | {'; '.join(flagged) if flagged else 'no link or CPU cap off by more than 10%'} |")
@@ -259,23 +284,25 @@ def render_markdown(rep: dict) -> str:
         "",
         "## Devices",
         "",
-        "| device | peak memory MiB | CPU mean of cap | CPU peak of cap | energy per image J | peak power W |",
-        "|---|---|---|---|---|---|",
+        "| device | peak resident MiB | peak page cache MiB | peak memory MiB (engine) | CPU mean of cap "
+        "| CPU peak of cap | energy per image J | peak power W |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     energy = rep.get("energy") or {}
     for name, d in (rep.get("devices") or {}).items():
-        pm = d.get("peak_memory_bytes")
         e = energy.get(name) or {}
         lines.append(
-            f"| {name} | {_fmt(pm / 2**20 if pm else None)} | {_fmt(d.get('cpu_mean_of_cap'), 2)} | "
+            f"| {name} | {_mib(d.get('peak_resident_bytes'))} | {_mib(d.get('peak_page_cache_bytes'))} | "
+            f"{_mib(d.get('peak_memory_bytes'))} | {_fmt(d.get('cpu_mean_of_cap'), 2)} | "
             f"{_fmt(d.get('cpu_peak_of_cap'), 2)} | {_fmt(e.get('energy_per_image_j'), 3)} | "
             f"{_fmt(e.get('peak_power_w'), 2)} |"
         )
     for name, g in (rep.get("gpu_energy") or {}).items():
         lines.append(
-            f"| {name} GPU | | | | {_fmt(g.get('energy_per_image_j'), 3)} | {_fmt(g.get('peak_power_w'), 2)} "
+            f"| {name} GPU | | | | | | {_fmt(g.get('energy_per_image_j'), 3)} | {_fmt(g.get('peak_power_w'), 2)} "
             f"({g.get('method')}) |"
         )
+    lines += _memory_section(rep.get("memory"))
     if energy:
         lines += [
             "",

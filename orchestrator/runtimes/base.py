@@ -175,6 +175,11 @@ class Runtime(abc.ABC):
         """A device departs (announced: the run has re-planned away from it): its node is stopped
         the orderly way, and can come back with revive()."""
 
+    def gone_reason(self, device: str) -> str | None:
+        """Why a device's node is gone, where the runtime can tell (a phrase that follows "device X":
+        "ran out of memory (limit Y, peak Z)"); None where it cannot, or the node is not gone."""
+        return None
+
     @abc.abstractmethod
     def revive(self, device: str) -> NodeHandle:
         """Start a killed device's node again, empty, and wait until it answers; the deployment

@@ -30,6 +30,7 @@ from node import tc
 from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeClient
 from orchestrator.errors import UserError
+from orchestrator.partition.memory import format_bytes
 from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime, held_rate
 from orchestrator.runtimes.docker_engine import engine, testbed_containers
 from orchestrator.runtimes.docker_fidelity import PROBE, check_testbed
@@ -324,6 +325,7 @@ class DockerRuntime(Runtime):
             (a.name, b.name): testbed.link(a.name, b.name) for a in testbed.devices for b in testbed.devices if a != b
         }
         self.deployment: DockerDeployment | None = None
+        self._sampler: DockerStatsCollector | None = None
 
     def _say(self, text: str) -> None:
         if self.console is not None:
@@ -433,6 +435,15 @@ class DockerRuntime(Runtime):
                 self.hold.release()
                 self.hold = None
 
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        """Stop; a run that failed because a node ran out of memory fails saying so."""
+        causes = {}
+        if isinstance(exc, Exception):
+            causes = {d: why for d in self.containers if (why := self.gone_reason(d, settle_s=0.5))}
+        self.stop()
+        if causes:
+            raise RuntimeError("; ".join(f"device {d} {why}" for d, why in causes.items())) from exc
+
     def node_plan(self, plan: Plan, run_dir: Path) -> Plan:
         """The plan as the containers can read it: itself when under the workspace, else its files
         hard-linked (copied across file systems) into <workspace>/.plans/<run folder name>/."""
@@ -455,7 +466,30 @@ class DockerRuntime(Runtime):
         return Plan.load(dst / "plan.json")
 
     def stats_sampler(self, out_dir: Path) -> DockerStatsCollector:
-        return DockerStatsCollector(self.client, self.containers, self.caps, out_dir)
+        self._sampler = DockerStatsCollector(self.client, self.containers, self.caps, out_dir)
+        return self._sampler
+
+    def gone_reason(self, device: str, settle_s: float = 2.0) -> str | None:
+        """The engine's word on a container that stopped: killed by its cgroup for want of memory,
+        with its limit and the highest memory use sampled (the container may take `settle_s` to stop)."""
+        cont = self.containers.get(device)
+        if cont is None:
+            return None
+        deadline = time.monotonic() + settle_s
+        try:
+            cont.reload()
+            while cont.status == "running" and time.monotonic() < deadline:
+                time.sleep(0.05)
+                cont.reload()
+        except Exception:  # removed meanwhile: nothing to tell
+            return None
+        if not cont.attrs["State"].get("OOMKilled"):
+            return None
+        limit = cont.attrs["HostConfig"].get("Memory") or 0
+        rows = (self._sampler.samples.get(device) or []) if self._sampler is not None else []
+        peaks = [r.memory_peak_bytes or r.memory_bytes or 0 for r in rows]
+        sampled = f", {format_bytes(max(peaks))} at the last sample" if any(peaks) else ""
+        return f"ran out of memory (limit {format_bytes(limit)}, peak {format_bytes(limit)} at the kill{sampled})"
 
     def fidelity_check(self, console: Console | None = None) -> dict:
         dep = self.running

@@ -3,7 +3,9 @@
 One thread per container reads `GET /containers/<id>/stats?stream=1` and writes
 `<out>/<device>.jsonl` with the same keys as the local runtime's sampler (runtimes/stats.py):
 time, CPU in cores and as a share of the device's cap, throttled periods and time (cumulative),
-memory use, limit and peak, network bytes and packets in and out.
+memory use, limit and peak, resident (anonymous) memory and page cache apart (the container's
+cgroup memory.stat: v1 total_rss and total_cache, v2 anon and file), network bytes and packets in
+and out.
 
 `python -m orchestrator.runtimes.docker_stats --testbed NAME --out logs/stats` is the background
 collector `orchestrator testbed up` starts; it ends when the testbed's containers are gone.
@@ -17,7 +19,12 @@ import time
 from pathlib import Path
 
 from orchestrator.runtimes.docker_testbed import LABEL_DEVICE
-from orchestrator.runtimes.stats import StatsLine
+from orchestrator.runtimes.stats import MemoryPeaks, StatsLine, memory_peaks
+
+
+def _first(stats: dict, *keys: str) -> int | None:
+    """The first of `keys` the cgroup's memory.stat has (v1 names first, then v2's)."""
+    return next((int(stats[k]) for k in keys if stats.get(k) is not None), None)
 
 
 def sample_line(s: dict, cap: float) -> StatsLine | None:
@@ -47,6 +54,8 @@ def sample_line(s: dict, cap: float) -> StatsLine | None:
         memory_bytes=usage,
         memory_limit=mem.get("limit"),
         memory_peak_bytes=mem.get("max_usage") or stats.get("peak") or None,
+        memory_resident_bytes=_first(stats, "total_rss", "rss", "anon"),
+        memory_page_cache_bytes=_first(stats, "total_cache", "cache", "file"),
         bytes_in=sum(n.get("rx_bytes", 0) for n in nets.values()),
         bytes_out=sum(n.get("tx_bytes", 0) for n in nets.values()),
         packets_in=sum(n.get("rx_packets", 0) for n in nets.values()),
@@ -95,6 +104,10 @@ class DockerStatsCollector:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and any(len(self.samples[d]) < n for d, n in want.items()):
             time.sleep(0.05)
+
+    def peaks(self) -> dict[str, MemoryPeaks]:
+        """Each container's memory peaks over the samples so far: resident and page cache apart."""
+        return memory_peaks(self.samples)
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
