@@ -10,7 +10,10 @@ idled 20 s, so its size at a moment says nothing about growth. Read once 1,000 r
 (the warmed-up state: sessions, arenas, streams and thread pools are all made by then) and again
 at the last one; the growth between them is the figure. The baseline is the first reading. Each
 reading is the median of 11 samples over the 200 answers up to its mark, so that a thread a pool
-starts for a moment (gRPC's own) is not taken for growth; a leak grows through the window.
+starts for a moment (gRPC's own) is not taken for growth; a leak grows through the window. The
+drive forgets each answered request (a run keeps every request's record for its report, about 2 KB
+each: `--keep-records` shows that growth), and what setting up left free in this process is given
+back before the drive, so that the orchestrator's baseline is the drive's own.
 
 Target: every figure grows < 5%, and every request is answered without error. Exits 1 otherwise.
 The outputs of the first and the last request are compared with the whole model run here.
@@ -89,7 +92,10 @@ def _listing(pid: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def read_process(pid: int) -> Reading:
-    fds, names = _listing(pid)
+    try:
+        fds, names = _listing(pid)
+    except PermissionError:
+        raise SystemExit(f"cannot read /proc/{pid}: a container's process is read from the host as root") from None
     pool = names.count(GRPC_POOL)
     return Reading(psutil.Process(pid).memory_info().rss, len(names), pool, len(names) - pool, len(fds), fds, names)
 
@@ -169,7 +175,7 @@ def soak(
             missing = [d for d, pid in pids.items() if pid is None]
             if missing:
                 raise SystemExit(f"{runtime}: no process id for {', '.join(missing)}: cannot read them from the host")
-            at = {first: sample_points(first), requests: sample_points(requests)}
+            at = {first: sample_points(first, 0), requests: sample_points(requests, first)}
             when = {n: mark for mark, points in at.items() for n in points}
             samples: dict[int, list[dict[str, Reading]]] = {first: [], requests: []}
             answered = errors = 0
@@ -222,9 +228,10 @@ def soak(
     return Soak(runtime, marks, readings, answered, errors, first_error, max(diffs, default=float("nan")), seconds)
 
 
-def sample_points(mark: int) -> list[int]:
-    """The answer counts at which the reading for `mark` samples: up to WINDOW before it, evenly."""
-    start = max(1, mark - WINDOW)
+def sample_points(mark: int, after: int) -> list[int]:
+    """The answer counts at which the reading for `mark` samples: up to WINDOW before it (and
+    after `after`, the previous mark), evenly."""
+    start = max(after + 1, mark - WINDOW)
     return sorted({round(start + k * (mark - start) / (SAMPLES - 1)) for k in range(SAMPLES)})
 
 

@@ -313,8 +313,13 @@ def read_yaml(path: str | Path) -> Any:
         raise UserError(f"not valid YAML: {problem}", str(p), where) from None
     except RecursionError:
         raise UserError("not valid YAML: nested too deeply", str(p)) from None
-    except (ValueError, OverflowError) as e:  # a tagged value its constructor refuses: 2001-13-45, !!int x
-        raise UserError(f"not valid YAML: {e}", str(p)) from None
+    except (ValueError, OverflowError, TypeError, AttributeError, KeyError, IndexError) as e:
+        # a value PyYAML's constructors refuse without a YAMLError: 2001-13-45, !!int '', !!bool maybe,
+        # !!timestamp null, an int of more than 4300 digits
+        reason = "a value does not parse as its tag's type"
+        if isinstance(e, (ValueError, OverflowError)):
+            reason = str(e)[:200]
+        raise UserError(f"not valid YAML: {reason}", str(p)) from None
 
 
 def _first_error(e: ValidationError) -> tuple[str, str]:

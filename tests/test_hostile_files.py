@@ -36,7 +36,7 @@ pytestmark = pytest.mark.timeout(300)
 
 _EXPLORE = int(os.environ.get("HOSTILE_FILES_EXAMPLES", "0"))
 HOSTILE = settings(
-    max_examples=_EXPLORE or 150,
+    max_examples=_EXPLORE or 300,
     derandomize=not _EXPLORE,  # the suite replays one fixed set; exploring draws fresh ones
     database=None,  # nothing written into the repository
     deadline=timedelta(seconds=10),  # a busy 2-core host; loads_or_one_line checks 5 s
@@ -184,14 +184,17 @@ KEYS = st.one_of(st.sampled_from(FIELD_NAMES), st.text(max_size=12), st.integers
 # Text spliced into a rendered document: YAML syntax, tags that construct (or refuse) objects, bad dates
 TOKENS = [
     "&a ", "*a", "*undefined", "!!binary ", "!!python/object/apply:os.system ['true'] ", "!!int ", "!!float ",
-    "!!timestamp ", "!!set ", "!!omap ", "!!str ", "!foo ", "<<: ", "<<: *a", "[", "]", "{", "}", ": ", "- ", "? ",
+    "!!timestamp ", "!!bool ", "!!null ", "!!int ''", "!!timestamp null", "!!set ", "!!omap ", "!!str ", "!foo ",
+    "<<: ", "<<: *a", "[", "]", "{", "}", ": ", "- ", "? ",
     "\t", "'", '"', "%YAML 1.1\n", "%TAG ! tag:x,2000:\n", "---\n", "...\n", "|", ">", "\x00", "\ufeff", "\x85",
     "2001-13-45", "2001-02-30 25:61:61", "\\", "#", ",", "\n  ", "\n", "9" * 5000, "0o99", "0x", ".nan", ".inf",
 ]  # fmt: skip
 
 
 def _nested(depth: int, flow: bool) -> str:
-    return "[" * depth + "]" * depth if flow else "".join("  " * i + "- \n" for i in range(depth))
+    if flow:
+        return "[" * depth + "]" * depth
+    return "".join("  " * i + "- \n" for i in range(min(depth, 400)))  # indented: 3000 levels is 9 MB
 
 
 def alias_bomb(width: int, depth: int) -> str:

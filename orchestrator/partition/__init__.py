@@ -10,7 +10,8 @@ from orchestrator.errors import UserError
 from orchestrator.partition.algorithms import ALGORITHMS, check_memory, check_placement, get_algorithm
 from orchestrator.partition.costmodel import CostTable, predict
 from orchestrator.partition.graph import ModelGraph, load_graph
-from orchestrator.partition.plan import Plan, StagePlan
+from orchestrator.partition.memory import format_bytes, queue_bytes
+from orchestrator.partition.plan import Plan, Predicted, StagePlan
 from orchestrator.partition.problem import Placement, Problem
 from orchestrator.partition.stage_files import write_stages
 from orchestrator.partition.weights_store import WEIGHTS_FILE, WeightsStore
@@ -96,6 +97,33 @@ def place(
     return graph, placement
 
 
+def queued_memory(graph: ModelGraph, placement: Placement, predicted: Predicted) -> tuple[list[int] | None, list[str]]:
+    """Each stage's predicted resident memory, the frames that wait at the pipeline's slowest step
+    added to the stage that holds them: its inbound queue when it is a stage, the sender's when
+    it is a link between two stages (partition.memory). And a note saying where."""
+    if not placement.memory_bytes:
+        return None, []
+    memory = list(placement.memory_bytes)
+    steps = predicted.stage_s or []
+    links = predicted.transfer_s or []
+    slowest = max([*steps, *links], default=0.0)
+    if slowest <= 0 or slowest < (predicted.slowest_other_s or 0.0) or len(steps) != len(memory):
+        return memory, []  # the slowest step is the source's: its frames wait in the driver
+    b = [0, *placement.cuts, graph.n]
+    if slowest in steps:
+        k = steps.index(slowest)
+        extra, where = queue_bytes(graph.live_bytes[b[k]]), f"stage {k} on {placement.devices[k]} is"
+    else:
+        k = links.index(slowest)
+        extra, where = queue_bytes(graph.live_bytes[b[k + 1]]), f"the link out of stage {k} is"
+    memory[k] += int(extra)
+    note = (
+        f"memory: {where} the pipeline's slowest step; the frames waiting for it add about "
+        f"{format_bytes(extra)} to stage {k}'s predicted memory"
+    )
+    return memory, [note]
+
+
 def partition(
     model_path: str | Path,
     testbed: Testbed,
@@ -136,6 +164,14 @@ def partition(
             model_ref = str(model_path.resolve())
     except ValueError:
         model_ref = str(model_path.resolve())
+    predicted = (
+        placement.predicted
+        if placement.predicted and "lean" not in (placement.modes or ())
+        else predict(
+            graph, placement.cuts, placement.devices, testbed, table=cost_table, source=source, modes=placement.modes
+        )
+    )
+    memory, notes = queued_memory(graph, placement, predicted)
     plan = Plan(
         model=model_ref,
         model_sha256=graph.sha256,
@@ -150,17 +186,13 @@ def partition(
                 model=f.model,
                 inputs=f.inputs,
                 outputs=f.outputs,
-                memory_bytes=placement.memory_bytes[f.index] if placement.memory_bytes else None,
+                memory_bytes=memory[f.index] if memory else None,
                 memory_mode=placement.modes[f.index] if placement.modes else "default",
             )
             for f in files
         ],
-        predicted=placement.predicted
-        if placement.predicted and "lean" not in (placement.modes or ())
-        else predict(
-            graph, placement.cuts, placement.devices, testbed, table=cost_table, source=source, modes=placement.modes
-        ),
-        notes=graph.notes + placement.notes,
+        predicted=predicted,
+        notes=graph.notes + placement.notes + notes,
     )
     plan.save(out)
     return plan

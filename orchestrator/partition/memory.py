@@ -8,7 +8,7 @@ Measured on real node processes (ONNX Runtime 1.32, one intra-op thread, the run
 settings; tests/test_memory_model.py checks it against every fixture model), a node holds:
 
 - itself: Python, gRPC and ONNX Runtime loaded, serving, idle (`NODE_BYTES`);
-- ONNX Runtime's graph and kernels: about 4 KiB per node of the stage file;
+- ONNX Runtime's graph and kernels: a few hundred bytes per node of the stage file;
 - weights: ONNX Runtime maps the stage's external weights file. By default it pre-packs every
   MatMul/Gemm weight into its own copy and keeps the other weights in memory too (about 1.0x the
   weights, the mapping released); Conv weights are reordered into copies in any mode, with their
@@ -21,6 +21,9 @@ settings; tests/test_memory_model.py checks it against every fixture model), a n
 - frames: the tensors of the frames it is receiving, queueing, computing and sending, and the
   gRPC and glibc buffers they went through (`FRAME_FACTOR` times a frame's bytes in and out), and
   a loaded stage's fixed share (`STAGE_BYTES`);
+- at the pipeline's slowest step, the frames waiting for it: up to `QUEUED_FRAMES` (the nodes'
+  queue depth), `QUEUE_FRAME_FACTOR` times their bytes, on the stage that is that step, or that
+  sends on the link that is (added to plan.json's figure once the plan's times are predicted);
 - on a source device that does not run stage 0, the driver's stream besides
   (`SOURCE_FRAME_FACTOR` times the model's input bytes, plus `SOURCE_BYTES`); running stage 0, the
   driver's frames are that stage's own.
@@ -45,12 +48,14 @@ MEMORY_MODES: tuple[MemoryMode, ...] = ("default", "lean")
 
 MIB = 1024**2
 NODE_BYTES = 32 * MIB  # an idle node: Python, gRPC, numpy and ONNX Runtime loaded
-STAGE_BYTES = 17 * MIB // 10  # a loaded stage's fixed share: its session, worker and sender threads
-GRAPH_BYTES_PER_NODE = 4 * 1024  # ONNX Runtime's graph, kernels and plans, per node of the stage file
-CONV_EXTRA_FACTOR = 1.5  # Conv weights: reordered copies and the transients glibc keeps, beyond the weights
-ACTIVATION_FACTOR = 6.7  # arena bytes per byte alive at the peak beside the largest activation
-LARGEST_ACTIVATION_FACTOR = 2.3  # arena bytes per byte of the largest activation
-FRAME_FACTOR = 7.8  # resident bytes per byte of a frame in and out (queued, decoded, encoded, gRPC)
+STAGE_BYTES = 23 * MIB // 10  # a loaded stage's fixed share: its session, worker and sender threads
+GRAPH_BYTES_PER_NODE = 256  # ONNX Runtime's graph, kernels and plans, per node of the stage file
+CONV_EXTRA_FACTOR = 1.4  # Conv weights: reordered copies and the transients glibc keeps, beyond the weights
+ACTIVATION_FACTOR = 6.6  # arena bytes per byte alive at the peak beside the largest activation
+LARGEST_ACTIVATION_FACTOR = 2.0  # arena bytes per byte of the largest activation
+FRAME_FACTOR = 8.8  # resident bytes per byte of a frame in and out (queued, decoded, encoded, gRPC)
+QUEUE_FRAME_FACTOR = 5.5  # resident bytes per byte of a frame waiting at the pipeline's slowest step
+QUEUED_FRAMES = 4  # frames that wait there: the nodes' inbound queue depth (deploy's queue_depth)
 SOURCE_FRAME_FACTOR = 16.0  # the driver's stream on a source that does not run stage 0: per input byte
 SOURCE_BYTES = 2 * MIB
 LEAN_TIME_FACTOR = 1.12  # compute time without pre-packed weights (ViT-B, one thread: 298 vs 265 ms)
@@ -135,6 +140,11 @@ def resident_bytes(
 def source_bytes(input_bytes: int, batch: int = 1) -> float:
     """What the driver's stream adds to the source device's node."""
     return SOURCE_FRAME_FACTOR * input_bytes * batch + SOURCE_BYTES
+
+
+def queue_bytes(frame_bytes: int, frames: int = QUEUED_FRAMES, batch: int = 1) -> float:
+    """What the frames waiting at the pipeline's slowest step add to the node that holds them."""
+    return QUEUE_FRAME_FACTOR * frame_bytes * frames * batch
 
 
 def usable_bytes(memory: float, headroom: float = MEMORY_HEADROOM) -> float:

@@ -344,7 +344,11 @@ class DockerRuntime(Runtime):
                 "`orchestrator testbed down` first, or run with the devices it has"
             )
         ws = Path(running[0].labels.get(LABEL_WORKSPACE, self.spec.workspace))
-        self.spec.workspace = str(ws)
+        nets = testbed_networks(self.client, self.spec.name)
+        pools = (nets[0].attrs.get("IPAM") or {}).get("Config") or [] if nets else []
+        subnet = pools[0].get("Subnet") if pools else self.spec.subnet
+        # the addresses are the running testbed's: its subnet, whatever this run was given
+        self.spec = testbed_spec(self.testbed, self.spec.name, subnet, self.spec.image, ws, owner=self.spec.owner)
         return f"docker runtime: used the running testbed {self.spec.name!r} (workspace {ws}), held for the run"
 
     def _start_own(self) -> tuple[dict[str, NodeHandle], str]:
@@ -388,6 +392,9 @@ class DockerRuntime(Runtime):
             nodes, note = self._start_own()
         notes = [note]
         self.containers = {c.labels[LABEL_DEVICE]: c for c in testbed_containers(self.client, self.spec.name)}
+        wrong = [d for d, c in self.spec.by_device().items() if container_ip(self.containers[d]) != c.ip]
+        if wrong:  # links are shaped and probed by these addresses: a mismatch would reach other containers
+            raise RuntimeError(f"testbed {self.spec.name!r}: {', '.join(wrong)} not at the addresses planned")
         if any(d.gpu is not None for d in self.testbed.devices) and not mps_daemon_running():
             notes.append("no CUDA MPS daemon runs: GPU shares are not enforced (memory limits are)")
         emulation = link_emulation_of(next(iter(self.containers.values())))

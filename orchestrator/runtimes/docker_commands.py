@@ -261,6 +261,8 @@ def status(client, name: str | None, con: Console) -> int:
             f"{r['memory'] / 2**20:.0f}",
         )
     con.print(t)
+    for tb in sorted({r["testbed"] for r in rows if r["testbed"] and is_held(r["testbed"])}):
+        con.print(f"testbed {tb!r} is in use by {describe_holder(tb)}")
     return 0
 
 
