@@ -32,6 +32,7 @@ from node.stage import Stage, StageConfig, cap_malloc_arenas, release_free_memor
 log = logging.getLogger("node.server")
 
 DEFAULT_QUEUE_DEPTH = 4
+RELEASE_WAIT_S = 10.0  # how long a Load waits for the pipeline retired before it to free its sessions
 PROBE_MAX_BYTES = 16 << 20
 REQUOTA_WAIT_S = 20.0  # a stage mid-frame under a small quota finishes it before reopening
 MAX_HOLD_S = 60.0  # a frame asking its link to hold it longer is refused: it would stall the link
@@ -194,6 +195,8 @@ class NodeServicer(pb_grpc.NodeServicer):
         self.limits = limits or resources.limits()
         self._pipe: _Pipeline | None = None
         self._load_lock = threading.Lock()
+        self._released = threading.Event()  # the last retired pipeline's sessions are gone
+        self._released.set()
         self._count_lock = threading.Lock()
         self._pending: dict[int, queue.Queue[object]] = {}
         self.frames_in = self.bytes_in = 0
@@ -223,7 +226,8 @@ class NodeServicer(pb_grpc.NodeServicer):
                 return pb.LoadReply(ok=False, error=f"{type(e).__name__}: {e}")
             old, self._pipe = self._pipe, new
             if old is not None:  # in the background: a link to a lost peer may take seconds to close
-                threading.Thread(target=self._retire, args=(old,), name="retire", daemon=True).start()
+                self._released = threading.Event()
+                threading.Thread(target=self._retire, args=(old, self._released), name="retire", daemon=True).start()
             for idx, stage in new.stages.items():
                 t = threading.Thread(target=self._work, args=(new, stage), name=f"stage-{idx}", daemon=True)
                 new.workers.append(t)
@@ -509,6 +513,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             ).node_delay_s
 
         depth = req.queue_depth if req.queue_depth > 0 else DEFAULT_QUEUE_DEPTH
+        if req.stages:  # sessions built where the last retired ones were freed, not beside them
+            self._released.wait(timeout=RELEASE_WAIT_S)
+            release_free_memory()  # and what ended since (streams, frames of an earlier load)
         stages: dict[int, Stage] = {}
         for spec in req.stages:
             cfg = StageConfig(
@@ -552,10 +559,17 @@ class NodeServicer(pb_grpc.NodeServicer):
             )
         return pipe
 
-    def _retire(self, pipe: _Pipeline) -> None:
-        frames, nbytes = pipe.close()
-        pipe.stages.clear()  # its sessions close here (its workers have ended), not when the last reference goes
+    def _retire(self, pipe: _Pipeline, released: threading.Event | None = None) -> None:
+        """Stop a pipeline: its sessions first (their memory given back at once, and a Load waiting to
+        build its own told), then its links (a link to a lost peer may take seconds to close)."""
+        pipe.stop.set()
+        for w in pipe.workers:
+            w.join(timeout=2.0)
+        pipe.stages.clear()  # its sessions close here, not when the last reference goes
         release_free_memory()
+        if released is not None:
+            released.set()
+        frames, nbytes = pipe.close()
         for q in pipe.queues.values():  # frames its stages never took are gone with it
             for frame, _ in list(q.queue):
                 self._unhold(frame)

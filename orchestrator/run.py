@@ -195,6 +195,7 @@ def plan_config(
         "stages": cfg.stages,
         "source": cfg.source,
         "cost_table": table,
+        "batch": job.batch,
     }
     placed = place(model, cfg.testbed, memory_check=job.memory_check, **how)  # kept: a re-plan needs the cuts
     plan = partition(model, cfg.testbed, out_dir=run_dir, placed=placed, **how)
@@ -329,7 +330,7 @@ def _run_config(
                 policy=cfg.adapt,
                 scenario=cfg.scenario,
                 testbed=testbed,
-                replanner=Replanner(model, cfg.algorithm, cfg.objective, cfg.stages, cfg.source, run_dir),
+                replanner=Replanner(model, cfg.algorithm, cfg.objective, cfg.stages, cfg.source, run_dir, job.batch),
                 table=prof.table if prof is not None else None,
                 plan=plan,
                 cuts=cuts,

@@ -207,19 +207,24 @@ def docker_rt(docker_client, node_image, tmp_path):
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("name", ["hf_vit_tiny", "squeezenet1_1", "vit"])
-def test_predicted_memory_is_what_docker_nodes_hold(name, scenario_vit, docker_rt, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "mode"),
+    [("hf_vit_tiny", "default"), ("squeezenet1_1", "default"), ("vit", "default"), ("hf_vit_tiny", "lean")],
+)
+def test_predicted_memory_is_what_docker_nodes_hold(name, mode, scenario_vit, docker_rt, tmp_path):
     model = _models(scenario_vit)[name]
-    tb = _testbed(tmp_path)
+    tb = _testbed(tmp_path, mode)
     ws = tmp_path / "ws"
     plan = partition(model, tb, stages=2, source="first", out_dir=ws / "plan")
+    assert {s.memory_mode for s in plan.stages} == {mode}
     with docker_rt(tb) as rt:
         rt.start()
         peaks = _drive(rt, plan, tb, model, ws)
-    _check(plan, peaks, f"docker {name}")
+    _check(plan, peaks, f"docker {name} {mode}")
     for dev, p in peaks.items():  # the container's page cache, told apart from the node's memory
         assert p.page_cache is not None and p.peak is not None and p.limit == 1024**3, (dev, p)
-        print(f"docker {name} {dev}: page cache {p.page_cache / 2**20:.1f} MiB, engine peak {p.peak / 2**20:.1f} MiB")
+        cache, engine = p.page_cache / 2**20, p.peak / 2**20
+        print(f"docker {name} {mode} {dev}: page cache {cache:.1f} MiB, engine peak {engine:.1f} MiB")
 
 
 def test_peaks_are_the_highest_samples():

@@ -1,7 +1,8 @@
 """A stage that outgrows its device at run time is killed by the device's cgroup, and the run says
 "device X ran out of memory (limit Y, peak Z)" and ends (static) or fails over (failover), never
 hangs. The tablet's limit holds its stage loaded, not the activations of batch 64, which the first
-request grows past it (`memory_check: warn` runs the plan whatever the memory model makes of it)."""
+request grows past it. The memory model, which counts the batch, would refuse the plan:
+`memory_check: warn` runs it all the same."""
 
 from __future__ import annotations
 
@@ -68,6 +69,7 @@ def test_a_stage_that_outgrows_its_device_ends_the_run_saying_so(tmp_path, docke
     rc, out, took = _run(_job(tmp_path, TIGHT), tmp_path / "run")
     assert rc == 1, out[-3000:]
     assert OOM.search(out), out[-3000:]
+    assert "memory_check is warn" in out  # the memory model saw it coming: batch 64 does not fit
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     assert rep["complete"] is False and OOM.search(rep["ended"]), rep["ended"]
     lost = [e for e in rep["events"] if e["kind"] == "lost"]

@@ -35,7 +35,7 @@ def _dev(name: str, cpus: float = 1, memory: str = "1GiB") -> Device:
 
 
 # "small" has barely more than a node's own footprint: the blocks go in many loads
-BIG, SMALL, TWIN = _dev("big"), _dev("small", memory="56MiB"), _dev("twin")
+BIG, SMALL, TWIN = _dev("big"), _dev("small", memory="50MiB"), _dev("twin")
 
 
 @pytest.fixture(scope="module")

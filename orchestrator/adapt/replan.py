@@ -44,6 +44,7 @@ class Replanner:
     stages: int | None
     source: str
     run_dir: Path
+    batch: int = 1  # the job's: memory is checked at it
 
     def place(self, testbed: Testbed, table: CostTable | None) -> Placed:
         """The best placement on `testbed` (its devices are those left) with `table`'s costs."""
@@ -57,6 +58,7 @@ class Replanner:
             stages=stages,
             source=self.source,
             cost_table=_only(table, testbed),
+            batch=self.batch,
         )
         seconds = time.perf_counter() - t0
         return Placed(graph, placement, self.fps(graph, placement.cuts, placement.devices, testbed, table), seconds)

@@ -82,6 +82,13 @@ def load_requests(
     return reqs
 
 
+def _empty(req: pb.LoadRequest) -> pb.LoadRequest:
+    """A Load with no stages and no peers for the node `req` is for: it lets go of what it held."""
+    return pb.LoadRequest(
+        device=req.device, num_stages=1, source_device=req.device, first_device=req.device, threads=req.threads
+    )
+
+
 def deploy(
     plan: Plan,
     testbed: Testbed,
@@ -92,10 +99,16 @@ def deploy(
     epoch: int = 0,
 ) -> dict[str, LoadedNode]:
     """Send every node its LoadRequest, all at once (a re-plan's redeploy waits for the slowest
-    stage to load, not for the sum); a node that refuses stops the run with its reason."""
+    stage to load, not for the sum); a node that refuses stops the run with its reason.
+
+    A run's first plan (epoch 0) goes into emptied nodes: what they held before (profiling chunks,
+    stage measurements) is let go first, so a device never holds two pipelines at once and its
+    memory is its stage's. A re-plan keeps the old pipeline until the new one is built."""
     reqs = load_requests(plan, testbed, dep, source, explicit_threads=explicit_threads, epoch=epoch)
 
     def load(name: str) -> LoadedNode:
+        if epoch == 0:
+            dep.client(name).load(_empty(reqs[name]), timeout_s=timeout_s)
         reply = dep.client(name).load(reqs[name], timeout_s=timeout_s)
         return LoadedNode(name, reply.threads, reply.cpu_quota, reply.providers, reply.shaping, reply.netem)
 

@@ -12,6 +12,10 @@ from orchestrator.partition.plan import Plan
 from orchestrator.runtimes.stats import StatsLine, memory_peaks
 
 TOLERANCE = 0.10  # the memory model's promise: within 10% of the measured peak resident memory
+PAGE_CACHE_NOTE = (
+    "memory: page cache not measured on this runtime (plain processes share the host's); "
+    "resident memory is each node's anonymous memory (RssAnon)"
+)
 
 
 def memory_figures(plan: Plan, stats: dict[str, list[StatsLine]]) -> dict:
@@ -50,8 +54,6 @@ def memory_notes(figures: dict) -> list[str]:
     """What the report should say about its memory figures."""
     notes = []
     if figures["resident_measured"] and not figures["page_cache_measured"]:
-        from orchestrator.runtimes.local_stats import PAGE_CACHE_NOTE
-
         notes.append(PAGE_CACHE_NOTE)
     off = [x for x in figures["stages"] if x["within_tolerance"] is False]
     if off:

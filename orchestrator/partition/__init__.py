@@ -10,8 +10,7 @@ from orchestrator.errors import UserError
 from orchestrator.partition.algorithms import ALGORITHMS, check_memory, check_placement, get_algorithm
 from orchestrator.partition.costmodel import CostTable, predict
 from orchestrator.partition.graph import ModelGraph, load_graph
-from orchestrator.partition.memory import format_bytes, queue_bytes
-from orchestrator.partition.plan import Plan, Predicted, StagePlan
+from orchestrator.partition.plan import Plan, StagePlan
 from orchestrator.partition.problem import Placement, Problem
 from orchestrator.partition.stage_files import write_stages
 from orchestrator.partition.weights_store import WEIGHTS_FILE, WeightsStore
@@ -43,10 +42,12 @@ def place(
     cost_table: CostTable | None = None,
     store: WeightsStore | None = None,
     memory_check: str = "refuse",
+    batch: int = 1,
 ) -> tuple[ModelGraph, Placement]:
     """Validate and place, writing nothing: where the cuts go and which device runs each stage
     (a run that re-plans weighs placements this way before it cuts one). A stage that cannot fit its
-    device is refused, or with memory_check "warn" said in the plan's notes and run all the same."""
+    device is refused, or with memory_check "warn" said in the plan's notes and run all the same.
+    `batch`: the requests' batch size, which the stages' memory grows with."""
     model_path = Path(model_path)
     src = testbed.source
     if objective not in OBJECTIVES:
@@ -85,6 +86,7 @@ def place(
         links=list(testbed.links),
         source=source,
         cost_table=cost_table,
+        batch=batch,
     )
     placement = algo(problem)
     check_placement(problem, placement)
@@ -95,33 +97,6 @@ def place(
             raise
         placement.notes.append(f"memory_check is warn: {e.message}; it runs all the same, and may run out of memory")
     return graph, placement
-
-
-def queued_memory(graph: ModelGraph, placement: Placement, predicted: Predicted) -> tuple[list[int] | None, list[str]]:
-    """Each stage's predicted resident memory, the frames that wait at the pipeline's slowest step
-    added to the stage that holds them: its inbound queue when it is a stage, the sender's when
-    it is a link between two stages (partition.memory). And a note saying where."""
-    if not placement.memory_bytes:
-        return None, []
-    memory = list(placement.memory_bytes)
-    steps = predicted.stage_s or []
-    links = predicted.transfer_s or []
-    slowest = max([*steps, *links], default=0.0)
-    if slowest <= 0 or slowest < (predicted.slowest_other_s or 0.0) or len(steps) != len(memory):
-        return memory, []  # the slowest step is the source's: its frames wait in the driver
-    b = [0, *placement.cuts, graph.n]
-    if slowest in steps:
-        k = steps.index(slowest)
-        extra, where = queue_bytes(graph.live_bytes[b[k]]), f"stage {k} on {placement.devices[k]} is"
-    else:
-        k = links.index(slowest)
-        extra, where = queue_bytes(graph.live_bytes[b[k + 1]]), f"the link out of stage {k} is"
-    memory[k] += int(extra)
-    note = (
-        f"memory: {where} the pipeline's slowest step; the frames waiting for it add about "
-        f"{format_bytes(extra)} to stage {k}'s predicted memory"
-    )
-    return memory, [note]
 
 
 def partition(
@@ -136,6 +111,7 @@ def partition(
     cost_table: CostTable | None = None,
     store: WeightsStore | None = None,
     placed: tuple[ModelGraph, Placement] | None = None,
+    batch: int = 1,
 ) -> Plan:
     """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes).
 
@@ -153,6 +129,7 @@ def partition(
         source=source,
         cost_table=cost_table,
         store=store,
+        batch=batch,
     )
     model_path = Path(model_path)
     store = store or WeightsStore()
@@ -171,7 +148,6 @@ def partition(
             graph, placement.cuts, placement.devices, testbed, table=cost_table, source=source, modes=placement.modes
         )
     )
-    memory, notes = queued_memory(graph, placement, predicted)
     plan = Plan(
         model=model_ref,
         model_sha256=graph.sha256,
@@ -186,13 +162,13 @@ def partition(
                 model=f.model,
                 inputs=f.inputs,
                 outputs=f.outputs,
-                memory_bytes=memory[f.index] if memory else None,
+                memory_bytes=placement.memory_bytes[f.index] if placement.memory_bytes else None,
                 memory_mode=placement.modes[f.index] if placement.modes else "default",
             )
             for f in files
         ],
         predicted=predicted,
-        notes=graph.notes + placement.notes + notes,
+        notes=graph.notes + placement.notes,
     )
     plan.save(out)
     return plan

@@ -186,28 +186,34 @@ def check_memory(problem: Problem, placement: Placement) -> None:
         needs = stage_needs(g, b[k], b[k + 1])
         # a source that runs stage 0 takes the driver's frames as that stage's own; otherwise they come besides
         inputs = g.live_bytes[0] if dev_name == problem.source and k > 0 else None
-        default = breakdown(needs, "default", input_bytes=inputs)
-        lean = breakdown(needs, "lean", input_bytes=inputs)
+        default = breakdown(needs, "default", batch=problem.batch, input_bytes=inputs)
+        lean = breakdown(needs, "lean", batch=problem.batch, input_bytes=inputs)
         usable = usable_bytes(dev.memory)
         if dev.memory_mode == "lean":
             chosen = lean
-        elif default.total <= usable or lean.total >= default.total:  # lean only where it saves memory
-            chosen = default
+        elif default.total <= usable or lean.total >= default.total or lean.total > dev.memory:
+            chosen = default  # lean only where it saves memory and fits
         else:
             chosen = lean
         modes.append(chosen.mode)
         memory.append(int(chosen.total))
         if chosen.mode == "lean" and dev.memory_mode != "lean" and chosen.total <= dev.memory:
             placement.notes.append(
-                f"stage {k} fits {dev_name} ({format_bytes(usable)} usable) only without pre-packed weights: it runs "
-                f"lean, {format_bytes(lean.total)} resident instead of {format_bytes(default.total)}, its "
+                f"stage {k} does not fit {dev_name} ({format_bytes(usable)} usable) with pre-packed weights: it "
+                f"runs lean, {format_bytes(lean.total)} resident instead of {format_bytes(default.total)}, its "
                 f"{format_bytes(lean.mapped_weights)} of weights read from the mapped file (page cache), "
                 f"compute about {LEAN_TIME_FACTOR:g}x slower"
             )
         if chosen.total > dev.memory and refusal is None:
             refusal = UserError(
                 f"stage {k} needs about {format_bytes(chosen.total)} resident ({_parts(chosen)}"
-                + (f"; {format_bytes(default.total)} with pre-packed weights" if chosen.mode == "lean" else "")
+                + (
+                    f"; {format_bytes(lean.total)} without pre-packed weights"
+                    if chosen.mode == "default" and lean.total < default.total
+                    else f"; {format_bytes(default.total)} with pre-packed weights"
+                    if chosen.mode == "lean"
+                    else ""
+                )
                 + f") but device {dev_name!r} has {format_bytes(dev.memory)}",
                 problem.devices_file,
                 f"devices[{i}].memory",

@@ -352,6 +352,7 @@ def build_arrays(
     table: CostTable | None = None,
     source: str | None = None,
     headroom: float = MEMORY_HEADROOM,
+    batch: int = 1,
 ) -> tuple[Arrays, list[int]]:
     """The arrays for `graph` on `devices`, over `bounds` (default: reduced candidates).
 
@@ -370,17 +371,17 @@ def build_arrays(
     needs = segment_needs(graph, bounds)
     # the source's node also carries the driver's stream (its own frames when it runs stage 0, not
     # known here): less room for a stage there
-    driver = [source_bytes(graph.live_bytes[0]) if d.name == source else 0.0 for d in devices]
+    driver = [source_bytes(graph.live_bytes[0], batch) if d.name == source else 0.0 for d in devices]
     arrays = Arrays(
         block_cost=np.array([table.block_s[n] for n in names], dtype=float).reshape(len(names), len(bounds) - 1),
         cut_bytes=np.array([graph.live_bytes[p] for p in bounds], dtype=float),
         link_rate=rate,
         link_delay=delay,
-        mem=segment_memory(graph, bounds, needs=needs),
+        mem=segment_memory(graph, bounds, batch, needs=needs),
         dev_mem=np.array([usable_bytes(d.memory, headroom) - x for d, x in zip(devices, driver, strict=True)]),
         source=names.index(source) if source is not None and source in names else None,
         overhead=np.array([table.overhead_s.get(n, 0.0) for n in names], dtype=float) if table.overhead_s else None,
-        mem_lean=segment_memory(graph, bounds, mode="lean", needs=needs),
+        mem_lean=segment_memory(graph, bounds, batch, mode="lean", needs=needs),
         lean_device=np.array([d.memory_mode == "lean" for d in devices], dtype=bool),
     )
     return arrays, bounds

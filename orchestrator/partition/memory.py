@@ -4,16 +4,17 @@ What is predicted is the node's *resident anonymous* memory: what its cgroup can
 the memory limit kills it for, and what a run reports as `peak_resident_bytes`. Page cache (the
 model files a node reads, shared and reclaimable) is reported apart and not predicted.
 
-Measured on real node processes (ONNX Runtime 1.32, one intra-op thread, the runtimes' glibc
-settings; tests/test_memory_model.py checks it against every fixture model), a node holds:
+Fitted to real node processes (ONNX Runtime 1.32, one intra-op thread, the runtimes' glibc
+settings and the node's own two malloc arenas; tests/test_memory_model.py checks it against every
+fixture model and a built ViT, local and Docker), a node holds:
 
 - itself: Python, gRPC and ONNX Runtime loaded, serving, idle (`NODE_BYTES`);
-- ONNX Runtime's graph and kernels: a few hundred bytes per node of the stage file;
+- ONNX Runtime's graph and kernels: about a hundred bytes per node of the stage file;
 - weights: ONNX Runtime maps the stage's external weights file. By default it pre-packs every
   MatMul/Gemm weight into its own copy and keeps the other weights in memory too (about 1.0x the
-  weights, the mapping released); Conv weights are reordered into copies in any mode, with their
-  transient copies kept by glibc (`CONV_EXTRA_FACTOR` more). `lean` (session.disable_prepacking)
-  computes on the mapped file: those weights are page cache then, not resident;
+  weights, the mapping released); Conv weights are reordered into copies of their own in any mode
+  (`CONV_WEIGHT_FACTOR` of them resident, measured). `lean` (session.disable_prepacking) computes
+  on the mapped file: the other weights are page cache then, not resident;
 - activations: ONNX Runtime's CPU arena, from the largest set of activations alive at once
   (outputs written in place and reshapes counted as ONNX Runtime plans them): its largest
   activation `LARGEST_ACTIVATION_FACTOR` times, the rest `ACTIVATION_FACTOR` times (many
@@ -21,16 +22,15 @@ settings; tests/test_memory_model.py checks it against every fixture model), a n
 - frames: the tensors of the frames it is receiving, queueing, computing and sending, and the
   gRPC and glibc buffers they went through (`FRAME_FACTOR` times a frame's bytes in and out), and
   a loaded stage's fixed share (`STAGE_BYTES`);
-- at the pipeline's slowest step, the frames waiting for it: up to `QUEUED_FRAMES` (the nodes'
-  queue depth), `QUEUE_FRAME_FACTOR` times their bytes, on the stage that is that step, or that
-  sends on the link that is (added to plan.json's figure once the plan's times are predicted);
 - on a source device that does not run stage 0, the driver's stream besides
-  (`SOURCE_FRAME_FACTOR` times the model's input bytes, plus `SOURCE_BYTES`); running stage 0, the
-  driver's frames are that stage's own.
+  (`SOURCE_FRAME_FACTOR` times the model's input bytes, plus `SOURCE_BYTES`, from a source node
+  that runs no stage); running stage 0, the driver's frames are that stage's own.
 
-Measured on ViT-B/16 cut in four (edge4, docker): ~150 MiB resident per stage by default, of
-which 84 MiB are weights; lean runs the same stage near 65 MiB resident, its weights in the page
-cache, and computes `LEAN_TIME_FACTOR` slower (a factor measured on ViT-B, not a lean profile).
+Measured on ViT-B/16 (330 MiB of weights): whole in one node, 394 MiB resident by default and
+68 MiB lean (the weights in the page cache instead); cut in four on edge4 under Docker, 145-156
+MiB per stage by default (81-84 MiB of weights each), 64-66 MiB lean. Lean computes
+`LEAN_TIME_FACTOR` slower: a factor measured on a ViT-B quarter with one thread (1.11-1.14 here,
+fastest of interleaved runs), not a lean profile; smaller matrices lose less (hf_vit_tiny ~1.07).
 """
 
 from __future__ import annotations
@@ -48,14 +48,12 @@ MEMORY_MODES: tuple[MemoryMode, ...] = ("default", "lean")
 
 MIB = 1024**2
 NODE_BYTES = 32 * MIB  # an idle node: Python, gRPC, numpy and ONNX Runtime loaded
-STAGE_BYTES = 23 * MIB // 10  # a loaded stage's fixed share: its session, worker and sender threads
-GRAPH_BYTES_PER_NODE = 256  # ONNX Runtime's graph, kernels and plans, per node of the stage file
-CONV_EXTRA_FACTOR = 1.4  # Conv weights: reordered copies and the transients glibc keeps, beyond the weights
-ACTIVATION_FACTOR = 6.6  # arena bytes per byte alive at the peak beside the largest activation
-LARGEST_ACTIVATION_FACTOR = 2.0  # arena bytes per byte of the largest activation
-FRAME_FACTOR = 8.8  # resident bytes per byte of a frame in and out (queued, decoded, encoded, gRPC)
-QUEUE_FRAME_FACTOR = 5.5  # resident bytes per byte of a frame waiting at the pipeline's slowest step
-QUEUED_FRAMES = 4  # frames that wait there: the nodes' inbound queue depth (deploy's queue_depth)
+STAGE_BYTES = 22 * MIB // 10  # a loaded stage's fixed share: its session, worker and sender threads
+GRAPH_BYTES_PER_NODE = 128  # ONNX Runtime's graph, kernels and plans, per node of the stage file
+CONV_WEIGHT_FACTOR = 0.6  # resident bytes per byte of Conv weights, in either mode (reordered copies)
+ACTIVATION_FACTOR = 6.8  # arena bytes per byte alive at the peak beside the largest activation
+LARGEST_ACTIVATION_FACTOR = 1.9  # arena bytes per byte of the largest activation
+FRAME_FACTOR = 8.7  # resident bytes per byte of a frame in and out (queued, decoded, encoded, gRPC)
 SOURCE_FRAME_FACTOR = 16.0  # the driver's stream on a source that does not run stage 0: per input byte
 SOURCE_BYTES = 2 * MIB
 LEAN_TIME_FACTOR = 1.12  # compute time without pre-packed weights (ViT-B, one thread: 298 vs 265 ms)
@@ -110,10 +108,11 @@ def breakdown(
 ) -> StageMemory:
     """The node's resident memory for a stage, by part. `input_bytes` (the model's inputs at batch
     1) when the device is also the run's source: it takes the driver's stream besides."""
+    conv = CONV_WEIGHT_FACTOR * needs.conv_weights
     if mode == "lean":
-        held, mapped = (1.0 + CONV_EXTRA_FACTOR) * needs.conv_weights, needs.weights - needs.conv_weights
+        held, mapped = conv, needs.weights - needs.conv_weights
     else:
-        held, mapped = needs.weights + CONV_EXTRA_FACTOR * needs.conv_weights, 0.0
+        held, mapped = needs.weights - needs.conv_weights + conv, 0.0
     return StageMemory(
         mode=mode,
         node=float(NODE_BYTES),
@@ -140,11 +139,6 @@ def resident_bytes(
 def source_bytes(input_bytes: int, batch: int = 1) -> float:
     """What the driver's stream adds to the source device's node."""
     return SOURCE_FRAME_FACTOR * input_bytes * batch + SOURCE_BYTES
-
-
-def queue_bytes(frame_bytes: int, frames: int = QUEUED_FRAMES, batch: int = 1) -> float:
-    """What the frames waiting at the pipeline's slowest step add to the node that holds them."""
-    return QUEUE_FRAME_FACTOR * frame_bytes * frames * batch
 
 
 def usable_bytes(memory: float, headroom: float = MEMORY_HEADROOM) -> float:

@@ -249,7 +249,9 @@ def optimal(problem: Problem) -> Placement:
             problem.devices_file,
             "devices",
         )
-    a, bounds = build_arrays(g, problem.devices, problem.links, table=problem.cost_table, source=problem.source)
+    a, bounds = build_arrays(
+        g, problem.devices, problem.links, table=problem.cost_table, source=problem.source, batch=problem.batch
+    )
     if problem.stages is not None and problem.stages > len(bounds) - 1:
         raise UserError(
             f"{problem.stages} stages but only {len(bounds) - 1} blocks between cut candidates",

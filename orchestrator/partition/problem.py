@@ -30,6 +30,7 @@ class Problem:
     links: list[Link] = field(default_factory=list)  # the testbed's directed link overrides
     source: str | None = None  # device where inputs come from and results return, if known
     cost_table: CostTable | None = None  # measured seconds per block per device (a profile), if any
+    batch: int = 1  # requests' batch size: activations and frames, and so memory, scale with it
 
     def testbed(self) -> Testbed:
         """The devices and links as a Testbed, for link parameters."""

@@ -146,7 +146,7 @@ def _mini_plan(
         stages.append(
             StagePlan(index=0, device=device, model=file, inputs=inputs, outputs=list(plan.forward_after(k - 1)))
         )
-    stages.append(StagePlan(index=len(stages), device=s.device, model=s.model, inputs=s.inputs, outputs=s.outputs))
+    stages.append(s.model_copy(update={"index": len(stages)}))  # as planned: its memory mode too
     outputs = list(plan.forward_after(k))
     if sink is not None:
         device, file, outputs = sink

@@ -3,7 +3,7 @@
 Docker runs read the engine's stats stream instead; both write the same jsonl lines
 (runtimes/stats.py). Resident memory is the node's anonymous memory (RssAnon in
 /proc/<pid>/status); a plain process has no page cache of its own (the host's is shared by all),
-so `memory_page_cache_bytes` stays None (PAGE_CACHE_NOTE says so in the report).
+so `memory_page_cache_bytes` stays None (the report says so: figures/memory.py).
 """
 
 from __future__ import annotations
@@ -18,11 +18,6 @@ from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeError
 from orchestrator.runtimes.base import Deployment
 from orchestrator.runtimes.stats import MemoryPeaks, StatsLine, memory_peaks
-
-PAGE_CACHE_NOTE = (
-    "memory: page cache not measured on the local runtime (plain processes share the host's); "
-    "resident memory is each node's anonymous memory (RssAnon)"
-)
 
 
 def rss_anon_bytes(pid: int) -> int | None:
@@ -69,7 +64,7 @@ class LocalStatsSampler:
         self._sample_all(timeout_s)
 
     def peaks(self) -> dict[str, MemoryPeaks]:
-        """Each node's memory peaks over the samples so far (no page cache: see PAGE_CACHE_NOTE)."""
+        """Each node's memory peaks over the samples so far (no page cache of its own)."""
         return memory_peaks(self.samples)
 
     def _run(self) -> None:
