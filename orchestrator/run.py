@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -224,21 +225,186 @@ def run_config(
     """One configuration, start to report. Interrupted in any phase but the drive, it writes a
     report.json of what it has (`complete: false`, the phase) after the runtime stopped, and re-raises."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    with _reported_if_interrupted(run_dir, job, cfg, rt_name, notes):
+        testbed = cfg.testbed
+        sess = open_session(model, SessionSettings(threads=1))
+        inputs = open_inputs(job, job_file, sess)
+        fid: dict | None = None
+        all_records: list[Record] = []
+        measured_ids: set[int] = set()
+        repeats: list[list[Record]] = []
+        try:
+            with make_runtime(
+                rt_name,
+                testbed,
+                run_dir,
+                testbed_name=testbed_name,
+                subnet=subnet,
+                wait=wait_for_testbed,
+                console=console,
+            ) as rt:
+                dep = rt.start()
+                notes += dep.notes
+                phase("partitioning")
+                plan, prof, cuts = plan_config(job, cfg, model, dep, run_dir, console)
+                notes += list(plan.notes)
+                node_plan = rt.node_plan(plan, run_dir)
+                from_blocks = None
+                if job.measure_stages and plan.predicted.throughput_fps:
+                    phase("measuring stages")
+                    console.print("measuring each stage as a whole on its device...")
+                    t0 = time.perf_counter()
+                    measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
+                    seconds = time.perf_counter() - t0
+                    before = plan.predicted
+                    from_blocks = before.model_dump()
+                    on_source = [s.index for s in plan.stages if s.device == cfg.source]
+                    plan.predicted = calibrated(before, measured, on_source[0] if on_source else None)
+                    plan.save(run_dir)
+                    notes.append(calibration_note(plan.stages, measured, before, plan.predicted, seconds))
+                phase("deploying")
+                loaded = deploy(node_plan, testbed, dep, cfg.source)
+                if fidelity_check:
+                    phase("checking fidelity")
+                    fid = rt.fidelity_check(console)
+                else:
+                    notes.append("fidelity check switched off")
+                phase("driving")
+                clocks = estimate_offsets({d: dep.client(d) for d in dep.nodes})
+                offsets = offsets_ns(clocks)
+                source = dep.client(cfg.source)
+                gpus = {d.name: d.gpu.index for d in testbed.devices if d.gpu is not None}
+                host_before = psutil.cpu_times()
+                world = WorldSetup(
+                    policy=cfg.adapt,
+                    scenario=cfg.scenario,
+                    testbed=testbed,
+                    replanner=Replanner(
+                        model, cfg.algorithm, cfg.objective, cfg.stages, cfg.source, run_dir, job.batch
+                    ),
+                    table=prof.table if prof is not None else None,
+                    plan=plan,
+                    cuts=cuts,
+                    until_s=job.duration_s,
+                    offsets=offsets,
+                )
+                with (
+                    contextlib.ExitStack() as stack,
+                    rt.stats_sampler(run_dir / "stats") as sampler,
+                    NvmlPowerSampler(list(gpus.values())) as gpu_power,
+                    ChangingWorld(world, rt, console) as changing,
+                ):
+                    sampler.take_sample()  # a first sample before the load, for CPU deltas
+                    warming = DriveControl()
+                    stack.enter_context(soft_stop(lambda why: (warming.end(why), changing.control.end(why))))
+                    for r in range(job.repeat):
+                        label = f"run {r + 1}/{job.repeat}" if job.repeat > 1 else "driving"
+                        warm = _drive(
+                            console, f"{label}: warm-up", source, inputs, job, job.warmup, None, control=warming
+                        )
+                        if stopped() is not None:
+                            break
+                        if r == 0:  # the run numbers requests from the warm-up's first
+                            changing.adaptation.id_offset = len(all_records) + len(warm)
+                        meas = _drive(
+                            console,
+                            label,
+                            source,
+                            inputs,
+                            job,
+                            job.requests if not job.duration_s else None,
+                            job.duration_s,
+                            changing if r == 0 else None,
+                        )
+                        if r == 0:
+                            id_offset = len(all_records) + len(warm)
+                        for rec in warm + meas:
+                            rec.id = len(all_records)
+                            all_records.append(rec)
+                        measured_ids |= {rec.id for rec in meas if not rec.error and rec.done_ns}
+                        repeats.append([rec for rec in meas if not rec.error and rec.done_ns])
+                        if changing.control.ended or stopped() is not None:
+                            break
+                    sampler.take_sample()  # and one that covers the end of the run
+                disruption = changing.report(id_offset)
+                if changing.changes:
+                    write_changes(run_dir / "scenario.jsonl", changing.changes_log())
+                stop = stopped()
+                disruption |= {
+                    "lost": [r.id for r in all_records if r.error],
+                    "resent": [r.id for r in all_records if r.resent],
+                    "complete": not disruption["ended"] and stop is None,
+                }
+                if stop is not None:
+                    disruption["interrupted"] = {"signal": signal_name(stop.signum), "phase": "driving"}
+                samples = sampler.samples
+                host_busy = host_busy_share(host_before, psutil.cpu_times())
+        finally:
+            inputs.close()
+        notes += inputs.notes
+        with shield():  # what was measured gets written, a signal or not
+            phase("writing the report")
+            n = len(plan.stages)
+            hops = hop_samples(all_records, n, lambda a, b: testbed.link(a, b).delay_s, offsets=offsets)
+            output_names = [o.name for o in sess.get_outputs()]
+            reference = {
+                k: dict(zip(output_names, sess.run(None, arrays), strict=True)) for k, arrays in inputs.kept.items()
+            }
+            setup = RunSetup(
+                job=job,
+                configuration=cfg.name,
+                runtime=rt_name,
+                model=model,
+                source=cfg.source,
+                testbed=testbed,
+                devices_file=cfg.devices_file,
+                run_dir=run_dir,
+                plan=plan,
+                predicted_from_blocks=from_blocks,
+                profile=prof,
+                nodes=loaded,
+                fidelity_check=fid,
+                graph=WeightsStore().graph(model),
+                notes=notes,
+            )
+            measurements = RunMeasurements(
+                records=all_records,
+                measured_ids=measured_ids,
+                repeats=repeats,
+                hops=hops,
+                stats=samples,
+                gpu_power=gpu_power,
+                clocks=clocks,
+                host_busy=host_busy,
+                inputs=inputs,
+                reference=reference,
+                output_name=output_names[0],
+            )
+            rep = build_report(setup, measurements) | disruption
+            rep |= disruption_figures(rep["events"], rep["plans"], all_records, measured_ids, job.batch)
+            write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
+            write_requests(run_dir / "requests.jsonl", all_records, measured_ids)
+            if stopped() is None:
+                rep = rep | {"plots": write_plots(run_dir, rep, all_records, measured_ids, samples, offsets)}
+            else:  # a person waits for the command to end: the plots can be drawn later
+                rep["notes"] = [
+                    *rep["notes"],
+                    f"plots not drawn (interrupted): `orchestrator report {run_dir}` draws them",
+                ]
+            if (stop := stopped()) is not None and "interrupted" not in rep:  # while the report was written
+                rep |= {
+                    "complete": False,
+                    "interrupted": {"signal": signal_name(stop.signum), "phase": current_phase()},
+                }
+            write_report(run_dir, rep)
+            return rep
+
+
+@contextlib.contextmanager
+def _reported_if_interrupted(run_dir: Path, job: Job, cfg: Config, rt_name: str, notes: list[str]) -> Iterator[None]:
+    """A configuration stopped before its drive was measured still leaves a report.json."""
     try:
-        return _run_config(
-            job,
-            job_file,
-            cfg,
-            model,
-            rt_name,
-            run_dir,
-            console,
-            fidelity_check,
-            testbed_name,
-            subnet,
-            notes,
-            wait_for_testbed,
-        )
+        yield
     except Interrupted as e:
         _write_interrupted(run_dir, job, cfg, rt_name, e, notes)
         raise
@@ -267,178 +433,6 @@ def _write_interrupted(run_dir: Path, job: Job, cfg: Config, rt_name: str, e: In
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
-
-
-def _run_config(
-    job: Job,
-    job_file: str,
-    cfg: Config,
-    model: Path,
-    rt_name: str,
-    run_dir: Path,
-    console: Console,
-    fidelity_check: bool,
-    testbed_name: str | None,
-    subnet: str | None,
-    notes: list[str],
-    wait_for_testbed: bool,
-) -> dict:
-    testbed = cfg.testbed
-    sess = open_session(model, SessionSettings(threads=1))
-    inputs = open_inputs(job, job_file, sess)
-    fid: dict | None = None
-    all_records: list[Record] = []
-    measured_ids: set[int] = set()
-    repeats: list[list[Record]] = []
-    try:
-        with make_runtime(
-            rt_name, testbed, run_dir, testbed_name=testbed_name, subnet=subnet, wait=wait_for_testbed, console=console
-        ) as rt:
-            dep = rt.start()
-            notes += dep.notes
-            phase("partitioning")
-            plan, prof, cuts = plan_config(job, cfg, model, dep, run_dir, console)
-            notes += list(plan.notes)
-            node_plan = rt.node_plan(plan, run_dir)
-            from_blocks = None
-            if job.measure_stages and plan.predicted.throughput_fps:
-                phase("measuring stages")
-                console.print("measuring each stage as a whole on its device...")
-                t0 = time.perf_counter()
-                measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
-                seconds = time.perf_counter() - t0
-                before = plan.predicted
-                from_blocks = before.model_dump()
-                on_source = [s.index for s in plan.stages if s.device == cfg.source]
-                plan.predicted = calibrated(before, measured, on_source[0] if on_source else None)
-                plan.save(run_dir)
-                notes.append(calibration_note(plan.stages, measured, before, plan.predicted, seconds))
-            phase("deploying")
-            loaded = deploy(node_plan, testbed, dep, cfg.source)
-            if fidelity_check:
-                phase("checking fidelity")
-                fid = rt.fidelity_check(console)
-            else:
-                notes.append("fidelity check switched off")
-            phase("driving")
-            clocks = estimate_offsets({d: dep.client(d) for d in dep.nodes})
-            offsets = offsets_ns(clocks)
-            source = dep.client(cfg.source)
-            gpus = {d.name: d.gpu.index for d in testbed.devices if d.gpu is not None}
-            host_before = psutil.cpu_times()
-            world = WorldSetup(
-                policy=cfg.adapt,
-                scenario=cfg.scenario,
-                testbed=testbed,
-                replanner=Replanner(model, cfg.algorithm, cfg.objective, cfg.stages, cfg.source, run_dir, job.batch),
-                table=prof.table if prof is not None else None,
-                plan=plan,
-                cuts=cuts,
-                until_s=job.duration_s,
-                offsets=offsets,
-            )
-            with (
-                contextlib.ExitStack() as stack,
-                rt.stats_sampler(run_dir / "stats") as sampler,
-                NvmlPowerSampler(list(gpus.values())) as gpu_power,
-                ChangingWorld(world, rt, console) as changing,
-            ):
-                sampler.take_sample()  # a first sample before the load, for CPU deltas
-                warming = DriveControl()
-                stack.enter_context(soft_stop(lambda why: (warming.end(why), changing.control.end(why))))
-                for r in range(job.repeat):
-                    label = f"run {r + 1}/{job.repeat}" if job.repeat > 1 else "driving"
-                    warm = _drive(console, f"{label}: warm-up", source, inputs, job, job.warmup, None, control=warming)
-                    if stopped() is not None:
-                        break
-                    if r == 0:  # the run numbers requests from the warm-up's first
-                        changing.adaptation.id_offset = len(all_records) + len(warm)
-                    meas = _drive(
-                        console,
-                        label,
-                        source,
-                        inputs,
-                        job,
-                        job.requests if not job.duration_s else None,
-                        job.duration_s,
-                        changing if r == 0 else None,
-                    )
-                    if r == 0:
-                        id_offset = len(all_records) + len(warm)
-                    for rec in warm + meas:
-                        rec.id = len(all_records)
-                        all_records.append(rec)
-                    measured_ids |= {rec.id for rec in meas if not rec.error and rec.done_ns}
-                    repeats.append([rec for rec in meas if not rec.error and rec.done_ns])
-                    if changing.control.ended or stopped() is not None:
-                        break
-                sampler.take_sample()  # and one that covers the end of the run
-            disruption = changing.report(id_offset)
-            if changing.changes:
-                write_changes(run_dir / "scenario.jsonl", changing.changes_log())
-            stop = stopped()
-            disruption |= {
-                "lost": [r.id for r in all_records if r.error],
-                "resent": [r.id for r in all_records if r.resent],
-                "complete": not disruption["ended"] and stop is None,
-            }
-            if stop is not None:
-                disruption["interrupted"] = {"signal": signal_name(stop.signum), "phase": "driving"}
-            samples = sampler.samples
-            host_busy = host_busy_share(host_before, psutil.cpu_times())
-    finally:
-        inputs.close()
-    notes += inputs.notes
-    with shield():  # what was measured gets written, a signal or not
-        phase("writing the report")
-        n = len(plan.stages)
-        hops = hop_samples(all_records, n, lambda a, b: testbed.link(a, b).delay_s, offsets=offsets)
-        output_names = [o.name for o in sess.get_outputs()]
-        reference = {
-            k: dict(zip(output_names, sess.run(None, arrays), strict=True)) for k, arrays in inputs.kept.items()
-        }
-        setup = RunSetup(
-            job=job,
-            configuration=cfg.name,
-            runtime=rt_name,
-            model=model,
-            source=cfg.source,
-            testbed=testbed,
-            devices_file=cfg.devices_file,
-            run_dir=run_dir,
-            plan=plan,
-            predicted_from_blocks=from_blocks,
-            profile=prof,
-            nodes=loaded,
-            fidelity_check=fid,
-            graph=WeightsStore().graph(model),
-            notes=notes,
-        )
-        measurements = RunMeasurements(
-            records=all_records,
-            measured_ids=measured_ids,
-            repeats=repeats,
-            hops=hops,
-            stats=samples,
-            gpu_power=gpu_power,
-            clocks=clocks,
-            host_busy=host_busy,
-            inputs=inputs,
-            reference=reference,
-            output_name=output_names[0],
-        )
-        rep = build_report(setup, measurements) | disruption
-        rep |= disruption_figures(rep["events"], rep["plans"], all_records, measured_ids, job.batch)
-        write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
-        write_requests(run_dir / "requests.jsonl", all_records, measured_ids)
-        if stopped() is None:
-            rep = rep | {"plots": write_plots(run_dir, rep, all_records, measured_ids, samples, offsets)}
-        else:  # a person waits for the command to end: the plots can be drawn later
-            rep["notes"] = [*rep["notes"], f"plots not drawn (interrupted): `orchestrator report {run_dir}` draws them"]
-        if (stop := stopped()) is not None and "interrupted" not in rep:  # while the report was written
-            rep |= {"complete": False, "interrupted": {"signal": signal_name(stop.signum), "phase": current_phase()}}
-        write_report(run_dir, rep)
-        return rep
 
 
 def _drive(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from orchestrator.config import Testbed
 from orchestrator.driving.deploy import deploy
@@ -42,3 +43,27 @@ def mean_hold_s(before: tuple[int, float, float], after: tuple[int, float, float
     """Frames held between two readings of `held`, and their mean hold asked and applied (s)."""
     n = after[0] - before[0]
     return n, (after[1] - before[1]) / max(n, 1), (after[2] - before[2]) / max(n, 1)
+
+
+TINY_VIT = Path(__file__).resolve().parent / "fixtures" / "hf_vit_tiny.onnx"
+
+
+def write_tiny_job(folder: Path, devices: list[dict], **job: object) -> Path:
+    """folder/devices.yaml with `devices`, and folder/job.yaml: the tiny ViT fixture in two stages
+    from the first device, synthetic inputs; `job` overrides any key. The job file's path."""
+    (folder / "devices.yaml").write_text(yaml.safe_dump({"devices": devices}))
+    doc = {
+        "name": "tiny",
+        "model": str(TINY_VIT),
+        "devices": "devices.yaml",
+        "algorithm": "even",
+        "stages": 2,
+        "source": devices[0]["name"],
+        "requests": 20,
+        "warmup": 2,
+        "concurrency": 2,
+        "dataset": {"kind": "synthetic", "seed": 0},
+        **job,
+    }
+    (folder / "job.yaml").write_text(yaml.safe_dump(doc))
+    return folder / "job.yaml"

@@ -17,40 +17,21 @@ from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
 from orchestrator.interrupts import PAUSE_ENV
 from orchestrator.runtimes.docker_testbed import LABEL_OWNER
+from tests.runtime_helpers import write_tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
 GONE_WITHIN_S = 10.0
 
 
 def _job(tmp_path: Path, **extra) -> Path:
-    devices = {
-        "devices": [
-            {"name": "laptop", "cpus": 0.6, "memory": "1GiB", "bandwidth": "200mbit", "delay": "2ms"},
-            {"name": "tablet", "cpus": 0.5, "memory": "1GiB", "bandwidth": "100mbit", "delay": "5ms"},
-        ]
-    }
-    (tmp_path / "devices.yaml").write_text(yaml.safe_dump(devices))
-    job = {
-        "name": "interrupted",
-        "model": str(FIXTURES / "hf_vit_tiny.onnx"),
-        "devices": "devices.yaml",
-        "algorithm": "even",
-        "stages": 2,
-        "source": "laptop",
-        "requests": 20,
-        "warmup": 2,
-        "concurrency": 2,
-        "dataset": {"kind": "synthetic", "seed": 0},
-        **extra,
-    }
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    return path
+    devices = [
+        {"name": "laptop", "cpus": 0.6, "memory": "1GiB", "bandwidth": "200mbit", "delay": "2ms"},
+        {"name": "tablet", "cpus": 0.5, "memory": "1GiB", "bandwidth": "100mbit", "delay": "5ms"},
+    ]
+    return write_tiny_job(tmp_path, devices, name="interrupted", **extra)
 
 
 class Run:

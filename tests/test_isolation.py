@@ -11,41 +11,24 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from orchestrator.config import load_devices
 from orchestrator.runtimes import docker as dk
 from orchestrator.runtimes import docker_testbed
 from orchestrator.runtimes.docker_hold import TestbedHold, is_held
+from tests.runtime_helpers import write_tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
 NAME = "isotest"
 SUBNET = "10.214.61.0/24"
 
 
 def _files(tmp_path: Path, requests: int = 20) -> tuple[Path, Path]:
-    devices = {
-        "devices": [
-            {"name": "laptop", "cpus": 0.5, "memory": "1GiB", "bandwidth": "200mbit", "delay": "2ms"},
-            {"name": "tablet", "cpus": 0.4, "memory": "1GiB", "bandwidth": "100mbit", "delay": "5ms"},
-        ]
-    }
-    (tmp_path / "devices.yaml").write_text(yaml.safe_dump(devices))
-    job = {
-        "name": "iso",
-        "model": str(FIXTURES / "hf_vit_tiny.onnx"),
-        "devices": "devices.yaml",
-        "algorithm": "even",
-        "stages": 2,
-        "source": "laptop",
-        "requests": requests,
-        "warmup": 2,
-        "concurrency": 2,
-        "dataset": {"kind": "synthetic", "seed": 0},
-    }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    return tmp_path / "job.yaml", tmp_path / "devices.yaml"
+    devices = [
+        {"name": "laptop", "cpus": 0.5, "memory": "1GiB", "bandwidth": "200mbit", "delay": "2ms"},
+        {"name": "tablet", "cpus": 0.4, "memory": "1GiB", "bandwidth": "100mbit", "delay": "5ms"},
+    ]
+    return write_tiny_job(tmp_path, devices, name="iso", requests=requests), tmp_path / "devices.yaml"
 
 
 def _run(*args: str, **kw) -> subprocess.Popen:

@@ -13,10 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from tests.runtime_helpers import write_tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "tests" / "fixtures"
 TIGHT = "200MiB"  # loads the tiny ViT's second half, and not its batch-64 activations
 
 
@@ -27,27 +26,20 @@ def _job(tmp_path: Path, tight: str, adapt: str = "static", spare: bool = False)
     ]
     if spare:
         devices.append({"name": "phone", "cpus": 0.4, "memory": "2GiB", "bandwidth": "200mbit", "delay": "1ms"})
-    (tmp_path / "devices.yaml").write_text(yaml.safe_dump({"devices": devices}))
-    job = {
-        "name": "oom",
-        "model": str(FIXTURES / "hf_vit_tiny.onnx"),
-        "devices": "devices.yaml",
-        "algorithm": "even",
-        "stages": 2,
-        "source": "laptop",
-        "requests": 6,
-        "warmup": 0,
-        "concurrency": 1,
-        "batch": 64,
-        "agreement": 2,
-        "fidelity_check": False,
-        "measure_stages": False,
-        "memory_check": "warn",
-        "adapt": adapt,
-        "dataset": {"kind": "synthetic", "seed": 0},
-    }
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
-    return tmp_path / "job.yaml"
+    return write_tiny_job(
+        tmp_path,
+        devices,
+        name="oom",
+        requests=6,
+        warmup=0,
+        concurrency=1,
+        batch=64,
+        agreement=2,
+        fidelity_check=False,
+        measure_stages=False,
+        memory_check="warn",
+        adapt=adapt,
+    )
 
 
 def _run(job: Path, out: Path) -> tuple[int, str, float]:
