@@ -14,8 +14,8 @@ import pytest
 
 from orchestrator.config import load_devices
 from orchestrator.runtimes import docker as dk
-from orchestrator.runtimes import docker_testbed
-from orchestrator.runtimes.docker_hold import TestbedHold, is_held
+from orchestrator.runtimes import docker_hold, docker_testbed
+from orchestrator.runtimes.docker_hold import is_held
 from tests.runtime_helpers import write_tiny_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +83,7 @@ def shared_testbed(tmp_path, docker_client, node_image):
 
 def test_a_held_testbed_is_refused_in_one_line_or_waited_for(tmp_path, docker_client, shared_testbed):
     job, _ = _files(tmp_path)
-    hold = TestbedHold(NAME, purpose="the test").acquire()
+    hold = docker_hold.TestbedHold(NAME, purpose="the test").acquire()
     try:
         p = _run("run", "--job", str(job), "--runtime", "docker", "--testbed", NAME, "--out", str(tmp_path / "r"))
         out, err = p.communicate(timeout=120)
