@@ -24,7 +24,7 @@ from orchestrator.partition.costmodel import (
 )
 from orchestrator.partition.memory import resident_bytes, source_bytes, stage_needs, usable_bytes
 from orchestrator.partition.memory_baseline import memory_cuts
-from orchestrator.partition.optimal import solve
+from orchestrator.partition.optimal import device_types, solve, solve_arrays
 from orchestrator.partition.verify import verify_plan
 
 FIX = Path(__file__).parent / "fixtures"
@@ -312,3 +312,71 @@ def test_burst_wall_time_under_a_quota():
     # 50 ms of CPU: two periods' quota (40 ms) with their waits, then 10 ms
     assert burst_wall_s(0.250, 0.2, 0.1) == pytest.approx(0.210)
     assert burst_wall_s(0.3, 1.0, 0.1) == 0.3  # a whole CPU is never throttled
+
+
+def _typed_arrays(rng: np.random.Generator) -> tuple[Arrays, list[int]]:
+    """A random problem whose devices come in types: copies of one device, links alike."""
+    counts = [int(c) for c in rng.integers(1, 4, int(rng.integers(1, 4)))]
+    while sum(counts) > 5:  # brute force stays quick
+        counts[int(np.argmax(counts))] -= 1
+    t_n, b_n = len(counts), int(rng.integers(3, 7))
+    kind = np.repeat(np.arange(t_n), counts)
+    cost = rng.uniform(0.001, 0.1, (t_n, b_n))[kind]
+    rate = rng.choice([0.0, 1e6, 1e7, 1e8], size=(t_n, t_n))[np.ix_(kind, kind)]
+    delay = rng.uniform(0, 0.01, (t_n, t_n))[np.ix_(kind, kind)]
+    a = Arrays(
+        block_cost=cost,
+        cut_bytes=rng.integers(1, 200_000, b_n + 1).astype(float),
+        link_rate=rate,
+        link_delay=delay,
+        mem=rng.uniform(10, 100, b_n),
+        dev_mem=rng.uniform(30, 300, t_n)[kind],
+        source=int(rng.integers(0, len(kind))) if rng.random() < 0.5 else None,
+        overhead=rng.uniform(0, 0.05, t_n)[kind] if rng.random() < 0.5 else None,
+    )
+    return a, counts
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_optimal_over_device_types_matches_brute_force(seed: int) -> None:
+    """Identical devices are planned as one type with a count, exactly: the same optimum as brute
+    force over every device sequence, and a placement that reaches it."""
+    rng = np.random.default_rng(100 + seed)
+    grouped = 0
+    for _ in range(60):
+        a, counts = _typed_arrays(rng)
+        types = device_types(a)
+        grouped += len(types) < len(a.dev_mem)
+        assert sorted(len(t) for t in types) == sorted(
+            [c for c in counts if c] if a.source is None else _split_source(counts, a.source)
+        )
+        d_n, b_n = a.block_cost.shape
+        for objective in OBJECTIVES:
+            for stages in (None, int(rng.integers(1, min(d_n, b_n) + 1))):
+                want, want_lat = _brute(a, objective, stages)
+                got = solve_arrays(a, objective, stages)
+                if want == INF:
+                    assert got.value == INF and got.devices == []
+                    continue
+                assert got.value == pytest.approx(want, rel=1e-9)
+                ev = evaluate(a, got.cuts, got.devices)
+                assert ev.fits and len(set(got.devices)) == len(got.devices)
+                assert stages is None or len(got.devices) == stages
+                if objective == "throughput":
+                    assert ev.bottleneck_s == pytest.approx(want, rel=1e-9)
+                    assert ev.latency_s == pytest.approx(want_lat, rel=1e-9)
+                else:
+                    assert ev.latency_s == pytest.approx(want, rel=1e-9)
+    assert grouped > 20  # most instances did plan over types with counts above one
+
+
+def _split_source(counts: list[int], source: int) -> list[int]:
+    """Type sizes once the source device stands alone."""
+    out, start = [], 0
+    for c in counts:
+        if start <= source < start + c:
+            out += [1] + ([c - 1] if c > 1 else [])
+        else:
+            out.append(c)
+        start += c
+    return out

@@ -1,19 +1,26 @@
 """Exact placement: which devices take part, in what order, and where to cut.
 
-Dynamic programming over the chain of cut candidates. A state is (bound j, set of devices
-used so far, device of the stage ending at j); its value is the best objective of a prefix
-pipeline covering blocks 0..j-1. The objective combines stage and transfer times with `max`
+Dynamic programming over the chain of cut candidates. Devices that are interchangeable (the same
+costs, memory and overhead, and links that look the same from every other device) form one type
+with a count, as PipeEdge plans over device types. A state is (bound j, how many devices of each
+type are used so far, type of the stage ending at j); its value is the best objective of a prefix
+pipeline covering blocks 0..j-1. Distinct devices are types of count 1, where the counts are the
+familiar set of devices used. The objective combines stage and transfer times with `max`
 (throughput: minimise the bottleneck) or `+` (latency: minimise the end-to-end sum); both are
 monotone, so the DP is exact for the candidate set it is given. Each device holds at most one
 stage; memory limits are checked per stage.
 
-Cost: O(B^2 * 2^D * D^2), done as numpy operations over (device set, device) per bound pair,
-so 8 devices and ~25 candidates take milliseconds. For `throughput`, a second pass picks,
-among the placements with the optimal bottleneck, the one with the lowest latency.
+Cost: O(B^2 * S * T^2) for T types and S = prod(count + 1) states, done as numpy operations over
+(state, type) per bound pair: 8 distinct devices (S = 256) and ~25 candidates take milliseconds,
+and 32 devices of a few types (S = 2 * 32 for one type beside the source) as little. S grows as
+the product of the counts plus one: 2^T for T distinct devices, which is why at most
+MAX_STATES of them are planned. For `throughput`, a second pass picks, among the placements with
+the optimal bottleneck, the one with the lowest latency.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -25,7 +32,7 @@ from orchestrator.partition.graph import ModelGraph
 from orchestrator.partition.memory import format_bytes
 from orchestrator.partition.problem import Placement, Problem
 
-MAX_DEVICES = 12  # 2^12 device sets keep planning well under a second; beyond, use --stages or `even`
+MAX_STATES = 4096  # states (counts used per type) that keep planning well under a second
 
 
 class Solution(NamedTuple):
@@ -50,14 +57,17 @@ def _per_stage(mem: np.ndarray) -> np.ndarray:
     return mp[None, :] - mp[:, None]
 
 
-def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> Solution:
-    """One DP pass; `cap` (if given) forbids any step slower than it.
+def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None, counts: list[int]) -> Solution:
+    """One DP pass over types (`a` has one row per type, `counts` devices of each; a type's links
+    to itself are those between two of its devices); `cap` (if given) forbids any step slower.
+    The solution's `devices` are type indices.
 
     With `max` a stage counts as compute plus its device's per-frame overhead (how long the step
     takes while the pipeline is full); with `+` as compute alone (a request's path), while the cap
     still applies to the busy step."""
     d_n, b_n = a.block_cost.shape
-    m_n = 1 << d_n
+    strides = [int(x) for x in np.cumprod([1] + [c + 1 for c in counts[:-1]])]
+    m_n = int(np.prod([c + 1 for c in counts]))
     inf = np.inf
     src = d_n  # a virtual "device" for the empty prefix: the source, or nowhere
     busy = np.array([a.busy_s(d) for d in range(d_n)])
@@ -87,7 +97,7 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> 
     trans = np.full((b_n + 1, d_n + 1, d_n), inf)
     for j in range(1, b_n):
         t = _transfer(a.cut_bytes[j], a.link_rate, a.link_delay)
-        np.fill_diagonal(t, inf)
+        t[np.diag_indices(d_n)] = np.where(np.array(counts) > 1, np.diag(t), inf)  # two of one type
         trans[j, :d_n] = t
     home = np.zeros(d_n)
     if a.source is None:
@@ -101,7 +111,8 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> 
         home = np.where(home > cap, inf, home)
 
     masks = np.arange(m_n)
-    without = [masks[(masks >> d) & 1 == 0] for d in range(d_n)]
+    used = [(masks // strides[d]) % (counts[d] + 1) for d in range(d_n)]  # devices of type d in a state
+    without = [masks[used[d] < counts[d]] for d in range(d_n)]
     f = np.full((b_n + 1, m_n, d_n + 1), inf)
     f[0, 0, src] = 0.0
     for j in range(b_n):
@@ -114,18 +125,18 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> 
         h = combine(g[None], comp[:, j, j + 1 :].T[:, None, :])
         for d in range(d_n):
             w = without[d]
-            tgt = f[j + 1 :, w + (1 << d), d]
-            f[j + 1 :, w + (1 << d), d] = np.minimum(tgt, h[:, w, d])
+            tgt = f[j + 1 :, w + strides[d], d]
+            f[j + 1 :, w + strides[d], d] = np.minimum(tgt, h[:, w, d])
 
     end = combine(f[b_n, :, :d_n], home[None])
     if a.source is not None and relay > 0:  # a source holding no stage relays every frame
-        off = (masks >> a.source) & 1 == 0
+        off = used[a.source] == 0
         if combine is np.maximum:
             end[off] = np.maximum(end[off], relay)
         elif cap is not None and relay > cap:
             end[off] = inf
     if stages is not None:
-        pop = np.array([bin(m).count("1") for m in range(m_n)])
+        pop = sum(used)
         end = np.where((pop == stages)[:, None], end, inf)
     best = float(end.min())
     if not np.isfinite(best):
@@ -138,10 +149,10 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None) -> 
     devs = [d]
     while True:
         target = f[j2, m, d]
-        pm = m & ~(1 << d)
+        pm = m - strides[d]
         found = None
         for j in range(j2 - 1, -1, -1):
-            cands = [src] if (j == 0 and pm == 0) else [x for x in range(d_n) if pm >> x & 1]
+            cands = [src] if (j == 0 and pm == 0) else [x for x in range(d_n) if used[x][pm] > 0]
             for dp in cands:
                 v = combine(combine(f[j, pm, dp], trans[j, dp, d]), comp[d, j, j2])
                 if np.isfinite(v) and (v == target or np.isclose(v, target, rtol=1e-12, atol=0.0)):
@@ -190,26 +201,76 @@ def solve(
     return solve_arrays(a, objective, stages)
 
 
+def _interchangeable(a: Arrays, i: int, k: int) -> bool:
+    """Would swapping devices i and k leave the problem as it is?"""
+    if i == a.source or k == a.source:
+        return False
+    rows = [a.block_cost, a.dev_mem] + [x for x in (a.overhead, a.lean_device) if x is not None]
+    if any(not np.array_equal(x[i], x[k]) for x in rows):
+        return False
+    p = np.arange(len(a.dev_mem))
+    p[[i, k]] = [k, i]
+    return all(np.array_equal(m, m[p][:, p]) for m in (a.link_rate, a.link_delay))
+
+
+def device_types(a: Arrays) -> list[list[int]]:
+    """Devices grouped into types of interchangeable ones (the source always alone), in order."""
+    types: list[list[int]] = []
+    for d in range(len(a.dev_mem)):
+        t = next((t for t in types if all(_interchangeable(a, i, d) for i in t)), None)
+        if t is None:
+            types.append([d])
+        else:
+            t.append(d)
+    return types
+
+
+def _by_type(a: Arrays, types: list[list[int]]) -> Arrays:
+    """The problem with one device per type; a type's own link is the one between two of its devices."""
+    reps = [t[0] for t in types]
+    pair = [(t[0], t[1] if len(t) > 1 else t[0]) for t in types]
+    rate, delay = a.link_rate[np.ix_(reps, reps)].copy(), a.link_delay[np.ix_(reps, reps)].copy()
+    for k, (i, j) in enumerate(pair):
+        rate[k, k], delay[k, k] = a.link_rate[i, j], a.link_delay[i, j]
+    return replace(
+        a,
+        block_cost=a.block_cost[reps],
+        link_rate=rate,
+        link_delay=delay,
+        dev_mem=a.dev_mem[reps],
+        source=None if a.source is None else next(k for k, t in enumerate(types) if a.source in t),
+        overhead=None if a.overhead is None else a.overhead[reps],
+        lean_device=None if a.lean_device is None else a.lean_device[reps],
+    )
+
+
 def solve_arrays(a: Arrays, objective: str, stages: int | None = None) -> Solution:
-    """`solve` on an `Arrays`."""
+    """`solve` on an `Arrays`: planned over device types, returned as device indices."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}")
     d_n, b_n = a.block_cost.shape
-    if d_n > MAX_DEVICES:
-        raise ValueError(f"{d_n} devices: the exact search handles at most {MAX_DEVICES}")
+    types = device_types(a)
+    counts = [len(t) for t in types]
+    if (n := state_count(counts)) > MAX_STATES:
+        raise ValueError(f"{n} states ({len(types)} device types): the exact search handles at most {MAX_STATES}")
     if stages is not None and (stages < 1 or stages > min(d_n, b_n)):
         return Solution(np.inf, [], [])
+    t = _by_type(a, types)
     if objective == "latency":
-        return _dp(a, np.add, stages, None)
-    first = _dp(a, np.maximum, stages, None)
-    if not np.isfinite(first.value):
-        return first
-    # among the placements with this bottleneck, the lowest latency
-    cap = first.value * (1 + 1e-12)
-    second = _dp(a, np.add, stages, cap)
-    if not second.devices:  # float noise pushed the cap under the optimum: keep the first pass
-        return first
-    return Solution(first.value, second.cuts, second.devices)
+        sol = _dp(t, np.add, stages, None, counts)
+    else:
+        sol = first = _dp(t, np.maximum, stages, None, counts)
+        if np.isfinite(first.value):  # among the placements with this bottleneck, the lowest latency
+            second = _dp(t, np.add, stages, first.value * (1 + 1e-12), counts)
+            # float noise may push the cap under the optimum: keep the first pass then
+            sol = Solution(first.value, second.cuts, second.devices) if second.devices else first
+    free = [list(d) for d in types]
+    return Solution(sol.value, sol.cuts, [free[k].pop(0) for k in sol.devices])
+
+
+def state_count(counts: list[int]) -> int:
+    """DP states for types with these counts: the product of (count + 1)."""
+    return int(np.prod([c + 1 for c in counts]))
 
 
 def _no_fit(problem: Problem, a: Arrays, bounds: list[int]) -> UserError:
@@ -243,15 +304,18 @@ def optimal(problem: Problem) -> Placement:
     """Exact best placement for the problem's objective over the reduced cut candidates."""
     g: ModelGraph = problem.graph
     names = [d.name for d in problem.devices]
-    if len(names) > MAX_DEVICES:
-        raise UserError(
-            f"optimal handles at most {MAX_DEVICES} devices, got {len(names)} (use --stages or another algorithm)",
-            problem.devices_file,
-            "devices",
-        )
     a, bounds = build_arrays(
         g, problem.devices, problem.links, table=problem.cost_table, source=problem.source, batch=problem.batch
     )
+    types = device_types(a)
+    if state_count([len(t) for t in types]) > MAX_STATES:
+        raise UserError(
+            f"optimal plans {len(names)} devices of {len(types)} distinct types, too many to search exactly "
+            f"(at most {MAX_STATES} combinations of how many of each type take part; 12 distinct devices are): "
+            "make devices alike, or use --stages or another algorithm",
+            problem.devices_file,
+            "devices",
+        )
     if problem.stages is not None and problem.stages > len(bounds) - 1:
         raise UserError(
             f"{problem.stages} stages but only {len(bounds) - 1} blocks between cut candidates",
