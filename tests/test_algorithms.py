@@ -74,6 +74,20 @@ def _random_arrays(rng: np.random.Generator) -> Arrays:
     )
 
 
+def _assert_reaches(a: Arrays, got, objective: str, stages: int | None, want: float, want_lat: float) -> None:
+    """The solver's value is brute force's, and the placement it returned really achieves it, fits,
+    uses each device once and has the stage count asked (throughput ties broken by latency)."""
+    assert got.value == pytest.approx(want, rel=1e-9)
+    ev = evaluate(a, got.cuts, got.devices)
+    assert ev.fits and len(set(got.devices)) == len(got.devices)
+    assert stages is None or len(got.devices) == stages
+    if objective == "throughput":
+        assert ev.bottleneck_s == pytest.approx(want, rel=1e-9)
+        assert ev.latency_s == pytest.approx(want_lat, rel=1e-9)
+    else:
+        assert ev.latency_s == pytest.approx(want, rel=1e-9)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_optimal_matches_brute_force(seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -100,16 +114,7 @@ def test_optimal_matches_brute_force(seed: int) -> None:
                     infeasible += 1
                     assert got.value == INF and got.cuts == [] and got.devices == []
                     continue
-                assert got.value == pytest.approx(want, rel=1e-9)
-                # the placement returned really achieves the value, fits, and has the stage count asked
-                ev = evaluate(a, got.cuts, got.devices)
-                assert ev.fits and len(set(got.devices)) == len(got.devices)
-                assert stages is None or len(got.devices) == stages
-                if objective == "throughput":
-                    assert ev.bottleneck_s == pytest.approx(want, rel=1e-9)
-                    assert ev.latency_s == pytest.approx(want_lat, rel=1e-9)  # ties broken by latency
-                else:
-                    assert ev.latency_s == pytest.approx(want, rel=1e-9)
+                _assert_reaches(a, got, objective, stages, want, want_lat)
     assert infeasible > 0  # the random memory limits do exercise the no-fit path
 
 
@@ -358,15 +363,7 @@ def test_optimal_over_device_types_matches_brute_force(seed: int) -> None:
                 if want == INF:
                     assert got.value == INF and got.devices == []
                     continue
-                assert got.value == pytest.approx(want, rel=1e-9)
-                ev = evaluate(a, got.cuts, got.devices)
-                assert ev.fits and len(set(got.devices)) == len(got.devices)
-                assert stages is None or len(got.devices) == stages
-                if objective == "throughput":
-                    assert ev.bottleneck_s == pytest.approx(want, rel=1e-9)
-                    assert ev.latency_s == pytest.approx(want_lat, rel=1e-9)
-                else:
-                    assert ev.latency_s == pytest.approx(want, rel=1e-9)
+                _assert_reaches(a, got, objective, stages, want, want_lat)
     assert grouped > 20  # most instances did plan over types with counts above one
 
 
