@@ -109,15 +109,6 @@ def stopped() -> Interrupted | None:
     return None if _state.signum is None else Interrupted(_state.signum)
 
 
-def reset() -> None:
-    """Forget a signal (between commands run in one process, as tests do)."""
-    _state.signum = None
-    _state.phase = "starting"
-    _state.soft = None
-    _state.shielded = 0
-    _state.escalate = False
-
-
 def current_phase() -> str:
     return _state.phase
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -166,3 +167,22 @@ def stall_once(server, stage: int, call: int, seconds: float) -> None:
         return run(feeds)
 
     st.run = stalled
+
+
+@contextlib.contextmanager
+def src_and_a(folder: Path, devices: list[str]) -> Iterator[dict]:
+    """Nodes "src" (the source) and "a" in this process, the 3-stage test model loaded with stage k
+    on devices[k]; stopped on exit. Yields the servers by name."""
+    from node.server import NodeServer
+
+    servers = {n: NodeServer(n, 0, "127.0.0.1").start() for n in ("src", "a")}
+    try:
+        stages = write_stages(folder)
+        addresses = {n: s.address for n, s in servers.items()}
+        for name, s in servers.items():
+            reply = stub(s.address).Load(load_request(name, stages, devices, addresses, "src"))
+            assert reply.ok, reply.error
+        yield servers
+    finally:
+        for s in servers.values():
+            s.stop(0.2)

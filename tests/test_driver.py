@@ -15,21 +15,14 @@ from node.server import NodeServer
 from orchestrator.driving.client import NodeClient, NodeError
 from orchestrator.driving.driver import Feed, Record, drive
 from orchestrator.figures.latency import histogram_of, summary
-from tests.node_helpers import load_request, reference, stall_once, stub, write_stages
+from tests.node_helpers import reference, src_and_a, stall_once
 
 
 @pytest.fixture
 def pipeline(tmp_path):
     """The 3-stage test model on two nodes: src runs stage 0 (and is the source), a runs 1-2."""
-    servers = {n: NodeServer(n, 0, "127.0.0.1").start() for n in ("src", "a")}
-    stages = write_stages(tmp_path)
-    addresses = {n: s.address for n, s in servers.items()}
-    for name, s in servers.items():
-        reply = stub(s.address).Load(load_request(name, stages, ["src", "a", "a"], addresses, "src"))
-        assert reply.ok, reply.error
-    yield servers
-    for s in servers.values():
-        s.stop(0.2)
+    with src_and_a(tmp_path, ["src", "a", "a"]) as servers:
+        yield servers
 
 
 class Feeds:

@@ -22,7 +22,7 @@ from common import testbed_pb2 as pb
 from common.grpc_options import CHANNEL_OPTIONS
 from common.tensors import NO_REQUEST, FrameError, FrameReader, TensorFrame, decode_stream, encode_messages
 from node.server import NodeServer
-from tests.node_helpers import drive, load_request, reference, stub, write_stages
+from tests.node_helpers import drive, reference, src_and_a, stub
 
 STAGES = 3
 TOTAL_S = 60.0  # the whole file on a 2-core machine
@@ -241,15 +241,8 @@ def _mutations(n: int, seed: int) -> Iterator[bytes]:
 @pytest.fixture
 def pipeline(tmp_path):
     """src (bare source) and a (stages 0..2), loaded; yields the two servers."""
-    stages = write_stages(tmp_path)
-    servers = {n: NodeServer(n, 0, "127.0.0.1").start() for n in ("src", "a")}
-    addresses = {n: s.address for n, s in servers.items()}
-    for name, s in servers.items():
-        reply = stub(s.address).Load(load_request(name, stages, ["a", "a", "a"], addresses, "src"))
-        assert reply.ok, reply.error
-    yield servers
-    for s in servers.values():
-        s.stop(0.2)
+    with src_and_a(tmp_path, ["a", "a", "a"]) as servers:
+        yield servers
 
 
 def _raw(address: str) -> tuple[grpc.Channel, Callable[..., object], Callable[..., object]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 from orchestrator.errors import UserError
-from orchestrator.partition.graph import ModelGraph, prefix
+from orchestrator.partition.graph import prefix
 from orchestrator.partition.memory import (
     LEAN_TIME_FACTOR,
     MemoryMode,
@@ -145,11 +145,6 @@ def get_algorithm(name: str) -> Algorithm:
         return wrap_user_algorithm(name, obj)
     known = ", ".join(sorted(ALGORITHMS))
     raise UserError(f"unknown algorithm {name!r} (known: {known}, or module:function)", None, "algorithm")
-
-
-def stage_memory(g: ModelGraph, lo: int, hi: int) -> tuple[int, int]:
-    """(weights bytes, largest activation bytes at batch 1) of a stage holding seq[lo:hi]."""
-    return g.weights_bytes(lo, hi), g.max_activation(lo, hi)
 
 
 def _parts(m: StageMemory) -> str:

@@ -32,7 +32,7 @@ class TestbedHeld(UserError):
 
 
 class TestbedHold:
-    """An exclusive hold on testbed `name`; a context manager (`acquire` on enter)."""
+    """An exclusive hold on testbed `name`: `acquire`, then `release` (or the process ends)."""
 
     def __init__(self, name: str, purpose: str = "") -> None:
         self.name = name
@@ -71,16 +71,6 @@ class TestbedHold:
             self._file.truncate(0)
             self._file.close()  # closing drops the flock
             self._file = None
-
-    @property
-    def held(self) -> bool:
-        return self._file is not None
-
-    def __enter__(self) -> TestbedHold:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
 
 def is_held(name: str) -> bool:
