@@ -213,7 +213,7 @@ class ProbeRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads", "holds", "held_ids", "probes", "links")
+    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads", "holds", "held_ids", "probes", "links", "cgroup")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_IN_FIELD_NUMBER: _ClassVar[int]
     FRAMES_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,7 @@ class StatsReply(_message.Message):
     HELD_IDS_FIELD_NUMBER: _ClassVar[int]
     PROBES_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_FIELD_NUMBER: _ClassVar[int]
     device: str
     frames_in: int
     frames_out: int
@@ -242,4 +243,89 @@ class StatsReply(_message.Message):
     held_ids: _containers.RepeatedScalarFieldContainer[int]
     probes: _containers.RepeatedCompositeFieldContainer[LinkProbe]
     links: _containers.RepeatedCompositeFieldContainer[LinkLoad]
-    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[LinkHold, _Mapping]]] = ..., held_ids: _Optional[_Iterable[int]] = ..., probes: _Optional[_Iterable[_Union[LinkProbe, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkLoad, _Mapping]]] = ...) -> None: ...
+    cgroup: CgroupStats
+    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[LinkHold, _Mapping]]] = ..., held_ids: _Optional[_Iterable[int]] = ..., probes: _Optional[_Iterable[_Union[LinkProbe, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkLoad, _Mapping]]] = ..., cgroup: _Optional[_Union[CgroupStats, _Mapping]] = ...) -> None: ...
+
+class CgroupStats(_message.Message):
+    __slots__ = ("has_cgroup", "cpu_usage_s", "periods", "throttled_periods", "throttled_s", "cpu_quota", "memory_bytes", "memory_limit", "memory_peak_bytes", "memory_anon_bytes", "memory_cache_bytes", "net_rx_bytes", "net_tx_bytes", "net_rx_packets", "net_tx_packets", "at_ns")
+    HAS_CGROUP_FIELD_NUMBER: _ClassVar[int]
+    CPU_USAGE_S_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_PERIODS_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_S_FIELD_NUMBER: _ClassVar[int]
+    CPU_QUOTA_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ANON_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NET_RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NET_TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NET_RX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    NET_TX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    AT_NS_FIELD_NUMBER: _ClassVar[int]
+    has_cgroup: bool
+    cpu_usage_s: float
+    periods: int
+    throttled_periods: int
+    throttled_s: float
+    cpu_quota: float
+    memory_bytes: int
+    memory_limit: int
+    memory_peak_bytes: int
+    memory_anon_bytes: int
+    memory_cache_bytes: int
+    net_rx_bytes: int
+    net_tx_bytes: int
+    net_rx_packets: int
+    net_tx_packets: int
+    at_ns: int
+    def __init__(self, has_cgroup: _Optional[bool] = ..., cpu_usage_s: _Optional[float] = ..., periods: _Optional[int] = ..., throttled_periods: _Optional[int] = ..., throttled_s: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., memory_limit: _Optional[int] = ..., memory_peak_bytes: _Optional[int] = ..., memory_anon_bytes: _Optional[int] = ..., memory_cache_bytes: _Optional[int] = ..., net_rx_bytes: _Optional[int] = ..., net_tx_bytes: _Optional[int] = ..., net_rx_packets: _Optional[int] = ..., net_tx_packets: _Optional[int] = ..., at_ns: _Optional[int] = ...) -> None: ...
+
+class MeasureRequest(_message.Message):
+    __slots__ = ("probe", "args", "detach", "timeout_s")
+    PROBE_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    DETACH_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    probe: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    detach: bool
+    timeout_s: float
+    def __init__(self, probe: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., detach: _Optional[bool] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class MeasureReply(_message.Message):
+    __slots__ = ("ok", "json", "error")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    json: str
+    error: str
+    def __init__(self, ok: _Optional[bool] = ..., json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("name", "size", "sha256", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    sha256: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class FileReply(_message.Message):
+    __slots__ = ("ok", "path", "bytes", "error", "had")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    HAD_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    path: str
+    bytes: int
+    error: str
+    had: bool
+    def __init__(self, ok: _Optional[bool] = ..., path: _Optional[str] = ..., bytes: _Optional[int] = ..., error: _Optional[str] = ..., had: _Optional[bool] = ...) -> None: ...

@@ -74,6 +74,21 @@ class NodeStub:
                 request_serializer=common_dot_testbed__pb2.ProbeRequest.SerializeToString,
                 response_deserializer=common_dot_testbed__pb2.Empty.FromString,
                 _registered_method=True)
+        self.Measure = channel.unary_unary(
+                '/testbed.Node/Measure',
+                request_serializer=common_dot_testbed__pb2.MeasureRequest.SerializeToString,
+                response_deserializer=common_dot_testbed__pb2.MeasureReply.FromString,
+                _registered_method=True)
+        self.Put = channel.stream_unary(
+                '/testbed.Node/Put',
+                request_serializer=common_dot_testbed__pb2.FileChunk.SerializeToString,
+                response_deserializer=common_dot_testbed__pb2.FileReply.FromString,
+                _registered_method=True)
+        self.Has = channel.unary_unary(
+                '/testbed.Node/Has',
+                request_serializer=common_dot_testbed__pb2.FileChunk.SerializeToString,
+                response_deserializer=common_dot_testbed__pb2.FileReply.FromString,
+                _registered_method=True)
 
 
 class NodeServicer:
@@ -138,6 +153,28 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Measure(self, request, context):
+        """Run a measurement probe beside the node (see MeasureRequest).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Put(self, request_iterator, context):
+        """Receive a file (a stage model and its weights) for nodes that share no folder with the
+        orchestrator: a worker host of a swarm has no copy of the run folder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Has(self, request, context):
+        """Whether the node holds a file already (FileChunk with name, size and sha256, no data).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -180,6 +217,21 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.Probe,
                     request_deserializer=common_dot_testbed__pb2.ProbeRequest.FromString,
                     response_serializer=common_dot_testbed__pb2.Empty.SerializeToString,
+            ),
+            'Measure': grpc.unary_unary_rpc_method_handler(
+                    servicer.Measure,
+                    request_deserializer=common_dot_testbed__pb2.MeasureRequest.FromString,
+                    response_serializer=common_dot_testbed__pb2.MeasureReply.SerializeToString,
+            ),
+            'Put': grpc.stream_unary_rpc_method_handler(
+                    servicer.Put,
+                    request_deserializer=common_dot_testbed__pb2.FileChunk.FromString,
+                    response_serializer=common_dot_testbed__pb2.FileReply.SerializeToString,
+            ),
+            'Has': grpc.unary_unary_rpc_method_handler(
+                    servicer.Has,
+                    request_deserializer=common_dot_testbed__pb2.FileChunk.FromString,
+                    response_serializer=common_dot_testbed__pb2.FileReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +450,87 @@ class Node:
             '/testbed.Node/Probe',
             common_dot_testbed__pb2.ProbeRequest.SerializeToString,
             common_dot_testbed__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Measure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/testbed.Node/Measure',
+            common_dot_testbed__pb2.MeasureRequest.SerializeToString,
+            common_dot_testbed__pb2.MeasureReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Put(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/testbed.Node/Put',
+            common_dot_testbed__pb2.FileChunk.SerializeToString,
+            common_dot_testbed__pb2.FileReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Has(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/testbed.Node/Has',
+            common_dot_testbed__pb2.FileChunk.SerializeToString,
+            common_dot_testbed__pb2.FileReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,9 @@ from common.cpu_quota import ort_threads
 from common.grpc_options import SERVER_OPTIONS
 from common.rpc import add_node_servicer
 from common.tensors import NO_REQUEST, TensorFrame, frame_nbytes
-from node import resources, shaping, tc
+from node import cgroup_stats, resources, shaping, tc
+from node.files import FileRefused
+from node.files import store as file_store
 from node.links import PeerSender, sleep_until
 from node.stage import Stage, StageConfig, cap_malloc_arenas, release_free_memory
 
@@ -424,6 +426,43 @@ class NodeServicer(pb_grpc.NodeServicer):
             sender.send(frame)
         return pb.Empty()
 
+    def Put(self, request_iterator: Iterator[pb.FileChunk], context: grpc.ServicerContext) -> pb.FileReply:
+        """Receive a file into the node's store (node/files.py): a stage model for a node that shares
+        no folder with the orchestrator. Never raises: a refused or broken stream is answered."""
+        try:
+            got = file_store().put(request_iterator)
+        except FileRefused as e:
+            log.warning("file refused: %s", e)
+            return pb.FileReply(ok=False, error=str(e))
+        except Exception as e:  # the sender went away, the disk filled: nothing was kept
+            log.warning("file not received: %s: %s", type(e).__name__, e)
+            return pb.FileReply(ok=False, error=f"{type(e).__name__}: {e}")
+        if not got.had:
+            log.info("received %s (%d bytes)", got.path, got.size)
+        return pb.FileReply(ok=True, path=str(got.path), bytes=got.size, had=got.had)
+
+    def Has(self, request: pb.FileChunk, context: grpc.ServicerContext | None = None) -> pb.FileReply:
+        """Whether the node's store holds this file (name, size and sha256) already."""
+        try:
+            path = file_store().has(request.name, request.size, request.sha256)
+        except (FileRefused, OSError) as e:
+            return pb.FileReply(ok=False, error=str(e))
+        if path is None:
+            return pb.FileReply(ok=True)
+        return pb.FileReply(ok=True, path=str(path), bytes=request.size, had=True)
+
+    def Measure(self, request: pb.MeasureRequest, context: grpc.ServicerContext | None = None) -> pb.MeasureReply:
+        """Run a measurement probe beside this node (node/measure.py). Never raises: a probe that
+        fails is answered with ok=False and the tail of its stderr."""
+        from node import measure
+
+        try:
+            out = measure.run(request.probe, list(request.args), request.detach, request.timeout_s)
+        except measure.ProbeError as e:
+            log.warning("measure: %s", e)
+            return pb.MeasureReply(ok=False, error=str(e))
+        return pb.MeasureReply(ok=True, json=out)
+
     def Health(self, request: pb.Empty, context: grpc.ServicerContext | None = None) -> pb.HealthReply:
         loaded = self._pipe is not None
         return pb.HealthReply(
@@ -453,6 +492,7 @@ class NodeServicer(pb_grpc.NodeServicer):
             probes=list(self._probes.values()),
             links=self._link_loads(p),
             held_ids=self.held_ids(),
+            cgroup=cgroup_stats.read(),
         )
 
     def _link_loads(self, p: _Pipeline | None) -> list[pb.LinkLoad]:

@@ -140,9 +140,9 @@ def _cmd_model_vit(a: argparse.Namespace) -> int:
 
 
 def _cmd_testbed(a: argparse.Namespace) -> int:
-    from orchestrator.runtimes import docker_commands
+    from orchestrator.runtimes.choice import testbed_command
 
-    return docker_commands.testbed(a)
+    return testbed_command(a.runtime)(a)
 
 
 def _cmd_stats(a: argparse.Namespace) -> int:
@@ -184,10 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--tolerance", type=float, default=1e-4)
     v.set_defaults(func=_cmd_verify)
 
-    tb = sub.add_parser("testbed", help="start, stop, show or check the Docker testbed")
+    tb = sub.add_parser("testbed", help="start, stop, show or check the Docker (or Swarm) testbed")
     tb.add_argument("action", choices=["up", "down", "status", "check", "render"])
     tb.add_argument("--devices", default=DEFAULT_DEVICES, help=f"devices file (default {DEFAULT_DEVICES})")
-    tb.add_argument("--runtime", choices=["docker"], default="docker")
+    tb.add_argument("--runtime", choices=["docker", "swarm"], default="docker")
+    tb.add_argument(
+        "--init", action="store_true", help="up --runtime swarm: make this engine a single-node swarm if it is in none"
+    )
     tb.add_argument("--name", default=DEFAULT_NAME, help=f"testbed name (default {DEFAULT_NAME})")
     tb.add_argument("--subnet", default=DEFAULT_SUBNET)
     tb.add_argument("--workspace", default="runs", help="host folder the nodes see (read-only), default runs")

@@ -68,6 +68,8 @@ class Device(_Strict):
     bandwidth: int | None = None  # bit/s, default egress rate; None: not shaped
     delay: float = 0.0  # seconds, default one-way egress delay
     cpuset: str | None = None
+    # swarm runtime: the swarm node that runs this device, by hostname or `label=value`
+    host: str | None = None
     # "lean": its stages open ONNX Runtime without pre-packed weights (less resident memory, slower)
     memory_mode: Literal["default", "lean"] = "default"
 

@@ -17,7 +17,11 @@ from orchestrator.runtimes import RUNTIMES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("orchestrator", "node", "common")
 RUNTIME_KINDS = ("Runtime", "Deployment", "Sampler", "Collector")
-ENGINE_MODULES = ("orchestrator.runtimes.docker", "orchestrator.runtimes.local")  # and what starts so
+ENGINE_MODULES = (
+    "orchestrator.runtimes.docker",
+    "orchestrator.runtimes.local",
+    "orchestrator.runtimes.swarm",
+)  # and what starts so
 # the Docker testbed's own commands: the command line loads them when one of them runs
 DOCKER_COMMANDS = "orchestrator.runtimes.docker_commands"
 

@@ -7,9 +7,11 @@ the device and the address it was reached at. No other orchestrator module opens
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,6 +22,7 @@ from common.rpc import node_stub
 from common.tensors import TensorFrame
 
 HEALTH_POLL_S = 0.1
+FILE_CHUNK_BYTES = 1 << 20  # a file sent to a node (put_file) travels in pieces of this size
 
 
 class NodeError(RuntimeError):
@@ -108,6 +111,67 @@ class NodeClient:
     def requota(self, timeout_s: float = 30.0) -> pb.LoadReply:
         """Make the node re-read its CPU quota and resize its stages' threads; returns what holds."""
         return self._call("Requota", pb.Empty(), timeout_s)
+
+    def measure(self, probe: str, args: list[str] | tuple[str, ...] = (), detach: bool = False, timeout_s: float = 120.0) -> dict:
+        """Run a node/probes.py probe beside the node (its container, cgroup and user); the JSON it
+        printed ({} when detached: started, not waited for). A probe that fails raises NodeError."""
+        import json
+
+        req = pb.MeasureRequest(probe=probe, args=[str(a) for a in args], detach=detach, timeout_s=timeout_s)
+        reply = self._call("Measure", req, 5.0 if detach else timeout_s + 5.0)
+        if not reply.ok:
+            raise self.error(f"Measure {probe}: {reply.error}")
+        if detach:
+            return {}
+        try:
+            return json.loads(reply.json)
+        except ValueError:
+            raise self.error(f"Measure {probe}: not a JSON line: {reply.json[-200:]!r}") from None
+
+    def has_file(self, name: str, size: int, sha256: str, timeout_s: float = 30.0) -> str:
+        """The node's path of its stored file `name` with this size and sha256; "" when it has none."""
+        reply = self._call("Has", pb.FileChunk(name=name, size=size, sha256=sha256), timeout_s)
+        if not reply.ok:
+            raise self.error(f"Has {name}: {reply.error}")
+        return reply.path if reply.had else ""
+
+    def put_stream(self, name: str, size: int, sha256: str, data: Iterator[bytes], timeout_s: float = 600.0) -> str:
+        """Send a file of `size` bytes and digest `sha256`, its bytes in `data`'s pieces (each at most
+        a few MiB), to the node's store as `name`; returns the node's path of it. A node that
+        refuses it (a bad name, a size or digest that does not match) raises its reason."""
+
+        def chunks() -> Iterator[pb.FileChunk]:
+            yield pb.FileChunk(name=name, size=size, sha256=sha256)
+            for piece in data:
+                yield pb.FileChunk(data=piece)
+
+        reply = self._call("Put", chunks(), timeout_s)
+        if not reply.ok:
+            raise self.error(f"refused file {name}: {reply.error}")
+        return reply.path
+
+    def put_file(self, local_path: str | Path, name: str, timeout_s: float = 600.0) -> str:
+        """Send a local file to the node's store as `name`, unless it holds it already (same name,
+        size and sha256); returns the node's path of it. The file is read in pieces, twice (its
+        digest first), never whole."""
+        path = Path(local_path)
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as f:
+            while piece := f.read(FILE_CHUNK_BYTES):
+                digest.update(piece)
+                size += len(piece)
+        sha256 = digest.hexdigest()
+        held = self.has_file(name, size, sha256)
+        if held:
+            return held
+
+        def pieces() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while piece := f.read(FILE_CHUNK_BYTES):
+                    yield piece
+
+        return self.put_stream(name, size, sha256, pieces(), timeout_s)
 
     def wait_healthy(self, timeout_s: float = 30.0, alive: Callable[[], bool] | None = None) -> None:
         """Poll Health until the node answers; `alive()` returning False means it died."""

@@ -48,7 +48,7 @@ def load_requests(
             stages.append(
                 pb.StageSpec(
                     index=s.index,
-                    model_path=dep.node_path(plan.dir / s.model),
+                    model_path=dep.stage_path(dev.name, plan.dir / s.model),
                     inputs=list(s.inputs),
                     outputs=list(s.outputs),
                     forward=list(plan.forward_after(s.index)),

@@ -153,7 +153,7 @@ def chunk_request(
         stages.append(
             pb.StageSpec(
                 index=k - i,
-                model_path=dep.node_path(blocks_dir / f.model),
+                model_path=dep.stage_path(dev.name, blocks_dir / f.model),
                 inputs=list(f.inputs),
                 outputs=list(f.outputs),
                 forward=forward,

@@ -103,6 +103,11 @@ class Deployment:
         """A file of the run folder as the node sees it."""
         return str(Path(local_path).resolve())
 
+    def stage_path(self, device: str, local_path: Path) -> str:
+        """A stage file as `device`'s node reads it: here the folder the nodes share with the
+        orchestrator; a runtime whose nodes share none (another host) sends the file first."""
+        return self.node_path(local_path)
+
 
 @dataclass(frozen=True)
 class LinkChange:

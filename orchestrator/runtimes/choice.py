@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:  # the engines load only when one is made: `orchestrator parti
 
 
 def select_runtime(name: str) -> tuple[str, list[str]]:
-    """docker where asked, or (auto) where an engine answers and has the node image; else local."""
+    """docker or swarm where asked, or (auto) where an engine answers and has the node image; else local."""
     if name != "auto" and name not in RUNTIMES:
         raise UserError(f"unknown runtime {name!r} (one of auto, {', '.join(RUNTIMES)})", "--runtime")
     if name == "local":
@@ -24,15 +26,26 @@ def select_runtime(name: str) -> tuple[str, list[str]]:
     from orchestrator.runtimes.docker import engine, image_present
 
     client = engine()
-    if name == "docker":
+    if name in ("docker", "swarm"):
         if client is None:
-            raise UserError("the docker runtime needs a Docker engine, and none answers", "--runtime")
-        return "docker", []
+            raise UserError(f"the {name} runtime needs a Docker engine, and none answers", "--runtime")
+        return name, []
     if client is None:
         return "local", ["runtime 'auto' chose the local runtime: no Docker engine answers"]
     if not image_present(client):
         return "local", ["runtime 'auto' chose the local runtime: the node image is not built (make image)"]
     return "docker", ["runtime 'auto' chose the docker runtime: an engine answers"]
+
+
+def testbed_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """`orchestrator testbed ACTION` for the runtime `name` (docker or swarm), loaded only now."""
+    if name == "swarm":
+        from orchestrator.runtimes import swarm_commands
+
+        return swarm_commands.testbed
+    from orchestrator.runtimes import docker_commands
+
+    return docker_commands.testbed
 
 
 def make_runtime(
@@ -57,6 +70,10 @@ def make_runtime(
 
         kw = {k: v for k, v in (("testbed_name", testbed_name), ("subnet", subnet)) if v}
         return DockerRuntime(testbed, logs, workspace=workspace or run_dir, wait=wait, console=console, **kw)
+    if name == "swarm":
+        from orchestrator.runtimes.swarm import SwarmRuntime
+
+        return SwarmRuntime(testbed, logs, workspace or run_dir, testbed_name=testbed_name, wait=wait, console=console)
     if name == "local":
         from orchestrator.runtimes.local import DEFAULT_WORKSPACE, LocalRuntime
 

@@ -106,9 +106,26 @@ def fidelity_table(fid: dict) -> Table:
     return t
 
 
+def removable(found: set[str | None], a: argparse.Namespace, con: Console) -> list[str]:
+    """The testbeds `down` removes: --name's, or (--all) every one found; one a run holds only
+    with --force (--all leaves it and says so; --name alone refuses)."""
+    names = sorted(found - {None}) if a.all else [a.name]
+    held = [n for n in names if is_held(n)]
+    if held and not a.force:
+        if not a.all:
+            raise UserError(
+                f"testbed {a.name!r} is in use by {describe_holder(a.name)}: wait for it, or --force", "--name"
+            )
+        for n in held:
+            con.print(f"left testbed {n!r}: in use by {describe_holder(n)} (--force removes it)")
+    return names if a.force else [n for n in names if n not in held]
+
+
 def testbed(a: argparse.Namespace) -> int:
     """`orchestrator testbed ACTION`; `render` writes a file and needs no engine."""
     con = Console()
+    if getattr(a, "init", False):
+        raise UserError("--init makes a swarm: only with --runtime swarm", "--init")
     if a.action == "render":
         tb = load_devices(a.devices)
         text = render_compose(testbed_spec(tb, a.name, a.subnet, workspace=COMPOSE_WORKSPACE), a.devices)
@@ -140,16 +157,8 @@ def testbed(a: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         found = {c.labels.get(dk.LABEL_TESTBED) for c in dk.testbed_containers(client)}
         found |= {(n.attrs.get("Labels") or {}).get(dk.LABEL_TESTBED) for n in dk.testbed_networks(client)}
-        names = sorted(found - {None}) if a.all else [a.name]
-        held = [n for n in names if is_held(n)]
-        if held and not a.force:
-            if not a.all:
-                who = describe_holder(a.name)
-                raise UserError(f"testbed {a.name!r} is in use by {who}: wait for it, or --force", "--name")
-            for n in held:
-                con.print(f"left testbed {n!r}: in use by {describe_holder(n)} (--force removes it)")
         n_c = n_n = 0
-        for n in names if a.force else [n for n in names if n not in held]:
+        for n in removable(found, a, con):
             _stop_collector(n)
             c, k = dk.down(client, n)
             n_c, n_n = n_c + c, n_n + k

@@ -84,7 +84,11 @@ class TestbedSpec:
 def config_hash(testbed: Testbed) -> str:
     """Devices and links as the containers emulate them (names, caps, links): 12 hex digits."""
     body = {
-        "devices": [d.model_dump(exclude={"power", "type"}) for d in testbed.devices],
+        # `host:` (a swarm node) only where given: testbeds without it keep their hash
+        "devices": [
+            d.model_dump(exclude={"power", "type", "host"}) | ({"host": d.host} if d.host else {})
+            for d in testbed.devices
+        ],
         "links": {
             f"{a.name}>{b.name}": testbed.link(a.name, b.name).model_dump()
             for a in testbed.devices

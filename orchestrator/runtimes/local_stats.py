@@ -8,7 +8,6 @@ so `memory_page_cache_bytes` stays None (the report says so: figures/memory.py).
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import psutil
 from orchestrator.config import Testbed
 from orchestrator.driving.client import NodeError
 from orchestrator.runtimes.base import Deployment
-from orchestrator.runtimes.stats import MemoryPeaks, StatsLine, memory_peaks
+from orchestrator.runtimes.stats import PolledSampler, StatsLine
 
 
 def rss_anon_bytes(pid: int) -> int | None:
@@ -32,44 +31,14 @@ def rss_anon_bytes(pid: int) -> int | None:
     return None
 
 
-class LocalStatsSampler:
+class LocalStatsSampler(PolledSampler):
     """Samples CPU (cores used), RSS and the node's byte counters every `period_s`."""
 
     def __init__(self, dep: Deployment, testbed: Testbed, out_dir: Path, period_s: float = 0.5):
-        self.dep, self.testbed, self.out_dir, self.period_s = dep, testbed, Path(out_dir), period_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stats", daemon=True)
-        self._lock = threading.Lock()  # one sample at a time: the thread's or take_sample's
+        super().__init__(dep.nodes, out_dir, period_s)
+        self.dep, self.testbed = dep, testbed
         self._procs: dict[str, psutil.Process] = {}
         self._last: dict[str, tuple[float, float]] = {}
-        self._files: dict = {}
-        self.samples: dict[str, list[StatsLine]] = {d: [] for d in dep.nodes}
-
-    def __enter__(self) -> LocalStatsSampler:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._files = {d: open(self.out_dir / f"{d}.jsonl", "a") for d in self.dep.nodes}  # noqa: SIM115
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        with self._lock:
-            for f in self._files.values():
-                f.close()
-            self._files.clear()
-
-    def take_sample(self, timeout_s: float = 5.0) -> None:
-        """Sample every node now (each Stats call gives up after `timeout_s`)."""
-        self._sample_all(timeout_s)
-
-    def peaks(self) -> dict[str, MemoryPeaks]:
-        """Each node's memory peaks over the samples so far (no page cache of its own)."""
-        return memory_peaks(self.samples)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period_s):
-            self._sample_all(1.0)
 
     def _process(self, dev: str) -> psutil.Process | None:
         """The device's node process; a new one after the runtime revived it."""
@@ -81,41 +50,35 @@ class LocalStatsSampler:
             self._last.pop(dev, None)
         return self._procs[dev]
 
-    def _sample_all(self, timeout_s: float) -> None:
-        with self._lock:
-            for dev in self.samples:
-                try:
-                    proc = self._process(dev)
-                    if proc is None:
-                        continue
-                    cpu_t = sum(proc.cpu_times()[:2])
-                    rss = proc.memory_info().rss
-                    anon = rss_anon_bytes(proc.pid)
-                    st = self.dep.client(dev).stats(timeout_s=timeout_s)
-                except (psutil.Error, NodeError):
-                    continue
-                now = time.time()
-                cores = None
-                if dev in self._last:
-                    t0, c0 = self._last[dev]
-                    cores = (cpu_t - c0) / (now - t0) if now > t0 else None
-                self._last[dev] = (now, cpu_t)
-                spec = self.testbed.device(dev)
-                line = StatsLine(
-                    time=round(now, 3),
-                    cpu_cores=None if cores is None else round(cores, 4),
-                    cpu_cap=spec.cpus,
-                    cpu_of_cap=None if cores is None else round(cores / spec.cpus, 4),
-                    memory_bytes=rss,
-                    memory_limit=spec.memory,
-                    memory_peak_bytes=st.peak_rss_bytes,
-                    memory_resident_bytes=anon,
-                    bytes_in=st.bytes_in,
-                    bytes_out=st.bytes_out,
-                    frames_in=st.frames_in,
-                    frames_out=st.frames_out,
-                )
-                self.samples[dev].append(line)
-                if dev in self._files:
-                    self._files[dev].write(line.to_json() + "\n")
-                    self._files[dev].flush()
+    def _sample(self, dev: str, timeout_s: float) -> StatsLine | None:
+        try:
+            proc = self._process(dev)
+            if proc is None:
+                return None
+            cpu_t = sum(proc.cpu_times()[:2])
+            rss = proc.memory_info().rss
+            anon = rss_anon_bytes(proc.pid)
+            st = self.dep.client(dev).stats(timeout_s=timeout_s)
+        except (psutil.Error, NodeError):
+            return None
+        now = time.time()
+        cores = None
+        if dev in self._last:
+            t0, c0 = self._last[dev]
+            cores = (cpu_t - c0) / (now - t0) if now > t0 else None
+        self._last[dev] = (now, cpu_t)
+        spec = self.testbed.device(dev)
+        return StatsLine(
+            time=round(now, 3),
+            cpu_cores=None if cores is None else round(cores, 4),
+            cpu_cap=spec.cpus,
+            cpu_of_cap=None if cores is None else round(cores / spec.cpus, 4),
+            memory_bytes=rss,
+            memory_limit=spec.memory,
+            memory_peak_bytes=st.peak_rss_bytes,
+            memory_resident_bytes=anon,
+            bytes_in=st.bytes_in,
+            bytes_out=st.bytes_out,
+            frames_in=st.frames_in,
+            frames_out=st.frames_out,
+        )

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 
@@ -72,6 +76,69 @@ class StatsSampler(Protocol):
 
     def peaks(self) -> dict[str, MemoryPeaks]:
         """Each device's memory peaks over the samples so far (`memory_peaks`)."""
+
+
+class PolledSampler:
+    """What the samplers that poll the nodes share: a thread that samples every device every
+    `period_s` (and `take_sample` one more now), one sample at a time, each line appended to
+    `<out_dir>/<device>.jsonl`. A subclass says how one device is sampled (`_sample`); with
+    `workers` > 1 the devices are sampled in parallel, so a large fleet fits in one period."""
+
+    def __init__(self, devices: Iterable[str], out_dir: Path, period_s: float = 0.5, workers: int = 1):
+        self.out_dir, self.period_s = Path(out_dir), period_s
+        self.samples: dict[str, list[StatsLine]] = {d: [] for d in devices}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stats", daemon=True)
+        self._lock = threading.Lock()  # one sample at a time: the thread's or take_sample's
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._files: dict = {}
+
+    def __enter__(self) -> PolledSampler:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._files = {d: open(self.out_dir / f"{d}.jsonl", "a") for d in self.samples}  # noqa: SIM115
+        if self._workers > 1:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="stats")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with self._lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
+
+    def take_sample(self, timeout_s: float = 5.0) -> None:
+        """Sample every node now (each node's call gives up after `timeout_s`)."""
+        self._sample_all(timeout_s)
+
+    def peaks(self) -> dict[str, MemoryPeaks]:
+        return memory_peaks(self.samples)
+
+    def _sample(self, dev: str, timeout_s: float) -> StatsLine | None:
+        """One line for `dev`, None where its node could not be sampled this time."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            self._sample_all(1.0)
+
+    def _sample_all(self, timeout_s: float) -> None:
+        with self._lock:
+            devs = list(self.samples)
+            mapped = self._pool.map if self._pool is not None else map
+            for dev, line in zip(devs, mapped(lambda d: self._sample(d, timeout_s), devs), strict=True):
+                if line is None:
+                    continue
+                self.samples[dev].append(line)
+                if dev in self._files:
+                    self._files[dev].write(line.to_json() + "\n")
+                    self._files[dev].flush()
 
 
 @dataclass(frozen=True)
