@@ -1,8 +1,10 @@
-"""Fidelity of the default Docker testbed: configured versus achieved for every link and CPU cap.
+"""Fidelity of a Docker testbed: configured versus achieved for every link and CPU cap.
 
-Starts devices/edge4.yaml as its own testbed (name `benchfid`, its own subnet), times start and
-stop, runs the fidelity check (tc-shaped TCP transfers between the containers, busy loops under
-each CPU quota), prints the table, and exits 1 if anything is off by more than 10%.
+Starts devices/edge4.yaml (or the devices file given: `bench/bench_fidelity.py devices/fleet32.yaml`)
+as its own testbed (name `benchfid`, its own subnet), times start and stop, runs the fidelity check
+through the nodes' Measure calls (tc-shaped TCP transfers between the containers, the holds the
+nodes apply, busy loops under each CPU quota), prints the table, and exits 1 if anything is off by
+more than 10%.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.config import load_devices  # noqa: E402
+from orchestrator.driving.client import NodeClient  # noqa: E402
 from orchestrator.runtimes import docker as dk  # noqa: E402
 from orchestrator.runtimes.docker_commands import fidelity_table  # noqa: E402
-from orchestrator.runtimes.docker_fidelity import check_testbed  # noqa: E402
-from orchestrator.runtimes.docker_testbed import LABEL_DEVICE, testbed_spec  # noqa: E402
+from orchestrator.runtimes.docker_fidelity import check_nodes  # noqa: E402
+from orchestrator.runtimes.docker_testbed import testbed_spec  # noqa: E402
 
 NAME, SUBNET = "benchfid", "10.213.250.0/24"
 
@@ -31,22 +34,26 @@ def main() -> int:
     if client is None:
         con.print("no Docker engine answers: nothing to measure")
         return 0
-    tb = load_devices(ROOT / "devices" / "edge4.yaml")
+    devices = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "devices" / "edge4.yaml"
+    tb = load_devices(devices)
     spec = testbed_spec(tb, NAME, SUBNET, workspace=ROOT / "runs")
     t0 = time.perf_counter()
     try:
         nodes = dk.up(client, spec)
         up_s = time.perf_counter() - t0
-        conts = {c.labels[LABEL_DEVICE]: c for c in dk.testbed_containers(client, NAME)}
-        emulation = dk.link_emulation_of(next(iter(conts.values())))
-        fid = check_testbed(conts, {c.device: c.ip for c in spec.containers}, tb, emulation, nodes)
+        clients = {d: NodeClient(d, h.control_address) for d, h in nodes.items()}
+        emulation = dk.link_emulation_of(next(iter(clients.values())))
+        fid = check_nodes(clients, {c.device: c.ip for c in spec.containers}, tb, emulation)
+        for c in clients.values():
+            c.close()
     finally:
         t1 = time.perf_counter()
         dk.down(client, NAME)
         down_s = time.perf_counter() - t1
     con.print(fidelity_table(fid))
     con.print(
-        f"4-device testbed: up {up_s:.1f} s, down {down_s:.1f} s (target under 15 s each); check {fid['seconds']:.1f} s"
+        f"{len(tb.devices)}-device testbed: up {up_s:.1f} s, down {down_s:.1f} s; "
+        f"check {fid['seconds']:.1f} s ({len(fid['links'])} links in {fid['links_seconds']:.1f} s)"
     )
     worst_link = max(abs(x["error"]) for x in fid["links"] if x["error"] is not None)
     worst_cpu = max(abs(x["error"]) for x in fid["cpus"])

@@ -104,4 +104,3 @@ def run(probe: str, args: list[str], detach: bool = False, timeout_s: float = 0.
         why = err.strip()[-_ERR_TAIL:] or out.strip()[-_ERR_TAIL:] or "no output"
         raise ProbeError(f"probe {probe} failed (exit {proc.returncode}): {why}")
     return lines[-1]
-

@@ -1,17 +1,21 @@
 """Measurements run inside a device's container (or beside a local node) to check its emulation.
 
-`python -m node.probes <probe> ...`, started by the orchestrator through `docker exec`; each
-prints one JSON line on stdout (the sink prints nothing: its senders get its figures). `hold`
-needs nothing of its container: the orchestrator also calls it in its own process, against a
-node's published port, so no probe process competes with that node for its CPU cap.
+`python -m node.probes <probe> ...`, started by a node's Measure call (node/measure.py: beside
+the node, in its container and cgroup) or by `docker exec`; each prints one JSON line on stdout
+(the sink prints nothing: its senders get its figures). `hold` needs nothing of its container:
+the orchestrator calls it in its own process, against a node's control port, so no probe process
+competes with that node for its CPU cap.
 
 - sink: accepts connections on a port; answers pings with the one-way time it saw, and after a
-  rate transfer the bytes it received, when, and a trace of their arrival.
+  rate transfer the bytes it received, when, and a trace of their arrival, all stamped with the
+  kernel's receive time (a sink throttled by its CPU quota reads late, but stamps right).
 - send: pings a sink (one-way delay on the shared host clock), then sends it N bytes over TCP.
+- sends: a device's sends of a whole fidelity check in one process, each in its slot of a schedule.
 - busy: spins in P processes for a fixed wall time: CPU time over wall time, and the cgroup's
   throttling counters around it.
 - hold: sends small probe frames to a node through the node's own link sender, stamped to be
-  held for the link's delay, and reads back from that node's Stats how long it really held them.
+  held for the link's delay, and reads back from that node's Stats how long it really held them
+  (holds(): every incoming link of one node, over one stream).
 - stage: runs a model as a node's stage runs it, back to back for a fixed window: the mean time
   of one run under this container's CPU cap.
 - meter / stream: a TCP stream kept saturated until a given time, and its receiver sampling the
@@ -26,6 +30,7 @@ import argparse
 import json
 import multiprocessing as mp
 import socket
+import struct
 import sys
 import threading
 import time
@@ -39,28 +44,73 @@ _MARKS = 400  # arrival trace points kept per transfer
 
 # -- sink ----------------------------------------------------------------------------------------
 
+# SO_TIMESTAMPNS (Linux; Python's socket module names it only from 3.14 on): each read comes with
+# the kernel's receive time of its bytes
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TS_SPACE = socket.CMSG_SPACE(16)  # one struct timespec
+
+
+class _StampedReader:
+    """Reads a TCP connection with the time the kernel received what each read returns: when the
+    bytes reached this container's network stack, not when a process throttled by its CPU quota
+    got round to reading them (time.time_ns() where the kernel gives no stamp)."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        conn.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        self.buf = bytearray(_READ_BYTES)
+        self.pending = b""  # read past the last line handed out
+        self.pending_ns = 0
+
+    def read(self, limit: int) -> tuple[int, int]:
+        """Up to `limit` bytes into self.buf: how many (0 at the end) and when they arrived."""
+        n, anc, _, _ = self.conn.recvmsg_into([memoryview(self.buf)[: min(limit, len(self.buf))]], _TS_SPACE)
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+                sec, nsec = struct.unpack("qq", data[:16])
+                return n, sec * 1_000_000_000 + nsec
+        return n, time.time_ns()
+
+    def readline(self) -> tuple[bytes, int]:
+        """One line and when its last byte arrived."""
+        while b"\n" not in self.pending:
+            n, at = self.read(_READ_BYTES)
+            if not n:
+                raise EOFError("connection closed mid-line")
+            self.pending += bytes(self.buf[:n])
+            self.pending_ns = at
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line, self.pending_ns
+
 
 def _serve(conn: socket.socket) -> None:
     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    with conn, conn.makefile("rb") as f:
-        head = json.loads(f.readline())
+    with conn:
+        rd = _StampedReader(conn)
+        line, _ = rd.readline()
+        head = json.loads(line)
         if head["mode"] == "ping":
             for _ in range(head["count"]):
-                sent = int(f.readline())
-                conn.sendall(b"%d\n" % (time.time_ns() - sent))
+                sent, at = rd.readline()
+                conn.sendall(b"%d\n" % (at - int(sent)))
             return
-        n, got, first, first_bytes, now, marks = head["n"], 0, None, 0, 0, []
+        # a rate transfer: until n bytes or the sender's end of it (a transfer cut at its deadline)
+        n, got, first, first_bytes, last, marks = head["n"], 0, None, 0, 0, []
+        if rd.pending:  # bytes that came with the head line
+            got = first_bytes = len(rd.pending)
+            first = last = rd.pending_ns
+            marks.append((last, got))
         while got < n:
-            k = len(f.read1(min(_READ_BYTES, n - got)))
+            k, at = rd.read(n - got)
             if not k:
                 break
-            now = time.time_ns()
             if first is None:
-                first, first_bytes = now, k
+                first, first_bytes = at, k
             got += k
-            marks.append((now, got))
+            last = at
+            marks.append((at, got))
         step = max(1, len(marks) // _MARKS)
-        r = {"bytes": got, "first_ns": first, "last_ns": now, "first_bytes": first_bytes, "marks": marks[::step]}
+        r = {"bytes": got, "first_ns": first, "last_ns": last, "first_bytes": first_bytes, "marks": marks[::step]}
         conn.sendall(json.dumps(r).encode() + b"\n")
 
 
@@ -87,12 +137,12 @@ def sink(expected: int, life_s: float, port: int, host: str = "0.0.0.0") -> None
 # -- send ----------------------------------------------------------------------------------------
 
 
-def _connect(ip: str, port: int) -> socket.socket:
+def _connect(ip: str, port: int, timeout_s: float = 30.0) -> socket.socket:
     """A connection to the sink, retried while it is still starting."""
-    end = time.monotonic() + _CONNECT_S
+    end = time.monotonic() + min(_CONNECT_S, timeout_s)
     while True:
         try:
-            s = socket.create_connection((ip, port), timeout=30)
+            s = socket.create_connection((ip, port), timeout=timeout_s)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return s
         except OSError:
@@ -101,25 +151,64 @@ def _connect(ip: str, port: int) -> socket.socket:
             time.sleep(0.05)
 
 
-def send(ip: str, n: int, pings: int, port: int) -> dict:
-    """One-way delays of `pings` small messages (ms, sorted), then the sink's view of n bytes."""
+def send(ip: str, n: int, pings: int, port: int, deadline_ns: int = 0) -> dict:
+    """One-way delays of `pings` small messages (ms, sorted; the sink reads their arrival from
+    the kernel, this host's clock), then the sink's view of n bytes sent over TCP. With a deadline
+    (host clock, ns) the transfer stops there (`cut`: fewer bytes than n; its rate is still the
+    slope of what arrived). `mss`: the payload of a full segment, to count the headers on the wire."""
+    budget_s = max(1.0, (deadline_ns - time.time_ns()) / 1e9 + 5.0) if deadline_ns else 30.0
     one_way = []
-    with _connect(ip, port) as s, s.makefile("rb") as f:
+    with _connect(ip, port, budget_s) as s:
+        rd = _StampedReader(s)
         s.sendall(json.dumps({"mode": "ping", "count": pings}).encode() + b"\n")
         for _ in range(pings):
             s.sendall(b"%d\n" % time.time_ns())
-            one_way.append(int(f.readline()) / 1e6)
+            one_way.append(int(rd.readline()[0]) / 1e6)
             time.sleep(0.002)
-    with _connect(ip, port) as s, s.makefile("rb") as f:
+    with _connect(ip, port, budget_s) as s:
         s.sendall(json.dumps({"mode": "rate", "n": n}).encode() + b"\n")
+        mss = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
         chunk, left = memoryview(bytes(_READ_BYTES)), n
         while left > 0:
-            k = min(left, len(chunk))
-            s.sendall(chunk[:k])
-            left -= k
-        r = json.loads(f.readline())
+            if deadline_ns:
+                t = (deadline_ns - time.time_ns()) / 1e9
+                if t <= 0:
+                    break
+                s.settimeout(min(t, 0.2))
+            try:
+                left -= s.send(chunk[: min(left, len(chunk))])
+            except TimeoutError:
+                continue
+        s.settimeout(budget_s)
+        if left > 0:
+            s.shutdown(socket.SHUT_WR)  # the sink reports what arrived
+        r = json.loads(_StampedReader(s).readline()[0])
     r["one_way_ms"] = sorted(one_way)
+    r["mss"] = mss
+    r["cut"] = left > 0
     return r
+
+
+SLOT_GUARD_NS = 50_000_000  # a transfer stops this long before its slot ends: its reply, the next's start
+
+
+def sends(plan: dict) -> dict:
+    """Transfers to several sinks on one schedule (host clock): transfer i starts at
+    t0_ns + round_i * slot_ns and stops before its slot ends, so that transfers of one round run
+    side by side and never spill into the next. One process for all of a device's transfers: a
+    process start under a small CPU quota takes a second. `late_ms`: how late it started."""
+    out = []
+    for t in sorted(plan["transfers"], key=lambda t: t["round"]):
+        start = plan["t0_ns"] + t["round"] * plan["slot_ns"]
+        if (wait := start - time.time_ns()) > 0:
+            time.sleep(wait / 1e9)
+        row = {"round": t["round"], "ip": t["ip"], "late_ms": round(max(0, time.time_ns() - start) / 1e6, 3)}
+        try:
+            row |= send(t["ip"], t["n"], plan["pings"], plan["port"], start + plan["slot_ns"] - SLOT_GUARD_NS)
+        except (OSError, ValueError, EOFError) as e:
+            row["error"] = f"{type(e).__name__}: {e}"
+        out.append(row)
+    return {"transfers": out}
 
 
 # -- meter and stream ----------------------------------------------------------------------------
@@ -238,17 +327,27 @@ def busy(procs: int, wall_s: float) -> dict:
 # -- hold ----------------------------------------------------------------------------------------
 
 
-def _held(stub, device: str):
+def _holds_now(stub) -> dict[str, object]:
     from common import testbed_pb2 as pb
 
-    reply = stub.Stats(pb.Empty(), timeout=5.0)
-    return next((h for h in reply.holds if h.device == device), pb.LinkHold(device=device))
+    return {h.device: h for h in stub.Stats(pb.Empty(), timeout=5.0).holds}
 
 
-def hold(address: str, device: str, hold_s: float, count: int = 10, gap_s: float = 0.01, wait_s: float = 10.0) -> dict:
-    """Send `count` probe frames to the node at `address` as `device`'s link does (the node's own
-    sender, each frame stamped to be held `hold_s`); the node holds them like any frame of that
-    link and drops them. Returns the holds it asked and really applied (mean, ms), from its Stats."""
+HOLD_GAP_S = 0.05  # between two probe frames: half a 100-ms CFS period
+
+
+def holds(
+    address: str, links: list[tuple[str, float]], count: int = 4, gap_s: float = HOLD_GAP_S, wait_s: float = 10.0
+) -> dict[str, dict]:
+    """Send `count` probe frames to the node at `address` for each (device, hold_s) of `links`,
+    as that device's link would (the node's own link sender, each frame stamped to be held
+    hold_s); the node holds them like any frame of that link and drops them. Returns per device
+    the holds asked and really applied (mean and worst lateness, ms), from its Stats.
+
+    What is measured is the node's hold, not this probe's load on it: one frame at a time, each
+    sent once the one before has been released (`gap_s` apart at least), so that no frame's
+    arrival competes with another's release for the node's CPU quota or its interpreter; no
+    heartbeat, and the node's Stats read once before and once after, not polled meanwhile."""
     import grpc
     import numpy as np
 
@@ -258,33 +357,46 @@ def hold(address: str, device: str, hold_s: float, count: int = 10, gap_s: float
     from common.tensors import TensorFrame
     from node.links import PeerSender
 
-    if hold_s <= 0 or count < 1:
-        raise ValueError("hold needs a delay > 0 s and at least one frame")
+    if count < 1 or any(h <= 0 for _, h in links):
+        raise ValueError("hold needs delays > 0 s and at least one frame")
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = node_stub(channel)
-        before = _held(stub, device)
-        sender = PeerSender(address, 0.0, hold_s, name=address)
+        before = _holds_now(stub)
+        sender = PeerSender(address, 0.0, 0.0, name=address, heartbeat_s=0.0)
         try:
-            for i in range(count):
-                frame = TensorFrame(pb.Frame(request_id=i, probe=True), {"probe": np.zeros(16, np.float32)})
-                frame.header.timings.add(stage=-1, device=device)
-                sender.send(frame)
-                time.sleep(gap_s)
-            deadline = time.monotonic() + hold_s + wait_s
-            after = _held(stub, device)
-            while after.frames < before.frames + count and time.monotonic() < deadline:
-                time.sleep(0.02)
-                after = _held(stub, device)
+            for device, hold_s in links:
+                sender.set_link(0.0, hold_s)
+                for i in range(count):
+                    frame = TensorFrame(pb.Frame(request_id=i, probe=True), {"probe": np.zeros(16, np.float32)})
+                    frame.header.timings.add(stage=-1, device=device)
+                    sender.send(frame)
+                    time.sleep(max(gap_s, hold_s + 0.01))
+            deadline = time.monotonic() + wait_s
+            while True:
+                after = _holds_now(stub)
+                n = {d: after[d].frames - (before[d].frames if d in before else 0) for d, _ in links if d in after}
+                if all(n.get(d, 0) >= count for d, _ in links) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
         finally:
             sender.close()
-    n = after.frames - before.frames
-    if n < count:
-        raise RuntimeError(f"{address} held {n} of {count} probe frames within {wait_s:g} s")
-    return {
-        "frames": n,
-        "asked_ms": (after.asked_ns - before.asked_ns) / n / 1e6,
-        "held_ms": (after.held_ns - before.held_ns) / n / 1e6,
-    }
+    short = [d for d, _ in links if n.get(d, 0) < count]
+    if short:
+        raise RuntimeError(f"{address} held {min(n.get(d, 0) for d in short)} of {count} probe frames from {short[0]}")
+    out = {}
+    for d, _ in links:
+        a, b = after[d], before.get(d, pb.LinkHold())
+        out[d] = {
+            "frames": n[d],
+            "asked_ms": (a.asked_ns - b.asked_ns) / n[d] / 1e6,
+            "held_ms": (a.held_ns - b.held_ns) / n[d] / 1e6,
+        }
+    return out
+
+
+def hold(address: str, device: str, hold_s: float, count: int = 10, gap_s: float = HOLD_GAP_S) -> dict:
+    """holds() for one link: what the node at `address` really holds `device`'s frames."""
+    return holds(address, [(device, hold_s)], count, gap_s)[device]
 
 
 # -- stage ---------------------------------------------------------------------------------------
@@ -356,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("n", type=int)
     p.add_argument("pings", type=int)
     p.add_argument("port", type=int)
+    p.add_argument("--deadline-ns", type=int, default=0, help="stop the transfer then (host clock)")
+    p = sub.add_parser("sends")
+    p.add_argument("plan", help='JSON: {"t0_ns", "slot_ns", "port", "pings", "transfers": [{"round", "ip", "n"}]}')
     p = sub.add_parser("busy")
     p.add_argument("procs", type=int)
     p.add_argument("wall_s", type=float)
@@ -385,7 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         sink(a.expected, a.life_s, a.port)
         return 0
     result = {
-        "send": lambda: send(a.ip, a.n, a.pings, a.port),
+        "send": lambda: send(a.ip, a.n, a.pings, a.port, a.deadline_ns),
+        "sends": lambda: sends(json.loads(a.plan)),
         "busy": lambda: busy(a.procs, a.wall_s),
         "hold": lambda: hold(a.address, a.device, a.hold_s, a.count),
         "stage": lambda: stage(a.model, a.window_s, a.threads, a.warmup),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import docker
 from docker.models.containers import Container
-from docker.utils.socket import consume_socket_output, frames_iter
+from docker.utils.socket import frames_iter
 
 from orchestrator.runtimes.docker_testbed import image_tag
 
@@ -95,14 +95,13 @@ def swarm(client: docker.DockerClient) -> Iterator[SwarmInfo]:
         raise SwarmUnavailable(f"the engine's swarm is {state.get('LocalNodeState')!r}: neither in one nor out")
     had_gwbridge = bool(client.networks.list(names=["docker_gwbridge"]))
     addr = bridge_gateway(client)
+    client.swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
     try:
-        client.swarm.init(advertise_addr=addr, listen_addr=f"0.0.0.0:{SWARM_PORT}")
         client.swarm.reload()
         node_id = client.info()["Swarm"]["NodeID"]
         yield SwarmInfo(addr, client.swarm.attrs["JoinTokens"]["Worker"], node_id, made=True)
     finally:
-        with suppress(docker.errors.APIError):
-            client.swarm.leave(force=True)
+        client.swarm.leave(force=True)
         if not had_gwbridge:  # made by swarm init; `swarm leave` keeps it
             for net in client.networks.list(names=["docker_gwbridge"]):
                 with suppress(docker.errors.APIError):
@@ -120,9 +119,14 @@ _CAPS_BUT_SYS_RESOURCE = [
 ]  # fmt: skip
 _NEAR_PRIVILEGED = {
     "cap_add": _CAPS_BUT_SYS_RESOURCE,
-    "security_opt": ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"],
+    "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
     "device_cgroup_rules": ["c *:* rmw", "b *:* rmw"],
 }
+
+
+def _output(sock) -> str:
+    """stdout and stderr of an exec without a tty, as they came, to the end of the stream."""
+    return b"".join(data for _, data in frames_iter(sock, tty=False)).decode(errors="replace")
 
 
 def _exec(container: Container, cmd: list[str], timeout_s: float) -> str:
@@ -132,7 +136,7 @@ def _exec(container: Container, cmd: list[str], timeout_s: float) -> str:
     sock = api.exec_start(exec_id, socket=True)
     try:
         sock._sock.settimeout(timeout_s)
-        out = consume_socket_output(frames_iter(sock, tty=False)).decode(errors="replace")
+        out = _output(sock)
     except TimeoutError:
         raise WorkerUnavailable(f"`{' '.join(cmd)}` in the worker took over {timeout_s:.0f} s") from None
     finally:
@@ -151,10 +155,10 @@ def _load_image(client: docker.DockerClient, container: Container, tag: str, tim
     raw: socket.socket = sock._sock
     raw.settimeout(timeout_s)
     try:
-        for chunk in client.images.get(tag).save(chunk_size=1 << 20):
+        for chunk in client.images.get(tag).save(chunk_size=1 << 20, named=tag):
             raw.sendall(chunk)
         raw.shutdown(socket.SHUT_WR)  # EOF on the loader's stdin
-        out = consume_socket_output(frames_iter(sock, tty=False)).decode(errors="replace")
+        out = _output(sock)
     finally:
         sock.close()
     code = api.exec_inspect(exec_id)["ExitCode"]
@@ -165,16 +169,16 @@ def _load_image(client: docker.DockerClient, container: Container, tag: str, tim
 def _start(client: docker.DockerClient, image: str, name: str, hostname: str) -> tuple[Container, str]:
     """Create and start the worker container, privileged where the engine can do it; the container
     and how it runs. A container that fails to start is removed before raising."""
-    common = {
-        "name": name,
-        "hostname": hostname,
-        "detach": True,
-        "cgroupns": "private",  # the inner engine's cgroups nest under the worker's own
-        "labels": {WORKER_LABEL: hostname},
-    }
     tried = []
     for how, extra in (("privileged", {"privileged": True}), ("all capabilities but SYS_RESOURCE", _NEAR_PRIVILEGED)):
-        container = client.containers.create(image, **common, **extra)
+        # The inner engine's cgroups nest under the worker's own (a private cgroup namespace).
+        host_config = client.api.create_host_config(cgroupns="private", **extra)
+        if not extra.get("privileged"):  # the CLI's --security-opt systempaths=unconfined
+            host_config.update(MaskedPaths=[], ReadonlyPaths=[])
+        created = client.api.create_container(
+            image, name=name, hostname=hostname, labels={WORKER_LABEL: hostname}, host_config=host_config
+        )
+        container = client.containers.get(created["Id"])
         try:
             container.start()
             return container, how
@@ -187,6 +191,7 @@ def _start(client: docker.DockerClient, image: str, name: str, hostname: str) ->
 
 
 def _wait(what: str, ready, timeout_s: float, alive=lambda: True) -> None:
+    """Poll `ready` until true; WorkerUnavailable once the worker dies or `timeout_s` passes."""
     deadline = time.monotonic() + timeout_s
     while not ready():
         if not alive():
@@ -197,6 +202,7 @@ def _wait(what: str, ready, timeout_s: float, alive=lambda: True) -> None:
 
 
 def _engine_up(container: Container) -> bool:
+    """Whether the worker's dockerd answers its own CLI yet."""
     try:
         _exec(container, ["docker", "version", "--format", "{{.Server.Version}}"], 10)
         return True
@@ -253,8 +259,8 @@ def worker(
         timings["load"] = time.monotonic() - t0
 
         t0 = time.monotonic()
-        join = ["swarm", "join", "--token", swarm_info.worker_token, "--advertise-addr", "eth0"]
-        Worker(container, address, "", hostname).docker(*join, f"{swarm_info.manager_addr}:{SWARM_PORT}")
+        join = ["docker", "swarm", "join", "--token", swarm_info.worker_token, "--advertise-addr", "eth0"]
+        _exec(container, [*join, f"{swarm_info.manager_addr}:{SWARM_PORT}"], 60)
         node_id = _exec(container, ["docker", "info", "--format", "{{.Swarm.NodeID}}"], 30).strip()
         node = client.nodes.get(node_id)
         spec = dict(node.attrs["Spec"])
@@ -268,15 +274,16 @@ def worker(
         timings["join"] = time.monotonic() - t0
         yield Worker(container, address, node_id, hostname, how, timings)
     finally:
+        # Best effort first (the worker leaving, its node removed), so that the container, which
+        # holds everything else, always goes; a failure to remove it is raised.
         if container is not None:
-            with suppress(docker.errors.APIError, WorkerUnavailable):
+            with suppress(Exception):
                 if _running(container):
                     _exec(container, ["docker", "swarm", "leave", "--force"], 30)
-        # The node by ID, or by hostname where the join went through but its ID was never read.
-        with suppress(docker.errors.APIError):
+        with suppress(Exception):  # by ID, or by hostname where the join went through unread
             for node in client.nodes.list():
                 if node.id == node_id or node.attrs.get("Description", {}).get("Hostname") == hostname:
                     node.remove(force=True)
         if container is not None:
-            with suppress(docker.errors.APIError):
+            with suppress(docker.errors.NotFound):
                 container.remove(force=True, v=True)

@@ -67,8 +67,13 @@ def services(docker_client, node_image, two_hosts):
     made = []
     try:
         for device, constraint, ports in (
-            ("a", "node.role==manager", {}),
-            ("b", f"node.labels.{HOST_LABEL}==worker2", {PORT: (PORT, "tcp", "host")}),
+            ("a", "node.role==manager", []),
+            # No published port: the worker's engine picks a free one, read back from the task.
+            (
+                "b",
+                f"node.labels.{HOST_LABEL}==worker2",
+                [{"TargetPort": PORT, "Protocol": "tcp", "PublishMode": "host"}],
+            ),
         ):
             made.append(
                 docker_client.services.create(
@@ -128,9 +133,12 @@ def test_two_hosts_placement_overlay_and_reach(docker_client, two_hosts, service
     assert r.exit_code == 0, r.output.decode()
     assert json.loads(r.output.decode().strip().splitlines()[-1])["bytes"] == 8_000_000
 
-    # (c) This process reaches node b, on a host whose engine it never uses: Health and Stats,
-    # with the node's own cgroup and network figures.
-    with NodeClient("b", f"{w.address}:{PORT}") as client:
+    # (c) This process reaches node b, on a host whose engine it never uses, at the port its task
+    # publishes on that host (the swarm's task record says which): Health and Stats, with the
+    # node's own cgroup and network figures.
+    task_b = next(t for t in svc_b.tasks() if t["ID"] == task_b["ID"])
+    (published,) = [p["PublishedPort"] for p in task_b["Status"]["PortStatus"]["Ports"] if p["TargetPort"] == PORT]
+    with NodeClient("b", f"{w.address}:{published}") as client:
         client.wait_healthy(timeout_s=30)
         assert client.health().device == "b"
         stats = client.stats()
@@ -138,3 +146,29 @@ def test_two_hosts_placement_overlay_and_reach(docker_client, two_hosts, service
     assert stats.cgroup.has_cgroup, stats
     assert stats.cgroup.cpu_usage_s > 0 and stats.cgroup.memory_bytes > 0
     assert stats.cgroup.net_rx_bytes > 8_000_000  # the transfer above arrived on its interfaces
+
+
+def test_a_run_across_the_two_hosts(docker_client, two_hosts, tmp_path):
+    """The swarm runtime itself over both hosts: `host:` pins the laptop to the manager (by
+    hostname) and the phone to the worker (by node label); the phone's stage file is sent to it,
+    its stats come from its own node, the links are checked between the hosts, nothing is left."""
+    from orchestrator.run import execute
+    from orchestrator.runtimes import swarm_services as sw
+    from tests.runtime_helpers import write_tiny_job
+
+    info, w = two_hosts
+    manager = docker_client.nodes.get(info.manager_node_id).attrs["Description"]["Hostname"]
+    devices = [
+        {"name": "laptop", "cpus": 0.5, "memory": "512MiB", "bandwidth": "50mbit", "delay": "5ms", "host": manager},
+        {"name": "phone", "cpus": 0.3, "memory": "384MiB", "bandwidth": "20mbit", "delay": "10ms"}
+        | {"host": f"{HOST_LABEL}=worker2"},
+    ]
+    job = write_tiny_job(tmp_path, devices, requests=12, fidelity_check=True)
+    run_dir, rep = execute(str(job), runtime="swarm", out=str(tmp_path / "run"))
+    assert rep["errors"] == 0 and rep["agreement"]["top1"] == 1.0 and rep["agreement"]["max_abs_diff"] == 0.0
+    reached = next(n for n in rep["notes"] if "nodes reached at" in n)
+    assert w.address in reached, reached  # the phone's node, at the worker's address
+    assert rep["fidelity"]["flagged"] == [], rep["fidelity"]["flagged"]
+    rows = [json.loads(x) for x in (run_dir / "stats" / "phone.jsonl").read_text().splitlines()]
+    assert rows and rows[-1]["periods"] and rows[-1]["bytes_in"] > 0 and rows[-1]["memory_limit"] == 384 * 2**20
+    assert not [s for s in sw.testbed_services(docker_client) if s.name.startswith("edge-")]

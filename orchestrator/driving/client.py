@@ -112,7 +112,7 @@ class NodeClient:
         """Make the node re-read its CPU quota and resize its stages' threads; returns what holds."""
         return self._call("Requota", pb.Empty(), timeout_s)
 
-    def measure(self, probe: str, args: list[str] | tuple[str, ...] = (), detach: bool = False, timeout_s: float = 120.0) -> dict:
+    def measure(self, probe: str, args: list | tuple = (), detach: bool = False, timeout_s: float = 120.0) -> dict:
         """Run a node/probes.py probe beside the node (its container, cgroup and user); the JSON it
         printed ({} when detached: started, not waited for). A probe that fails raises NodeError."""
         import json

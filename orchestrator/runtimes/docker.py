@@ -16,7 +16,6 @@ node re-reads its cgroup and resizes its ORT threads: Requota), a container kill
 from __future__ import annotations
 
 import concurrent.futures as cf
-import json
 import os
 import shutil
 import threading
@@ -32,7 +31,7 @@ from orchestrator.errors import UserError
 from orchestrator.partition.memory import format_bytes
 from orchestrator.runtimes.base import Deployment, LinkChange, LinkEmulation, NodeHandle, Runtime
 from orchestrator.runtimes.docker_engine import engine, testbed_containers
-from orchestrator.runtimes.docker_fidelity import PROBE, check_testbed
+from orchestrator.runtimes.docker_fidelity import check_nodes
 from orchestrator.runtimes.docker_hold import TestbedHold, free_subnet, is_held, own_testbed_name
 from orchestrator.runtimes.docker_host_tc import HostShaper
 from orchestrator.runtimes.docker_stats import DockerStatsCollector
@@ -291,20 +290,11 @@ def status(client, name: str | None = None) -> list[dict]:
     return sorted(rows, key=lambda r: (r["testbed"] or "", r["device"] or ""))
 
 
-def _exec_ok(cont, cmd: list[str]) -> str:
-    """Run a command in a container as root (tc needs its NET_ADMIN); its output, or an error naming it."""
-    res = cont.exec_run(cmd)
-    out = res.output.decode(errors="replace")
-    if res.exit_code != 0:
-        raise RuntimeError(f"{cont.name}: `{' '.join(cmd)}` failed (exit {res.exit_code}): {out.strip()[-500:]}")
-    return out
-
-
-def link_emulation_of(cont) -> LinkEmulation:
+def link_emulation_of(node: NodeClient) -> LinkEmulation:
     """How a testbed's nodes emulate link delay: netem where the kernel attaches it, else the
-    nodes hold frames themselves (probed in one container: all share the host's kernel)."""
-    out = _exec_ok(cont, [*PROBE, "netem"])
-    return LinkEmulation.TC_NETEM if json.loads(out.splitlines()[-1])["netem"] else LinkEmulation.TC_NODE_DELAY
+    nodes hold frames themselves (probed beside one node, by its Measure call: all share the
+    host's kernel)."""
+    return LinkEmulation.TC_NETEM if node.measure("netem")["netem"] else LinkEmulation.TC_NODE_DELAY
 
 
 def _wait_status(cont, done, what: str, timeout_s: float = 30.0) -> None:
@@ -429,7 +419,9 @@ class DockerRuntime(Runtime):
             raise RuntimeError(f"testbed {self.spec.name!r}: {', '.join(wrong)} not at the addresses planned")
         if any(d.gpu is not None for d in self.testbed.devices) and not mps_daemon_running():
             notes.append("no CUDA MPS daemon runs: GPU shares are not enforced (memory limits are)")
-        emulation = link_emulation_of(next(iter(self.containers.values())))
+        first = next(iter(nodes.values()))
+        with NodeClient(first.device, first.control_address) as node:
+            emulation = link_emulation_of(node)
         notes.append(emulation.describe())
         if self._host_tc is None:
             notes.append(
@@ -535,7 +527,7 @@ class DockerRuntime(Runtime):
         if console is not None:
             console.print("checking fidelity (links and CPU caps between the containers)...")
         ips = {d: c.ip for d, c in self.spec.by_device().items()}
-        fid = check_testbed(self.containers, ips, self.testbed, dep.link_emulation, dep.nodes)
+        fid = check_nodes(dep, ips, self.testbed)
         if console is not None:
             console.print(
                 f"fidelity checked in {fid['seconds']:.1f} s: "

@@ -19,9 +19,10 @@ from rich.live import Live
 from rich.table import Table
 
 from orchestrator.config import load_devices
+from orchestrator.driving.client import NodeClient
 from orchestrator.errors import UserError
 from orchestrator.runtimes import docker as dk
-from orchestrator.runtimes.docker_fidelity import check_testbed
+from orchestrator.runtimes.docker_fidelity import check_nodes
 from orchestrator.runtimes.docker_hold import describe_holder, is_held
 from orchestrator.runtimes.docker_stats import DockerStatsCollector
 from orchestrator.runtimes.docker_testbed import COMPOSE_WORKSPACE, LABEL_DEVICE, render_compose, testbed_spec
@@ -175,8 +176,12 @@ def testbed(a: argparse.Namespace) -> int:
         if missing:
             raise UserError(f"testbed {a.name!r} has no container for {', '.join(missing)}", a.devices)
         ips = {d: dk.container_ip(c) for d, c in conts.items()}
-        emulation = dk.link_emulation_of(next(iter(conts.values())))
-        fid = check_testbed(conts, ips, tb, emulation, dk.handles(client, a.name))
+        clients = {d: NodeClient(d, h.control_address) for d, h in dk.handles(client, a.name).items()}
+        try:
+            fid = check_nodes(clients, ips, tb, dk.link_emulation_of(next(iter(clients.values()))))
+        finally:
+            for c in clients.values():
+                c.close()
         con.print(fidelity_table(fid))
         out = Path(a.out) if a.out else LOGS / f"fidelity_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,24 +1,32 @@
-"""Is the testbed emulating what it was asked to? Measured between the real containers.
+"""Is the testbed emulating what it was asked to? Measured between the running nodes.
 
-The measurements are the probes shipped in the node image (node/probes.py), run with
-`docker exec ... python -m node.probes <probe>`.
+Everything goes through the nodes' own gRPC calls, so the check runs the same on the Docker
+runtime and on a swarm whose nodes sit on hosts whose engine the orchestrator cannot reach: each
+node's Measure call runs a probe of node/probes.py beside it (its container, cgroup and user).
 
-Links: each receiving container runs a small TCP sink; each sender sends about half a second
-of its link's rate through its real, tc-shaped egress. The rate is what the receiver saw
-between its first and last byte; the one-way delay of small messages is read across the
-containers' shared clock (one host). Transfers go in rounds in which every container sends to
-one peer and receives from one, so no container's CPU cap throttles two transfers at once.
+Links: each device runs one sink for the whole check, and one sender process that makes all of
+its transfers on a shared schedule (`sends`): a process start under a 0.05-CPU quota takes about a
+second, so none is started per link. The transfers go in rounds in which every device sends to
+one peer and receives from one (n-1 rounds for n devices), each round in a slot of the schedule,
+cut at the slot's end so that a slow link never spills into the next round. A transfer pings
+first (one-way delay, the sink stamping arrivals with the kernel's receive time on the host's
+shared clock), then sends about half a second of its link's rate through its real, tc-shaped
+egress; the rate is the slope of bytes against the kernel's arrival stamps over the middle of the
+transfer, with the headers each full segment carries on the wire. A link whose rate reads off is
+measured once more, in a second schedule of its own.
 
-Where the receiving node holds the delay itself (no netem), the network is only part of it:
-once the transfers are done, each receiving node gets probe frames stamped as its upstream's
-would be (the node's own link sender, from this process over the node's published port: no
-probe process competes with the node for its container's CPU cap), holds them as it holds any
-frame of that link, and reports the hold it really applied (release - arrival, by its clock).
-That hold is added to the network's delay, so a late timer or a wrong hold shows.
+Where the receiving node holds the delay itself (no netem), the network is only part of it: once
+the transfers are done, each receiving node gets probe frames stamped as its upstreams' would be
+(the node's own link sender, from this process over the node's control port: no probe process
+competes with the node for its CPU quota), one frame at a time, each after the one before has
+been released, and reports the hold it really applied (release - arrival, by its clock). That
+hold is added to the network's delay, so a late timer or a wrong hold shows; a link whose delay
+reads off is probed once more.
 
-CPU: every container runs a busy loop for a fixed wall time in as many processes as its cap
-needs; CPU time over wall time is the achieved share, next to the cgroup's throttling counts.
-A link rate or CPU cap off by more than 10% is flagged.
+CPU: every node runs a busy loop for a fixed wall time in as many processes as its cap needs, in
+groups whose caps add up to at most one CPU (the host's own CPU is not what is measured); CPU
+time over wall time is the achieved share, next to the cgroup's throttling counts.
+A link rate, delay or CPU cap off by more than 10% is flagged.
 """
 
 from __future__ import annotations
@@ -27,24 +35,39 @@ import concurrent.futures as cf
 import json
 import math
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from node.probes import hold
+from node.probes import holds
 from orchestrator.config import Testbed
+from orchestrator.runtimes.base import Deployment
 
 if TYPE_CHECKING:
-    from orchestrator.runtimes.base import LinkEmulation, NodeHandle
+    from orchestrator.driving.client import NodeClient
+    from orchestrator.runtimes.base import LinkEmulation
 
 TOLERANCE = 0.10
 SINK_PORT = 50099
-# a 1448-byte TCP segment (MTU 1500, timestamps on) is 1514 bytes in the qdisc: 14 + 20 + 32 of headers
-WIRE_PER_PAYLOAD = 1514 / 1448
-_USER = "10001"  # the image's user "node": measurements run unprivileged
-PROBE = ["python", "-m", "node.probes"]
-HOLD_FRAMES = 10
+RETRY_PORT = SINK_PORT + 1
+WIRE_HEADERS = 66  # bytes a full TCP segment carries beside its payload: Ethernet 14, IP 20, TCP 20 + timestamps 12
+DEFAULT_MSS = 1448  # MTU 1500
+HOLD_FRAMES = 4  # per link
 DELAY_SLACK_MS = 0.5  # a fraction of a millisecond of network on top of a 1 ms link is not a fault
+SLOT_EXTRA_S = 0.35  # in a slot beside the transfer itself: connections, pings, the reply, the guard
+START_S = 2.0  # for the probe processes to start (a second under a 0.05-CPU quota), plus per device:
+START_PER_DEVICE_S = 0.05
+CPU_GROUP = 1.0  # CPUs of busy loops at once
+
+
+Nodes = Deployment | Mapping[str, "NodeClient"]
+
+
+def _clients(nodes: Nodes) -> dict[str, NodeClient]:
+    if isinstance(nodes, Deployment):
+        return {d: nodes.client(d) for d in nodes.nodes}
+    return dict(nodes)
 
 
 def _err(achieved: float | None, configured: float | None) -> float | None:
@@ -54,42 +77,92 @@ def _err(achieved: float | None, configured: float | None) -> float | None:
 
 
 def _wire_rate(r: dict) -> float:
-    """Bit/s on the wire as tc counts it: TCP payload plus Ethernet, IP and TCP headers per segment.
+    """Bit/s on the wire as tc counts it: TCP payload plus the headers of each full segment.
 
-    The slope of bytes received against time over the middle of the transfer: a receiver that
-    was descheduled for a moment reads a burst late, which would skew a first-to-last ratio.
-    """
+    The slope of bytes received against their arrival time over the middle of the transfer:
+    free of the connection's start, and of a reader that was descheduled for a moment."""
+    wire = (r.get("mss") or DEFAULT_MSS) + WIRE_HEADERS
+    per_payload = wire / (wire - WIRE_HEADERS)
     marks = [(t, b) for t, b in r.get("marks") or [] if 0.1 * r["bytes"] <= b <= 0.95 * r["bytes"]]
     if len(marks) >= 8:
         t = np.array([m[0] for m in marks], dtype=np.float64) / 1e9
         b = np.array([m[1] for m in marks], dtype=np.float64)
         slope = float(np.polyfit(t - t[0], b, 1)[0])
-        return slope * WIRE_PER_PAYLOAD * 8 if slope > 0 else 0.0
+        return slope * per_payload * 8 if slope > 0 else 0.0
     span = (r["last_ns"] - r["first_ns"]) / 1e9
-    return (r["bytes"] - r["first_bytes"]) * WIRE_PER_PAYLOAD * 8 / span if span > 0 else 0.0
-
-
-def _exec_json(cont, cmd: list[str]) -> dict:
-    res = cont.exec_run(cmd, user=_USER)
-    out = res.output.decode(errors="replace").strip()
-    if res.exit_code != 0:
-        raise RuntimeError(f"{cont.name}: measurement failed (exit {res.exit_code}): {out[-500:]}")
-    return json.loads(out.splitlines()[-1])
-
-
-def probe(cont, *args: str) -> dict:
-    """Run one probe (node/probes.py) in a container as the unprivileged user; its JSON line."""
-    return _exec_json(cont, [*PROBE, *args])
-
-
-def _start_sink(cont, expected: int, life_s: float, port: int) -> None:
-    cont.exec_run([*PROBE, "sink", str(expected), f"{life_s:g}", str(port)], user=_USER, detach=True)
+    return (r["bytes"] - r["first_bytes"]) * per_payload * 8 / span if span > 0 else 0.0
 
 
 def _rounds(devs: list[str]) -> list[list[tuple[str, str]]]:
     """Directed pairs in rounds where each device sends once and receives once (a shift each round)."""
     n = len(devs)
     return [[(devs[i], devs[(i + r) % n]) for i in range(n)] for r in range(1, n)]
+
+
+def _matching_rounds(pairs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Pairs in as few rounds as a greedy pass finds, no device sending or receiving twice in one."""
+    rounds: list[list[tuple[str, str]]] = []
+    for src, dst in pairs:
+        for r in rounds:
+            if all(src != a and dst != b for a, b in r):
+                r.append((src, dst))
+                break
+        else:
+            rounds.append([(src, dst)])
+    return rounds
+
+
+def _size(rate_bps: int, seconds: float) -> int:
+    return max(256 * 1024, int(rate_bps / 8 * seconds)) if rate_bps else 32 * 1024 * 1024
+
+
+def transfers(
+    clients: dict[str, NodeClient],
+    ips: dict[str, str],
+    testbed: Testbed,
+    rounds: list[list[tuple[str, str]]],
+    port: int = SINK_PORT,
+    seconds: float = 0.5,
+    pings: int = 10,
+) -> dict[tuple[str, str], dict]:
+    """Run `rounds` of transfers on one schedule: a sink on every receiving node, one sender
+    process on every sending node; each pair's result (its `error` where it failed)."""
+    senders: dict[str, list[dict]] = {}
+    receivers: dict[str, int] = {}
+    for k, pairs in enumerate(rounds):
+        for src, dst in pairs:
+            n = _size(testbed.link(src, dst).rate_bps, seconds)
+            senders.setdefault(src, []).append({"round": k, "ip": ips[dst], "n": n, "to": dst})
+            receivers[dst] = receivers.get(dst, 0) + 2  # a ping connection and a transfer
+    slot_s = seconds + SLOT_EXTRA_S
+    start_s = START_S + START_PER_DEVICE_S * len(clients)
+    span_s = start_s + len(rounds) * slot_s
+    t0_ns = time.time_ns() + int(start_s * 1e9)
+    with cf.ThreadPoolExecutor(max(1, len(senders) + len(receivers))) as ex:
+        sinks = [
+            ex.submit(clients[d].measure, "sink", [n, f"{span_s + 5:g}", port], True, span_s + 10)
+            for d, n in receivers.items()
+        ]
+        for f in sinks:
+            f.result()
+
+        def send(src: str) -> list[dict]:
+            plan = {
+                "t0_ns": t0_ns,
+                "slot_ns": int(slot_s * 1e9),
+                "port": port,
+                "pings": pings,
+                "transfers": [{k: v for k, v in t.items() if k != "to"} for t in senders[src]],
+            }
+            got = clients[src].measure("sends", [json.dumps(plan)], timeout_s=span_s + 30)["transfers"]
+            by_round = {t["round"]: t["to"] for t in senders[src]}
+            return [g | {"to": by_round[g["round"]]} for g in got]
+
+        out = {}
+        for src, got in zip(senders, ex.map(send, senders), strict=True):
+            for g in got:
+                out[(src, g["to"])] = g
+    return out
 
 
 def link_row(src: str, dst: str, rate_bps: int, delay_s: float, transfer: dict, hold: dict | None) -> dict:
@@ -118,7 +191,7 @@ def link_row(src: str, dst: str, rate_bps: int, delay_s: float, transfer: dict, 
         "bytes": transfer["bytes"],
         "seconds": round(span, 3),
         "flagged": bool((err is not None and abs(err) > TOLERANCE) or d_bad),
-        "method": "tc-shaped TCP transfer between the containers; delay "
+        "method": "tc-shaped TCP transfer between the nodes; delay "
         + (
             f"measured network one-way + the hold the receiving node really applied to {hold['frames']} probe frames"
             if hold
@@ -127,77 +200,105 @@ def link_row(src: str, dst: str, rate_bps: int, delay_s: float, transfer: dict, 
     }
 
 
-def node_holds(testbed: Testbed, devs: list[str], hold_at: dict[str, str]) -> dict[tuple[str, str], dict]:
-    """What each receiving node really holds frames of each incoming link with a delay: its
+def node_holds(
+    clients: dict[str, NodeClient], testbed: Testbed, links: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict]:
+    """What each receiving node really holds frames of each of `links` (src, dst) for: its
     upstreams one after another, the receivers side by side."""
+    by_dst: dict[str, list[tuple[str, float]]] = {}
+    for src, dst in links:
+        by_dst.setdefault(dst, []).append((src, testbed.link(src, dst).delay_s))
 
     def receiver(dst: str) -> dict[tuple[str, str], dict]:
-        return {
-            (src, dst): hold(hold_at[dst], src, testbed.link(src, dst).delay_s, HOLD_FRAMES)
-            for src in devs
-            if src != dst and testbed.link(src, dst).delay_s > 0
-        }
+        got = holds(clients[dst].address, by_dst[dst], HOLD_FRAMES)
+        return {(src, dst): h for src, h in got.items()}
 
     out: dict[tuple[str, str], dict] = {}
-    with cf.ThreadPoolExecutor(max(1, len(devs))) as ex:
-        for got in ex.map(receiver, devs):
+    with cf.ThreadPoolExecutor(max(1, len(by_dst))) as ex:
+        for got in ex.map(receiver, by_dst):
             out.update(got)
     return out
 
 
+def _rate_off(testbed: Testbed, pair: tuple[str, str], r: dict) -> bool:
+    rate = testbed.link(*pair).rate_bps
+    return bool("error" in r or (rate and abs(_wire_rate(r) / rate - 1) > TOLERANCE))
+
+
+def _delay_off(testbed: Testbed, pair: tuple[str, str], r: dict, hold: dict) -> bool:
+    want = testbed.link(*pair).delay_s * 1e3
+    got = r["one_way_ms"][len(r["one_way_ms"]) // 4] + hold["held_ms"]
+    return abs(got / want - 1) > TOLERANCE and abs(got - want) > DELAY_SLACK_MS
+
+
 def check_links(
-    containers: dict,
+    nodes: Nodes,
     ips: dict[str, str],
     testbed: Testbed,
-    hold_at: dict[str, str] | None,
+    node_holds_delay: bool,
     seconds: float = 0.5,
     pings: int = 10,
 ) -> list[dict]:
-    """Every link's rate and delay between the containers. `hold_at`: where the nodes hold the
-    delay themselves, each node's control address (host:port), to probe the holds it applies."""
-    devs = [d.name for d in testbed.devices if d.name in containers]
-    for dev in devs:  # one sink per receiver, for all its incoming links, then it exits
-        _start_sink(containers[dev], 2 * (len(devs) - 1), 60, SINK_PORT)
-    transfers: dict[tuple[str, str], dict] = {}
-
-    def size(rate: int) -> int:
-        return max(256 * 1024, int(rate / 8 * seconds)) if rate else 32 * 1024 * 1024
-
-    def one(pair: tuple[str, str]) -> None:
-        src, dst = pair
-        cfg = testbed.link(src, dst)
-        transfers[pair] = probe(containers[src], "send", ips[dst], str(size(cfg.rate_bps)), str(pings), str(SINK_PORT))
-
-    with cf.ThreadPoolExecutor(max(1, len(devs))) as ex:
-        for pairs in _rounds(devs):
-            list(ex.map(one, pairs))
-    retried = set()
-    for pair, r in list(transfers.items()):  # one more try, alone, for a link whose rate looks off
-        rate = testbed.link(*pair).rate_bps
-        if rate and abs(_wire_rate(r) / rate - 1) > TOLERANCE:
-            src, dst = pair
-            _start_sink(containers[dst], 2, 30, SINK_PORT + 1)
-            args = [ips[dst], str(size(rate)), str(pings), str(SINK_PORT + 1)]
-            transfers[pair] = probe(containers[src], "send", *args)
-            retried.add(pair)
-    holds = node_holds(testbed, devs, hold_at) if hold_at is not None else {}
+    """Every link's rate and delay between the running nodes (`ips`: each device's address on
+    the testbed's network, what tc matches and the sinks listen on). `node_holds_delay`: the
+    receiving nodes hold the delay themselves (no netem), so their holds are probed too."""
+    clients = _clients(nodes)
+    devs = [d.name for d in testbed.devices if d.name in clients]
+    got = transfers(clients, ips, testbed, _rounds(devs), SINK_PORT, seconds, pings)
+    again = [p for p, r in got.items() if _rate_off(testbed, p, r)]
+    if again:  # one more try, in a schedule of their own, for links whose rate looks off
+        got |= transfers(clients, ips, testbed, _matching_rounds(again), RETRY_PORT, seconds, pings)
+    failed = {p: r["error"] for p, r in got.items() if "error" in r}
+    if failed:
+        (src, dst), why = next(iter(failed.items()))
+        raise RuntimeError(f"{len(failed)} link transfer(s) failed, {src}->{dst} first: {why}")
+    retried = set(again)
+    held: dict[tuple[str, str], dict] = {}
+    if node_holds_delay:
+        delayed = [p for p in got if testbed.link(*p).delay_s > 0]
+        held = node_holds(clients, testbed, delayed)
+        off = [p for p in delayed if _delay_off(testbed, p, got[p], held[p])]
+        if off:  # once more, for links whose delay looks off
+            held |= node_holds(clients, testbed, off)
+            retried |= set(off)
     out = []
-    for src, dst in sorted(transfers, key=lambda p: (devs.index(p[0]), devs.index(p[1]))):
+    for src, dst in sorted(got, key=lambda p: (devs.index(p[0]), devs.index(p[1]))):
         cfg = testbed.link(src, dst)
-        row = link_row(src, dst, cfg.rate_bps, cfg.delay_s, transfers[(src, dst)], holds.get((src, dst)))
+        row = link_row(src, dst, cfg.rate_bps, cfg.delay_s, got[(src, dst)], held.get((src, dst)))
         out.append(row | {"retried": (src, dst) in retried})
     return out
 
 
-def check_cpus(containers: dict, testbed: Testbed, seconds: float = 1.0) -> list[dict]:
-    devs = [d for d in testbed.devices if d.name in containers]
+def _cpu_groups(testbed: Testbed, devs: list[str]) -> list[list]:
+    """Devices in groups whose caps add up to at most CPU_GROUP (a bigger cap alone), first fit
+    from the biggest."""
+    groups: list[list] = []
+    for d in sorted((testbed.device(x) for x in devs), key=lambda d: -d.cpus):
+        g = next((g for g in groups if sum(x.cpus for x in g) + d.cpus <= CPU_GROUP + 1e-9), None)
+        if g is None:
+            groups.append([d])
+        else:
+            g.append(d)
+    return groups
 
-    def one(d):
+
+def check_cpus(nodes: Nodes, testbed: Testbed, seconds: float = 2.0) -> list[dict]:
+    """Every node's CPU cap: a busy loop beside it, in groups (see module doc)."""
+    clients = _clients(nodes)
+    devs = [d.name for d in testbed.devices if d.name in clients]
+
+    def one(d) -> tuple[object, dict]:
         procs = max(1, math.ceil(d.cpus - 1e-9))
-        return d, probe(containers[d.name], "busy", str(procs), str(seconds))
+        return d, clients[d.name].measure("busy", [procs, f"{seconds:g}"], timeout_s=seconds + 60)
 
+    res = {}
+    for group in _cpu_groups(testbed, devs):
+        with cf.ThreadPoolExecutor(len(group)) as ex:
+            for d, r in ex.map(one, group):
+                res[d.name] = (d, r)
     out = []
-    for d, r in map(one, devs):  # one at a time: the cap, not the host's other load, is measured
+    for name in devs:
+        d, r = res[name]
         ach = r["cpu_s"] / r["wall_s"]
         err = _err(ach, d.cpus)
         # under its quota the cgroup is throttled in most periods; if not, the host ran out of CPU
@@ -213,7 +314,7 @@ def check_cpus(containers: dict, testbed: Testbed, seconds: float = 1.0) -> list
                 "throttled_ms": round(r["throttled_ns"] / 1e6, 1),
                 "flagged": bool(err is not None and abs(err) > TOLERANCE),
                 "host_bound": host_bound,
-                "method": f"busy loop in the container for {seconds:g} s: CPU time / wall time",
+                "method": f"busy loop beside the node for {seconds:g} s: CPU time / wall time",
             }
         )
     return out
@@ -237,32 +338,31 @@ def flagged_lines(links: list[dict], cpus: list[dict]) -> list[str]:
     return out
 
 
-def check(
-    containers: dict,
+def check_nodes(
+    nodes: Nodes,
     ips: dict[str, str],
     testbed: Testbed,
-    hold_at: dict[str, str] | None,
+    emulation: LinkEmulation | None = None,
     link_seconds: float = 0.5,
-    cpu_seconds: float = 1.0,
+    cpu_seconds: float = 2.0,
 ) -> dict:
-    """Configured versus achieved for every link and CPU cap of a running Docker testbed (`hold_at`:
-    see check_links)."""
+    """Configured versus achieved for every link and CPU cap of a running testbed, measured
+    through its nodes: `nodes` a Deployment (any runtime) or each device's NodeClient; `ips` each
+    device's address on the testbed's network; `emulation` how its links are emulated (default:
+    the Deployment's)."""
+    if emulation is None:
+        if not isinstance(nodes, Deployment):
+            raise ValueError("check_nodes needs the link emulation where it is given no Deployment")
+        emulation = nodes.link_emulation
     t0 = time.perf_counter()
-    links = check_links(containers, ips, testbed, hold_at, link_seconds)
-    cpus = check_cpus(containers, testbed, cpu_seconds)
+    links = check_links(nodes, ips, testbed, emulation.node_holds_delay, link_seconds)
+    t1 = time.perf_counter()
+    cpus = check_cpus(nodes, testbed, cpu_seconds)
     return {
         "links": links,
         "cpus": cpus,
         "flagged": flagged_lines(links, cpus),
         "tolerance": TOLERANCE,
+        "links_seconds": round(t1 - t0, 2),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-
-
-def check_testbed(
-    containers: dict, ips: dict[str, str], testbed: Testbed, emulation: LinkEmulation, nodes: dict[str, NodeHandle]
-) -> dict:
-    """check() on a running testbed's containers: where its nodes hold the link delay themselves,
-    the holds they apply are probed too, at each node's control address."""
-    hold_at = {d: h.control_address for d, h in nodes.items()} if emulation.node_holds_delay else None
-    return check(containers, ips, testbed, hold_at)

@@ -1,10 +1,10 @@
 """`testbed check --scenario`: do the links follow a scenario's changes as a run applies them?
 
-For each link the scenario changes, one link at a time: a TCP stream from the sender's container
-keeps the link saturated (node/probes.py `stream`), the receiver's container samples the bytes its
-interface received every 10 ms (`meter`: the link's delivery, not TCP's in-order goodput, which
-stalls behind a retransmission on a crawling link), and the link's changes are
-replayed on schedule through the runtime's `set_link`, exactly as a run applies them (the sending
+For each link the scenario changes, one link at a time: a TCP stream from the sender's node keeps
+the link saturated (node/probes.py `stream`, run by the node's Measure call), the receiver's node
+samples the bytes its interface received every 10 ms (`meter`: the link's delivery, not TCP's
+in-order goodput, which stalls behind a retransmission on a crawling link), and the link's changes
+are replayed on schedule through the runtime's `set_link`, exactly as a run applies them (the sending
 node's SetLink: an htb class changed in place). Changes due at time 0 or before are applied before
 the stream starts.
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestrator.runtimes.base import LinkEmulation, held_rate
-from orchestrator.runtimes.docker_fidelity import TOLERANCE, probe
+from orchestrator.runtimes.docker_fidelity import TOLERANCE
 from orchestrator.scenario.timeline import Change, link_changes, timeline
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def analyse(steps: list[Step], bins: list[int], seconds: float, late_s: list[flo
 def replay_link(rt: DockerRuntime, src: str, dst: str, changes: list[Change], seconds: float) -> dict:
     """Saturate src -> dst, replay its changes on schedule through set_link, meter the receiver;
     the link is set back to its configured rate and delay afterwards."""
-    conts, ips = rt.containers, {d: c.ip for d, c in rt.spec.by_device().items()}
+    nodes, ips = rt.running, {d: c.ip for d, c in rt.spec.by_device().items()}
     cfg = rt.testbed.link(src, dst)
     due = [c for c in changes if c.at_s < seconds]
     early = [c for c in due if c.at_s <= 0]
@@ -171,9 +171,10 @@ def replay_link(rt: DockerRuntime, src: str, dst: str, changes: list[Change], se
         t0 = time.time() + LEAD_S
         t0_ns, until_ns = int(t0 * 1e9), int((t0 + seconds) * 1e9)
         with cf.ThreadPoolExecutor(2) as ex:
-            meter = ex.submit(probe, conts[dst], "meter", str(METER_PORT), str(t0_ns), str(until_ns))
+            limit = LEAD_S + seconds + 60
+            meter = ex.submit(nodes.client(dst).measure, "meter", [METER_PORT, t0_ns, until_ns], False, limit)
             time.sleep(0.3)  # the meter listens before the stream connects (it retries, but briefly)
-            stream = ex.submit(probe, conts[src], "stream", ips[dst], str(METER_PORT), str(until_ns))
+            stream = ex.submit(nodes.client(src).measure, "stream", [ips[dst], METER_PORT, until_ns], False, limit)
             applied = []
             for c in timed:
                 when = t0 + c.at_s

@@ -284,6 +284,10 @@ def down(client, name: str | None = None, wait_s: float = 30.0) -> tuple[int, in
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"network {n.name} still in use after {wait_s:.0f} s: {e}") from None
                 time.sleep(0.2)
+    while testbed_networks(client, name):  # a swarm network goes once its tasks have: wait for it
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"testbed {name!r}: its network is still there after {wait_s:.0f} s")
+        time.sleep(0.1)
     return len(services), len(nets)
 
 
