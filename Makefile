@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 VIT := models/vit_b16.onnx
 
-.PHONY: install protos models demo test lint bench image image-gpu clean testbed-up testbed-down gpu-check
+.PHONY: install protos models demo test lint bench image image-gpu image-worker clean testbed-up testbed-down gpu-check
 
 install: $(STAMP)
 
@@ -62,6 +62,10 @@ image:
 
 image-gpu:
 	scripts/build_image.sh --gpu
+
+# A second Docker engine in a container, joined to a swarm as a worker host (the two-host tests).
+image-worker: image
+	scripts/build_worker_image.sh
 
 # What this machine proves of the GPU path: discovery, NVML power, the CUDA provider or the CPU
 # fallback named in a run's report. No install needed: a GPU host may have only python3 and a few

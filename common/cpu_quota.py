@@ -14,6 +14,13 @@ CFS_PERIOD_US = 100_000  # the kernel's default quota period, the one Docker's C
 CFS_PERIOD_S = CFS_PERIOD_US / 1e6
 
 
+def silence_limit_s(cpus: float | None) -> float:
+    """How long a node may stay silent before it counts as lost: 0.5 s, longer under a quota below
+    0.2 CPU, where a busy node answers a Health call only when its cgroup's next period lets it (at
+    0.05 CPU its round trips reach 0.4-0.6 s at p99 and 1 s at most: 2 s there)."""
+    return max(0.5, 0.1 / cpus) if cpus else 0.5
+
+
 def available_cores() -> int:
     """Cores this process may run on (affinity), not the host's count."""
     try:

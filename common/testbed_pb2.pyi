@@ -75,7 +75,7 @@ class Frame(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ..., probe: _Optional[bool] = ..., lost: _Optional[bool] = ..., epoch: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
 
 class Peer(_message.Message):
-    __slots__ = ("device", "address", "rate_bps", "delay_s", "ip", "tc_rate_bps", "tc_delay_s")
+    __slots__ = ("device", "address", "rate_bps", "delay_s", "ip", "tc_rate_bps", "tc_delay_s", "dead_after_s")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     RATE_BPS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class Peer(_message.Message):
     IP_FIELD_NUMBER: _ClassVar[int]
     TC_RATE_BPS_FIELD_NUMBER: _ClassVar[int]
     TC_DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    DEAD_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     device: str
     address: str
     rate_bps: int
@@ -90,7 +91,8 @@ class Peer(_message.Message):
     ip: str
     tc_rate_bps: int
     tc_delay_s: float
-    def __init__(self, device: _Optional[str] = ..., address: _Optional[str] = ..., rate_bps: _Optional[int] = ..., delay_s: _Optional[float] = ..., ip: _Optional[str] = ..., tc_rate_bps: _Optional[int] = ..., tc_delay_s: _Optional[float] = ...) -> None: ...
+    dead_after_s: float
+    def __init__(self, device: _Optional[str] = ..., address: _Optional[str] = ..., rate_bps: _Optional[int] = ..., delay_s: _Optional[float] = ..., ip: _Optional[str] = ..., tc_rate_bps: _Optional[int] = ..., tc_delay_s: _Optional[float] = ..., dead_after_s: _Optional[float] = ...) -> None: ...
 
 class StageSpec(_message.Message):
     __slots__ = ("index", "model_path", "inputs", "outputs", "forward", "next_device", "memory_mode")

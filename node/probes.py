@@ -10,7 +10,8 @@ competes with that node for its CPU cap.
   rate transfer the bytes it received, when, and a trace of their arrival, all stamped with the
   kernel's receive time (a sink throttled by its CPU quota reads late, but stamps right).
 - send: pings a sink (one-way delay on the shared host clock), then sends it N bytes over TCP.
-- sends: a device's sends of a whole fidelity check in one process, each in its slot of a schedule.
+- sends: a device's part in a whole schedule of transfers in one process: its sink, and its sends,
+  each in its slot.
 - busy: spins in P processes for a fixed wall time: CPU time over wall time, and the cgroup's
   throttling counters around it.
 - hold: sends small probe frames to a node through the node's own link sender, stamped to be
@@ -193,12 +194,20 @@ SLOT_GUARD_NS = 50_000_000  # a transfer stops this long before its slot ends: i
 
 
 def sends(plan: dict) -> dict:
-    """Transfers to several sinks on one schedule (host clock): transfer i starts at
-    t0_ns + round_i * slot_ns and stops before its slot ends, so that transfers of one round run
-    side by side and never spill into the next. One process for all of a device's transfers: a
-    process start under a small CPU quota takes a second. `late_ms`: how late it started."""
+    """A device's part in a schedule of transfers (host clock): its sink, serving `expected`
+    connections until `until_ns`, and its transfers, transfer i starting at
+    t0_ns + round_i * slot_ns and stopping before its slot ends, so that the transfers of one round
+    run side by side and never spill into the next. One process for all of it: a process start
+    under a small CPU quota takes a second. `late_ms`: how late a transfer started; `began_ns`:
+    when this process was ready."""
+    began = time.time_ns()
+    until_s = (plan["until_ns"] - began) / 1e9
+    rx = None
+    if plan.get("expected"):
+        rx = threading.Thread(target=sink, args=(plan["expected"], until_s, plan["port"]), daemon=True)
+        rx.start()
     out = []
-    for t in sorted(plan["transfers"], key=lambda t: t["round"]):
+    for t in sorted(plan.get("transfers") or [], key=lambda t: t["round"]):
         start = plan["t0_ns"] + t["round"] * plan["slot_ns"]
         if (wait := start - time.time_ns()) > 0:
             time.sleep(wait / 1e9)
@@ -208,7 +217,9 @@ def sends(plan: dict) -> dict:
         except (OSError, ValueError, EOFError) as e:
             row["error"] = f"{type(e).__name__}: {e}"
         out.append(row)
-    return {"transfers": out}
+    if rx is not None:
+        rx.join(timeout=max(0.0, (plan["until_ns"] - time.time_ns()) / 1e9))
+    return {"transfers": out, "began_ns": began}
 
 
 # -- meter and stream ----------------------------------------------------------------------------
@@ -334,6 +345,7 @@ def _holds_now(stub) -> dict[str, object]:
 
 
 HOLD_GAP_S = 0.05  # between two probe frames: half a 100-ms CFS period
+_CFS_PERIOD_S = 0.1
 
 
 def holds(
@@ -347,7 +359,8 @@ def holds(
     What is measured is the node's hold, not this probe's load on it: one frame at a time, each
     sent once the one before has been released (`gap_s` apart at least), so that no frame's
     arrival competes with another's release for the node's CPU quota or its interpreter; no
-    heartbeat, and the node's Stats read once before and once after, not polled meanwhile."""
+    heartbeat, the node's Stats read once before and once after, not polled meanwhile; and a
+    first frame that is not counted."""
     import grpc
     import numpy as np
 
@@ -359,18 +372,26 @@ def holds(
 
     if count < 1 or any(h <= 0 for _, h in links):
         raise ValueError("hold needs delays > 0 s and at least one frame")
+
+    def send(device: str, hold_s: float) -> None:
+        sender.set_link(0.0, hold_s)
+        frame = TensorFrame(pb.Frame(request_id=0, probe=True), {"probe": np.zeros(16, np.float32)})
+        frame.header.timings.add(stage=-1, device=device)
+        sender.send(frame)
+        time.sleep(max(gap_s, hold_s + 0.01))
+
     with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = node_stub(channel)
-        before = _holds_now(stub)
         sender = PeerSender(address, 0.0, 0.0, name=address, heartbeat_s=0.0)
         try:
+            # a frame not counted first: a new stream's first held frame starts the node's delay
+            # line (a thread), and the connection is set up; neither is a hold a link's frames get
+            send(*links[0])
+            before = _holds_now(stub)
+            time.sleep(_CFS_PERIOD_S)  # the Stats call's CPU in a period of its own, not the first hold's
             for device, hold_s in links:
-                sender.set_link(0.0, hold_s)
-                for i in range(count):
-                    frame = TensorFrame(pb.Frame(request_id=i, probe=True), {"probe": np.zeros(16, np.float32)})
-                    frame.header.timings.add(stage=-1, device=device)
-                    sender.send(frame)
-                    time.sleep(max(gap_s, hold_s + 0.01))
+                for _ in range(count):
+                    send(device, hold_s)
             deadline = time.monotonic() + wait_s
             while True:
                 after = _holds_now(stub)
@@ -470,7 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("port", type=int)
     p.add_argument("--deadline-ns", type=int, default=0, help="stop the transfer then (host clock)")
     p = sub.add_parser("sends")
-    p.add_argument("plan", help='JSON: {"t0_ns", "slot_ns", "port", "pings", "transfers": [{"round", "ip", "n"}]}')
+    p.add_argument(
+        "plan",
+        help='JSON: {"t0_ns", "slot_ns", "until_ns", "port", "pings", "expected", "transfers": [{"round", "ip", "n"}]}',
+    )
     p = sub.add_parser("busy")
     p.add_argument("procs", type=int)
     p.add_argument("wall_s", type=float)

@@ -28,7 +28,7 @@ from common.tensors import NO_REQUEST, TensorFrame, frame_nbytes
 from node import cgroup_stats, resources, shaping, tc
 from node.files import FileRefused
 from node.files import store as file_store
-from node.links import PeerSender, sleep_until
+from node.links import DEAD_AFTER_S, PeerSender, sleep_until
 from node.stage import Stage, StageConfig, cap_malloc_arenas, release_free_memory
 
 log = logging.getLogger("node.server")
@@ -596,6 +596,7 @@ class NodeServicer(pb_grpc.NodeServicer):
                 connect_timeout_s=self.connect_timeout_s,
                 on_failed=self._on_link_failed,
                 on_sent=self._unhold,
+                dead_after_s=peer.dead_after_s or DEAD_AFTER_S,
             )
         return pipe
 

@@ -59,10 +59,9 @@ def _class(rt, src: str, dst: str) -> tuple[str, int, int]:
 
 
 def _send(rt, src: str, dst: str, nbytes: int, port: int) -> dict:
-    from orchestrator.runtimes.docker_fidelity import _start_sink, probe
-
-    _start_sink(rt.containers[dst], 2, 60, port)
-    return probe(rt.containers[src], "send", rt.spec.by_device()[dst].ip, str(nbytes), "2", str(port))
+    """nbytes from src to dst through their nodes' Measure calls (a sink beside dst, a send beside src)."""
+    rt.running.client(dst).measure("sink", [2, 60, port], detach=True, timeout_s=70)
+    return rt.running.client(src).measure("send", [rt.spec.by_device()[dst].ip, nbytes, 2, port])
 
 
 def test_a_change_through_the_node_keeps_the_class_and_its_counters(runtime):

@@ -127,12 +127,22 @@ def test_qdiscs_inside_match_the_links(testbed):
         assert "tc read back on eth0" in logs
 
 
-def test_10mbit_link_measures_within_10_percent(testbed):
+@pytest.fixture(scope="module")
+def clients(testbed):
+    """Each node's control client: the fidelity check and the probes go through its Measure call."""
+    from orchestrator.driving.client import NodeClient
+
+    cs = {d: NodeClient(d, h.control_address) for d, h in testbed["handles"].items()}
+    yield cs
+    for c in cs.values():
+        c.close()
+
+
+def test_10mbit_link_measures_within_10_percent(testbed, clients):
     from orchestrator.runtimes.docker_fidelity import check_links
 
     ips = {c.device: c.ip for c in testbed["spec"].containers}
-    hold_at = {d: h.control_address for d, h in testbed["handles"].items()}
-    links = check_links(testbed["containers"], ips, testbed["tb"], hold_at)
+    links = check_links(clients, ips, testbed["tb"], node_holds_delay=True)
     by = {(x["from"], x["to"]): x for x in links}
     half_one = by[("half", "one")]
     assert half_one["configured_bps"] == 10_000_000
@@ -167,9 +177,7 @@ def _matmul_model(path: Path) -> Path:
     return path
 
 
-def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
-    from orchestrator.runtimes.docker_fidelity import probe
-
+def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed, clients):
     model = _matmul_model(testbed["ws"] / "mm.onnx")
     os.chmod(model, 0o644)
     rounds: dict[str, list[dict]] = {"one": [], "half": []}
@@ -178,7 +186,7 @@ def test_half_cpu_runs_a_stage_about_twice_as_slow_as_one_cpu(testbed):
     # rounds and the fastest round kept per device: the host's own noise only ever adds time.
     for _ in range(5):
         for dev in ("one", "half"):
-            r = probe(testbed["containers"][dev], "stage", f"{WORKSPACE_IN}/mm.onnx", "--window-s", str(window_s))
+            r = clients[dev].measure("stage", [f"{WORKSPACE_IN}/mm.onnx", "--window-s", window_s])
             assert r["threads"] == 1 and r["runs"] >= 3, r
             rounds[dev].append(r)
     # Per round, the time a run took against the CPU it used: the cap shows there alone. The host
@@ -253,6 +261,8 @@ def test_runtime_finds_the_running_testbed(runtime, testbed):
 
 
 def test_set_link_changes_the_htb_class_in_place(runtime, testbed):
+    """The class changed in place, and the check through the nodes' Measure calls reads the new
+    rate and flags the link: it no longer has the rate its devices.yaml gives."""
     from orchestrator.runtimes.docker_fidelity import check_links
 
     half, ips = testbed["containers"]["half"], {c.device: c.ip for c in testbed["spec"].containers}
@@ -264,23 +274,24 @@ def test_set_link_changes_the_htb_class_in_place(runtime, testbed):
         same, now_rate, now_sent = _class_of(half, ips["one"])
         assert same == classid and now_rate == 20_000_000
         assert now_sent >= sent  # changed, not deleted and added again: its counters carry on
-        links = check_links(testbed["containers"], ips, testbed["tb"], hold_at=None)
-        achieved = next(x["achieved_bps"] for x in links if (x["from"], x["to"]) == ("half", "one"))
-        assert achieved == pytest.approx(20_000_000, rel=0.10)
+        holds = runtime.running.link_emulation.node_holds_delay
+        links = {(x["from"], x["to"]): x for x in check_links(runtime.running, ips, testbed["tb"], holds)}
+        changed = links[("half", "one")]
+        assert changed["achieved_bps"] == pytest.approx(20_000_000, rel=0.10)
+        assert changed["configured_bps"] == 10_000_000 and changed["flagged"] and changed["error"] > 0.8
+        assert not links[("one", "half")]["flagged"], links  # the other direction kept its class
     finally:
         runtime.set_link("half", "one", rate_bps=10_000_000)
     assert _class_of(half, ips["one"])[1] == 10_000_000
 
 
 def test_set_cpus_is_a_live_update_read_back_from_the_cgroup(runtime, testbed):
-    from orchestrator.runtimes.docker_fidelity import probe
-
     half = testbed["containers"]["half"]
     try:
         assert runtime.set_cpus("half", 0.25) == pytest.approx(0.25)
         half.reload()
         assert half.attrs["HostConfig"]["NanoCpus"] == 250_000_000 and half.status == "running"
-        busy = probe(half, "busy", "1", "1.0")
+        busy = runtime.running.client("half").measure("busy", [1, 1.0])
         assert busy["cpu_s"] / busy["wall_s"] == pytest.approx(0.25, rel=0.10)
     finally:
         runtime.set_cpus("half", 0.5)
@@ -308,7 +319,6 @@ def test_set_link_delay_on_a_loaded_pipeline(runtime, testbed, tiny_vit):
 
 def test_kill_and_revive_a_container(runtime, testbed):
     from orchestrator.driving.client import NodeError
-    from orchestrator.runtimes.docker_fidelity import probe
 
     half, ips = testbed["containers"]["half"], {c.device: c.ip for c in testbed["spec"].containers}
     old = runtime.running.nodes["half"]
@@ -327,7 +337,7 @@ def test_kill_and_revive_a_container(runtime, testbed):
     health = runtime.running.client("half").health()
     assert health.device == "half" and not health.loaded  # back, empty
     assert _class_of(half, ips["one"])[1] == 10_000_000  # shaped again at start, as configured
-    assert probe(half, "quota")["cpu_quota"] == pytest.approx(0.5)  # its cap survived the restart
+    assert runtime.running.client("half").measure("quota")["cpu_quota"] == pytest.approx(0.5)  # its cap survived
     with pytest.raises(RuntimeError, match="is running: kill it first"):
         runtime.revive("half")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.cpu_quota import silence_limit_s
 from orchestrator import config
 from orchestrator.config import load_devices
 from orchestrator.driving.deploy import deploy
@@ -196,3 +197,34 @@ def test_docker_nodes_under_small_quotas_are_never_lost_then_a_kill_is(docker_rt
         assert hb.lost.keys() == {victim}
     assert sum(not r.error for r in records if r.sent_ns < killed * 1e9) > 20
     rt.revive(victim)
+
+
+def test_a_small_quota_gets_a_longer_silence(local):
+    """A node under a small CPU quota answers late when busy: it is given a longer silence
+    (silence_limit_s) before it counts as lost. Here one node stopped for 1 s (SIGSTOP): lost
+    under the default 0.5 s, not under the 2 s a 0.05-CPU device gets; lost all the same once it
+    stays silent past its own limit."""
+    import os
+    import signal
+
+    assert silence_limit_s(1.0) == 0.5 and silence_limit_s(0.2) == 0.5 and silence_limit_s(0.05) == 2.0
+    rt, _ = local
+    dep = rt.running
+    reports: list[Lost] = []
+    limits = {"a": 0.5, "b": 0.5, "c": silence_limit_s(0.05)}
+    clients = lambda: {d: dep.client(d) for d in dep.nodes}  # noqa: E731
+    with Heartbeat(clients, reports.append, dead_after=limits.__getitem__):
+        time.sleep(0.5)
+        for dev in ("b", "c"):
+            os.kill(dep.nodes[dev].pid, signal.SIGSTOP)
+        time.sleep(1.0)
+        for dev in ("b", "c"):
+            os.kill(dep.nodes[dev].pid, signal.SIGCONT)
+        time.sleep(0.5)
+        assert [r.device for r in reports] == ["b"], reports
+        os.kill(dep.nodes["c"].pid, signal.SIGSTOP)
+        try:
+            assert wait_for(lambda: len(reports) == 2, 3.0)
+        finally:
+            os.kill(dep.nodes["c"].pid, signal.SIGCONT)
+        assert reports[1].device == "c" and reports[1].silent_s >= 2.0

@@ -118,3 +118,20 @@ def test_sleep_until_is_precise():
         errs.append(time.time_ns() - target)
     assert min(errs) >= 0
     assert statistics.median(errs) < 500_000, errs
+
+
+def test_no_spin_under_a_fractional_cpu_quota(monkeypatch):
+    """Spinning the last millisecond spends a small quota (a CFS period late once it runs out):
+    under one, the wait sleeps to the end, and still never releases early."""
+    from node import links, resources
+
+    for quota, spin in ((None, links._SPIN_NS), (2.0, links._SPIN_NS), (0.05, 0)):
+        monkeypatch.setattr(resources, "cpu_quota", lambda q=quota: q)
+        monkeypatch.setattr(links, "_spin_cache", (-links._QUOTA_TTL_S, -1))
+        assert links._spin_ns() == spin
+    errs = []
+    for _ in range(10):
+        target = time.time_ns() + 3_000_000
+        sleep_until(target)
+        errs.append(time.time_ns() - target)
+    assert min(errs) >= 0 and statistics.median(errs) < 1_000_000, errs

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -92,9 +93,9 @@ def test_hold_reads_what_the_node_really_held(node):
     assert r["frames"] == 5
     assert r["asked_ms"] == pytest.approx(20.0, abs=0.01)  # stamped by the link sender, exactly
     assert 20.0 <= r["held_ms"] < 20.0 * (1 + TOLERANCE)  # released on time, never early
-    stats = node.servicer.Stats(None)
-    assert [h.device for h in stats.holds] == ["tx"] and stats.holds[0].frames == 5
-    assert stats.frames_in == 5  # the probe frames reached the node, and were dropped, not routed
+    stats = node.servicer.Stats(None)  # the node saw one more: the first, not counted (it starts the delay line)
+    assert [h.device for h in stats.holds] == ["tx"] and stats.holds[0].frames == 6
+    assert stats.frames_in == 6  # the probe frames reached the node, and were dropped, not routed
     row = link_row("tx", "rx", 10_000_000, 0.02, _transfer(0.05), r)
     assert not row["flagged"] and row["node_hold_ms"] == pytest.approx(r["held_ms"], abs=1e-3)
 
@@ -114,3 +115,79 @@ def test_a_node_that_holds_twice_the_delay_is_flagged(node, monkeypatch):
     assert row["flagged"] and row["delay_error"] > 0.8 and row["error"] is not None and abs(row["error"]) < TOLERANCE
     # the configured hold alone (what the check added before) would have hidden it
     assert not link_row("tx", "rx", 10_000_000, 0.02, _transfer(0.05), r | {"held_ms": 20.0})["flagged"]
+
+
+def test_holds_probes_every_incoming_link_over_one_stream(node):
+    got = probes.holds(node.address, [("a", 0.004), ("b", 0.012)], count=3)
+    assert set(got) == {"a", "b"}
+    for dev, ms in (("a", 4.0), ("b", 12.0)):
+        assert got[dev]["frames"] == 3 and got[dev]["asked_ms"] == pytest.approx(ms, abs=0.01)
+        assert ms <= got[dev]["held_ms"] < ms * (1 + TOLERANCE)
+    with pytest.raises(ValueError, match="delays > 0"):
+        probes.holds(node.address, [("a", 0.0)])
+
+
+def test_sends_runs_each_transfer_in_its_slot_and_cuts_it_at_the_deadline():
+    """Two peers on loopback addresses of their own, one transfer each in rounds 0 and 1."""
+    port = free_port()
+    sinks = [
+        threading.Thread(target=probes.sink, args=(2, 20.0, port, ip), daemon=True) for ip in ("127.0.0.2", "127.0.0.3")
+    ]
+    for t in sinks:
+        t.start()
+    slot_ns, t0 = 400_000_000, time.time_ns() + 300_000_000
+    plan = {"t0_ns": t0, "slot_ns": slot_ns, "until_ns": t0 + 2 * slot_ns, "port": port, "pings": 4}
+    plan["transfers"] = [
+        {"round": 1, "ip": "127.0.0.3", "n": 2_000_000},
+        {"round": 0, "ip": "127.0.0.2", "n": 1_000_000},
+    ]
+    got = probes.sends(plan)["transfers"]
+    assert [(g["round"], g["ip"], g["bytes"]) for g in got] == [
+        (0, "127.0.0.2", 1_000_000),
+        (1, "127.0.0.3", 2_000_000),
+    ]
+    for g in got:
+        start = t0 + g["round"] * slot_ns
+        assert g["first_ns"] >= start and g["last_ns"] <= start + slot_ns  # in its slot, stamped by the kernel
+        assert not g["cut"] and g["mss"] > 0 and len(g["one_way_ms"]) == 4
+    # a transfer that cannot end by its deadline stops there, and the sink reports what arrived
+    threading.Thread(target=probes.sink, args=(2, 20.0, port, "127.0.0.4"), daemon=True).start()
+    r = probes.send("127.0.0.4", 1 << 34, 2, port, deadline_ns=time.time_ns() + 50_000_000)
+    assert r["cut"] and 0 < r["bytes"] < 1 << 34 and r["marks"][-1][1] == r["bytes"]
+
+
+def test_measure_runs_a_probe_beside_the_node(node):
+    from orchestrator.driving.client import NodeClient, NodeError
+
+    with NodeClient("rx", node.address) as c:
+        assert c.measure("quota")["cores"] >= 1  # the probe's own JSON line, through the node
+        assert c.measure("sink", [1, 0.5, free_port()], detach=True) == {}  # started, not waited for
+        with pytest.raises(NodeError, match="no probe 'nope'"):
+            c.measure("nope")
+        with pytest.raises(NodeError, match=r"(?s)probe busy failed \(exit 2\).*invalid int"):
+            c.measure("busy", ["x", "1"])
+        with pytest.raises(NodeError, match="did not end within 0.5 s"):
+            c.measure("busy", [1, 5], timeout_s=0.5)
+
+
+def test_rounds_pair_every_device_once_per_round():
+    from orchestrator.runtimes.docker_fidelity import _matching_rounds, _rounds
+
+    devs = [f"d{i}" for i in range(5)]
+    rounds = _rounds(devs)
+    assert len(rounds) == 4 and sorted(p for r in rounds for p in r) == sorted(
+        (a, b) for a in devs for b in devs if a != b
+    )
+    for r in rounds + _matching_rounds([("d0", "d1"), ("d0", "d2"), ("d3", "d1"), ("d4", "d2")]):
+        assert len({a for a, _ in r}) == len(r) == len({b for _, b in r})  # sends once, receives once
+
+
+def test_wire_rate_counts_the_headers_of_the_segment_size_in_use():
+    from orchestrator.runtimes.docker_fidelity import _wire_rate
+
+    # 1 MB a second of payload, arriving evenly
+    marks = [(int(i * 1e7), i * 10_000) for i in range(101)]
+    r = {"bytes": 1_000_000, "first_ns": 0, "last_ns": int(1e9), "first_bytes": 10_000, "marks": marks}
+    assert _wire_rate(r | {"mss": 1448}) == pytest.approx(8e6 * 1514 / 1448)
+    assert _wire_rate(r | {"mss": 1398}) == pytest.approx(8e6 * 1464 / 1398)  # an overlay's MTU 1450
+    assert _wire_rate(r | {"bytes": 0, "first_ns": None}) == 0.0  # nothing arrived

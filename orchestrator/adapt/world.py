@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
+from common.cpu_quota import silence_limit_s
 from orchestrator.adapt.estimate import (
     WINDOW_S,
     Estimate,
@@ -140,6 +141,7 @@ class ChangingWorld:
         self.heartbeat = Heartbeat(
             clients=self._live_clients,
             on_lost=self._lost,
+            dead_after=lambda device: silence_limit_s(setup.testbed.device(device).cpus),
         )
         self.player = ScenarioPlayer(
             self.changes,

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from common import testbed_pb2 as pb
-from common.cpu_quota import ort_threads
+from common.cpu_quota import ort_threads, silence_limit_s
 from orchestrator.config import Testbed
 from orchestrator.partition.plan import Plan
 from orchestrator.runtimes.base import Deployment
@@ -67,6 +67,7 @@ def load_requests(
                 peer.tc_delay_s = link.delay_s
             else:  # the node paces the rate and the receiver holds the delay
                 peer = pb.Peer(device=other, address=h.peer_address, rate_bps=link.rate_bps, delay_s=link.delay_s)
+            peer.dead_after_s = silence_limit_s(testbed.device(other).cpus)
             peers.append(peer)
         reqs[dev.name] = pb.LoadRequest(
             device=dev.name,

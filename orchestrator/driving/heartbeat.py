@@ -62,6 +62,7 @@ class Heartbeat:
         on_lost: Callable[[Lost], None],
         interval_s: float = 0.1,
         dead_after_s: float = 0.5,
+        dead_after: Callable[[str], float] | None = None,
     ) -> None:
         if interval_s <= 0 or dead_after_s <= interval_s:
             raise ValueError(f"heartbeat: need 0 < interval_s < dead_after_s, got {interval_s} and {dead_after_s}")
@@ -69,6 +70,8 @@ class Heartbeat:
         self.on_lost = on_lost
         self.interval_s = interval_s
         self.dead_after_s = dead_after_s
+        # per device, where some answer later than others (a small CPU quota); at least dead_after_s
+        self.dead_after = dead_after or (lambda device: dead_after_s)
         self._lock = threading.Lock()
         self._watches: dict[str, _Watch] = {}
         self._lost: dict[str, Lost] = {}
@@ -146,7 +149,8 @@ class Heartbeat:
         next_at = time.monotonic()
         while not w.stop.is_set():
             client = self.clients().get(device)
-            left = w.last_seen_mono + self.dead_after_s - time.monotonic()
+            limit = max(self.dead_after_s, self.dead_after(device))
+            left = w.last_seen_mono + limit - time.monotonic()
             if client is None:
                 why = "no client for it"
             else:
@@ -160,7 +164,7 @@ class Heartbeat:
                     w.last_seen_unix_s, w.last_seen_mono = time.time(), time.monotonic()
                     w.answers += 1
             silent = time.monotonic() - w.last_seen_mono
-            if silent >= self.dead_after_s:
+            if silent >= limit:
                 self._report(device, w, silent, why)
                 return
             next_at = max(next_at + self.interval_s, time.monotonic())

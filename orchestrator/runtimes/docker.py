@@ -252,8 +252,32 @@ def down(client, name: str | None = None) -> tuple[int, int]:
             list(ex.map(rm, ids))
     nets = testbed_networks(client, name)
     for n in nets:
-        n.remove()
+        _remove_network(n)
     return len(ids), len(nets)
+
+
+def _remove_network(net, wait_s: float = 5.0) -> None:
+    """Remove a network once the engine has let go of its removed containers' endpoints (it may
+    take a moment after a burst of removals). An endpoint the engine keeps after its container is
+    gone (an engine fault: moby#42119) outlasts any wait, and is named as such."""
+    import docker
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            net.remove()
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError as e:
+            if "active endpoints" not in str(e):
+                raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"network {net.name} still has endpoints {wait_s:.0f} s after its containers were removed: "
+                    "the engine kept an endpoint of a removed container (only an engine restart drops it)"
+                ) from None
+            time.sleep(0.2)
 
 
 def reap_orphans(client) -> list[str]:

@@ -256,28 +256,31 @@ def scenario_check(a: argparse.Namespace, con: Console) -> int:
     return 1 if res["flagged"] else 0
 
 
+# a status table's columns: (heading, the row's key); cpus and memory shown in their units
+STATUS_COLUMNS = [("testbed", "testbed"), ("device", "device"), ("container", "container"), ("status", "status")]
+STATUS_COLUMNS += [("ip", "ip"), ("cpus", "cpus"), ("memory MiB", "memory")]
+
+
+def show_status(rows: list[dict], con: Console, title: str, columns: list[tuple[str, str]]) -> int:
+    """A testbed's devices as a table, then who holds each testbed in use."""
+    t = Table(title=title)
+    for heading, _ in columns:
+        t.add_column(heading)
+    shown = {"cpus": lambda v: f"{v:g}", "memory": lambda v: f"{v / 2**20:.0f}"}
+    for r in rows:
+        t.add_row(*(shown.get(key, str)(r[key]) for _, key in columns))
+    con.print(t)
+    for tb in sorted({r["testbed"] for r in rows if r["testbed"] and is_held(r["testbed"])}):
+        con.print(f"testbed {tb!r} is in use by {describe_holder(tb)}")
+    return 0
+
+
 def status(client, name: str | None, con: Console) -> int:
     rows = dk.status(client, name)
     if not rows:
         con.print(f"no testbed {name!r} is running" if name else "no testbed is running")
         return 0
-    t = Table(title="testbed")
-    for col in ("testbed", "device", "container", "status", "ip", "cpus", "memory MiB"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            r["testbed"],
-            r["device"],
-            r["container"],
-            r["status"],
-            r["ip"],
-            f"{r['cpus']:g}",
-            f"{r['memory'] / 2**20:.0f}",
-        )
-    con.print(t)
-    for tb in sorted({r["testbed"] for r in rows if r["testbed"] and is_held(r["testbed"])}):
-        con.print(f"testbed {tb!r} is in use by {describe_holder(tb)}")
-    return 0
+    return show_status(rows, con, "testbed", STATUS_COLUMNS)
 
 
 def _stats_table(col: DockerStatsCollector) -> Table:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -47,6 +48,8 @@ from orchestrator.runtimes.base import Deployment
 if TYPE_CHECKING:
     from orchestrator.driving.client import NodeClient
     from orchestrator.runtimes.base import LinkEmulation
+
+log = logging.getLogger("orchestrator.fidelity")
 
 TOLERANCE = 0.10
 SINK_PORT = 50099
@@ -81,6 +84,8 @@ def _wire_rate(r: dict) -> float:
 
     The slope of bytes received against their arrival time over the middle of the transfer:
     free of the connection's start, and of a reader that was descheduled for a moment."""
+    if not r.get("bytes") or r.get("first_ns") is None:
+        return 0.0
     wire = (r.get("mss") or DEFAULT_MSS) + WIRE_HEADERS
     per_payload = wire / (wire - WIRE_HEADERS)
     marks = [(t, b) for t, b in r.get("marks") or [] if 0.1 * r["bytes"] <= b <= 0.95 * r["bytes"]]
@@ -125,50 +130,40 @@ def transfers(
     seconds: float = 0.5,
     pings: int = 10,
 ) -> dict[tuple[str, str], dict]:
-    """Run `rounds` of transfers on one schedule: a sink on every receiving node, one sender
-    process on every sending node; each pair's result (its `error` where it failed)."""
-    senders: dict[str, list[dict]] = {}
-    receivers: dict[str, int] = {}
+    """Run `rounds` of transfers on one schedule: one probe process beside every node taking
+    part, its sink and its sends (`sends`); each pair's result (its `error` where it failed)."""
+    plans: dict[str, dict] = {}
     for k, pairs in enumerate(rounds):
         for src, dst in pairs:
             n = _size(testbed.link(src, dst).rate_bps, seconds)
-            senders.setdefault(src, []).append({"round": k, "ip": ips[dst], "n": n, "to": dst})
-            receivers[dst] = receivers.get(dst, 0) + 2  # a ping connection and a transfer
+            plans.setdefault(src, {"transfers": [], "expected": 0})["transfers"].append(
+                {"round": k, "ip": ips[dst], "n": n}
+            )
+            plans.setdefault(dst, {"transfers": [], "expected": 0})["expected"] += 2  # a ping connection, a transfer
     slot_s = seconds + SLOT_EXTRA_S
-    start_s = START_S + START_PER_DEVICE_S * len(clients)
+    start_s = START_S + START_PER_DEVICE_S * len(plans)
     span_s = start_s + len(rounds) * slot_s
     t0_ns = time.time_ns() + int(start_s * 1e9)
-    with cf.ThreadPoolExecutor(max(1, len(senders) + len(receivers))) as ex:
-        sinks = [
-            ex.submit(clients[d].measure, "sink", [n, f"{span_s + 5:g}", port], True, span_s + 10)
-            for d, n in receivers.items()
-        ]
-        for f in sinks:
-            f.result()
+    common = {"t0_ns": t0_ns, "slot_ns": int(slot_s * 1e9), "until_ns": t0_ns + int((span_s - start_s + 2) * 1e9)}
+    common |= {"port": port, "pings": pings}
+    device_at = {ip: d for d, ip in ips.items()}
 
-        def send(src: str) -> list[dict]:
-            plan = {
-                "t0_ns": t0_ns,
-                "slot_ns": int(slot_s * 1e9),
-                "port": port,
-                "pings": pings,
-                "transfers": [{k: v for k, v in t.items() if k != "to"} for t in senders[src]],
-            }
-            got = clients[src].measure("sends", [json.dumps(plan)], timeout_s=span_s + 30)["transfers"]
-            by_round = {t["round"]: t["to"] for t in senders[src]}
-            return [g | {"to": by_round[g["round"]]} for g in got]
+    def run(dev: str) -> list[dict]:
+        got = clients[dev].measure("sends", [json.dumps(common | plans[dev])], timeout_s=span_s + 30)
+        return got["transfers"]
 
-        out = {}
-        for src, got in zip(senders, ex.map(send, senders), strict=True):
+    out = {}
+    with cf.ThreadPoolExecutor(max(1, len(plans))) as ex:
+        for dev, got in zip(plans, ex.map(run, plans), strict=True):
             for g in got:
-                out[(src, g["to"])] = g
+                out[(dev, device_at[g["ip"]])] = g
     return out
 
 
 def link_row(src: str, dst: str, rate_bps: int, delay_s: float, transfer: dict, hold: dict | None) -> dict:
     """One link's configured against achieved, from the transfer probe's figures and, where the
     node holds the delay, the hold probe's."""
-    span = (transfer["last_ns"] - transfer["first_ns"]) / 1e9
+    span = (transfer["last_ns"] - transfer["first_ns"]) / 1e9 if transfer.get("first_ns") is not None else 0.0
     ach = _wire_rate(transfer) or None
     goodput = (transfer["bytes"] - transfer["first_bytes"]) * 8 / span if span > 0 else None
     net_ms = transfer["one_way_ms"][len(transfer["one_way_ms"]) // 4]  # low quartile: the path, not jitter
@@ -244,10 +239,15 @@ def check_links(
     receiving nodes hold the delay themselves (no netem), so their holds are probed too."""
     clients = _clients(nodes)
     devs = [d.name for d in testbed.devices if d.name in clients]
+    t0 = time.perf_counter()
     got = transfers(clients, ips, testbed, _rounds(devs), SINK_PORT, seconds, pings)
     again = [p for p, r in got.items() if _rate_off(testbed, p, r)]
+    log.info("%d transfers in %.1f s, %d to measure again", len(got), time.perf_counter() - t0, len(again))
     if again:  # one more try, in a schedule of their own, for links whose rate looks off
-        got |= transfers(clients, ips, testbed, _matching_rounds(again), RETRY_PORT, seconds, pings)
+        t0 = time.perf_counter()
+        rounds = _matching_rounds(again)
+        got |= transfers(clients, ips, testbed, rounds, RETRY_PORT, seconds, pings)
+        log.info("%d transfers again in %d rounds, %.1f s", len(again), len(rounds), time.perf_counter() - t0)
     failed = {p: r["error"] for p, r in got.items() if "error" in r}
     if failed:
         (src, dst), why = next(iter(failed.items()))
@@ -256,11 +256,15 @@ def check_links(
     held: dict[tuple[str, str], dict] = {}
     if node_holds_delay:
         delayed = [p for p in got if testbed.link(*p).delay_s > 0]
+        t0 = time.perf_counter()
         held = node_holds(clients, testbed, delayed)
         off = [p for p in delayed if _delay_off(testbed, p, got[p], held[p])]
+        log.info("holds of %d links in %.1f s, %d to probe again", len(delayed), time.perf_counter() - t0, len(off))
         if off:  # once more, for links whose delay looks off
+            t0 = time.perf_counter()
             held |= node_holds(clients, testbed, off)
             retried |= set(off)
+            log.info("holds of %d links again in %.1f s", len(off), time.perf_counter() - t0)
     out = []
     for src, dst in sorted(got, key=lambda p: (devs.index(p[0]), devs.index(p[1]))):
         cfg = testbed.link(src, dst)

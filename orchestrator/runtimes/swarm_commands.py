@@ -11,13 +11,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator.config import load_devices
 from orchestrator.errors import UserError
 from orchestrator.runtimes import swarm_services as sw
-from orchestrator.runtimes.docker_commands import LOGS, _engine, fidelity_table, removable
-from orchestrator.runtimes.docker_hold import describe_holder, is_held
+from orchestrator.runtimes.docker_commands import LOGS, _engine, fidelity_table, removable, show_status
 from orchestrator.runtimes.docker_testbed import LABEL_CONFIG, LABEL_TESTBED
 from orchestrator.runtimes.swarm import SwarmRuntime, shape_links
 
@@ -27,25 +25,9 @@ def status(client, name: str | None, con: Console) -> int:
     if not rows:
         con.print(f"no swarm testbed {name!r} is running" if name else "no swarm testbed is running")
         return 0
-    t = Table(title="swarm testbed")
-    for col in ("testbed", "device", "service", "task", "host", "reached at", "overlay ip", "cpus", "memory MiB"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
-            r["testbed"],
-            r["device"],
-            r["container"],
-            r["status"],
-            r["host"],
-            r["address"],
-            r["ip"],
-            f"{r['cpus']:g}",
-            f"{r['memory'] / 2**20:.0f}",
-        )
-    con.print(t)
-    for tb in sorted({r["testbed"] for r in rows if r["testbed"] and is_held(r["testbed"])}):
-        con.print(f"testbed {tb!r} is in use by {describe_holder(tb)}")
-    return 0
+    columns = [("testbed", "testbed"), ("device", "device"), ("service", "container"), ("task", "status")]
+    columns += [("host", "host"), ("reached at", "address"), ("overlay ip", "ip"), ("cpus", "cpus")]
+    return show_status(rows, con, "swarm testbed", [*columns, ("memory MiB", "memory")])
 
 
 def up(a: argparse.Namespace, client, con: Console) -> int:
