@@ -53,7 +53,7 @@ def main() -> int:
     con.print(fidelity_table(fid))
     con.print(
         f"{len(tb.devices)}-device testbed: up {up_s:.1f} s, down {down_s:.1f} s; "
-        f"check {fid['seconds']:.1f} s ({len(fid['links'])} links in {fid['links_seconds']:.1f} s)"
+        f"check {fid['seconds']:.1f} s ({len(fid['links'])} links, {len(fid['cpus'])} CPU caps)"
     )
     worst_link = max(abs(x["error"]) for x in fid["links"] if x["error"] is not None)
     worst_cpu = max(abs(x["error"]) for x in fid["cpus"])

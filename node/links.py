@@ -48,23 +48,25 @@ DEAD_AFTER_S = 0.5  # a busy sender's peer silent this long is lost
 _RECHECK_NS = 100_000_000  # a frame with longer than this left to cross waits for a rate change
 
 
+_QUOTA_SPIN_NS = 200_000  # under a fractional CPU quota: about the kernel timer's own lateness
 _QUOTA_TTL_S = 5.0  # how long the quota read for the spin decision holds (a live update changes it)
 _spin_cache: tuple[float, int] = (-_QUOTA_TTL_S, _SPIN_NS)
 
 
 def _spin_ns() -> int:
-    """How much of a wait to spin: the last millisecond, for a sub-millisecond release, only with a
-    whole CPU or more. Under a fractional CPU quota the spin spends the quota the node's stages need
-    (0.6-0.8 ms a frame measured, against 5 ms a 100-ms period at 0.05 CPU), and a thread that runs
-    out of quota mid-spin wakes a CFS period late; asleep to the end, the kernel's timer releases a
-    frame about 0.1 ms late (median measured at 0.05 CPU)."""
+    """How much of a wait to spin rather than sleep: the last millisecond with a whole CPU or more;
+    under a fractional CPU quota only the last 0.2 ms. A millisecond's spin spends the quota the
+    node's stages need (0.6-0.8 ms a frame measured, against 5 ms a 100-ms period at 0.05 CPU), and
+    a thread that runs out of quota mid-spin wakes a CFS period late; asleep to the end, the
+    kernel's timer releases a frame about 0.1 ms late (median measured at 0.05 CPU), a twentieth of
+    a 2-ms link."""
     global _spin_cache
     now = time.monotonic()
     if now - _spin_cache[0] >= _QUOTA_TTL_S:
         from node import resources
 
         quota = resources.cpu_quota()
-        _spin_cache = (now, _SPIN_NS if quota is None or quota >= 1.0 else 0)
+        _spin_cache = (now, _SPIN_NS if quota is None or quota >= 1.0 else _QUOTA_SPIN_NS)
     return _spin_cache[1]
 
 

@@ -10,8 +10,8 @@ competes with that node for its CPU cap.
   rate transfer the bytes it received, when, and a trace of their arrival, all stamped with the
   kernel's receive time (a sink throttled by its CPU quota reads late, but stamps right).
 - send: pings a sink (one-way delay on the shared host clock), then sends it N bytes over TCP.
-- sends: a device's part in a whole schedule of transfers in one process: its sink, and its sends,
-  each in its slot.
+- sends: a device's part in a whole fidelity check's schedule in one process: its sink, its sends
+  (each in its slot), and its busy loop.
 - busy: spins in P processes for a fixed wall time: CPU time over wall time, and the cgroup's
   throttling counters around it.
 - hold: sends small probe frames to a node through the node's own link sender, stamped to be
@@ -28,6 +28,7 @@ competes with that node for its CPU cap.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import socket
@@ -35,6 +36,7 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _CPU_STAT = ("/sys/fs/cgroup/cpu,cpuacct/cpu.stat", "/sys/fs/cgroup/cpu/cpu.stat", "/sys/fs/cgroup/cpu.stat")
@@ -193,33 +195,48 @@ def send(ip: str, n: int, pings: int, port: int, deadline_ns: int = 0) -> dict:
 SLOT_GUARD_NS = 50_000_000  # a transfer stops this long before its slot ends: its reply, the next's start
 
 
+def _sleep_to(t_ns: int) -> None:
+    if (wait := t_ns - time.time_ns()) > 0:
+        time.sleep(wait / 1e9)
+
+
 def sends(plan: dict) -> dict:
-    """A device's part in a schedule of transfers (host clock): its sink, serving `expected`
-    connections until `until_ns`, and its transfers, transfer i starting at
-    t0_ns + round_i * slot_ns and stopping before its slot ends, so that the transfers of one round
-    run side by side and never spill into the next. One process for all of it: a process start
-    under a small CPU quota takes a second. `late_ms`: how late a transfer started; `began_ns`:
-    when this process was ready."""
+    """A device's part in a fidelity check's schedule (host clock), in one process (a process
+    start under a small CPU quota takes a second):
+
+    - its sink, serving `expected` connections until `until_ns`;
+    - its transfers, transfer i starting at t0_ns + round_i * slot_ns and stopping before its
+      slot ends, so that the transfers of one round run side by side and never spill into the next
+      (`late_ms`: how late it started, `took_ms`: when it ended, both from its slot's start);
+    - its busy loop (`busy`: {at_ns, procs, wall_s}), once the transfers are over, at a time when
+      only devices whose caps add up to a share of the host spin.
+
+    `began_ns`: when this process was ready."""
     began = time.time_ns()
-    until_s = (plan["until_ns"] - began) / 1e9
     rx = None
     if plan.get("expected"):
-        rx = threading.Thread(target=sink, args=(plan["expected"], until_s, plan["port"]), daemon=True)
+        life_s = (plan["until_ns"] - began) / 1e9
+        rx = threading.Thread(target=sink, args=(plan["expected"], life_s, plan["port"]), daemon=True)
         rx.start()
     out = []
     for t in sorted(plan.get("transfers") or [], key=lambda t: t["round"]):
         start = plan["t0_ns"] + t["round"] * plan["slot_ns"]
-        if (wait := start - time.time_ns()) > 0:
-            time.sleep(wait / 1e9)
+        _sleep_to(start)
         row = {"round": t["round"], "ip": t["ip"], "late_ms": round(max(0, time.time_ns() - start) / 1e6, 3)}
         try:
             row |= send(t["ip"], t["n"], plan["pings"], plan["port"], start + plan["slot_ns"] - SLOT_GUARD_NS)
         except (OSError, ValueError, EOFError) as e:
             row["error"] = f"{type(e).__name__}: {e}"
+        row["took_ms"] = round((time.time_ns() - start) / 1e6, 3)
         out.append(row)
     if rx is not None:
         rx.join(timeout=max(0.0, (plan["until_ns"] - time.time_ns()) / 1e9))
-    return {"transfers": out, "began_ns": began}
+    result: dict = {"transfers": out, "began_ns": began}
+    if b := plan.get("busy"):
+        _sleep_to(b["at_ns"])
+        late_ms = round((time.time_ns() - b["at_ns"]) / 1e6, 3)
+        result["busy"] = busy(b["procs"], b["wall_s"]) | {"late_ms": late_ms}
+    return result
 
 
 # -- meter and stream ----------------------------------------------------------------------------
@@ -338,29 +355,38 @@ def busy(procs: int, wall_s: float) -> dict:
 # -- hold ----------------------------------------------------------------------------------------
 
 
-def _holds_now(stub) -> dict[str, object]:
-    from common import testbed_pb2 as pb
-
-    return {h.device: h for h in stub.Stats(pb.Empty(), timeout=5.0).holds}
+def _holds_now(stats: Callable[[], object]) -> dict[str, object]:
+    return {h.device: h for h in stats().holds}
 
 
 HOLD_GAP_S = 0.05  # between two probe frames: half a 100-ms CFS period
-_CFS_PERIOD_S = 0.1
+HOLD_SETTLE_S = 0.4  # after the setup, before the first frame counted: four CFS periods
 
 
 def holds(
-    address: str, links: list[tuple[str, float]], count: int = 4, gap_s: float = HOLD_GAP_S, wait_s: float = 10.0
+    address: str,
+    links: list[tuple[str, float]],
+    count: int = 4,
+    gap_s: float = HOLD_GAP_S,
+    offset_s: float = 0.0,
+    wait_s: float = 10.0,
+    stats: Callable[[], object] | None = None,
 ) -> dict[str, dict]:
     """Send `count` probe frames to the node at `address` for each (device, hold_s) of `links`,
     as that device's link would (the node's own link sender, each frame stamped to be held
     hold_s); the node holds them like any frame of that link and drops them. Returns per device
-    the holds asked and really applied (mean and worst lateness, ms), from its Stats.
+    the holds asked and really applied (means, ms), from its Stats.
 
     What is measured is the node's hold, not this probe's load on it: one frame at a time, each
     sent once the one before has been released (`gap_s` apart at least), so that no frame's
     arrival competes with another's release for the node's CPU quota or its interpreter; no
-    heartbeat, the node's Stats read once before and once after, not polled meanwhile; and a
-    first frame that is not counted."""
+    heartbeat, the node's Stats read once before and once after, not polled meanwhile; a first
+    frame that is not counted, and a pause after the setup (a new connection and a Stats call
+    cost a 0.05-CPU node several 100-ms periods of its quota: the first link's frames would find
+    it throttled). `stats`: the node's Stats call on a connection already open (a NodeClient's),
+    else one is opened. Probing several nodes at once, give each its own `offset_s` within the
+    gap: frames sent to all at the same instants wake them all at once, and they queue for the
+    host's CPUs."""
     import grpc
     import numpy as np
 
@@ -372,29 +398,36 @@ def holds(
 
     if count < 1 or any(h <= 0 for _, h in links):
         raise ValueError("hold needs delays > 0 s and at least one frame")
+    at = time.monotonic()
 
     def send(device: str, hold_s: float) -> None:
+        nonlocal at
+        if (wait := at - time.monotonic()) > 0:
+            time.sleep(wait)
         sender.set_link(0.0, hold_s)
         frame = TensorFrame(pb.Frame(request_id=0, probe=True), {"probe": np.zeros(16, np.float32)})
         frame.header.timings.add(stage=-1, device=device)
         sender.send(frame)
-        time.sleep(max(gap_s, hold_s + 0.01))
+        at += max(gap_s, hold_s + 0.01)
 
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = node_stub(channel)
+    with contextlib.ExitStack() as stack:
+        if stats is None:
+            stub = node_stub(stack.enter_context(grpc.insecure_channel(address, options=CHANNEL_OPTIONS)))
+            stats = lambda: stub.Stats(pb.Empty(), timeout=5.0)  # noqa: E731
         sender = PeerSender(address, 0.0, 0.0, name=address, heartbeat_s=0.0)
         try:
             # a frame not counted first: a new stream's first held frame starts the node's delay
             # line (a thread), and the connection is set up; neither is a hold a link's frames get
             send(*links[0])
-            before = _holds_now(stub)
-            time.sleep(_CFS_PERIOD_S)  # the Stats call's CPU in a period of its own, not the first hold's
+            time.sleep(max(0.0, at - time.monotonic()))  # released before the count starts
+            before = _holds_now(stats)
+            at = max(at, time.monotonic()) + HOLD_SETTLE_S + offset_s
             for device, hold_s in links:
                 for _ in range(count):
                     send(device, hold_s)
             deadline = time.monotonic() + wait_s
             while True:
-                after = _holds_now(stub)
+                after = _holds_now(stats)
                 n = {d: after[d].frames - (before[d].frames if d in before else 0) for d, _ in links if d in after}
                 if all(n.get(d, 0) >= count for d, _ in links) or time.monotonic() > deadline:
                     break

@@ -122,10 +122,10 @@ def test_sleep_until_is_precise():
 
 def test_no_spin_under_a_fractional_cpu_quota(monkeypatch):
     """Spinning the last millisecond spends a small quota (a CFS period late once it runs out):
-    under one, the wait sleeps to the end, and still never releases early."""
+    under one, the wait spins a fifth of that, and still never releases early."""
     from node import links, resources
 
-    for quota, spin in ((None, links._SPIN_NS), (2.0, links._SPIN_NS), (0.05, 0)):
+    for quota, spin in ((None, links._SPIN_NS), (2.0, links._SPIN_NS), (0.05, links._QUOTA_SPIN_NS)):
         monkeypatch.setattr(resources, "cpu_quota", lambda q=quota: q)
         monkeypatch.setattr(links, "_spin_cache", (-links._QUOTA_TTL_S, -1))
         assert links._spin_ns() == spin

@@ -191,3 +191,11 @@ def test_wire_rate_counts_the_headers_of_the_segment_size_in_use():
     assert _wire_rate(r | {"mss": 1448}) == pytest.approx(8e6 * 1514 / 1448)
     assert _wire_rate(r | {"mss": 1398}) == pytest.approx(8e6 * 1464 / 1398)  # an overlay's MTU 1450
     assert _wire_rate(r | {"bytes": 0, "first_ns": None}) == 0.0  # nothing arrived
+
+
+def test_sends_spins_its_busy_loop_at_its_time():
+    at = time.time_ns() + 200_000_000
+    plan = {"t0_ns": at, "slot_ns": 1, "until_ns": at, "port": free_port(), "pings": 1, "transfers": []}
+    r = probes.sends(plan | {"busy": {"at_ns": at, "procs": 1, "wall_s": 0.2}})
+    assert r["transfers"] == [] and r["busy"]["wall_s"] == 0.2 and 0 < r["busy"]["cpu_s"] <= 0.2 * 1.05
+    assert 0 <= r["busy"]["late_ms"] < 100  # it waited for its time, and started then

@@ -21,11 +21,15 @@ the transfers are done, each receiving node gets probe frames stamped as its ups
 competes with the node for its CPU quota), one frame at a time, each after the one before has
 been released, and reports the hold it really applied (release - arrival, by its clock). That
 hold is added to the network's delay, so a late timer or a wrong hold shows; a link whose delay
-reads off is probed once more.
+reads off is probed once more. The probe keeps its own load off what it measures: no Stats polled
+while frames are held, a pause after its setup (a new connection and a Stats call cost a 0.05-CPU
+node several 100-ms periods of its quota), at most 16 receivers at a time and their frames spread
+in time (every hold thread waking at once, they queue for the host's CPUs).
 
-CPU: every node runs a busy loop for a fixed wall time in as many processes as its cap needs, in
-groups whose caps add up to at most one CPU (the host's own CPU is not what is measured); CPU
-time over wall time is the achieved share, next to the cgroup's throttling counts.
+CPU: once the transfers are over, the same probe processes run a busy loop for a fixed wall time
+in as many processes as each cap needs, in groups whose caps add up to at most one CPU (the
+host's own CPU is not what is measured); CPU time over wall time is the achieved share, next to
+the cgroup's throttling counts.
 A link rate, delay or CPU cap off by more than 10% is flagged.
 """
 
@@ -41,7 +45,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from node.probes import holds
+from node.probes import HOLD_GAP_S, holds
 from orchestrator.config import Testbed
 from orchestrator.runtimes.base import Deployment
 
@@ -56,12 +60,19 @@ SINK_PORT = 50099
 RETRY_PORT = SINK_PORT + 1
 WIRE_HEADERS = 66  # bytes a full TCP segment carries beside its payload: Ethernet 14, IP 20, TCP 20 + timestamps 12
 DEFAULT_MSS = 1448  # MTU 1500
-HOLD_FRAMES = 4  # per link
+HOLD_FRAMES = 2  # per link
+# Receivers probed at once. The frames load the host's CPUs (about 0.7 ms each in this process and
+# 1.2 ms in the node, measured), and a waking hold thread that has to wait for one is late: on a
+# 2-core host with 32 nodes, 16 at a time left 65% of it idle and 3% of links more than 10% late
+# in one pass; 32 at a time, 40% idle and 11-12%.
+HOLD_PARALLEL = 16
 DELAY_SLACK_MS = 0.5  # a fraction of a millisecond of network on top of a 1 ms link is not a fault
-SLOT_EXTRA_S = 0.35  # in a slot beside the transfer itself: connections, pings, the reply, the guard
-START_S = 2.0  # for the probe processes to start (a second under a 0.05-CPU quota), plus per device:
+SLOT_EXTRA_S = 0.25  # in a slot beside the transfer itself: connections, pings, the reply, the guard
+START_S = 1.5  # for the probe processes to start (a second under a 0.05-CPU quota), plus per device:
 START_PER_DEVICE_S = 0.05
 CPU_GROUP = 1.0  # CPUs of busy loops at once
+CPU_LEAD_S = 0.3  # from the last round's end to the first busy loop
+CPU_GAP_S = 0.3  # between two groups' busy loops
 
 
 Nodes = Deployment | Mapping[str, "NodeClient"]
@@ -121,7 +132,20 @@ def _size(rate_bps: int, seconds: float) -> int:
     return max(256 * 1024, int(rate_bps / 8 * seconds)) if rate_bps else 32 * 1024 * 1024
 
 
-def transfers(
+def _cpu_groups(testbed: Testbed, devs: list[str]) -> list[list]:
+    """Devices in groups whose caps add up to at most CPU_GROUP (a bigger cap alone), first fit
+    from the biggest."""
+    groups: list[list] = []
+    for d in sorted((testbed.device(x) for x in devs), key=lambda d: -d.cpus):
+        g = next((g for g in groups if sum(x.cpus for x in g) + d.cpus <= CPU_GROUP + 1e-9), None)
+        if g is None:
+            groups.append([d])
+        else:
+            g.append(d)
+    return groups
+
+
+def schedule(
     clients: dict[str, NodeClient],
     ips: dict[str, str],
     testbed: Testbed,
@@ -129,35 +153,48 @@ def transfers(
     port: int = SINK_PORT,
     seconds: float = 0.5,
     pings: int = 10,
-) -> dict[tuple[str, str], dict]:
-    """Run `rounds` of transfers on one schedule: one probe process beside every node taking
-    part, its sink and its sends (`sends`); each pair's result (its `error` where it failed)."""
+    cpu_seconds: float | None = None,
+) -> tuple[dict[tuple[str, str], dict], dict[str, dict]]:
+    """Run `rounds` of transfers on one schedule, and then (with `cpu_seconds`) every node's busy
+    loop, group after group (see _cpu_groups): one probe process beside every node taking part
+    (`sends`). Each pair's transfer (its `error` where it failed), and each device's busy loop."""
     plans: dict[str, dict] = {}
+
+    def plan(dev: str) -> dict:
+        return plans.setdefault(dev, {"transfers": [], "expected": 0})
+
     for k, pairs in enumerate(rounds):
         for src, dst in pairs:
             n = _size(testbed.link(src, dst).rate_bps, seconds)
-            plans.setdefault(src, {"transfers": [], "expected": 0})["transfers"].append(
-                {"round": k, "ip": ips[dst], "n": n}
-            )
-            plans.setdefault(dst, {"transfers": [], "expected": 0})["expected"] += 2  # a ping connection, a transfer
+            plan(src)["transfers"].append({"round": k, "ip": ips[dst], "n": n})
+            plan(dst)["expected"] += 2  # a ping connection and a transfer
+    groups = _cpu_groups(testbed, list(clients)) if cpu_seconds else []
+    for g in groups:
+        for d in g:
+            plan(d.name)
     slot_s = seconds + SLOT_EXTRA_S
     start_s = START_S + START_PER_DEVICE_S * len(plans)
-    span_s = start_s + len(rounds) * slot_s
     t0_ns = time.time_ns() + int(start_s * 1e9)
-    common = {"t0_ns": t0_ns, "slot_ns": int(slot_s * 1e9), "until_ns": t0_ns + int((span_s - start_s + 2) * 1e9)}
-    common |= {"port": port, "pings": pings}
+    end_ns = t0_ns + int((len(rounds) * slot_s + (CPU_LEAD_S if groups else 0.0)) * 1e9)
+    for k, g in enumerate(groups):
+        at_ns = end_ns + int(k * (cpu_seconds + CPU_GAP_S) * 1e9)
+        for d in g:
+            plans[d.name]["busy"] = {"at_ns": at_ns, "procs": max(1, math.ceil(d.cpus - 1e-9)), "wall_s": cpu_seconds}
+    span_s = (end_ns - time.time_ns()) / 1e9 + len(groups) * (cpu_seconds or 0.0)
+    common = {"t0_ns": t0_ns, "slot_ns": int(slot_s * 1e9), "until_ns": end_ns, "port": port, "pings": pings}
     device_at = {ip: d for d, ip in ips.items()}
 
-    def run(dev: str) -> list[dict]:
-        got = clients[dev].measure("sends", [json.dumps(common | plans[dev])], timeout_s=span_s + 30)
-        return got["transfers"]
+    def run(dev: str) -> dict:
+        return clients[dev].measure("sends", [json.dumps(common | plans[dev])], timeout_s=span_s + 30)
 
-    out = {}
+    moved, spun = {}, {}
     with cf.ThreadPoolExecutor(max(1, len(plans))) as ex:
         for dev, got in zip(plans, ex.map(run, plans), strict=True):
-            for g in got:
-                out[(dev, device_at[g["ip"]])] = g
-    return out
+            for g in got["transfers"]:
+                moved[(dev, device_at[g["ip"]])] = g
+            if "busy" in got:
+                spun[dev] = got["busy"]
+    return moved, spun
 
 
 def link_row(src: str, dst: str, rate_bps: int, delay_s: float, transfer: dict, hold: dict | None) -> dict:
@@ -199,19 +236,25 @@ def node_holds(
     clients: dict[str, NodeClient], testbed: Testbed, links: list[tuple[str, str]]
 ) -> dict[tuple[str, str], dict]:
     """What each receiving node really holds frames of each of `links` (src, dst) for: its
-    upstreams one after another, the receivers side by side."""
+    upstreams one after another; HOLD_PARALLEL receivers side by side, their frames spread over
+    the gap between two frames, then the next ones."""
     by_dst: dict[str, list[tuple[str, float]]] = {}
     for src, dst in links:
         by_dst.setdefault(dst, []).append((src, testbed.link(src, dst).delay_s))
+    dsts = list(by_dst)
+    groups = [dsts[i : i + HOLD_PARALLEL] for i in range(0, len(dsts), HOLD_PARALLEL)]
 
-    def receiver(dst: str) -> dict[tuple[str, str], dict]:
-        got = holds(clients[dst].address, by_dst[dst], HOLD_FRAMES)
+    def receiver(k: int, dst: str, spread: float) -> dict[tuple[str, str], dict]:
+        c = clients[dst]
+        got = holds(c.address, by_dst[dst], HOLD_FRAMES, HOLD_GAP_S, k * spread, stats=c.stats)
         return {(src, dst): h for src, h in got.items()}
 
     out: dict[tuple[str, str], dict] = {}
-    with cf.ThreadPoolExecutor(max(1, len(by_dst))) as ex:
-        for got in ex.map(receiver, by_dst):
-            out.update(got)
+    for g in groups:
+        spread = HOLD_GAP_S / len(g)  # the receivers' frames apart in time, not all at once
+        with cf.ThreadPoolExecutor(len(g)) as ex:
+            for got in ex.map(receiver, range(len(g)), g, [spread] * len(g)):
+                out.update(got)
     return out
 
 
@@ -226,27 +269,30 @@ def _delay_off(testbed: Testbed, pair: tuple[str, str], r: dict, hold: dict) -> 
     return abs(got / want - 1) > TOLERANCE and abs(got - want) > DELAY_SLACK_MS
 
 
-def check_links(
-    nodes: Nodes,
+def _check(
+    clients: dict[str, NodeClient],
     ips: dict[str, str],
     testbed: Testbed,
     node_holds_delay: bool,
-    seconds: float = 0.5,
-    pings: int = 10,
-) -> list[dict]:
-    """Every link's rate and delay between the running nodes (`ips`: each device's address on
-    the testbed's network, what tc matches and the sinks listen on). `node_holds_delay`: the
-    receiving nodes hold the delay themselves (no netem), so their holds are probed too."""
-    clients = _clients(nodes)
+    seconds: float,
+    pings: int,
+    cpu_seconds: float | None,
+) -> tuple[list[dict], dict[str, dict]]:
     devs = [d.name for d in testbed.devices if d.name in clients]
     t0 = time.perf_counter()
-    got = transfers(clients, ips, testbed, _rounds(devs), SINK_PORT, seconds, pings)
+    got, spun = schedule(clients, ips, testbed, _rounds(devs), SINK_PORT, seconds, pings, cpu_seconds)
     again = [p for p, r in got.items() if _rate_off(testbed, p, r)]
-    log.info("%d transfers in %.1f s, %d to measure again", len(got), time.perf_counter() - t0, len(again))
+    log.info(
+        "%d transfers and %d busy loops in %.1f s, %d to measure again",
+        len(got),
+        len(spun),
+        time.perf_counter() - t0,
+        len(again),
+    )
     if again:  # one more try, in a schedule of their own, for links whose rate looks off
         t0 = time.perf_counter()
         rounds = _matching_rounds(again)
-        got |= transfers(clients, ips, testbed, rounds, RETRY_PORT, seconds, pings)
+        got |= schedule(clients, ips, testbed, rounds, RETRY_PORT, seconds, pings)[0]
         log.info("%d transfers again in %d rounds, %.1f s", len(again), len(rounds), time.perf_counter() - t0)
     failed = {p: r["error"] for p, r in got.items() if "error" in r}
     if failed:
@@ -270,39 +316,28 @@ def check_links(
         cfg = testbed.link(src, dst)
         row = link_row(src, dst, cfg.rate_bps, cfg.delay_s, got[(src, dst)], held.get((src, dst)))
         out.append(row | {"retried": (src, dst) in retried})
-    return out
+    return out, spun
 
 
-def _cpu_groups(testbed: Testbed, devs: list[str]) -> list[list]:
-    """Devices in groups whose caps add up to at most CPU_GROUP (a bigger cap alone), first fit
-    from the biggest."""
-    groups: list[list] = []
-    for d in sorted((testbed.device(x) for x in devs), key=lambda d: -d.cpus):
-        g = next((g for g in groups if sum(x.cpus for x in g) + d.cpus <= CPU_GROUP + 1e-9), None)
-        if g is None:
-            groups.append([d])
-        else:
-            g.append(d)
-    return groups
+def check_links(
+    nodes: Nodes,
+    ips: dict[str, str],
+    testbed: Testbed,
+    node_holds_delay: bool,
+    seconds: float = 0.5,
+    pings: int = 10,
+) -> list[dict]:
+    """Every link's rate and delay between the running nodes (`ips`: each device's address on
+    the testbed's network, what tc matches and the sinks listen on). `node_holds_delay`: the
+    receiving nodes hold the delay themselves (no netem), so their holds are probed too."""
+    return _check(_clients(nodes), ips, testbed, node_holds_delay, seconds, pings, None)[0]
 
 
-def check_cpus(nodes: Nodes, testbed: Testbed, seconds: float = 2.0) -> list[dict]:
-    """Every node's CPU cap: a busy loop beside it, in groups (see module doc)."""
-    clients = _clients(nodes)
-    devs = [d.name for d in testbed.devices if d.name in clients]
-
-    def one(d) -> tuple[object, dict]:
-        procs = max(1, math.ceil(d.cpus - 1e-9))
-        return d, clients[d.name].measure("busy", [procs, f"{seconds:g}"], timeout_s=seconds + 60)
-
-    res = {}
-    for group in _cpu_groups(testbed, devs):
-        with cf.ThreadPoolExecutor(len(group)) as ex:
-            for d, r in ex.map(one, group):
-                res[d.name] = (d, r)
+def cpu_rows(testbed: Testbed, spun: dict[str, dict], seconds: float) -> list[dict]:
+    """Every node's CPU cap against what its busy loop got (CPU time over wall time)."""
     out = []
-    for name in devs:
-        d, r = res[name]
+    for d in (d for d in testbed.devices if d.name in spun):
+        r = spun[d.name]
         ach = r["cpu_s"] / r["wall_s"]
         err = _err(ach, d.cpus)
         # under its quota the cgroup is throttled in most periods; if not, the host ran out of CPU
@@ -359,14 +394,12 @@ def check_nodes(
             raise ValueError("check_nodes needs the link emulation where it is given no Deployment")
         emulation = nodes.link_emulation
     t0 = time.perf_counter()
-    links = check_links(nodes, ips, testbed, emulation.node_holds_delay, link_seconds)
-    t1 = time.perf_counter()
-    cpus = check_cpus(nodes, testbed, cpu_seconds)
+    links, spun = _check(_clients(nodes), ips, testbed, emulation.node_holds_delay, link_seconds, 10, cpu_seconds)
+    cpus = cpu_rows(testbed, spun, cpu_seconds)
     return {
         "links": links,
         "cpus": cpus,
         "flagged": flagged_lines(links, cpus),
         "tolerance": TOLERANCE,
-        "links_seconds": round(t1 - t0, 2),
         "seconds": round(time.perf_counter() - t0, 2),
     }
