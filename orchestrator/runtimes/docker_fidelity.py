@@ -4,8 +4,8 @@ Everything goes through the nodes' own gRPC calls, so the check runs the same on
 runtime and on a swarm whose nodes sit on hosts whose engine the orchestrator cannot reach: each
 node's Measure call runs a probe of node/probes.py beside it (its container, cgroup and user).
 
-Links: each device runs one sink for the whole check, and one sender process that makes all of
-its transfers on a shared schedule (`sends`): a process start under a 0.05-CPU quota takes about a
+Links: each device runs one probe process for the whole check (`sends`: its sink, its transfers
+on a shared schedule, and its busy loop): a process start under a 0.05-CPU quota takes about a
 second, so none is started per link. The transfers go in rounds in which every device sends to
 one peer and receives from one (n-1 rounds for n devices), each round in a slot of the schedule,
 cut at the slot's end so that a slow link never spills into the next round. A transfer pings
@@ -168,7 +168,7 @@ def schedule(
             n = _size(testbed.link(src, dst).rate_bps, seconds)
             plan(src)["transfers"].append({"round": k, "ip": ips[dst], "n": n})
             plan(dst)["expected"] += 2  # a ping connection and a transfer
-    groups = _cpu_groups(testbed, list(clients)) if cpu_seconds else []
+    groups = _cpu_groups(testbed, [d.name for d in testbed.devices if d.name in clients]) if cpu_seconds else []
     for g in groups:
         for d in g:
             plan(d.name)
