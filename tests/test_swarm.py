@@ -93,6 +93,11 @@ def test_up_outside_a_swarm_refuses_and_init_makes_one(docker_client, node_image
         assert uid == "10001"
         r = cli("testbed", "status", "--runtime", "swarm", "--name", NAME)
         assert r.returncode == 0 and "running" in r.stdout, r.stdout + r.stderr
+        out = tmp_path / "fidelity.json"
+        r = cli("testbed", "check", "--runtime", "swarm", "--devices", devices, "--name", NAME, "--out", str(out))
+        assert r.returncode == 0, r.stdout + r.stderr  # every link and cap within 10%, between the tasks
+        fid = json.loads(out.read_text())
+        assert len(fid["links"]) == 2 and len(fid["cpus"]) == 2 and fid["flagged"] == []
         r = cli("testbed", "down", "--runtime", "swarm", "--name", NAME)
         assert r.returncode == 0 and "removed 2 services and 1 networks" in r.stdout, r.stdout + r.stderr
         assert not sw.testbed_services(docker_client, NAME) and not sw.testbed_networks(docker_client, NAME)

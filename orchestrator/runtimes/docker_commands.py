@@ -107,6 +107,18 @@ def fidelity_table(fid: dict) -> Table:
     return t
 
 
+def show_fidelity(fid: dict, out: str | None, con: Console) -> int:
+    """`testbed check`'s table and file (default logs/fidelity_<UTC>.json); exit 1 when anything is off."""
+    con.print(fidelity_table(fid))
+    path = Path(out) if out else LOGS / f"fidelity_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fid, indent=2) + "\n")
+    for f in fid["flagged"]:
+        con.print(f"[red]off by more than 10%:[/red] {f}")
+    con.print(f"wrote {path}")
+    return 1 if fid["flagged"] else 0
+
+
 def removable(found: set[str | None], a: argparse.Namespace, con: Console) -> list[str]:
     """The testbeds `down` removes: --name's, or (--all) every one found; one a run holds only
     with --force (--all leaves it and says so; --name alone refuses)."""
@@ -182,14 +194,7 @@ def testbed(a: argparse.Namespace) -> int:
         finally:
             for c in clients.values():
                 c.close()
-        con.print(fidelity_table(fid))
-        out = Path(a.out) if a.out else LOGS / f"fidelity_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(fid, indent=2) + "\n")
-        for f in fid["flagged"]:
-            con.print(f"[red]off by more than 10%:[/red] {f}")
-        con.print(f"wrote {out}")
-        return 1 if fid["flagged"] else 0
+        return show_fidelity(fid, a.out, con)
     raise AssertionError(a.action)
 
 

@@ -5,9 +5,7 @@ its own: `up --init` makes a single-node one where the engine is in none, and sa
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
@@ -15,7 +13,7 @@ from rich.console import Console
 from orchestrator.config import load_devices
 from orchestrator.errors import UserError
 from orchestrator.runtimes import swarm_services as sw
-from orchestrator.runtimes.docker_commands import LOGS, _engine, fidelity_table, removable, show_status
+from orchestrator.runtimes.docker_commands import LOGS, _engine, removable, show_fidelity, show_status
 from orchestrator.runtimes.docker_testbed import LABEL_CONFIG, LABEL_TESTBED
 from orchestrator.runtimes.swarm import SwarmRuntime, shape_links
 
@@ -72,14 +70,7 @@ def check(a: argparse.Namespace, client, con: Console) -> int:
     with SwarmRuntime(tb, LOGS / "swarm_check", Path(a.workspace), testbed_name=a.name, client=client) as rt:
         rt.start()
         fid = rt.fidelity_check()
-    con.print(fidelity_table(fid))
-    out = Path(a.out) if a.out else LOGS / f"fidelity_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(fid, indent=2) + "\n")
-    for f in fid["flagged"]:
-        con.print(f"[red]off by more than 10%:[/red] {f}")
-    con.print(f"wrote {out}")
-    return 1 if fid["flagged"] else 0
+    return show_fidelity(fid, a.out, con)
 
 
 def testbed(a: argparse.Namespace) -> int:
