@@ -182,6 +182,22 @@ def test_rounds_pair_every_device_once_per_round():
         assert len({a for a, _ in r}) == len(r) == len({b for _, b in r})  # sends once, receives once
 
 
+@pytest.mark.parametrize("n", [2, 4, 6, 32])
+def test_no_round_carries_a_pair_both_ways(n):
+    """Two transfers crossing on one pair stall each other: an even count's half shift is split."""
+    from orchestrator.runtimes.docker_fidelity import _matching_rounds, _rounds
+
+    devs = [f"d{i}" for i in range(n)]
+    rounds = _rounds(devs)
+    assert len(rounds) == n and sorted(p for r in rounds for p in r) == sorted(
+        (a, b) for a in devs for b in devs if a != b
+    )
+    retry = _matching_rounds([("d0", "d1"), ("d1", "d0"), ("d1", "d2")])
+    for r in rounds + retry:
+        assert len({a for a, _ in r}) == len(r) == len({b for _, b in r})
+        assert not any((b, a) in r for a, b in r), r
+
+
 def test_wire_rate_counts_the_headers_of_the_segment_size_in_use():
     from orchestrator.runtimes.docker_fidelity import _wire_rate
 

@@ -16,6 +16,7 @@ node re-reads its cgroup and resizes its ORT threads: Requota), a container kill
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import os
 import shutil
 import threading
@@ -51,11 +52,14 @@ from orchestrator.runtimes.docker_testbed import (
     testbed_spec,
 )
 from orchestrator.runtimes.link_changes import NodeLinks
+from orchestrator.runtimes.neighbours import ensure_room
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from orchestrator.partition.plan import Plan
+
+log = logging.getLogger("orchestrator.docker")
 
 
 def image_present(client, image: str | None = None) -> bool:
@@ -104,6 +108,8 @@ def up(client, spec: TestbedSpec, wait_s: float = 60.0) -> dict[str, NodeHandle]
         client.images.get(spec.image)
     except docker.errors.ImageNotFound:
         raise UserError(f"image {spec.image} not found: build it with `make image`") from None
+    if said := ensure_room(len(spec.containers)):
+        log.warning("%s", said)
     Path(spec.workspace).mkdir(parents=True, exist_ok=True)
     try:
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=spec.subnet)])

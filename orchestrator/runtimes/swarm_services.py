@@ -15,6 +15,7 @@ label, anything else a node's hostname. Everything is labelled as docker testbed
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +32,9 @@ from orchestrator.runtimes.docker_testbed import (
     config_hash,
     image_tag,
 )
+from orchestrator.runtimes.neighbours import ensure_room
+
+log = logging.getLogger("orchestrator.swarm")
 
 # on a task's container instead of `edge-testbed=1`: the docker runtime's commands leave it alone
 LABEL_SWARM_TASK = "edge-testbed.swarm-task"
@@ -162,6 +166,8 @@ def up(client, spec: SwarmSpec, wait_s: float = UP_WAIT_S) -> dict[str, NodeHand
         client.images.get(spec.image)
     except Exception:
         raise UserError(f"image {spec.image} not found on this host: build it with `make image`") from None
+    if said := ensure_room(len(spec.services)):  # this host's table; a worker host's is its own
+        log.warning("%s", said)
     try:
         client.networks.create(spec.network, driver="overlay", attachable=True, labels=spec.labels)
         with cf.ThreadPoolExecutor(min(16, len(spec.services))) as ex:
