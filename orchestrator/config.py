@@ -36,14 +36,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True, allow_inf_nan=False)
 
 
+class Level(_Strict):
+    """A DVFS level: a CPU share (a clock: slower and more frugal per unit of work lower down) and
+    the power drawn at full use of it."""
+
+    cpus: float = Field(gt=0)
+    max_w: float = Field(ge=0)
+
+
 class Power(_Strict):
+    """Power at idle and at full use of the device's `cpus`; optional DVFS `levels`; radio energy
+    per bit sent and received (nanojoules)."""
+
     idle_w: float = Field(ge=0)
     max_w: float = Field(ge=0)
+    levels: list[Level] = []
+    tx_nj_per_bit: float = Field(default=0.0, ge=0)
+    rx_nj_per_bit: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _order(self) -> Power:
         if self.max_w < self.idle_w:
             raise ValueError("max_w must be at least idle_w")
+        for i, lv in enumerate(self.levels):
+            if lv.max_w < self.idle_w:
+                raise ValueError(f"levels[{i}]: max_w {lv.max_w:g} is below idle_w {self.idle_w:g}")
+        shares = [lv.cpus for lv in self.levels]
+        if len(set(shares)) != len(shares):
+            raise ValueError("levels: two levels with the same cpus")
         return self
 
 
@@ -72,6 +92,21 @@ class Device(_Strict):
     host: str | None = None
     # "lean": its stages open ONNX Runtime without pre-packed weights (less resident memory, slower)
     memory_mode: Literal["default", "lean"] = "default"
+
+    @model_validator(mode="after")
+    def _levels_within_cap(self) -> Device:
+        for i, lv in enumerate(self.power.levels):
+            if lv.cpus > self.cpus + 1e-9:
+                raise ValueError(f"power.levels[{i}]: cpus {lv.cpus:g} is more than the device's cpus {self.cpus:g}")
+            if abs(lv.cpus - self.cpus) <= 1e-9 and lv.max_w != self.power.max_w:
+                raise ValueError(f"power.levels[{i}]: at the device's own cpus its max_w must be power.max_w")
+        return self
+
+    def levels(self) -> list[Level]:
+        """The device's DVFS levels, fastest first: its own `cpus` at `power.max_w`, and those listed."""
+        own = Level(cpus=self.cpus, max_w=self.power.max_w)
+        listed = [lv for lv in self.power.levels if abs(lv.cpus - self.cpus) > 1e-9]
+        return sorted([own, *listed], key=lambda lv: -lv.cpus)
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,295 @@
+"""Energy per inference of a placement, and the exact least-energy placement within a budget.
+
+The model (shared/DESIGN.md, "Energy"), per inference, for stages on devices d at DVFS levels l:
+
+- compute: a stage's busy time at its level (profiled at the device's `cpus`, scaled by
+  cpus / level cpus: under a CFS quota a single-threaded stage's wall time is its CPU time over
+  the share) times the power its level draws above idle, (max_w_l - idle_w);
+- idle: every device taking part (the stages' and the source's) draws idle_w over the pipeline's
+  period, its slowest step (one inference leaves the pipeline each period);
+- radio: every hop's bits (the source's input, the cuts, the result home) at the sender's
+  tx_nj_per_bit plus the receiver's rx_nj_per_bit.
+
+The search (`solve`) is exact over the cut candidates it is given: a dynamic programme over
+(bound, devices used, last device and level) whose labels are the Pareto front of (energy so far,
+latency so far, slowest step so far). The final energy adds each used device's idle power times
+the slowest step, which is known once the front is: no label that could still win is dropped.
+Its cost grows with 2^D for D devices (a set of devices used), so it plans at most MAX_DEVICES.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from orchestrator.config import Device
+from orchestrator.partition.costmodel import Arrays, transfer_s
+
+MAX_DEVICES = 10
+NJ = 1e-9
+
+
+@dataclass(frozen=True)
+class PowerArrays:
+    """Each device's levels and power, as the solver reads them (D devices)."""
+
+    scale: list[list[float]]  # [d][l]: a stage's time at level l over its time at the device's cpus
+    dyn_w: list[list[float]]  # [d][l]: power at full use of level l above idle
+    level_cpus: list[list[float]]  # [d][l]: the level's CPU share
+    idle_w: list[float]
+    tx_j_per_byte: list[float]
+    rx_j_per_byte: list[float]
+
+    @classmethod
+    def of(cls, devices: list[Device]) -> PowerArrays:
+        levels = [d.levels() for d in devices]
+        return cls(
+            scale=[[d.cpus / lv.cpus for lv in ls] for d, ls in zip(devices, levels, strict=True)],
+            dyn_w=[[lv.max_w - d.power.idle_w for lv in ls] for d, ls in zip(devices, levels, strict=True)],
+            level_cpus=[[lv.cpus for lv in ls] for ls in levels],
+            idle_w=[d.power.idle_w for d in devices],
+            tx_j_per_byte=[d.power.tx_nj_per_bit * 8 * NJ for d in devices],
+            rx_j_per_byte=[d.power.rx_nj_per_bit * 8 * NJ for d in devices],
+        )
+
+
+class Energy(NamedTuple):
+    """Joules per inference, split as DIME reports it."""
+
+    compute_j: float  # the stages' power above idle over their busy time
+    idle_j: float  # the devices taking part, idle over the period
+    radio_j: float  # every hop's bits, sent and received
+
+    @property
+    def total_j(self) -> float:
+        return self.compute_j + self.idle_j + self.radio_j
+
+
+class Figures(NamedTuple):
+    energy: Energy
+    latency_s: float  # a request's path: compute and transfers (as costmodel.Evaluation)
+    period_s: float  # the slowest step
+
+
+def _radio(a: Arrays, p: PowerArrays, nbytes: float, src: int, dst: int) -> float:
+    return nbytes * (p.tx_j_per_byte[src] + p.rx_j_per_byte[dst])
+
+
+def _stage(a: Arrays, p: PowerArrays, d: int, lv: int, i: int, j: int) -> tuple[float, float] | None:
+    """(compute seconds, busy seconds) of blocks i..j-1 on device d at level lv; None where they do
+    not fit its memory (a lean stage, where only lean fits, computes `lean_factor` slower)."""
+    mode = a.mode(d, i, j)
+    if mode is None:
+        return None
+    comp = float(a.block_cost[d, i:j].sum()) * (a.lean_factor if mode == "lean" else 1.0) * p.scale[d][lv]
+    return comp, comp + a.busy_s(d) * p.scale[d][lv]
+
+
+def _relay(a: Arrays, used: set[int]) -> float:
+    s = a.source
+    return float(a.overhead[s]) if a.overhead is not None and s is not None and s not in used else 0.0
+
+
+def figures(a: Arrays, p: PowerArrays, cuts: list[int], devices: list[int], levels: list[int]) -> Figures | None:
+    """Energy, latency and period of one placement (bound indices, device indices, level indices);
+    None where a stage does not fit."""
+    nb = a.block_cost.shape[1]
+    b = [0, *cuts, nb]
+    compute = radio = latency = 0.0
+    steps: list[float] = []
+    for k, (d, lv) in enumerate(zip(devices, levels, strict=True)):
+        st = _stage(a, p, d, lv, b[k], b[k + 1])
+        if st is None:
+            return None
+        compute += p.dyn_w[d][lv] * st[1]
+        latency += st[0]
+        steps.append(st[1])
+    hops = [(a.cut_bytes[c], devices[k], devices[k + 1]) for k, c in enumerate(cuts)]
+    s = a.source
+    if s is not None and devices[0] != s:
+        hops.append((a.cut_bytes[0], s, devices[0]))
+    if s is not None and devices[-1] != s:
+        hops.append((a.cut_bytes[nb], devices[-1], s))
+    for nbytes, x, y in hops:
+        t = transfer_s(nbytes, a.link_rate[x, y], a.link_delay[x, y])
+        latency += t
+        steps.append(t)
+        radio += _radio(a, p, nbytes, x, y)
+    relay = _relay(a, set(devices))
+    if relay:
+        steps.append(relay)
+        compute += p.dyn_w[s][0] * relay
+    period = max(steps)
+    taking_part = set(devices) | ({s} if s is not None else set())
+    idle = sum(p.idle_w[d] for d in taking_part) * period
+    return Figures(Energy(compute, idle, radio), latency, period)
+
+
+class Solution(NamedTuple):
+    """The least energy (inf where nothing meets the limits) and its placement."""
+
+    energy_j: float
+    cuts: list[int]
+    devices: list[int]
+    levels: list[int]
+
+
+class _Label(NamedTuple):
+    energy: float
+    latency: float
+    period: float
+    back: tuple | None  # (previous label, bound, device, level) or None at the start
+
+
+def _add(front: list[_Label], new: _Label) -> None:
+    """Add `new` to a Pareto front of (energy, latency, period) unless a label dominates it."""
+    for x in front:
+        if x.energy <= new.energy and x.latency <= new.latency and x.period <= new.period:
+            return
+    front[:] = [
+        x for x in front if not (new.energy <= x.energy and new.latency <= x.latency and new.period <= x.period)
+    ]
+    front.append(new)
+
+
+def solve(
+    a: Arrays,
+    p: PowerArrays,
+    latency_budget_s: float | None = None,
+    period_cap_s: float | None = None,
+    stages: int | None = None,
+) -> Solution:
+    """The least energy per inference with latency <= `latency_budget_s` and every step <=
+    `period_cap_s` (1 / a throughput floor), over which devices take part, their order, the cuts
+    and each device's level. Each device holds at most one stage."""
+    d_n, b_n = a.block_cost.shape
+    if d_n > MAX_DEVICES:
+        raise ValueError(f"{d_n} devices: the exact energy search handles at most {MAX_DEVICES}")
+    lat_cap = math.inf if latency_budget_s is None else latency_budget_s
+    step_cap = math.inf if period_cap_s is None else period_cap_s
+    track_latency = latency_budget_s is not None
+    s = a.source
+    # fronts[j][(mask, d, lv)]: labels of prefixes covering blocks 0..j-1, the last on d at lv
+    fronts: list[dict[tuple[int, int, int], list[_Label]]] = [{} for _ in range(b_n + 1)]
+    start = _Label(0.0, 0.0, 0.0, None)
+    stage_cache: dict[tuple[int, int, int, int], tuple[float, float] | None] = {}
+
+    def stage(d: int, lv: int, i: int, j: int) -> tuple[float, float] | None:
+        key = (d, lv, i, j)
+        if key not in stage_cache:
+            stage_cache[key] = _stage(a, p, d, lv, i, j)
+        return stage_cache[key]
+
+    def extend(label: _Label, mask: int, prev: int | None, j: int) -> None:
+        for d in range(d_n):
+            if mask >> d & 1:
+                continue
+            if prev is None:
+                if s is None or d == s:
+                    t, radio = 0.0, 0.0
+                else:
+                    t = transfer_s(a.cut_bytes[0], a.link_rate[s, d], a.link_delay[s, d])
+                    radio = _radio(a, p, a.cut_bytes[0], s, d)
+            else:
+                t = transfer_s(a.cut_bytes[j], a.link_rate[prev, d], a.link_delay[prev, d])
+                radio = _radio(a, p, a.cut_bytes[j], prev, d)
+            if t > step_cap:
+                continue
+            for lv in range(len(p.scale[d])):
+                for j2 in range(j + 1, b_n + 1):
+                    st = stage(d, lv, j, j2)
+                    if st is None:
+                        continue
+                    comp, busy = st
+                    if busy > step_cap:
+                        break  # a longer stage is slower still
+                    lat = label.latency + t + comp
+                    if lat > lat_cap:
+                        break
+                    new = _Label(
+                        label.energy + radio + p.dyn_w[d][lv] * busy,
+                        lat if track_latency else 0.0,
+                        max(label.period, t, busy),
+                        (label, j, d, lv),
+                    )
+                    _add(fronts[j2].setdefault((mask | 1 << d, d, lv), []), new)
+
+    extend(start, 0, None, 0)
+    for j in range(1, b_n):
+        for (mask, d, _lv), front in list(fronts[j].items()):
+            if stages is not None and bin(mask).count("1") >= stages:
+                continue
+            for label in list(front):
+                extend(label, mask, d, j)
+
+    best, best_label = math.inf, None
+    for (mask, d, _lv), front in fronts[b_n].items():
+        used = {x for x in range(d_n) if mask >> x & 1}
+        if stages is not None and len(used) != stages:
+            continue
+        home = 0.0 if s is None or d == s else transfer_s(a.cut_bytes[b_n], a.link_rate[d, s], a.link_delay[d, s])
+        home_radio = 0.0 if s is None or d == s else _radio(a, p, a.cut_bytes[b_n], d, s)
+        relay = _relay(a, used)
+        if home > step_cap or relay > step_cap:
+            continue
+        idle_w = sum(p.idle_w[x] for x in used | ({s} if s is not None else set()))
+        for label in front:
+            if track_latency and label.latency + home > lat_cap:
+                continue
+            period = max(label.period, home, relay)
+            e = label.energy + home_radio + (p.dyn_w[s][0] * relay if relay else 0.0) + idle_w * period
+            if e < best:
+                best, best_label = e, label
+    if best_label is None:
+        return Solution(math.inf, [], [], [])
+    cuts, devs, lvs = [], [], []
+    lab = best_label
+    while lab.back is not None:
+        prev, j, d, lv = lab.back
+        devs.append(d)
+        lvs.append(lv)
+        if j > 0:
+            cuts.append(j)
+        lab = prev
+    return Solution(best, cuts[::-1], devs[::-1], lvs[::-1])
+
+
+def brute_force(
+    a: Arrays,
+    p: PowerArrays,
+    latency_budget_s: float | None = None,
+    period_cap_s: float | None = None,
+) -> tuple[float, list[int], list[int], list[int]]:
+    """Every ordered choice of devices, every cut and every level, evaluated by `figures`: the check
+    `solve` is held to (small instances only)."""
+    import itertools
+
+    d_n, b_n = a.block_cost.shape
+    best: tuple[float, list[int], list[int], list[int]] = (math.inf, [], [], [])
+    for k in range(1, min(d_n, b_n) + 1):
+        for devs in itertools.permutations(range(d_n), k):
+            for cuts in itertools.combinations(range(1, b_n), k - 1):
+                for lvs in itertools.product(*(range(len(p.scale[d])) for d in devs)):
+                    f = figures(a, p, list(cuts), list(devs), list(lvs))
+                    if f is None:
+                        continue
+                    if latency_budget_s is not None and f.latency_s > latency_budget_s:
+                        continue
+                    if period_cap_s is not None and f.period_s > period_cap_s:
+                        continue
+                    if f.energy.total_j < best[0]:
+                        best = (f.energy.total_j, list(cuts), list(devs), list(lvs))
+    return best
+
+
+def fastest_latency(a: Arrays, p: PowerArrays, period_cap_s: float | None = None) -> float:
+    """The least latency any placement reaches (every device at its fastest level), for the message
+    an infeasible budget ends in."""
+    from orchestrator.partition.optimal import solve_arrays
+
+    del p  # the fastest level is the device's own cpus, which `a` is built at
+    sol = solve_arrays(a, "latency")
+    return sol.value if np.isfinite(sol.value) else math.inf
