@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from benchlib import ROOT, median, run_job_reports, verdict
 
-from orchestrator.config import OBJECTIVES, Device, Testbed, load_devices
+from orchestrator.config import TIME_OBJECTIVES, Device, Testbed, load_devices
 from orchestrator.models import ensure_vit
 from orchestrator.partition import Problem, load_graph
 from orchestrator.partition.costmodel import build_arrays
@@ -104,7 +104,7 @@ def planning(model: Path, repeat: int) -> list[tuple[bool, str]]:
     tb = load_devices(FLEET)
     results = []
     print(f"planning ViT-B ({model.name}, {g.n} nodes) with `optimal`, median of {repeat} (whole / search alone):")
-    for objective in OBJECTIVES:
+    for objective in TIME_OBJECTIVES:
         f = plan_times(g, tb, "laptop", objective, repeat)
         b = plan_times(g, distinct(12), "dev-0", objective, repeat)
         pred = f.placement.predicted
@@ -118,7 +118,7 @@ def planning(model: Path, repeat: int) -> list[tuple[bool, str]]:
     print("  growth with the distinct types over 32 devices (throughput; latency), whole / search alone:")
     sweeps = [(fleet([32]), None), (fleet([32]), "laptop-1"), (fleet([1, 16, 15]), "laptop-1"), (tb, "laptop")]
     for tbk, source in sweeps:
-        row = [plan_times(g, tbk, source, objective, repeat) for objective in OBJECTIVES]
+        row = [plan_times(g, tbk, source, objective, repeat) for objective in TIME_OBJECTIVES]
         counts = row[0].counts
         print(
             f"    {len(counts)} type(s), counts {counts}{'' if source else ' (no source)'}: "

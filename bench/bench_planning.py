@@ -22,7 +22,7 @@ from benchlib import verdict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.config import OBJECTIVES, Device, Link, Testbed  # noqa: E402
+from orchestrator.config import TIME_OBJECTIVES, Device, Link, Testbed  # noqa: E402
 from orchestrator.models import ensure_vit  # noqa: E402
 from orchestrator.partition import Problem, load_graph  # noqa: E402
 from orchestrator.partition.algorithms import even  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> int:
     print(f"load + analyse {model.name} ({g.n} nodes): {time.perf_counter() - t:.2f} s (I/O, not counted)")
 
     planning: dict[str, float] = {}
-    for objective in OBJECTIVES:
+    for objective in TIME_OBJECTIVES:
         problem = Problem(
             graph=g,
             devices=tb.devices,

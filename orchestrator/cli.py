@@ -26,9 +26,31 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return 1 if rep["errors"] or rep.get("ended") else 0  # a lost device that ended the run: 1
 
 
+def _limits(a: argparse.Namespace):
+    """--latency-budget / --throughput-floor, checked: limits of objective energy alone."""
+    from orchestrator.partition import Limits
+    from orchestrator.units import parse_delay
+
+    if a.latency_budget is None and a.throughput_floor is None:
+        return None
+    flag = "--latency-budget" if a.latency_budget is not None else "--throughput-floor"
+    if a.objective != "energy":
+        raise UserError(f"{flag} is a limit of --objective energy", None, flag)
+    try:
+        budget = None if a.latency_budget is None else parse_delay(a.latency_budget)
+    except ValueError as e:
+        raise UserError(str(e), None, "--latency-budget") from None
+    if budget is not None and budget <= 0:
+        raise UserError(f"{a.latency_budget!r}: a latency budget must be more than 0", None, "--latency-budget")
+    if a.throughput_floor is not None and not a.throughput_floor > 0:
+        raise UserError(f"{a.throughput_floor!r}: a throughput floor must be more than 0", None, "--throughput-floor")
+    return Limits(budget, a.throughput_floor)
+
+
 def _cmd_partition(a: argparse.Namespace) -> int:
     from orchestrator.config import load_devices
 
+    limits = _limits(a)
     testbed = load_devices(a.devices)
     from orchestrator.partition import partition
 
@@ -54,11 +76,20 @@ def _cmd_partition(a: argparse.Namespace) -> int:
         source=a.source,
         out_dir=Path(a.out),
         cost_table=table,
+        limits=limits,
     )
     for note in getattr(plan, "notes", []) or []:
         print(f"note: {note}")
     for s in plan.stages:
-        print(f"stage {s.index} on {s.device}: {', '.join(s.inputs)} -> {', '.join(s.outputs)}")
+        at = f" at {s.level:g} CPUs" if s.level is not None else ""
+        print(f"stage {s.index} on {s.device}{at}: {', '.join(s.inputs)} -> {', '.join(s.outputs)}")
+    pr = plan.predicted
+    if pr is not None and pr.energy_j is not None:
+        print(
+            f"predicted (modelled): {pr.throughput_fps} inferences/s, latency {pr.latency_s * 1e3:.1f} ms, "
+            f"{pr.energy_j * 1e3:.1f} mJ per inference (compute {pr.energy_compute_j * 1e3:.1f}, idle "
+            f"{pr.energy_idle_j * 1e3:.1f}, radio {pr.energy_radio_j * 1e3:.1f})"
+        )
     print(f"wrote {Path(a.out) / 'plan.json'}")
     return 0
 
@@ -173,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--devices", required=True)
     pa.add_argument("--algorithm", default="even")
     pa.add_argument("--objective", choices=OBJECTIVES, default="throughput")
+    pa.add_argument("--latency-budget", help="--objective energy: a request's end-to-end limit (e.g. 300ms)")
+    pa.add_argument("--throughput-floor", type=float, help="--objective energy: inferences per second at least")
     pa.add_argument("--stages", type=int)
     pa.add_argument("--source", help="device where inputs come from and results return (for the prediction)")
     pa.add_argument("--out", required=True)

@@ -20,9 +20,11 @@ from orchestrator.units import parse_delay, parse_rate, parse_size, shown
 
 _DNS = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
-# What a plan can minimise: the bottleneck step (throughput) or a request's end-to-end time.
-Objective = Literal["throughput", "latency"]
+# What a plan can minimise: the bottleneck step (throughput), a request's end-to-end time, or
+# the energy per inference within a latency budget and/or a throughput floor (DESIGN: Energy)
+Objective = Literal["throughput", "latency", "energy"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
+TIME_OBJECTIVES: tuple[str, ...] = ("throughput", "latency")  # what the time-only search minimises
 # What a run does when the world changes under it (scenarios): keep the plan, re-plan when a
 # device is lost, also re-plan on measured conditions, or re-plan on the scenario's truth
 AdaptPolicy = Literal["static", "failover", "adaptive", "oracle"]
@@ -253,12 +255,24 @@ class DatasetSpec(_Strict):
     _paths = field_validator("path", "devkit", "classes")(_check_path)
 
 
+def _latency_budget(v: Any) -> float | None:
+    """A latency budget: a delay with its unit (`300ms`), more than zero."""
+    if v is None:
+        return None
+    t = parse_delay(v)
+    if t <= 0:
+        raise ValueError(f"{shown(v)}: a latency budget must be more than 0")
+    return t
+
+
 class Variant(_Strict):
     """One configuration of a comparison: what differs from the job's own."""
 
     name: str | None = None
     algorithm: str | None = None
     objective: Objective | None = None
+    latency_budget: float | None = None  # seconds (a delay: `300ms`); objective energy
+    throughput_floor: float | None = Field(default=None, gt=0)  # inferences/s; objective energy
     stages: int | None = Field(default=None, gt=0)
     devices: str | None = None
     source: str | None = None
@@ -267,6 +281,7 @@ class Variant(_Strict):
 
     _name = field_validator("name")(_check_folder_name)
     _paths = field_validator("devices", "scenario")(_check_path)
+    _budget = field_validator("latency_budget", mode="before")(_latency_budget)
 
 
 class Job(_Strict):
@@ -276,6 +291,8 @@ class Job(_Strict):
     runtime: RuntimeChoice = "auto"
     algorithm: str = "even"
     objective: Objective = "throughput"
+    latency_budget: float | None = None  # seconds (a delay: `300ms`): objective energy's end-to-end limit
+    throughput_floor: float | None = Field(default=None, gt=0)  # inferences/s: objective energy's floor
     stages: int | None = Field(default=None, gt=0)
     source: str | None = None  # device where frames originate and results return
     requests: int = Field(default=50, gt=0)  # measured requests, after the warm-up ones
@@ -302,6 +319,13 @@ class Job(_Strict):
 
     _name = field_validator("name")(_check_folder_name)
     _paths = field_validator("model", "devices", "scenario")(_check_path)
+    _budget = field_validator("latency_budget", mode="before")(_latency_budget)
+
+    @model_validator(mode="after")
+    def _limits_need_energy(self) -> Job:
+        if self.objective != "energy" and (self.latency_budget is not None or self.throughput_floor is not None):
+            raise ValueError("latency_budget and throughput_floor are limits of objective: energy")
+        return self
 
     def path(self, p: str) -> Path:
         q = Path(p)

@@ -8,7 +8,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from orchestrator.figures.gpu_power import NvmlPowerSampler
 from orchestrator.figures.metrics import hop_samples
 from orchestrator.figures.report import RunMeasurements, RunSetup, build_report
 from orchestrator.interrupts import Interrupted, current_phase, phase, shield, soft_stop, stopped
-from orchestrator.partition import partition, place
+from orchestrator.partition import Limits, partition, place
 from orchestrator.partition.plan import Plan
 from orchestrator.partition.weights_store import WeightsStore
 from orchestrator.profiling import cached_profile, profile
@@ -66,6 +66,7 @@ class Config:
     source: str
     adapt: AdaptPolicy = "static"
     scenario: Scenario | None = None
+    limits: Limits = field(default_factory=Limits)  # objective energy's latency budget and throughput floor
 
 
 def run_folder(job: Job, out: str | None) -> Path:
@@ -103,6 +104,10 @@ def configurations(job: Job, job_file: str) -> list[Config]:
                 testbed=testbed,
                 source=source,
                 adapt=(v.adapt if v is not None and v.adapt else None) or job.adapt,
+                limits=Limits(
+                    (v.latency_budget if v is not None and v.latency_budget else None) or job.latency_budget,
+                    (v.throughput_floor if v is not None and v.throughput_floor else None) or job.throughput_floor,
+                ),
             )
         )
     names = [c.name for c in out]
@@ -197,6 +202,7 @@ def plan_config(
         "source": cfg.source,
         "cost_table": table,
         "batch": job.batch,
+        "limits": cfg.limits,
     }
     placed = place(model, cfg.testbed, memory_check=job.memory_check, **how)  # kept: a re-plan needs the cuts
     plan = partition(model, cfg.testbed, out_dir=run_dir, placed=placed, **how)
@@ -280,7 +286,7 @@ def run_config(
                     scenario=cfg.scenario,
                     testbed=testbed,
                     replanner=Replanner(
-                        model, cfg.algorithm, cfg.objective, cfg.stages, cfg.source, run_dir, job.batch
+                        model, cfg.algorithm, cfg.objective, cfg.stages, cfg.source, run_dir, job.batch, cfg.limits
                     ),
                     table=prof.table if prof is not None else None,
                     plan=plan,

@@ -10,7 +10,7 @@ import numpy as np
 import onnx.utils
 import pytest
 
-from orchestrator.config import OBJECTIVES, Device, Link
+from orchestrator.config import OBJECTIVES, TIME_OBJECTIVES, Device, Link
 from orchestrator.config import Testbed as TB
 from orchestrator.errors import UserError
 from orchestrator.partition import ALGORITHMS, Problem, get_algorithm, load_graph, partition
@@ -95,7 +95,7 @@ def test_optimal_matches_brute_force(seed: int) -> None:
     for _ in range(75):
         a = _random_arrays(rng)
         d_n, b_n = a.block_cost.shape
-        for objective in OBJECTIVES:
+        for objective in TIME_OBJECTIVES:
             for stages in (None, int(rng.integers(1, min(d_n, b_n) + 1))):
                 want, want_lat = _brute(a, objective, stages)
                 got = solve(
@@ -356,7 +356,7 @@ def test_optimal_over_device_types_matches_brute_force(seed: int) -> None:
             [c for c in counts if c] if a.source is None else _split_source(counts, a.source)
         )
         d_n, b_n = a.block_cost.shape
-        for objective in OBJECTIVES:
+        for objective in TIME_OBJECTIVES:
             for stages in (None, int(rng.integers(1, min(d_n, b_n) + 1))):
                 want, want_lat = _brute(a, objective, stages)
                 got = solve_arrays(a, objective, stages)

@@ -5,11 +5,11 @@ and cut into small graph files beside the run (the weights are stored once)."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from orchestrator.config import Testbed
-from orchestrator.partition import ModelGraph, Placement, partition, place, predict
+from orchestrator.partition import Limits, ModelGraph, Placement, partition, place, predict
 from orchestrator.partition.costmodel import CostTable
 from orchestrator.partition.plan import Plan
 
@@ -45,6 +45,7 @@ class Replanner:
     source: str
     run_dir: Path
     batch: int = 1  # the job's: memory is checked at it
+    limits: Limits = field(default_factory=Limits)  # objective energy's
 
     def place(self, testbed: Testbed, table: CostTable | None) -> Placed:
         """The best placement on `testbed` (its devices are those left) with `table`'s costs."""
@@ -59,6 +60,7 @@ class Replanner:
             source=self.source,
             cost_table=_only(table, testbed),
             batch=self.batch,
+            limits=self.limits,
         )
         seconds = time.perf_counter() - t0
         return Placed(graph, placement, self.fps(graph, placement.cuts, placement.devices, testbed, table), seconds)

@@ -11,12 +11,13 @@ from orchestrator.partition.algorithms import ALGORITHMS, check_memory, check_pl
 from orchestrator.partition.costmodel import CostTable, predict
 from orchestrator.partition.graph import ModelGraph, load_graph
 from orchestrator.partition.plan import Plan, StagePlan
-from orchestrator.partition.problem import Placement, Problem
+from orchestrator.partition.problem import Limits, Placement, Problem
 from orchestrator.partition.stage_files import write_stages
 from orchestrator.partition.weights_store import WEIGHTS_FILE, WeightsStore
 
 __all__ = [
     "ALGORITHMS",
+    "Limits",
     "ModelGraph",
     "Placement",
     "Plan",
@@ -43,11 +44,13 @@ def place(
     store: WeightsStore | None = None,
     memory_check: str = "refuse",
     batch: int = 1,
+    limits: Limits | None = None,
 ) -> tuple[ModelGraph, Placement]:
     """Validate and place, writing nothing: where the cuts go and which device runs each stage
     (a run that re-plans weighs placements this way before it cuts one). A stage that cannot fit its
     device is refused, or with memory_check "warn" said in the plan's notes and run all the same.
-    `batch`: the requests' batch size, which the stages' memory grows with."""
+    `batch`: the requests' batch size, which the stages' memory grows with. `limits`: objective
+    energy's latency budget and throughput floor."""
     model_path = Path(model_path)
     src = testbed.source
     if objective not in OBJECTIVES:
@@ -87,8 +90,14 @@ def place(
         source=source,
         cost_table=cost_table,
         batch=batch,
+        limits=limits or Limits(),
     )
     placement = algo(problem)
+    if objective == "energy" and placement.levels is None:
+        placement.notes.append(
+            f"objective energy: {algorithm} places without weighing energy; every device runs at its own cpus "
+            "(`optimal` chooses levels)"
+        )
     check_placement(problem, placement)
     try:
         check_memory(problem, placement)
@@ -112,6 +121,7 @@ def partition(
     store: WeightsStore | None = None,
     placed: tuple[ModelGraph, Placement] | None = None,
     batch: int = 1,
+    limits: Limits | None = None,
 ) -> Plan:
     """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes).
 
@@ -130,6 +140,7 @@ def partition(
         cost_table=cost_table,
         store=store,
         batch=batch,
+        limits=limits,
     )
     model_path = Path(model_path)
     store = store or WeightsStore()
@@ -145,7 +156,14 @@ def partition(
         placement.predicted
         if placement.predicted and "lean" not in (placement.modes or ())
         else predict(
-            graph, placement.cuts, placement.devices, testbed, table=cost_table, source=source, modes=placement.modes
+            graph,
+            placement.cuts,
+            placement.devices,
+            testbed,
+            table=cost_table,
+            source=source,
+            modes=placement.modes,
+            levels=placement.levels,
         )
     )
     plan = Plan(
@@ -164,6 +182,7 @@ def partition(
                 outputs=f.outputs,
                 memory_bytes=placement.memory_bytes[f.index] if placement.memory_bytes else None,
                 memory_mode=placement.modes[f.index] if placement.modes else "default",
+                level=placement.levels[f.index] if placement.levels else None,
             )
             for f in files
         ],

@@ -408,13 +408,22 @@ def predict(
     table: CostTable | None = None,
     source: str | None = None,
     modes: Sequence[MemoryMode] | None = None,
+    levels: Sequence[float] | None = None,
 ) -> Predicted:
     """plan.json's `predicted` for a placement (seq-position cuts), from the cost model; stages run
-    in `modes` (default: as the memory model chooses, see `Arrays.mode`)."""
+    in `modes` (default: as the memory model chooses, see `Arrays.mode`) and at the CPU shares of
+    `levels` (default: each device's own cpus; a stage's time scales by cpus / level). Energy per
+    inference for every placement (partition/energy.py)."""
+    from orchestrator.partition import energy
+
     names = [d.name for d in testbed.devices]
     bounds = [0, *cuts, graph.n]
     a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
-    ev = evaluate(a, list(range(1, len(bounds) - 1)), [names.index(n) for n in device_names], modes)
+    idx = [names.index(n) for n in device_names]
+    power = energy.PowerArrays.of(list(testbed.devices))
+    lv = energy.level_indices(testbed, device_names, levels)
+    ev = evaluate(energy.at_levels(a, power, idx, lv), list(range(1, len(bounds) - 1)), idx, modes)
+    used = energy.figures(a, power, list(range(1, len(bounds) - 1)), idx, lv)
     slowest = ev.bottleneck_s
     latency = ev.latency_s
     trip = table.roundtrip_s.get(source, 0.0) if table is not None and source is not None else 0.0
@@ -422,7 +431,7 @@ def predict(
     if table is not None and table.cfs_period_s:
         # a stage that is not the bottleneck waits for its frames, so it starts each one with a fresh
         # quota and runs at full speed until that is spent; the profile measured it always busy
-        cpus = {d.name: d.cpus for d in testbed.devices}
+        cpus = {d.name: d.cpus for d in testbed.devices} | dict(zip(device_names, levels or (), strict=False))
         latency += sum(
             burst_wall_s(c, cpus[d], table.cfs_period_s) - c
             for c, b, d in zip(ev.stage_s, ev.busy_s, device_names, strict=True)
@@ -436,4 +445,8 @@ def predict(
         slowest_other_s=max([*ev.transfer_s, ev.input_s, ev.output_s, ev.relay_s]),
         transfers_total_s=sum(ev.transfer_s) + ev.input_s + ev.output_s,
         source_roundtrip_s=trip,
+        energy_j=round(used.energy.total_j, 6) if used else None,
+        energy_compute_j=round(used.energy.compute_j, 6) if used else None,
+        energy_idle_j=round(used.energy.idle_j, 6) if used else None,
+        energy_radio_j=round(used.energy.radio_j, 6) if used else None,
     )

@@ -20,12 +20,13 @@ Its cost grows with 2^D for D devices (a set of devices used), so it plans at mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
 
-from orchestrator.config import Device
+from orchestrator.config import Device, Testbed
 from orchestrator.partition.costmodel import Arrays, transfer_s
 
 MAX_DEVICES = 10
@@ -126,6 +127,36 @@ def figures(a: Arrays, p: PowerArrays, cuts: list[int], devices: list[int], leve
     taking_part = set(devices) | ({s} if s is not None else set())
     idle = sum(p.idle_w[d] for d in taking_part) * period
     return Figures(Energy(compute, idle, radio), latency, period)
+
+
+def level_indices(testbed: Testbed, device_names: Sequence[str], levels: Sequence[float] | None) -> list[int]:
+    """Each stage's level as an index into its device's `levels()` (0, the device's own cpus, where
+    `levels` is None); a share the device does not list is a ValueError."""
+    out = []
+    for k, name in enumerate(device_names):
+        if levels is None or levels[k] is None:
+            out.append(0)
+            continue
+        shares = [lv.cpus for lv in testbed.device(name).levels()]
+        hit = [i for i, c in enumerate(shares) if abs(c - levels[k]) <= 1e-9]
+        if not hit:
+            raise ValueError(
+                f"{name} has no level at {levels[k]:g} CPUs (its levels: {', '.join(f'{c:g}' for c in shares)})"
+            )
+        out.append(hit[0])
+    return out
+
+
+def at_levels(a: Arrays, p: PowerArrays, devices: Sequence[int], levels: Sequence[int]) -> Arrays:
+    """`a` with each placed device's block costs and per-frame overhead at its level (each device
+    holds one stage): what `costmodel.evaluate` reads for the times of a placement at its levels."""
+    cost = a.block_cost.copy()
+    over = None if a.overhead is None else a.overhead.copy()
+    for d, lv in zip(devices, levels, strict=True):
+        cost[d] *= p.scale[d][lv]
+        if over is not None:
+            over[d] *= p.scale[d][lv]
+    return replace(a, block_cost=cost, overhead=over)
 
 
 class Solution(NamedTuple):

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from orchestrator.config import OBJECTIVES
+from orchestrator.config import TIME_OBJECTIVES
 from orchestrator.errors import UserError
 from orchestrator.partition.costmodel import Arrays, build_arrays, evaluate, predict
 from orchestrator.partition.graph import ModelGraph
@@ -246,7 +246,7 @@ def _by_type(a: Arrays, types: list[list[int]]) -> Arrays:
 
 def solve_arrays(a: Arrays, objective: str, stages: int | None = None) -> Solution:
     """`solve` on an `Arrays`: planned over device types, returned as device indices."""
-    if objective not in OBJECTIVES:
+    if objective not in TIME_OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}")
     d_n, b_n = a.block_cost.shape
     types = device_types(a)
@@ -322,6 +322,8 @@ def optimal(problem: Problem) -> Placement:
             problem.devices_file,
             "stages",
         )
+    if problem.objective == "energy":
+        return _least_energy(problem, a, bounds)
     sol = solve_arrays(a, problem.objective, problem.stages)
     if not np.isfinite(sol.value):
         raise _no_fit(problem, a, bounds)
@@ -336,3 +338,74 @@ def optimal(problem: Problem) -> Placement:
     testbed = problem.testbed()
     pred = predict(g, cuts, devices, testbed, table=problem.cost_table, source=problem.source)
     return Placement(cuts, devices, notes, predicted=pred)
+
+
+def _least_energy(problem: Problem, a: Arrays, bounds: list[int]) -> Placement:
+    """objective energy: the exact least energy per inference within the problem's limits, with a
+    level per device (partition/energy.py). Limits no placement meets end in one line giving the
+    best latency (or throughput) that can be had."""
+    from orchestrator.partition import energy
+
+    names = [d.name for d in problem.devices]
+    if len(names) > energy.MAX_DEVICES:
+        raise UserError(
+            f"objective energy plans at most {energy.MAX_DEVICES} devices exactly, got {len(names)}: "
+            "use fewer devices, or objective throughput or latency",
+            problem.devices_file,
+            "devices",
+        )
+    lim = problem.limits
+    power = energy.PowerArrays.of(list(problem.devices))
+    sol = energy.solve(a, power, lim.latency_budget_s, lim.period_cap_s, problem.stages)
+    if not np.isfinite(sol.energy_j):
+        if not np.isfinite(energy.solve(a, power, None, None, problem.stages).energy_j):
+            raise _no_fit(problem, a, bounds)
+        raise _out_of_reach(problem, a, power)
+    cuts = [bounds[c] for c in sol.cuts]
+    devices = [names[d] for d in sol.devices]
+    levels = [power.level_cpus[d][lv] for d, lv in zip(sol.devices, sol.levels, strict=True)]
+    f = energy.figures(a, power, sol.cuts, sol.devices, sol.levels)
+    assert f is not None
+    shown = ", ".join(f"{n} at {c:g} CPUs" for n, c in zip(devices, levels, strict=True))
+    notes = [
+        f"optimal (energy{_limits_text(lim)}): {len(devices)} of {len(names)} devices ({shown}); predicted "
+        f"{f.energy.total_j * 1e3:.1f} mJ per inference (compute {f.energy.compute_j * 1e3:.1f}, idle "
+        f"{f.energy.idle_j * 1e3:.1f}, radio {f.energy.radio_j * 1e3:.1f}), latency {f.latency_s * 1e3:.1f} ms, "
+        f"period {f.period_s * 1e3:.1f} ms"
+    ]
+    pred = predict(
+        problem.graph, cuts, devices, problem.testbed(), table=problem.cost_table, source=problem.source, levels=levels
+    )
+    return Placement(cuts, devices, notes, predicted=pred, levels=levels)
+
+
+def _limits_text(lim) -> str:
+    parts = []
+    if lim.latency_budget_s is not None:
+        parts.append(f"latency budget {lim.latency_budget_s * 1e3:g} ms")
+    if lim.throughput_floor is not None:
+        parts.append(f"throughput floor {lim.throughput_floor:g}/s")
+    return f" within {' and '.join(parts)}" if parts else ""
+
+
+def _out_of_reach(problem: Problem, a: Arrays, power) -> UserError:
+    """Limits no placement meets: what the fastest placements reach (every device at its own cpus,
+    its fastest level)."""
+    lim = problem.limits
+    said = []
+    if lim.latency_budget_s is not None:
+        best = solve_arrays(a, "latency", problem.stages).value
+        said.append(
+            f"the best latency that can be had is {best * 1e3:.1f} ms (budget {lim.latency_budget_s * 1e3:g} ms)"
+        )
+    if lim.throughput_floor is not None:
+        best = solve_arrays(a, "throughput", problem.stages).value
+        said.append(f"the best throughput that can be had is {1 / best:.3g}/s (floor {lim.throughput_floor:g}/s)")
+    field = "latency_budget" if lim.latency_budget_s is not None else "throughput_floor"
+    return UserError(
+        "no placement meets the limits: "
+        + "; ".join(said)
+        + (" (each alone; together they may not be met)" if len(said) > 1 else ""),
+        None,
+        field,
+    )

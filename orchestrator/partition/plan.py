@@ -25,6 +25,7 @@ class StagePlan(BaseModel):
     # the node's predicted peak resident (anonymous) bytes running this stage (partition.memory)
     memory_bytes: int | None = None
     memory_mode: Literal["default", "lean"] = "default"  # lean: no pre-packed weights
+    level: float | None = None  # the CPU share of its device's DVFS level; None: the device's own cpus
 
 
 class Predicted(BaseModel):
@@ -35,6 +36,10 @@ class Predicted(BaseModel):
     transfer_s: list[float] | None = None
     throughput_fps: float | None = None
     latency_s: float | None = None
+    energy_j: float | None = None  # per inference, modelled (partition/energy.py): the sum of the three below
+    energy_compute_j: float | None = None  # the stages' power above idle over their busy time
+    energy_idle_j: float | None = None  # the devices taking part, idle over the period
+    energy_radio_j: float | None = None  # every hop's bits sent and received
     # the slowest step that is not a stage (a link, the source's relay); kept in memory, so that
     # stage times measured later still give a throughput (see orchestrator.profiling.calibration)
     slowest_other_s: float | None = Field(default=None, exclude=True)

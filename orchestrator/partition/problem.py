@@ -16,6 +16,19 @@ from orchestrator.partition.memory import MemoryMode
 from orchestrator.partition.plan import Predicted
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What objective `energy` minimises within: a request's end-to-end seconds, and inferences
+    per second (the pipeline's slowest step at most 1 / floor). None: no such limit."""
+
+    latency_budget_s: float | None = None
+    throughput_floor: float | None = None
+
+    @property
+    def period_cap_s(self) -> float | None:
+        return None if self.throughput_floor is None else 1.0 / self.throughput_floor
+
+
 @dataclass
 class Problem:
     """What an algorithm decides on."""
@@ -31,6 +44,7 @@ class Problem:
     source: str | None = None  # device where inputs come from and results return, if known
     cost_table: CostTable | None = None  # measured seconds per block per device (a profile), if any
     batch: int = 1  # requests' batch size: activations and frames, and so memory, scale with it
+    limits: Limits = field(default_factory=Limits)  # objective energy's latency budget and throughput floor
 
     def testbed(self) -> Testbed:
         """The devices and links as a Testbed, for link parameters."""
@@ -48,6 +62,7 @@ class Placement:
     # per stage, set by the memory check: how its session opens and its node's predicted resident bytes
     modes: list[MemoryMode] | None = None
     memory_bytes: list[int] | None = None
+    levels: list[float] | None = None  # per stage, the CPU share of its device's DVFS level (objective energy)
 
 
 Algorithm = Callable[[Problem], Placement]
