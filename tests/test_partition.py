@@ -111,9 +111,27 @@ def test_vit_cuts_at_block_boundaries(tiny_vit: Path, tmp_path: Path) -> None:
         "stages",
         "predicted",
     }
-    assert set(saved["stages"][0]) == {"index", "device", "model", "inputs", "outputs", "memory_bytes", "memory_mode"}
+    assert set(saved["stages"][0]) == {
+        "index",
+        "device",
+        "model",
+        "inputs",
+        "outputs",
+        "memory_bytes",
+        "memory_mode",
+        "level",
+    }
     assert all(s["memory_bytes"] > 0 and s["memory_mode"] == "default" for s in saved["stages"])
-    assert set(saved["predicted"]) == {"stage_s", "transfer_s", "throughput_fps", "latency_s"}
+    assert set(saved["predicted"]) == {
+        "stage_s",
+        "transfer_s",
+        "throughput_fps",
+        "latency_s",
+        "energy_j",
+        "energy_compute_j",
+        "energy_idle_j",
+        "energy_radio_j",
+    }
     assert saved["inputs"] == ["pixel_values"] and saved["outputs"] == ["logits"]
     again = Plan.load(tmp_path)
     assert again.stages == plan.stages and again.dir == tmp_path

@@ -9,6 +9,7 @@ from orchestrator.config import OBJECTIVES, Testbed
 from orchestrator.errors import UserError
 from orchestrator.partition.algorithms import ALGORITHMS, check_memory, check_placement, get_algorithm
 from orchestrator.partition.costmodel import CostTable, predict
+from orchestrator.partition.energy import with_energy
 from orchestrator.partition.graph import ModelGraph, load_graph
 from orchestrator.partition.plan import Plan, StagePlan
 from orchestrator.partition.problem import Limits, Placement, Problem
@@ -166,6 +167,17 @@ def partition(
             levels=placement.levels,
         )
     )
+    if predicted is not None and predicted.energy_j is None:
+        predicted = with_energy(
+            predicted,
+            graph,
+            placement.cuts,
+            placement.devices,
+            testbed,
+            table=cost_table,
+            source=source,
+            levels=placement.levels,
+        )
     plan = Plan(
         model=model_ref,
         model_sha256=graph.sha256,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -387,6 +387,18 @@ def build_arrays(
     return arrays, bounds
 
 
+def slowed(a: Arrays, factors: dict[int, float]) -> Arrays:
+    """`a` with device i's block costs and per-frame overhead times factors[i]: a device at a lower
+    CPU share (a DVFS level) runs the same work that much longer."""
+    cost = a.block_cost.copy()
+    over = None if a.overhead is None else a.overhead.copy()
+    for d, f in factors.items():
+        cost[d] *= f
+        if over is not None:
+            over[d] *= f
+    return replace(a, block_cost=cost, overhead=over)
+
+
 def burst_wall_s(busy_wall_s: float, cpus: float, period_s: float) -> float:
     """Wall time of work that takes `busy_wall_s` under a CPU quota when always busy (cpu time / cpus),
     started instead with the period's whole quota unspent: it runs at full speed for each period's
@@ -413,17 +425,14 @@ def predict(
     """plan.json's `predicted` for a placement (seq-position cuts), from the cost model; stages run
     in `modes` (default: as the memory model chooses, see `Arrays.mode`) and at the CPU shares of
     `levels` (default: each device's own cpus; a stage's time scales by cpus / level). Energy per
-    inference for every placement (partition/energy.py)."""
-    from orchestrator.partition import energy
-
+    inference: partition/energy.py adds it."""
     names = [d.name for d in testbed.devices]
     bounds = [0, *cuts, graph.n]
     a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
     idx = [names.index(n) for n in device_names]
-    power = energy.PowerArrays.of(list(testbed.devices))
-    lv = energy.level_indices(testbed, device_names, levels)
-    ev = evaluate(energy.at_levels(a, power, idx, lv), list(range(1, len(bounds) - 1)), idx, modes)
-    used = energy.figures(a, power, list(range(1, len(bounds) - 1)), idx, lv)
+    if levels is not None:
+        a = slowed(a, {i: testbed.device(n).cpus / c for i, n, c in zip(idx, device_names, levels, strict=True) if c})
+    ev = evaluate(a, list(range(1, len(bounds) - 1)), idx, modes)
     slowest = ev.bottleneck_s
     latency = ev.latency_s
     trip = table.roundtrip_s.get(source, 0.0) if table is not None and source is not None else 0.0
@@ -445,8 +454,4 @@ def predict(
         slowest_other_s=max([*ev.transfer_s, ev.input_s, ev.output_s, ev.relay_s]),
         transfers_total_s=sum(ev.transfer_s) + ev.input_s + ev.output_s,
         source_roundtrip_s=trip,
-        energy_j=round(used.energy.total_j, 6) if used else None,
-        energy_compute_j=round(used.energy.compute_j, 6) if used else None,
-        energy_idle_j=round(used.energy.idle_j, 6) if used else None,
-        energy_radio_j=round(used.energy.radio_j, 6) if used else None,
     )

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
-
 from orchestrator.config import Device, Testbed
-from orchestrator.partition.costmodel import Arrays, transfer_s
+from orchestrator.partition.costmodel import Arrays, CostTable, build_arrays, transfer_s
+from orchestrator.partition.graph import ModelGraph
+from orchestrator.partition.plan import Predicted
 
 MAX_DEVICES = 10
 NJ = 1e-9
@@ -145,18 +145,6 @@ def level_indices(testbed: Testbed, device_names: Sequence[str], levels: Sequenc
             )
         out.append(hit[0])
     return out
-
-
-def at_levels(a: Arrays, p: PowerArrays, devices: Sequence[int], levels: Sequence[int]) -> Arrays:
-    """`a` with each placed device's block costs and per-frame overhead at its level (each device
-    holds one stage): what `costmodel.evaluate` reads for the times of a placement at its levels."""
-    cost = a.block_cost.copy()
-    over = None if a.overhead is None else a.overhead.copy()
-    for d, lv in zip(devices, levels, strict=True):
-        cost[d] *= p.scale[d][lv]
-        if over is not None:
-            over[d] *= p.scale[d][lv]
-    return replace(a, block_cost=cost, overhead=over)
 
 
 class Solution(NamedTuple):
@@ -316,11 +304,37 @@ def brute_force(
     return best
 
 
-def fastest_latency(a: Arrays, p: PowerArrays, period_cap_s: float | None = None) -> float:
-    """The least latency any placement reaches (every device at its fastest level), for the message
-    an infeasible budget ends in."""
-    from orchestrator.partition.optimal import solve_arrays
-
-    del p  # the fastest level is the device's own cpus, which `a` is built at
-    sol = solve_arrays(a, "latency")
-    return sol.value if np.isfinite(sol.value) else math.inf
+def with_energy(
+    pred: Predicted,
+    graph: ModelGraph,
+    cuts: Sequence[int],
+    device_names: Sequence[str],
+    testbed: Testbed,
+    *,
+    table: CostTable | None = None,
+    source: str | None = None,
+    levels: Sequence[float] | None = None,
+) -> Predicted:
+    """`pred` (costmodel.predict's) with the placement's modelled energy per inference."""
+    names = [d.name for d in testbed.devices]
+    bounds = [0, *cuts, graph.n]
+    a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
+    p = PowerArrays.of(list(testbed.devices))
+    f = figures(
+        a,
+        p,
+        list(range(1, len(bounds) - 1)),
+        [names.index(n) for n in device_names],
+        level_indices(testbed, device_names, levels),
+    )
+    if f is None:
+        return pred
+    e = f.energy
+    return pred.model_copy(
+        update={
+            "energy_j": round(e.total_j, 6),
+            "energy_compute_j": round(e.compute_j, 6),
+            "energy_idle_j": round(e.idle_j, 6),
+            "energy_radio_j": round(e.radio_j, 6),
+        }
+    )

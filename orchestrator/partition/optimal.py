@@ -373,9 +373,9 @@ def _least_energy(problem: Problem, a: Arrays, bounds: list[int]) -> Placement:
         f"{f.energy.idle_j * 1e3:.1f}, radio {f.energy.radio_j * 1e3:.1f}), latency {f.latency_s * 1e3:.1f} ms, "
         f"period {f.period_s * 1e3:.1f} ms"
     ]
-    pred = predict(
-        problem.graph, cuts, devices, problem.testbed(), table=problem.cost_table, source=problem.source, levels=levels
-    )
+    tb = problem.testbed()
+    how = {"table": problem.cost_table, "source": problem.source, "levels": levels}
+    pred = energy.with_energy(predict(problem.graph, cuts, devices, tb, **how), problem.graph, cuts, devices, tb, **how)
     return Placement(cuts, devices, notes, predicted=pred, levels=levels)
 
 
