@@ -47,10 +47,47 @@ def _limits(a: argparse.Namespace):
     return Limits(budget, a.throughput_floor)
 
 
+def _sweep_spec(a: argparse.Namespace):
+    """--sweep, checked: a sweep of objective energy's limits, planned by `optimal`."""
+    from orchestrator.partition.sweep import parse_sweep
+
+    if a.sweep is None:
+        return None
+    if a.objective != "energy":
+        raise UserError("a sweep varies a limit of --objective energy: add --objective energy", None, "--sweep")
+    if a.algorithm != "optimal":
+        raise UserError("a sweep plans the least energy exactly: add --algorithm optimal", None, "--sweep")
+    spec = parse_sweep(a.sweep)
+    flag = "--" + spec.key.replace("_", "-")
+    if getattr(a, spec.key) is not None:
+        raise UserError(f"it sweeps {spec.key} and {flag} sets it too: give one", None, "--sweep")
+    return spec
+
+
+def _cmd_sweep(a: argparse.Namespace, spec, testbed, table, limits) -> int:
+    """partition --sweep: print the points and reference plans, write pareto.json and pareto.png."""
+    import json
+
+    from orchestrator.partition.sweep import plan_sweep
+    from orchestrator.reporting.plots import pareto
+
+    _, sw = plan_sweep(a.model, testbed, spec, source=a.source, stages=a.stages, cost_table=table, fixed=limits)
+    for line in sw.table():
+        print(line)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = sw.to_json(model=a.model, devices_file=a.devices, source=a.source)
+    (out / "pareto.json").write_text(json.dumps(data, indent=2) + "\n")
+    pareto(data, out / "pareto.png")
+    print(f"wrote {out / 'pareto.json'} and {out / 'pareto.png'}")
+    return 0
+
+
 def _cmd_partition(a: argparse.Namespace) -> int:
     from orchestrator.config import load_devices
 
     limits = _limits(a)
+    spec = _sweep_spec(a)
     testbed = load_devices(a.devices)
     from orchestrator.partition import partition
 
@@ -67,6 +104,8 @@ def _cmd_partition(a: argparse.Namespace) -> int:
                 "note: no profile cached for these devices: block costs estimated from FLOPs "
                 "(`orchestrator profile` measures them)"
             )
+    if spec is not None:
+        return _cmd_sweep(a, spec, testbed, table, limits)
     plan = partition(
         Path(a.model),
         testbed,
@@ -206,6 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--objective", choices=OBJECTIVES, default="throughput")
     pa.add_argument("--latency-budget", help="--objective energy: a request's end-to-end limit (e.g. 300ms)")
     pa.add_argument("--throughput-floor", type=float, help="--objective energy: inferences per second at least")
+    pa.add_argument(
+        "--sweep",
+        help="--objective energy: plan the least energy at N limits, e.g. latency_budget=200ms:2s:10 or "
+        "throughput_floor=0.5:2:4, beside the fast-only, slow-only, throughput- and latency-optimal plans; "
+        "writes pareto.json and pareto.png into --out (no stage files)",
+    )
     pa.add_argument("--stages", type=int)
     pa.add_argument("--source", help="device where inputs come from and results return (for the prediction)")
     pa.add_argument("--out", required=True)

@@ -19,12 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from common.ort_session import SessionSettings, open_session
 from orchestrator.adapt.replan import Replanner
 from orchestrator.adapt.world import ChangingWorld, WorldSetup
-from orchestrator.config import AdaptPolicy, Job, Testbed, load_devices, load_job
+from orchestrator.config import AdaptPolicy, Job, Testbed, Variant, load_devices, load_job
 from orchestrator.driving.client import NodeClient
 from orchestrator.driving.clocks import estimate_offsets, offsets_ns
 from orchestrator.driving.deploy import deploy
 from orchestrator.driving.driver import DriveControl, Record, drive
 from orchestrator.driving.inputs import Inputs, open_inputs
+from orchestrator.driving.levels import apply_levels, levels_note, levels_text, restore_caps
 from orchestrator.errors import UserError
 from orchestrator.figures.compare import comparison_rows
 from orchestrator.figures.disruption import disruption_figures
@@ -69,6 +70,16 @@ class Config:
     limits: Limits = field(default_factory=Limits)  # objective energy's latency budget and throughput floor
 
 
+def _limits(job: Job, v: Variant | None, objective: str) -> Limits:
+    """A configuration's limits: the variant's own, else the job's; none unless it minimises energy."""
+    if objective != "energy":
+        return Limits()
+    return Limits(
+        (v.latency_budget if v is not None and v.latency_budget else None) or job.latency_budget,
+        (v.throughput_floor if v is not None and v.throughput_floor else None) or job.throughput_floor,
+    )
+
+
 def run_folder(job: Job, out: str | None) -> Path:
     if out:
         d = Path(out)
@@ -93,21 +104,21 @@ def configurations(job: Job, job_file: str) -> list[Config]:
                 f"unknown device {source!r} (in {devices_file})", job_file, f"{where}.source" if where else "source"
             )
         algorithm = (v.algorithm if v is not None and v.algorithm else None) or job.algorithm
+        objective = (v.objective if v is not None and v.objective else None) or job.objective
+        if objective != "energy" and v is not None and (v.latency_budget or v.throughput_floor):
+            raise UserError("latency_budget and throughput_floor are limits of objective: energy", job_file, where)
         name = (v.name if v is not None else None) or (algorithm if v is None or v.algorithm else devices_file.stem)
         out.append(
             Config(
                 name=name,
                 algorithm=algorithm,
-                objective=(v.objective if v is not None and v.objective else None) or job.objective,
+                objective=objective,
                 stages=v.stages if v is not None and v.stages else (job.stages if v is None or not v.devices else None),
                 devices_file=devices_file,
                 testbed=testbed,
                 source=source,
                 adapt=(v.adapt if v is not None and v.adapt else None) or job.adapt,
-                limits=Limits(
-                    (v.latency_budget if v is not None and v.latency_budget else None) or job.latency_budget,
-                    (v.throughput_floor if v is not None and v.throughput_floor else None) or job.throughput_floor,
-                ),
+                limits=_limits(job, v, objective),
             )
         )
     names = [c.name for c in out]
@@ -275,6 +286,12 @@ def run_config(
                     fid = rt.fidelity_check(console)
                 else:
                     notes.append("fidelity check switched off")
+                caps_in_force: dict[str, float] = {}  # the devices a level moved off their cpus
+                levels = apply_levels(rt, plan, testbed, caps_in_force)
+                if levels:
+                    console.print("DVFS levels: " + levels_text(levels))
+                if (note := levels_note(levels)) is not None:
+                    notes.append(note)
                 phase("driving")
                 clocks = estimate_offsets({d: dep.client(d) for d in dep.nodes})
                 offsets = offsets_ns(clocks)
@@ -293,6 +310,7 @@ def run_config(
                     cuts=cuts,
                     until_s=job.duration_s,
                     offsets=offsets,
+                    caps_in_force=caps_in_force,
                 )
                 with (
                     contextlib.ExitStack() as stack,
@@ -345,6 +363,7 @@ def run_config(
                     disruption["interrupted"] = {"signal": signal_name(stop.signum), "phase": "driving"}
                 samples = sampler.samples
                 host_busy = host_busy_share(host_before, psutil.cpu_times())
+                notes += restore_caps(rt, testbed, caps_in_force)
         finally:
             inputs.close()
         notes += inputs.notes
@@ -372,6 +391,8 @@ def run_config(
                 fidelity_check=fid,
                 graph=WeightsStore().graph(model),
                 notes=notes,
+                cuts=cuts,
+                levels=levels,
             )
             measurements = RunMeasurements(
                 records=all_records,

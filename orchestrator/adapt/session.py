@@ -38,6 +38,7 @@ from orchestrator.adapt.replan import Placed, Replanner, scaled
 from orchestrator.config import Testbed
 from orchestrator.driving.deploy import deploy
 from orchestrator.driving.driver import DriveControl, Record
+from orchestrator.driving.levels import apply_levels, levels_text
 from orchestrator.partition.costmodel import CostTable
 from orchestrator.partition.plan import Plan
 from orchestrator.runtimes.base import Runtime
@@ -83,6 +84,7 @@ class PlanInForce:
     predicted_fps: float | None
     n: int = 0  # positions in the model's node order (the cuts count in them)
     to_unix_s: float | None = None
+    levels: dict[str, dict] = field(default_factory=dict)  # the DVFS levels a re-plan put in force (driving.levels)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -98,6 +100,7 @@ class PlanInForce:
             "reason": self.reason,
             "predicted_fps": self.predicted_fps,
             "folder": str(self.plan.dir),
+            "levels": self.levels,
         }
 
     def _span(self, k: int) -> list[int] | None:
@@ -125,6 +128,7 @@ class Adaptation:
     ended: str = ""  # static: why the run ended early
     id_offset: int = 0  # the run's number for the drive's request 0: lines name requests as report.json does
     ended_unix_s: float | None = None
+    caps_in_force: dict[str, float] = field(default_factory=dict)  # devices a plan's level moved off their cpus
 
     def __post_init__(self) -> None:
         self.plans.append(self.first)
@@ -190,6 +194,8 @@ class Adaptation:
         c = a.change
         with self._lock:
             self.truth.apply(c)
+        if c.kind == "cpus" and c.device is not None:  # the scenario's cap holds now, not a plan's level
+            self.caps_in_force.pop(c.device, None)
         if self.policy == "oracle" and c.kind in ("link", "cpus", "crash"):
             ev = self._event(f"oracle {c.kind}", device=c.device, at=a.scheduled_unix_s, detail="")
             ev["link"] = c.link
@@ -304,6 +310,7 @@ class Adaptation:
             plan = self.replanner.write(placed, _without(self.configured, self.gone), self.table, index)
             node_plan = self.runtime.node_plan(plan, plan.dir)
             deploy(node_plan, live, self.runtime.running, self.replanner.source, epoch=index)
+            levels = apply_levels(self.runtime, plan, live, self.caps_in_force)
             now = time.time()
             ev["redeployed_unix_s"] = now
             self.current.to_unix_s = now
@@ -317,6 +324,7 @@ class Adaptation:
                     reason,
                     placed.fps,
                     n=placed.graph.n,
+                    levels=levels,
                 )
             )
             resend = self.control.pending()
@@ -327,6 +335,7 @@ class Adaptation:
                 f"{now - ev['replanned_unix_s']:.2f} s: "
                 + " > ".join(placed.placement.devices)
                 + (f", {len(resend)} request(s) resent" if resend else "")
+                + (f"; DVFS levels: {levels_text(levels)}" if levels else "")
             )
         finally:
             self.control.release()

@@ -6,9 +6,10 @@ noticed in every run); the scenario's clock starts with the first measured reque
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
@@ -51,6 +52,8 @@ class WorldSetup:
     cuts: list[int]
     until_s: float | None  # how long the drive may last (a looping scenario plays that long)
     offsets: dict[str, int]  # node clocks against the orchestrator's (clocks.offsets_ns)
+    # the caps the first plan's DVFS levels set (driving.levels): a re-plan moves them on
+    caps_in_force: dict[str, float] = field(default_factory=dict)
 
 
 # a device's measured step within this factor of the table's is taken as the table's: stages
@@ -58,6 +61,17 @@ class WorldSetup:
 # halved reads about 2)
 SPEED_NOISE = 1.6
 LINK_NOISE = 0.5
+
+
+def at_levels(steps: list[tuple[str, float]], plan: Plan, configured: Testbed) -> list[tuple[str, float]]:
+    """Each stage's predicted step at the DVFS level its plan runs it at (the table's are at the
+    device's own cpus): a stage at half its device's cpus is expected to take twice as long, not
+    read as a device slowed down."""
+    out = []
+    for (device, step_s), st in zip(steps, plan.stages, strict=False):
+        level = st.level if st.device == device else None
+        out.append((device, step_s * configured.device(device).cpus / level if level else step_s))
+    return out
 
 
 def estimated_view(
@@ -95,7 +109,7 @@ def estimated_view(
         if table is not None:
             mine = [r for r in records if r.sent_ns / 1e9 >= current.from_unix_s]
             try:
-                steps = predicted_steps(table, current.cuts, current.devices)
+                steps = at_levels(predicted_steps(table, current.cuts, current.devices), current.plan, configured)
             except (ValueError, KeyError, IndexError):  # a cut the table cannot regroup to: speeds unknown
                 steps = []
             if mine and steps:
@@ -137,11 +151,14 @@ class ChangingWorld:
             first=first,
             console=console,
             estimate=estimated_view(setup.table, setup.offsets, LinkProber(self._live_clients)),
+            caps_in_force=setup.caps_in_force,
         )
         self.heartbeat = Heartbeat(
             clients=self._live_clients,
             on_lost=self._lost,
-            dead_after=lambda device: silence_limit_s(setup.testbed.device(device).cpus),
+            dead_after=lambda device: silence_limit_s(
+                min(setup.testbed.device(device).cpus, setup.caps_in_force.get(device, math.inf))
+            ),
         )
         self.player = ScenarioPlayer(
             self.changes,

@@ -36,6 +36,8 @@ def load_requests(
     n = len(plan.stages)
     members = {d.name for d in testbed.devices}
     stage_device = [s.device for s in plan.stages]
+    # a device its stage's DVFS level slows answers later: its peers wait for it as for that share
+    share = {d.name: d.cpus for d in testbed.devices} | {s.device: s.level for s in plan.stages if s.level}
     reqs: dict[str, pb.LoadRequest] = {}
     for dev in testbed.devices:
         if dev.name not in dep.nodes:
@@ -67,7 +69,7 @@ def load_requests(
                 peer.tc_delay_s = link.delay_s
             else:  # the node paces the rate and the receiver holds the delay
                 peer = pb.Peer(device=other, address=h.peer_address, rate_bps=link.rate_bps, delay_s=link.delay_s)
-            peer.dead_after_s = silence_limit_s(testbed.device(other).cpus)
+            peer.dead_after_s = silence_limit_s(share[other])
             peers.append(peer)
         reqs[dev.name] = pb.LoadRequest(
             device=dev.name,

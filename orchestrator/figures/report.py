@@ -14,7 +14,7 @@ from orchestrator.driving.deploy import LoadedNode
 from orchestrator.driving.driver import Record
 from orchestrator.driving.inputs import Inputs
 from orchestrator.figures.compare import prediction_vs_measured
-from orchestrator.figures.energy import device_energy
+from orchestrator.figures.energy import device_energy, energy_split
 from orchestrator.figures.fidelity import fidelity_figures
 from orchestrator.figures.gpu_power import NvmlPowerSampler, gpu_energy
 from orchestrator.figures.gpu_use import fallback_notes, gpu_use
@@ -24,6 +24,7 @@ from orchestrator.figures.metrics import HopSample, breakdown_table, hop_figures
 from orchestrator.figures.partition_view import partition_view
 from orchestrator.figures.provenance import git_revision, host_facts, versions
 from orchestrator.figures.quality import accuracy, agreement
+from orchestrator.partition.energy import energy_by_device
 from orchestrator.partition.graph import ModelGraph
 from orchestrator.partition.plan import Plan
 from orchestrator.profiling.results import Profile
@@ -49,6 +50,8 @@ class RunSetup:
     fidelity_check: dict | None  # the runtime's check between the real containers, where it ran
     graph: ModelGraph  # the model analysed for cutting, for the partition view
     notes: list[str]
+    cuts: list[int] | None = None  # the plan's cuts in the graph's node order (its energy by device)
+    levels: dict[str, dict] | None = None  # the DVFS levels put in force (driving.levels.apply_levels)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,46 @@ def _repeat_spread(fps: list[float]) -> dict:
         "throughput_fps_max": max(fps),
         "spread_pct": round((max(fps) - min(fps)) / float(np.median(fps)) * 100, 2),
     }
+
+
+def _taking_part(setup: RunSetup, measured: list[Record]) -> list[str]:
+    """The devices an inference used: the plan's, the source, and any other a measured request
+    passed through (a re-plan's), in that order."""
+    out = [s.device for s in setup.plan.stages] + [setup.source]
+    out += [t.device for r in measured for t in r.timings]
+    return list(dict.fromkeys(d for d in out if d in {x.name for x in setup.testbed.devices}))
+
+
+def _frame_bytes(run: RunMeasurements) -> dict[str, tuple[int, int]]:
+    """Per device, the bytes of the frames it sent and received on the measured requests' hops
+    between two devices (the tensors, as the nodes stamped them)."""
+    sent: dict[str, int] = {}
+    got: dict[str, int] = {}
+    for h in run.hops:
+        if h.id in run.measured_ids:
+            sent[h.src] = sent.get(h.src, 0) + h.bytes
+            got[h.dst] = got.get(h.dst, 0) + h.bytes
+    return {d: (sent.get(d, 0), got.get(d, 0)) for d in {*sent, *got}}
+
+
+def _predicted_by_device(setup: RunSetup) -> tuple[dict | None, str | None]:
+    """The plan's modelled energy per inference by device (None, and why, where it cannot be had)."""
+    plan = setup.plan
+    if setup.cuts is None or len(setup.cuts) != len(plan.stages) - 1:
+        return None, "predicted energy by device: the plan's cuts are not known"
+    try:
+        split = energy_by_device(
+            setup.graph,
+            setup.cuts,
+            [s.device for s in plan.stages],
+            setup.testbed,
+            table=setup.profile.table if setup.profile is not None else None,
+            source=setup.source,
+            levels=[s.level for s in plan.stages],
+        )
+    except (ValueError, KeyError, IndexError) as e:
+        return None, f"predicted energy by device not weighed: {e}"
+    return split, None if split is not None else "predicted energy by device: a stage does not fit its device"
 
 
 def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
@@ -174,6 +217,22 @@ def build_report(setup: RunSetup, run: RunMeasurements) -> dict:
         "host_cpu_busy": round(run.host_busy, 4),
     }
     rep["notes"] += memory_notes(rep["memory"])
+    by_device, why = _predicted_by_device(setup)
+    rep["levels"] = setup.levels or {}
+    rep["energy_split"] = energy_split(
+        run.stats,
+        testbed,
+        window,
+        images,
+        taking_part=_taking_part(setup, measured),
+        batch=job.batch,
+        predicted=predicted,
+        predicted_by_device=by_device,
+        frame_bytes=_frame_bytes(run),
+        gpu=rep["gpu_energy"],
+    )
+    if why:
+        rep["energy_split"]["notes"].append(why)
     rep["prediction_vs_measured"] = prediction_vs_measured(predicted, rep)
     rep["breakdown"] = breakdown_table(rep["stages"], rep["hops"], (rep["latency_ms"] or {}).get("mean"), setup.source)
     rep["clocks"] = {d: c.as_dict() for d, c in run.clocks.items()}

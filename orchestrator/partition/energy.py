@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
 from orchestrator.config import Device, Testbed
 from orchestrator.partition.costmodel import Arrays, CostTable, build_arrays, transfer_s
 from orchestrator.partition.graph import ModelGraph
@@ -54,6 +56,21 @@ class PowerArrays:
             idle_w=[d.power.idle_w for d in devices],
             tx_j_per_byte=[d.power.tx_nj_per_bit * 8 * NJ for d in devices],
             rx_j_per_byte=[d.power.rx_nj_per_bit * 8 * NJ for d in devices],
+        )
+
+    def pinned(self, which: str) -> PowerArrays:
+        """Every device held at one level: "fastest" (its own cpus) or "slowest" (its lowest
+        listed level): the fast-only and slow-only baselines."""
+        if which not in ("fastest", "slowest"):
+            raise ValueError(f"pinned: {which!r} is not fastest or slowest")
+        k = 0 if which == "fastest" else -1
+        return PowerArrays(
+            scale=[[x[k]] for x in self.scale],
+            dyn_w=[[x[k]] for x in self.dyn_w],
+            level_cpus=[[x[k]] for x in self.level_cpus],
+            idle_w=self.idle_w,
+            tx_j_per_byte=self.tx_j_per_byte,
+            rx_j_per_byte=self.rx_j_per_byte,
         )
 
 
@@ -183,10 +200,36 @@ def solve(
 ) -> Solution:
     """The least energy per inference with latency <= `latency_budget_s` and every step <=
     `period_cap_s` (1 / a throughput floor), over which devices take part, their order, the cuts
-    and each device's level. Each device holds at most one stage."""
-    d_n, b_n = a.block_cost.shape
+    and each device's level. Each device holds at most one stage.
+
+    A budget the least energy without one already meets costs nothing more: that placement is
+    searched first (fronts of energy and period alone, far smaller) and returned when it fits."""
+    d_n = a.block_cost.shape[0]
     if d_n > MAX_DEVICES:
         raise ValueError(f"{d_n} devices: the exact energy search handles at most {MAX_DEVICES}")
+    if latency_budget_s is not None:
+        free = _search(a, p, None, period_cap_s, stages)
+        if math.isinf(free.energy_j):
+            return free
+        f = figures(a, p, free.cuts, free.devices, free.levels)
+        if f is not None and f.latency_s <= latency_budget_s:
+            return free
+    return _search(a, p, latency_budget_s, period_cap_s, stages)
+
+
+def _search(
+    a: Arrays,
+    p: PowerArrays,
+    latency_budget_s: float | None,
+    period_cap_s: float | None,
+    stages: int | None,
+) -> Solution:
+    """The dynamic programme behind `solve`. Labels whose latency so far plus the least the
+    remaining blocks could take (each on its fastest device at its fastest level) passes the
+    budget are dropped: no completion of them meets it."""
+    d_n, b_n = a.block_cost.shape
+    fastest = min(min(x) for x in p.scale)
+    rest = np.concatenate([np.cumsum(a.block_cost.min(axis=0)[::-1])[::-1], [0.0]]) * min(1.0, fastest)
     lat_cap = math.inf if latency_budget_s is None else latency_budget_s
     step_cap = math.inf if period_cap_s is None else period_cap_s
     track_latency = latency_budget_s is not None
@@ -228,6 +271,8 @@ def solve(
                     lat = label.latency + t + comp
                     if lat > lat_cap:
                         break
+                    if lat + rest[j2] > lat_cap:
+                        continue
                     new = _Label(
                         label.energy + radio + p.dyn_w[d][lv] * busy,
                         lat if track_latency else 0.0,
@@ -338,3 +383,63 @@ def with_energy(
             "energy_radio_j": round(e.radio_j, 6),
         }
     )
+
+
+def figures_by_device(
+    a: Arrays, p: PowerArrays, cuts: list[int], devices: list[int], levels: list[int]
+) -> dict[int, Energy] | None:
+    """`figures`' energy per inference split by device (index): each stage's compute on its device
+    (the source's relay on the source), each hop's bits sent on the sender and received on the
+    receiver, every device taking part idle over the period. The devices' figures sum to
+    `figures`' energy; None where a stage does not fit."""
+    f = figures(a, p, cuts, devices, levels)
+    if f is None:
+        return None
+    nb = a.block_cost.shape[1]
+    b = [0, *cuts, nb]
+    s = a.source
+    taking_part = set(devices) | ({s} if s is not None else set())
+    compute = dict.fromkeys(taking_part, 0.0)
+    radio = dict.fromkeys(taking_part, 0.0)
+    for k, (d, lv) in enumerate(zip(devices, levels, strict=True)):
+        st = _stage(a, p, d, lv, b[k], b[k + 1])
+        assert st is not None  # figures() placed it
+        compute[d] += p.dyn_w[d][lv] * st[1]
+    hops = [(a.cut_bytes[c], devices[k], devices[k + 1]) for k, c in enumerate(cuts)]
+    if s is not None and devices[0] != s:
+        hops.append((a.cut_bytes[0], s, devices[0]))
+    if s is not None and devices[-1] != s:
+        hops.append((a.cut_bytes[nb], devices[-1], s))
+    for nbytes, x, y in hops:
+        radio[x] += nbytes * p.tx_j_per_byte[x]
+        radio[y] += nbytes * p.rx_j_per_byte[y]
+    relay = _relay(a, set(devices))
+    if relay:
+        compute[s] += p.dyn_w[s][0] * relay
+    return {d: Energy(compute[d], p.idle_w[d] * f.period_s, radio[d]) for d in sorted(taking_part)}
+
+
+def energy_by_device(
+    graph: ModelGraph,
+    cuts: Sequence[int],
+    device_names: Sequence[str],
+    testbed: Testbed,
+    *,
+    table: CostTable | None = None,
+    source: str | None = None,
+    levels: Sequence[float] | None = None,
+) -> dict[str, Energy] | None:
+    """The placement's modelled energy per inference by device name (as `with_energy` weighs it:
+    the devices' figures sum to plan.json's energy_compute_j, energy_idle_j and energy_radio_j);
+    None where a stage does not fit."""
+    names = [d.name for d in testbed.devices]
+    bounds = [0, *cuts, graph.n]
+    a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
+    split = figures_by_device(
+        a,
+        PowerArrays.of(list(testbed.devices)),
+        list(range(1, len(bounds) - 1)),
+        [names.index(n) for n in device_names],
+        level_indices(testbed, device_names, levels),
+    )
+    return None if split is None else {names[d]: e for d, e in split.items()}

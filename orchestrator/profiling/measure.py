@@ -42,7 +42,7 @@ from orchestrator.driving.driver import Feed, drive
 from orchestrator.partition.chain import run_chain
 from orchestrator.partition.costmodel import segment_memory
 from orchestrator.partition.graph import ModelGraph, load_graph
-from orchestrator.partition.memory import MEMORY_HEADROOM, usable_bytes
+from orchestrator.partition.memory import MEMORY_HEADROOM, NODE_BYTES, usable_bytes
 from orchestrator.partition.seeded_inputs import onnx_inputs, seeded_inputs
 from orchestrator.partition.stage_files import StageFile
 from orchestrator.profiling.cache import (
@@ -94,16 +94,19 @@ def chunk_blocks(
     graph: ModelGraph, bounds: Sequence[int], dev: Device, *, batch: int = 1, headroom: float = MEMORY_HEADROOM
 ) -> list[tuple[int, int]]:
     """Consecutive block ranges [i, j) a node on `dev` can hold, by the planner's memory model
-    (partition.memory). A block that cannot fit even alone gets a chunk of its own (the node may
-    still refuse it)."""
+    (partition.memory). A chunk's blocks are loaded as stages of their own, each a session with its
+    own graph, arena and frames: the node's own bytes once, and every block's stage beside them. A
+    block that cannot fit even alone gets a chunk of its own (the node may still refuse it)."""
     mem = segment_memory(graph, bounds, batch)
     budget = usable_bytes(dev.memory, headroom)
     nb = len(bounds) - 1
+    own = [float(mem[k, k + 1]) - NODE_BYTES for k in range(nb)]  # a block as a stage, beside the node
     chunks: list[tuple[int, int]] = []
     i = 0
     while i < nb:
-        j = i + 1
-        while j < nb and mem[i, j + 1] <= budget:
+        j, held = i + 1, NODE_BYTES + own[i]
+        while j < nb and held + own[j] <= budget:
+            held += own[j]
             j += 1
         chunks.append((i, j))
         i = j

@@ -44,6 +44,8 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
             "predicted throughput",
             f"{pv['throughput_fps']['predicted']:.2f} images/s ({pv['throughput_fps']['error_pct']:+.1f}%)",
         )
+    if (line := energy_line(rep.get("energy_split"))) is not None:
+        t.add_row("energy per inference", line)
     t.add_row("errors", str(rep["errors"]))
     if rep.get("events") or rep.get("plans"):
         _add_disruption(t, rep)
@@ -51,6 +53,32 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
         t.add_row("[bold red]fidelity off >10%", f)
     console.print(t)
     console.print(f"run folder: {run_dir}")
+
+
+def energy_line(split: dict | None) -> str | None:
+    """One line: energy per inference predicted and measured, computation and communication apart
+    (None where neither was had)."""
+    total = (split or {}).get("total") or {}
+    pred, meas = total.get("predicted"), total.get("measured")
+    if pred is None and meas is None:
+        return None
+
+    def said(fig: dict | None, label: str) -> str:
+        if fig is None:
+            return f"{label} -"
+        return (
+            f"{label} {fig['total_j'] * 1e3:.1f} mJ (comp {fig['computation_j'] * 1e3:.1f}, "
+            f"comm {fig['communication_j'] * 1e3:.1f})"
+        )
+
+    err = total.get("error_pct")
+    return (
+        said(pred, "predicted")
+        + "; "
+        + said(meas, "measured")
+        + (f", {err:+.1f}%" if err is not None else "")
+        + " [measured: CPU time and bytes at the modelled power]"
+    )
 
 
 def _add_disruption(t: Table, rep: dict) -> None:

@@ -56,6 +56,81 @@ def _memory_section(mem: dict | None) -> list[str]:
     return lines
 
 
+def _mj(v) -> str:
+    return "-" if v is None else f"{v * 1e3:.2f}"
+
+
+def _energy_rows(name: str, fig: dict | None, kind: str) -> str:
+    if fig is None:
+        return f"| {name} | {kind} | - | - | - | - | - | - |"
+    return (
+        f"| {name} | {kind} | {_mj(fig['compute_j'])} | {_mj(fig['idle_j'])} | {_mj(fig['radio_j'])} | "
+        f"{_mj(fig['computation_j'])} | {_mj(fig['communication_j'])} | {_mj(fig['total_j'])} |"
+    )
+
+
+def _energy_section(split: dict | None) -> list[str]:
+    """Energy per inference as DIME reports it: predicted beside measured, per device and in all,
+    computation (compute + idle) and communication (radio) apart, each figure labelled."""
+    if not split or not split.get("devices"):
+        return []
+    total = split.get("total") or {}
+    lines = [
+        "",
+        "## Energy per inference",
+        "",
+        f"mJ per inference (one image; {split.get('images')} measured over {_fmt(split.get('window_s'), 2)} s). "
+        "Computation is compute (above idle) plus idle; communication is the radio energy of the bytes "
+        "sent and received.",
+        "",
+        "| device | figure | compute | idle | radio | computation | communication | total |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in split["devices"].items():
+        lines.append(_energy_rows(name, row.get("predicted"), "predicted (modelled)"))
+        lines.append(_energy_rows(name, row.get("measured"), "measured"))
+        if row.get("gpu"):
+            lines.append(f"| {name} GPU | measured (NVML) | | | | | | {_mj(row['gpu']['total_j'])} |")
+    lines.append(_energy_rows("all", total.get("predicted"), "predicted (modelled)"))
+    lines.append(_energy_rows("all", total.get("measured"), "measured"))
+    pred, meas = total.get("predicted"), total.get("measured")
+    if pred is not None and meas is not None:
+        lines += [
+            "",
+            f"Energy {_mj(pred['total_j'])} mJ predicted (computation {_mj(pred['computation_j'])}, communication "
+            f"{_mj(pred['communication_j'])}); {_mj(meas['total_j'])} mJ measured (computation "
+            f"{_mj(meas['computation_j'])}, communication {_mj(meas['communication_j'])}); error of the "
+            f"predicted total {_pct(total.get('error_pct'))}.",
+        ]
+    labels = split.get("labels") or {}
+    lines += ["", f"- predicted: {labels.get('predicted')}", f"- measured: {labels.get('measured')}"]
+    if split.get("method"):
+        lines.append(f"- how: {split['method']}")
+    if any(row.get("gpu") for row in split["devices"].values()):
+        lines.append(f"- GPU: {labels.get('gpu')}, beside the device's figures and not in its total")
+    lines += [f"- {n}" for n in split.get("notes") or []]
+    return lines
+
+
+def _levels_section(levels: dict | None) -> list[str]:
+    """The DVFS levels the run put in force (driving.levels)."""
+    if not levels:
+        return []
+    lines = [
+        "",
+        "## DVFS levels",
+        "",
+        "| device | level CPUs | read back | applied | why |",
+        "|---|---|---|---|---|",
+    ]
+    for name, e in levels.items():
+        back = "-" if e.get("read_back") is None else f"{e['read_back']:g}"
+        lines.append(
+            f"| {name} | {e['cpus']:g} | {back} | {'yes' if e.get('applied') else 'no'} | {e.get('why') or ''} |"
+        )
+    return lines
+
+
 def _load_text(rep: dict) -> str:
     load = rep.get("load") or {}
     if load.get("mode") == "open":
@@ -218,6 +293,8 @@ def render_markdown(rep: dict) -> str:
             "A stage's predicted time is its step while kept busy; a stage that waits for its frames "
             "starts each one with a fresh CPU quota and computes faster than that.",
         ]
+    lines += _levels_section(rep.get("levels"))
+    lines += _energy_section(rep.get("energy_split"))
     if rep.get("comparison"):
         lines += [
             "",

@@ -451,3 +451,121 @@ def write_plots(
     if rep.get("comparison"):
         made.append(comparison_plot(run_dir, rep["comparison"]))
     return [str(p.relative_to(run_dir)) for p in made]
+
+
+# the reference plans of a sweep (partition/sweep.py BASELINES): marker, colour, legend text
+_REFERENCE_PLANS = {
+    "fast-only": ("^", _COLORS[3], "fast-only: every device at its fastest level"),
+    "slow-only": ("v", _COLORS[2], "slow-only: every device at its slowest level"),
+    "throughput-optimal": ("s", _COLORS[1], "throughput-optimal (devices at their own cpus)"),
+    "latency-optimal": ("D", _COLORS[4], "latency-optimal (devices at their own cpus)"),
+}
+
+
+def pareto(data: dict, path: Path) -> Path:
+    """Energy per inference against end-to-end latency, from pareto.json (`orchestrator partition
+    --sweep`): the front as a line, every sweep point (labelled with the limits that chose it), the
+    reference plans with their own markers (nested where they coincide), and under the title the
+    limits nothing meets."""
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(8.5, 5.8))
+    latency_key = data["sweep"]["key"] == "latency_budget"
+    front = data["front"]
+    ax.plot(
+        [p["latency_s"] * 1e3 for p in front],
+        [p["energy_j"] * 1e3 for p in front],
+        "-o",
+        color="black",
+        markersize=3,
+        linewidth=1.2,
+        zorder=2,
+    )
+    feasible = [p for p in data["points"] if p["feasible"]]
+    groups: dict[tuple[float, float], list[float]] = {}
+    for p in feasible:
+        groups.setdefault((p["latency_s"] * 1e3, p["energy_j"] * 1e3), []).append(p["limit"])
+    what = "latency budget" if latency_key else "throughput floor"
+    ax.scatter(
+        [x for x, _ in groups],
+        [y for _, y in groups],
+        s=110,
+        facecolors="none",
+        edgecolors=_COLORS[0],
+        linewidths=1.5,
+        zorder=5,  # hollow, over a reference plan that is the same placement
+    )
+    for (x, y), limits in groups.items():
+        lo, hi = min(limits), max(limits)
+        if latency_key:
+            text = f"≤ {lo * 1e3:.4g} ms" if lo == hi else f"≤ {lo * 1e3:.4g}-{hi * 1e3:.4g} ms"
+        else:
+            text = f"≥ {hi:.4g}/s" if lo == hi else f"≥ {lo:.4g}-{hi:.4g}/s"
+        ax.annotate(text, (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8, color=_COLORS[0])
+    at: dict[tuple[float, float], list[dict]] = {}
+    for b in data["baselines"]:
+        if b["feasible"] and b["name"] in _REFERENCE_PLANS:
+            at.setdefault((b["latency_s"] * 1e3, b["energy_j"] * 1e3), []).append(b)
+    for (x, y), same in at.items():
+        for k, b in enumerate(same):  # plans at one point nest, the first largest, so each shows
+            marker, color, _ = _REFERENCE_PLANS[b["name"]]
+            ax.scatter(
+                [x],
+                [y],
+                marker=marker,
+                s=60 * 2.2 ** (len(same) - 1 - k),
+                color=color,
+                edgecolors="black",
+                linewidths=0.6,
+                zorder=4 + k / 10,
+            )
+    ax.set_xlabel("end-to-end latency (ms)")
+    ax.set_ylabel("energy per inference (mJ)")
+    ax.margins(x=0.1, y=0.1)
+    ax.grid(alpha=0.3)
+    # below the axes, where it hides no point
+    shown = {b["name"] for b in data["baselines"] if b["feasible"]}
+    handles = [
+        Line2D([], [], color="black", marker="o", markersize=3, linewidth=1.2, label="Pareto front"),
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="o",
+            markersize=9,
+            markerfacecolor="none",
+            markeredgecolor=_COLORS[0],
+            markeredgewidth=1.5,
+            label=f"least energy within a {what}",
+        ),
+        *(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker=marker,
+                markersize=8,
+                color=color,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                label=label,
+            )
+            for name, (marker, color, label) in _REFERENCE_PLANS.items()
+            if name in shown
+        ),
+    ]
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    model = Path(data["model"]).name
+    devices = Path(data["devices"]).name if data.get("devices") else "the devices"
+    source = f", source {data['source']}" if data.get("source") else ""
+    title = f"Energy against latency: {model} on {devices}{source}"
+    unmet = [p for p in data["points"] if not p["feasible"]]
+    if unmet:  # said under the title, where no point can be hidden
+        vals = sorted(p["limit"] * (1e3 if latency_key else 1.0) for p in unmet)
+        unit = " ms" if latency_key else "/s"
+        shown = f"{what} {vals[0]:.4g}{unit}" if len(vals) == 1 else f"{what}s {vals[0]:.4g}-{vals[-1]:.4g}{unit}"
+        fig.suptitle(title)
+        ax.set_title(f"no placement within {shown}: {unmet[0].get('unmet', '')}", fontsize=8, color="dimgrey")
+    else:
+        ax.set_title(title)
+    return _save(fig, path)
