@@ -5,6 +5,7 @@ floors (some infeasible)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,50 @@ def test_radio_energy_moves_a_cut_off_a_heavy_tensor():
     # idle power over a halved period: 2 devices x 1 W x 0.1 s < 1 device x 1 W x 0.2 s? equal: no gain
     sol = solve(a, PowerArrays.of(quiet))
     assert sol.energy_j == pytest.approx(0.2 * 1.0 + 1.0 * 0.2)
+
+
+def test_a_level_with_fewer_threads_is_said_to_be_scaled(tiny_vit):
+    """A level below a whole CPU where the device has two runs one ORT thread instead of two: the
+    plan says its time is scaled from the profile, not measured."""
+    from orchestrator.config import Testbed
+    from orchestrator.partition import place
+
+    dev = Device(name="box", cpus=2.0, power={"idle_w": 0.0, "max_w": 40.0, "levels": [{"cpus": 0.5, "max_w": 1.0}]})
+    _, placement = place(tiny_vit, Testbed(devices=[dev]), algorithm="optimal", objective="energy")
+    assert placement.levels == [0.5]
+    assert any("box at 0.5 CPUs runs fewer ORT threads" in n for n in placement.notes), placement.notes
+
+
+def test_a_budget_nothing_meets_is_one_line_with_the_best_latency(tiny_vit, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    ROOT = Path(__file__).resolve().parents[1]
+
+    devices = tmp_path / "devices.yaml"
+    devices.write_text(
+        yaml.safe_dump(
+            {
+                "devices": [
+                    {
+                        "name": "a",
+                        "cpus": 1.0,
+                        "power": {"idle_w": 1, "max_w": 5, "levels": [{"cpus": 0.5, "max_w": 2}]},
+                    },
+                    {"name": "b", "cpus": 0.5, "power": {"idle_w": 1, "max_w": 3}},
+                ]
+            }
+        )
+    )
+    cmd = [sys.executable, "-m", "orchestrator", "partition", "--model", str(tiny_vit), "--devices", str(devices)]
+    cmd += ["--algorithm", "optimal", "--objective", "energy", "--source", "a", "--out", str(tmp_path / "plan")]
+    r = subprocess.run([*cmd, "--latency-budget", "1us"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "latency_budget: no placement meets the limits: the best latency" in lines[0], r.stderr
+    assert not (tmp_path / "plan" / "plan.json").exists()
+    ok = subprocess.run([*cmd, "--latency-budget", "10s"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "predicted (modelled):" in ok.stdout and (tmp_path / "plan" / "plan.json").exists()

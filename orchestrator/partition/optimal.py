@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from common.cpu_quota import ort_threads
 from orchestrator.config import TIME_OBJECTIVES
 from orchestrator.errors import UserError
 from orchestrator.partition.costmodel import Arrays, build_arrays, evaluate, predict
@@ -373,6 +374,16 @@ def _least_energy(problem: Problem, a: Arrays, bounds: list[int]) -> Placement:
         f"{f.energy.idle_j * 1e3:.1f}, radio {f.energy.radio_j * 1e3:.1f}), latency {f.latency_s * 1e3:.1f} ms, "
         f"period {f.period_s * 1e3:.1f} ms"
     ]
+    crossed = [
+        f"{n} at {c:g}"
+        for n, c in zip(devices, levels, strict=True)
+        if ort_threads(c) != ort_threads(problem.testbed().device(n).cpus)
+    ]
+    if crossed:  # the profile is scaled by cpus / level: exact under a CFS quota for the same thread count
+        notes.append(
+            f"{', '.join(crossed)} CPUs runs fewer ORT threads than the device's own cpus: its stage time is "
+            "scaled from the profile at the device's cpus, which assumes the threads scale perfectly"
+        )
     tb = problem.testbed()
     how = {"table": problem.cost_table, "source": problem.source, "levels": levels}
     pred = energy.with_energy(predict(problem.graph, cuts, devices, tb, **how), problem.graph, cuts, devices, tb, **how)
