@@ -38,6 +38,7 @@ from orchestrator.profiling import cached_profile
 DEVICES = ROOT / "devices" / "edge4_levels.yaml"
 SOURCE = "laptop"
 TOLERANCE = 0.15
+STAGE_SLACK_MS = 10.0  # a stage of a few ms is mostly the node's per-frame overhead, counted in its busy time
 PATH_PARTS = {"compute", "serialisation", "transfer", "deserialisation"}  # a request's path, not its waits
 
 
@@ -154,6 +155,30 @@ def main() -> int:
     return judge(model, keep, budget_s, reps)
 
 
+def scaled_stage_checks(reps: dict[str, dict], names: dict[str, str]) -> list[tuple[bool, str]]:
+    """Profiles are measured at each device's own cpus and scaled to a level by cpus / level: every
+    stage that ran below its device's own cpus, its predicted busy time (the planner's, scaled)
+    against its measured compute."""
+    out = []
+    for name, rep in reps.items():
+        pred = (rep.get("predicted_from_blocks") or {}).get("stage_s") or []
+        levels = rep.get("levels") or {}
+        for st, p in zip(rep.get("stages", []), pred, strict=False):
+            lv = levels.get(st["device"]) or {}
+            if not lv.get("applied") or lv.get("read_back") is None:
+                continue  # at the device's own cpus: nothing scaled
+            got = st["compute_ms"]["mean"]
+            err = p * 1e3 / got - 1 if got else float("inf")
+            out.append(
+                (
+                    abs(err) <= TOLERANCE or abs(p * 1e3 - got) <= STAGE_SLACK_MS,
+                    f"{names.get(name, name)}: stage {st['index']} on {st['device']} at {lv['cpus']:g} CPUs, "
+                    f"scaled profile {p * 1e3:.0f} ms against {got:.0f} ms measured ({err:+.1%})",
+                )
+            )
+    return out
+
+
 def kept_reports(run: Path) -> dict[str, dict]:
     """The reports of a kept run folder, by configuration name (the job's own as "static")."""
     reps = {"static": json.loads((run / "report.json").read_text())}
@@ -210,6 +235,7 @@ def judge(model: Path, keep: Path, budget_s: list[float], reps: dict[str, dict])
         l_err = mine["predicted_latency_ms"] / mine["latency_ms"] - 1 if mine["latency_ms"] else float("inf")
         checks.append((abs(e_err) <= TOLERANCE, f"budget {b:g} s: predicted energy {e_err:+.1%} of measured"))
         checks.append((abs(l_err) <= TOLERANCE, f"budget {b:g} s: predicted latency {l_err:+.1%} of measured"))
+    checks += scaled_stage_checks(reps, names)
     sweep = subprocess.run(
         [
             sys.executable,
