@@ -209,6 +209,27 @@ def _cmd_model_vit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model_gpt(a: argparse.Namespace) -> int:
+    from orchestrator.models.gpt import build_gpt
+
+    try:
+        path = build_gpt(
+            Path(a.out),
+            layers=a.layers,
+            hidden=a.hidden,
+            heads=a.heads,
+            kv_heads=a.kv_heads,
+            mlp=a.mlp,
+            vocab=a.vocab,
+            context=a.context,
+            seed=a.seed,
+        )
+    except ValueError as e:
+        raise UserError(str(e), None, "model gpt") from None
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_testbed(a: argparse.Namespace) -> int:
     from orchestrator.runtimes.choice import testbed_command
 
@@ -316,6 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         vit.add_argument(f"--{flag}", type=int, default=default)
     vit.set_defaults(func=_cmd_model_vit)
+    gpt = msub.add_parser(
+        "gpt", help="a decoder-only transformer with a KV cache (HuggingFace/optimum names), seeded weights"
+    )
+    gpt.add_argument("--out", required=True)
+    for flag, default in (
+        ("layers", 12),
+        ("hidden", 768),
+        ("heads", 12),
+        ("kv-heads", None),
+        ("mlp", 3072),
+        ("vocab", 50257),
+        ("context", 1024),
+        ("seed", 0),
+    ):
+        gpt.add_argument(
+            f"--{flag}", type=int, default=default, help="default: --heads" if flag == "kv-heads" else None
+        )
+    gpt.set_defaults(func=_cmd_model_gpt)
     return p
 
 

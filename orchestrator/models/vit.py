@@ -10,44 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-_TWO_GB = 2 * 1024**3
-
-
-class _Builder:
-    def __init__(self, rng: np.random.Generator, std: float):
-        self.rng = rng
-        self.std = std
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[TensorProto] = []
-        self.nbytes = 0
-
-    def weight(self, name: str, shape: tuple[int, ...], kind: str = "normal") -> str:
-        if kind == "ones":
-            arr = np.ones(shape, np.float32)
-        elif kind == "zeros":
-            arr = np.zeros(shape, np.float32)
-        else:
-            arr = self.rng.standard_normal(shape, dtype=np.float32)
-            arr *= self.std
-        self.inits.append(numpy_helper.from_array(arr, name))
-        self.nbytes += arr.nbytes
-        return name
-
-    def const(self, name: str, values: list[int] | list[float], dtype: type = np.int64) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(values, dtype=dtype), name))
-        return name
-
-    def op(self, op: str, scope: str, name: str, inputs: list[str], **attrs: object) -> str:
-        out = f"{scope}/{name}_output_0"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{scope}/{name}", **attrs))
-        return out
-
-    def linear(self, scope: str, x: str, w: str, b: str, tag: str = "") -> str:
-        y = self.op("MatMul", scope, f"MatMul{tag}", [x, w])
-        return self.op("Add", scope, f"Add{tag}", [y, b])
+from orchestrator.models.onnx_builder import GraphBuilder, save_model
 
 
 def build_vit(
@@ -69,7 +34,7 @@ def build_vit(
     path = Path(path)
     hd = hidden // heads
     tokens = (image_size // patch) ** 2 + 1
-    bld = _Builder(np.random.default_rng(seed), std=0.02)
+    bld = GraphBuilder(np.random.default_rng(seed), std=0.02)
     w = bld.weight
     P = "vit.embeddings"
 
@@ -130,9 +95,7 @@ def build_vit(
         ctx = bld.op("MatMul", a, "MatMul_context", [pr, v])
         ctx = bld.op("Transpose", a, "Transpose_3", [ctx], perm=[0, 2, 1, 3])
         ctx = bld.op("Reshape", a, "Reshape_3", [ctx, merge_shape])
-        o = bld.linear(
-            a, ctx, w(f"{L}.attn.o.weight", (hidden, hidden)), w(f"{L}.attn.o.bias", (hidden,)), "_o"
-        )
+        o = bld.linear(a, ctx, w(f"{L}.attn.o.weight", (hidden, hidden)), w(f"{L}.attn.o.bias", (hidden,)), "_o")
         x = bld.op("Add", s, "Add", [x, o])
         h = bld.op(
             "LayerNormalization",
@@ -146,12 +109,8 @@ def build_vit(
         h = bld.linear(m, h, w(f"{L}.mlp.fc1.weight", (hidden, mlp)), w(f"{L}.mlp.fc1.bias", (mlp,)), "_fc1")
         # exact GELU: 0.5 * x * (1 + erf(x / sqrt(2)))
         e = bld.op("Erf", m, "Erf", [bld.op("Div", m, "Div", [h, sqrt2])])
-        g = bld.op(
-            "Mul", m, "Mul_1", [bld.op("Mul", m, "Mul", [h, half]), bld.op("Add", m, "Add_gelu", [e, one])]
-        )
-        h = bld.linear(
-            m, g, w(f"{L}.mlp.fc2.weight", (mlp, hidden)), w(f"{L}.mlp.fc2.bias", (hidden,)), "_fc2"
-        )
+        g = bld.op("Mul", m, "Mul_1", [bld.op("Mul", m, "Mul", [h, half]), bld.op("Add", m, "Add_gelu", [e, one])])
+        h = bld.linear(m, g, w(f"{L}.mlp.fc2.weight", (mlp, hidden)), w(f"{L}.mlp.fc2.bias", (hidden,)), "_fc2")
         x = bld.op("Add", s, "Add_1", [x, h])
 
     s = "/vit"
@@ -165,40 +124,18 @@ def build_vit(
     )
     c = bld.op("Gather", s, "Gather", [x, bld.const("vit.cls.index", 0)], axis=1)  # CLS token: [B, D]
     y = bld.op("MatMul", "/classifier", "MatMul", [c, w("classifier.weight", (hidden, classes))])
-    bld.nodes.append(
-        helper.make_node("Add", [y, w("classifier.bias", (classes,))], ["logits"], name="/classifier/Add")
-    )
+    bld.nodes.append(helper.make_node("Add", [y, w("classifier.bias", (classes,))], ["logits"], name="/classifier/Add"))
 
     graph = helper.make_graph(
         bld.nodes,
         "vit",
-        [
-            helper.make_tensor_value_info(
-                "pixel_values", TensorProto.FLOAT, ["batch", 3, image_size, image_size]
-            )
-        ],
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, image_size, image_size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
         initializer=bld.inits,
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-testbed vit"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-testbed vit")
     model.ir_version = min(model.ir_version, 8 if opset <= 17 else model.ir_version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if bld.nbytes > _TWO_GB - 64 * 1024**2:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-            size_threshold=1024,
-        )
-        onnx.checker.check_model(str(path))
-    else:
-        onnx.checker.check_model(model)
-        path.write_bytes(model.SerializeToString())
-    return path
+    return save_model(model, path, bld.nbytes)
 
 
 def ensure_vit(path: str | Path) -> Path:
