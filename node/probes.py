@@ -113,7 +113,10 @@ def _serve(conn: socket.socket) -> None:
             last = at
             marks.append((at, got))
         step = max(1, len(marks) // _MARKS)
-        r = {"bytes": got, "first_ns": first, "last_ns": last, "first_bytes": first_bytes, "marks": marks[::step]}
+        kept = marks[::step] + (
+            [marks[-1]] if marks and (len(marks) - 1) % step else []
+        )  # the trace ends at the last byte
+        r = {"bytes": got, "first_ns": first, "last_ns": last, "first_bytes": first_bytes, "marks": kept}
         conn.sendall(json.dumps(r).encode() + b"\n")
 
 

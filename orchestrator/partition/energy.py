@@ -214,6 +214,11 @@ def solve(
         f = figures(a, p, free.cuts, free.devices, free.levels)
         if f is not None and f.latency_s <= latency_budget_s:
             return free
+        if any(len(x) > 1 for x in p.scale):  # levels to choose: a plan at the fastest ones bounds the search
+            fast = _search(a, p.pinned("fastest"), latency_budget_s, period_cap_s, stages)
+            if not math.isinf(fast.energy_j):
+                best = _search(a, p, latency_budget_s, period_cap_s, stages, ceiling=fast.energy_j)
+                return best if best.energy_j <= fast.energy_j else fast
     return _search(a, p, latency_budget_s, period_cap_s, stages)
 
 
@@ -223,15 +228,21 @@ def _search(
     latency_budget_s: float | None,
     period_cap_s: float | None,
     stages: int | None,
+    ceiling: float = math.inf,
 ) -> Solution:
     """The dynamic programme behind `solve`. Labels whose latency so far plus the least the
     remaining blocks could take (each on its fastest device at its fastest level) passes the
-    budget are dropped: no completion of them meets it."""
+    budget are dropped: no completion of them meets it. So are labels that already spend more than
+    `ceiling` (a placement known to meet the limits), counting the idle power of their devices over
+    their slowest step so far: every completion spends at least that."""
     d_n, b_n = a.block_cost.shape
     fastest = min(min(x) for x in p.scale)
     rest = np.concatenate([np.cumsum(a.block_cost.min(axis=0)[::-1])[::-1], [0.0]]) * min(1.0, fastest)
     lat_cap = math.inf if latency_budget_s is None else latency_budget_s
     step_cap = math.inf if period_cap_s is None else period_cap_s
+    limit = ceiling * (1 + 1e-9) if math.isfinite(ceiling) else math.inf  # float noise never drops the bound's own path
+    src_idle = p.idle_w[a.source] if a.source is not None else 0.0
+    idle_of = [sum(p.idle_w[x] for x in range(d_n) if m >> x & 1 and x != a.source) + src_idle for m in range(1 << d_n)]
     track_latency = latency_budget_s is not None
     s = a.source
     # fronts[j][(mask, d, lv)]: labels of prefixes covering blocks 0..j-1, the last on d at lv
@@ -279,6 +290,8 @@ def _search(
                         max(label.period, t, busy),
                         (label, j, d, lv),
                     )
+                    if new.energy + idle_of[mask | 1 << d] * new.period > limit:
+                        continue
                     _add(fronts[j2].setdefault((mask | 1 << d, d, lv), []), new)
 
     extend(start, 0, None, 0)
