@@ -14,6 +14,7 @@ from orchestrator.partition.costmodel import Arrays
 from orchestrator.partition.energy import Energy, PowerArrays, figures, figures_by_device
 from orchestrator.runtimes.stats import StatsLine
 from tests.test_algorithms import _random_arrays
+from tests.test_energy_plan import _random_power
 
 PHONE = Device(
     name="phone",
@@ -158,24 +159,12 @@ def test_figures_by_device_by_hand():
     assert sum(e.total_j for e in split.values()) == pytest.approx(f.energy.total_j)
 
 
-def _power(rng: np.random.Generator, d_n: int) -> PowerArrays:
-    shares = [sorted(rng.uniform(0.1, 1.0, int(rng.integers(1, 4))), reverse=True) for _ in range(d_n)]
-    return PowerArrays(
-        scale=[[s[0] / c for c in s] for s in shares],
-        dyn_w=[[float(rng.uniform(0.5, 5.0)) for _ in s] for s in shares],
-        level_cpus=[list(s) for s in shares],
-        idle_w=[float(x) for x in rng.uniform(0.1, 2.0, d_n)],
-        tx_j_per_byte=[float(x) * 8e-9 for x in rng.choice([0.0, 50.0, 500.0], d_n)],
-        rx_j_per_byte=[float(x) * 8e-9 for x in rng.choice([0.0, 30.0, 300.0], d_n)],
-    )
-
-
 @pytest.mark.parametrize("seed", range(200))
 def test_figures_by_device_sum_to_figures(seed):
     rng = np.random.default_rng(seed)
     a = _random_arrays(rng)
     d_n, b_n = a.block_cost.shape
-    p = _power(rng, d_n)
+    p = _random_power(rng, d_n)
     k = int(rng.integers(1, min(d_n, b_n) + 1))
     devices = [int(x) for x in rng.permutation(d_n)[:k]]
     cuts = sorted(int(x) for x in rng.choice(range(1, b_n), k - 1, replace=False))

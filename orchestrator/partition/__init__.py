@@ -153,31 +153,14 @@ def partition(
             model_ref = str(model_path.resolve())
     except ValueError:
         model_ref = str(model_path.resolve())
+    how = {"table": cost_table, "source": source, "levels": placement.levels}
     predicted = (
         placement.predicted
         if placement.predicted and "lean" not in (placement.modes or ())
-        else predict(
-            graph,
-            placement.cuts,
-            placement.devices,
-            testbed,
-            table=cost_table,
-            source=source,
-            modes=placement.modes,
-            levels=placement.levels,
-        )
+        else predict(graph, placement.cuts, placement.devices, testbed, modes=placement.modes, **how)
     )
     if predicted is not None and predicted.energy_j is None:
-        predicted = with_energy(
-            predicted,
-            graph,
-            placement.cuts,
-            placement.devices,
-            testbed,
-            table=cost_table,
-            source=source,
-            levels=placement.levels,
-        )
+        predicted = with_energy(predicted, graph, placement.cuts, placement.devices, testbed, **how)
     plan = Plan(
         model=model_ref,
         model_sha256=graph.sha256,

@@ -111,6 +111,19 @@ def _relay(a: Arrays, used: set[int]) -> float:
     return float(a.overhead[s]) if a.overhead is not None and s is not None and s not in used else 0.0
 
 
+def _hops(a: Arrays, cuts: Sequence[int], devices: Sequence[int]) -> list[tuple[float, int, int]]:
+    """Every hop of a placement as (bytes, sender, receiver): the cuts, and the source's input and
+    the result home where the source holds no end of the pipeline."""
+    nb = a.block_cost.shape[1]
+    hops = [(float(a.cut_bytes[c]), devices[k], devices[k + 1]) for k, c in enumerate(cuts)]
+    s = a.source
+    if s is not None and devices[0] != s:
+        hops.append((float(a.cut_bytes[0]), s, devices[0]))
+    if s is not None and devices[-1] != s:
+        hops.append((float(a.cut_bytes[nb]), devices[-1], s))
+    return hops
+
+
 def figures(a: Arrays, p: PowerArrays, cuts: list[int], devices: list[int], levels: list[int]) -> Figures | None:
     """Energy, latency and period of one placement (bound indices, device indices, level indices);
     None where a stage does not fit."""
@@ -125,13 +138,8 @@ def figures(a: Arrays, p: PowerArrays, cuts: list[int], devices: list[int], leve
         compute += p.dyn_w[d][lv] * st[1]
         latency += st[0]
         steps.append(st[1])
-    hops = [(a.cut_bytes[c], devices[k], devices[k + 1]) for k, c in enumerate(cuts)]
     s = a.source
-    if s is not None and devices[0] != s:
-        hops.append((a.cut_bytes[0], s, devices[0]))
-    if s is not None and devices[-1] != s:
-        hops.append((a.cut_bytes[nb], devices[-1], s))
-    for nbytes, x, y in hops:
+    for nbytes, x, y in _hops(a, cuts, devices):
         t = transfer_s(nbytes, a.link_rate[x, y], a.link_delay[x, y])
         latency += t
         steps.append(t)
@@ -362,6 +370,29 @@ def brute_force(
     return best
 
 
+def _placed(
+    graph: ModelGraph,
+    cuts: Sequence[int],
+    device_names: Sequence[str],
+    testbed: Testbed,
+    table: CostTable | None,
+    source: str | None,
+    levels: Sequence[float] | None,
+) -> tuple[Arrays, PowerArrays, list[int], list[int], list[int]]:
+    """A placement given by seq-position cuts, device names and CPU shares, as `figures` takes it:
+    arrays over its own bounds, the power model, bound, device and level indices."""
+    names = [d.name for d in testbed.devices]
+    bounds = [0, *cuts, graph.n]
+    a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
+    return (
+        a,
+        PowerArrays.of(list(testbed.devices)),
+        list(range(1, len(bounds) - 1)),
+        [names.index(n) for n in device_names],
+        level_indices(testbed, device_names, levels),
+    )
+
+
 def with_energy(
     pred: Predicted,
     graph: ModelGraph,
@@ -374,17 +405,7 @@ def with_energy(
     levels: Sequence[float] | None = None,
 ) -> Predicted:
     """`pred` (costmodel.predict's) with the placement's modelled energy per inference."""
-    names = [d.name for d in testbed.devices]
-    bounds = [0, *cuts, graph.n]
-    a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
-    p = PowerArrays.of(list(testbed.devices))
-    f = figures(
-        a,
-        p,
-        list(range(1, len(bounds) - 1)),
-        [names.index(n) for n in device_names],
-        level_indices(testbed, device_names, levels),
-    )
+    f = figures(*_placed(graph, cuts, device_names, testbed, table, source, levels))
     if f is None:
         return pred
     e = f.energy
@@ -418,12 +439,7 @@ def figures_by_device(
         st = _stage(a, p, d, lv, b[k], b[k + 1])
         assert st is not None  # figures() placed it
         compute[d] += p.dyn_w[d][lv] * st[1]
-    hops = [(a.cut_bytes[c], devices[k], devices[k + 1]) for k, c in enumerate(cuts)]
-    if s is not None and devices[0] != s:
-        hops.append((a.cut_bytes[0], s, devices[0]))
-    if s is not None and devices[-1] != s:
-        hops.append((a.cut_bytes[nb], devices[-1], s))
-    for nbytes, x, y in hops:
+    for nbytes, x, y in _hops(a, cuts, devices):
         radio[x] += nbytes * p.tx_j_per_byte[x]
         radio[y] += nbytes * p.rx_j_per_byte[y]
     relay = _relay(a, set(devices))
@@ -446,13 +462,5 @@ def energy_by_device(
     the devices' figures sum to plan.json's energy_compute_j, energy_idle_j and energy_radio_j);
     None where a stage does not fit."""
     names = [d.name for d in testbed.devices]
-    bounds = [0, *cuts, graph.n]
-    a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
-    split = figures_by_device(
-        a,
-        PowerArrays.of(list(testbed.devices)),
-        list(range(1, len(bounds) - 1)),
-        [names.index(n) for n in device_names],
-        level_indices(testbed, device_names, levels),
-    )
+    split = figures_by_device(*_placed(graph, cuts, device_names, testbed, table, source, levels))
     return None if split is None else {names[d]: e for d, e in split.items()}
