@@ -39,7 +39,7 @@ from orchestrator.partition.plan import Plan
 from orchestrator.partition.weights_store import WeightsStore
 from orchestrator.profiling import cached_profile, profile
 from orchestrator.profiling.cache import blocks_folder
-from orchestrator.profiling.calibration import calibrated, calibration_note, measure_stages
+from orchestrator.profiling.calibration import at_levels, calibrated, calibration_note, measure_stages
 from orchestrator.profiling.results import Profile
 from orchestrator.reporting.console import print_comparison, print_summary
 from orchestrator.reporting.files import write_changes, write_latencies, write_requests
@@ -272,6 +272,7 @@ def run_config(
                     console.print("measuring each stage as a whole on its device...")
                     t0 = time.perf_counter()
                     measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
+                    measured = at_levels(measured, plan, testbed)
                     seconds = time.perf_counter() - t0
                     before = plan.predicted
                     from_blocks = before.model_dump()

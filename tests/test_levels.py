@@ -84,3 +84,29 @@ def test_adaptive_expects_a_stage_at_a_lower_level_to_take_longer():
     plan = _plan(("phone", 0.4), ("laptop", None))
     steps = at_levels([("phone", 0.010), ("laptop", 0.020)], plan, BED)
     assert steps == [("phone", 0.010 * 0.8 / 0.4), ("laptop", 0.020)]
+
+
+def test_stages_measured_before_their_levels_are_scaled_to_them():
+    """measure_stages runs at the devices' own cpus; a stage at half its device's share takes twice
+    as long at its level, and one with no level is left as measured."""
+    from orchestrator.config import Device
+    from orchestrator.config import Testbed as Bed
+    from orchestrator.partition.plan import Plan, StagePlan
+    from orchestrator.profiling.calibration import StageMeasure, at_levels
+
+    tb = Bed(devices=[Device(name="a", cpus=0.4), Device(name="b", cpus=0.5)])
+    stages = [
+        StagePlan(index=0, device="a", model="s0.onnx", inputs=["x"], outputs=["y"], level=0.2),
+        StagePlan(index=1, device="b", model="s1.onnx", inputs=["y"], outputs=["z"]),
+    ]
+    plan = Plan(
+        model="m.onnx",
+        model_sha256="0",
+        algorithm="optimal",
+        objective="energy",
+        inputs=["x"],
+        outputs=["z"],
+        stages=stages,
+    )
+    got = at_levels([StageMeasure(0.1, 0.08, 0.01), StageMeasure(0.3, 0.25, 0.02)], plan, tb)
+    assert got[0] == StageMeasure(0.2, 0.16, 0.01) and got[1] == StageMeasure(0.3, 0.25, 0.02)

@@ -30,7 +30,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -327,6 +327,17 @@ def _alone_requests(
     return {dev: reqs[dev]}
 
 
+def at_levels(measured: Sequence[StageMeasure], plan: Plan, testbed: Testbed) -> list[StageMeasure]:
+    """Stages are measured at their devices' own cpus, before a plan's DVFS levels are put in force
+    (the fidelity check measures the devices file's caps in between): a stage at a lower level runs
+    its step and its compute cpus / level longer, as the planner scales its profile."""
+    out = []
+    for m, s in zip(measured, plan.stages, strict=True):
+        f = testbed.device(s.device).cpus / s.level if s.level else 1.0
+        out.append(m if f == 1.0 else replace(m, busy_s=m.busy_s * f, compute_s=m.compute_s * f))
+    return out
+
+
 def calibrated(predicted: Predicted, measured: Sequence[StageMeasure], source_index: int | None) -> Predicted:
     """The prediction from the stages measured as a whole: throughput from the slowest of their
     busy step times and of the steps that are not stages (links, the source's relay); latency as
@@ -356,4 +367,9 @@ def calibration_note(
         f"prediction: each stage measured as a whole on its device in {seconds:.1f} s, busy ({busy}; the sum of "
         f"its profiled blocks and the node's overhead said {from_blocks}); a lone request "
         f"{after.latency_s * 1e3:.0f} ms (the profile said {before.latency_s * 1e3:.0f} ms)"
+        + (
+            "; stages at a DVFS level measured at their device's cpus and scaled"
+            if any(s.level for s in stages)
+            else ""
+        )
     )
