@@ -45,7 +45,7 @@ class StageTiming(_message.Message):
     def __init__(self, stage: _Optional[int] = ..., device: _Optional[str] = ..., recv_ns: _Optional[int] = ..., start_ns: _Optional[int] = ..., end_ns: _Optional[int] = ..., send_ns: _Optional[int] = ..., bytes_out: _Optional[int] = ..., serialize_ns: _Optional[int] = ..., deserialize_ns: _Optional[int] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns", "probe", "lost", "epoch", "payload", "payload_size")
+    __slots__ = ("request_id", "stage", "tensors", "timings", "sent_ns", "deliver_after_ns", "error", "hold_ns", "probe", "lost", "epoch", "sequence", "step", "last_step", "payload", "payload_size")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,9 @@ class Frame(_message.Message):
     PROBE_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LAST_STEP_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     request_id: int
@@ -70,9 +73,12 @@ class Frame(_message.Message):
     probe: bool
     lost: bool
     epoch: int
+    sequence: int
+    step: int
+    last_step: bool
     payload: bytes
     payload_size: int
-    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ..., probe: _Optional[bool] = ..., lost: _Optional[bool] = ..., epoch: _Optional[int] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[int] = ..., stage: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., timings: _Optional[_Iterable[_Union[StageTiming, _Mapping]]] = ..., sent_ns: _Optional[int] = ..., deliver_after_ns: _Optional[int] = ..., error: _Optional[str] = ..., hold_ns: _Optional[int] = ..., probe: _Optional[bool] = ..., lost: _Optional[bool] = ..., epoch: _Optional[int] = ..., sequence: _Optional[int] = ..., step: _Optional[int] = ..., last_step: _Optional[bool] = ..., payload: _Optional[bytes] = ..., payload_size: _Optional[int] = ...) -> None: ...
 
 class Peer(_message.Message):
     __slots__ = ("device", "address", "rate_bps", "delay_s", "ip", "tc_rate_bps", "tc_delay_s", "dead_after_s")
@@ -95,7 +101,7 @@ class Peer(_message.Message):
     def __init__(self, device: _Optional[str] = ..., address: _Optional[str] = ..., rate_bps: _Optional[int] = ..., delay_s: _Optional[float] = ..., ip: _Optional[str] = ..., tc_rate_bps: _Optional[int] = ..., tc_delay_s: _Optional[float] = ..., dead_after_s: _Optional[float] = ...) -> None: ...
 
 class StageSpec(_message.Message):
-    __slots__ = ("index", "model_path", "inputs", "outputs", "forward", "next_device", "memory_mode")
+    __slots__ = ("index", "model_path", "inputs", "outputs", "forward", "next_device", "memory_mode", "state_inputs", "state_outputs")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +109,8 @@ class StageSpec(_message.Message):
     FORWARD_FIELD_NUMBER: _ClassVar[int]
     NEXT_DEVICE_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     index: int
     model_path: str
     inputs: _containers.RepeatedScalarFieldContainer[str]
@@ -110,7 +118,9 @@ class StageSpec(_message.Message):
     forward: _containers.RepeatedScalarFieldContainer[str]
     next_device: str
     memory_mode: str
-    def __init__(self, index: _Optional[int] = ..., model_path: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., forward: _Optional[_Iterable[str]] = ..., next_device: _Optional[str] = ..., memory_mode: _Optional[str] = ...) -> None: ...
+    state_inputs: _containers.RepeatedScalarFieldContainer[str]
+    state_outputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, index: _Optional[int] = ..., model_path: _Optional[str] = ..., inputs: _Optional[_Iterable[str]] = ..., outputs: _Optional[_Iterable[str]] = ..., forward: _Optional[_Iterable[str]] = ..., next_device: _Optional[str] = ..., memory_mode: _Optional[str] = ..., state_inputs: _Optional[_Iterable[str]] = ..., state_outputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadRequest(_message.Message):
     __slots__ = ("device", "num_stages", "source_device", "stages", "peers", "first_device", "threads", "queue_depth", "epoch")
@@ -215,7 +225,7 @@ class ProbeRequest(_message.Message):
     def __init__(self, device: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class StatsReply(_message.Message):
-    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads", "holds", "held_ids", "probes", "links", "cgroup")
+    __slots__ = ("device", "frames_in", "frames_out", "bytes_in", "bytes_out", "rss_bytes", "peak_rss_bytes", "cpu_seconds", "cpu_quota", "threads", "holds", "held_ids", "probes", "links", "cgroup", "kv_cache_bytes", "peak_kv_cache_bytes", "sequences")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     FRAMES_IN_FIELD_NUMBER: _ClassVar[int]
     FRAMES_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +241,9 @@ class StatsReply(_message.Message):
     PROBES_FIELD_NUMBER: _ClassVar[int]
     LINKS_FIELD_NUMBER: _ClassVar[int]
     CGROUP_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PEAK_KV_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     device: str
     frames_in: int
     frames_out: int
@@ -246,7 +259,10 @@ class StatsReply(_message.Message):
     probes: _containers.RepeatedCompositeFieldContainer[LinkProbe]
     links: _containers.RepeatedCompositeFieldContainer[LinkLoad]
     cgroup: CgroupStats
-    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[LinkHold, _Mapping]]] = ..., held_ids: _Optional[_Iterable[int]] = ..., probes: _Optional[_Iterable[_Union[LinkProbe, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkLoad, _Mapping]]] = ..., cgroup: _Optional[_Union[CgroupStats, _Mapping]] = ...) -> None: ...
+    kv_cache_bytes: int
+    peak_kv_cache_bytes: int
+    sequences: int
+    def __init__(self, device: _Optional[str] = ..., frames_in: _Optional[int] = ..., frames_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., peak_rss_bytes: _Optional[int] = ..., cpu_seconds: _Optional[float] = ..., cpu_quota: _Optional[float] = ..., threads: _Optional[int] = ..., holds: _Optional[_Iterable[_Union[LinkHold, _Mapping]]] = ..., held_ids: _Optional[_Iterable[int]] = ..., probes: _Optional[_Iterable[_Union[LinkProbe, _Mapping]]] = ..., links: _Optional[_Iterable[_Union[LinkLoad, _Mapping]]] = ..., cgroup: _Optional[_Union[CgroupStats, _Mapping]] = ..., kv_cache_bytes: _Optional[int] = ..., peak_kv_cache_bytes: _Optional[int] = ..., sequences: _Optional[int] = ...) -> None: ...
 
 class CgroupStats(_message.Message):
     __slots__ = ("has_cgroup", "cpu_usage_s", "periods", "throttled_periods", "throttled_s", "cpu_quota", "memory_bytes", "memory_limit", "memory_peak_bytes", "memory_anon_bytes", "memory_cache_bytes", "net_rx_bytes", "net_tx_bytes", "net_rx_packets", "net_tx_packets", "at_ns")

@@ -22,12 +22,14 @@ import numpy as np
 from common import testbed_pb2 as pb
 from common import testbed_pb2_grpc as pb_grpc
 from common.cpu_quota import ort_threads
+from common.decoding import LOGITS, NEXT_TOKEN, greedy_token
 from common.grpc_options import SERVER_OPTIONS
 from common.rpc import add_node_servicer
 from common.tensors import NO_REQUEST, TensorFrame, frame_nbytes
 from node import cgroup_stats, resources, shaping, tc
 from node.files import FileRefused
 from node.files import store as file_store
+from node.kv_cache import SequenceCaches
 from node.links import DEAD_AFTER_S, PeerSender, sleep_until
 from node.stage import Stage, StageConfig, cap_malloc_arenas, release_free_memory
 
@@ -211,6 +213,7 @@ class NodeServicer(pb_grpc.NodeServicer):
         self._held: set[int] = set()
         self._held_lock = threading.Lock()
         self.frames_refused = 0  # frames answered with an error unread: malformed, or asking what no frame may
+        self.kv = SequenceCaches()  # the caches its stages keep for the sequences being generated
 
     def now_ns(self) -> int:
         """This node's clock for stamps: time.time_ns(), plus the planted offset if any."""
@@ -227,6 +230,7 @@ class NodeServicer(pb_grpc.NodeServicer):
                 log.error("load failed: %s: %s", type(e).__name__, e)
                 return pb.LoadReply(ok=False, error=f"{type(e).__name__}: {e}")
             old, self._pipe = self._pipe, new
+            self.kv.clear()  # sequences of the plan before start again with a prefill
             if old is not None:  # in the background: a link to a lost peer may take seconds to close
                 self._released = threading.Event()
                 threading.Thread(target=self._retire, args=(old, self._released), name="retire", daemon=True).start()
@@ -493,6 +497,9 @@ class NodeServicer(pb_grpc.NodeServicer):
             links=self._link_loads(p),
             held_ids=self.held_ids(),
             cgroup=cgroup_stats.read(),
+            kv_cache_bytes=self.kv.nbytes,
+            peak_kv_cache_bytes=self.kv.peak_nbytes,
+            sequences=self.kv.sequences,
         )
 
     def _link_loads(self, p: _Pipeline | None) -> list[pb.LinkLoad]:
@@ -566,7 +573,12 @@ class NodeServicer(pb_grpc.NodeServicer):
                 forward=list(spec.forward),
                 next_device=spec.next_device,
                 memory_mode=spec.memory_mode or "default",
+                state=dict(zip(spec.state_inputs, spec.state_outputs, strict=False)),
             )
+            if len(spec.state_inputs) != len(spec.state_outputs):
+                raise ValueError(
+                    f"stage {spec.index}: {len(spec.state_inputs)} cache inputs, {len(spec.state_outputs)} outputs"
+                )
             if cfg.memory_mode not in ("default", "lean"):
                 raise ValueError(f"stage {spec.index}: unknown memory_mode {spec.memory_mode!r} (default or lean)")
             stages[spec.index] = Stage(cfg, threads=req.threads, limits=self.limits, use_cuda=self.use_cuda)
@@ -748,6 +760,8 @@ class NodeServicer(pb_grpc.NodeServicer):
             stage=p.num_stages, device=self.device, recv_ns=recv_ns, deserialize_ns=frame.decode_ns
         )
         frame.decode_ns = 0
+        if frame.header.sequence and not frame.header.error and LOGITS in frame.arrays:
+            frame.arrays = {NEXT_TOKEN: greedy_token(frame.arrays[LOGITS])}  # greedy decoding at the source
         out = self._pending.pop(frame.header.request_id, None)
         if out is None:
             log.warning("result %d has no waiting driver: dropped", frame.header.request_id)
@@ -809,12 +823,19 @@ class NodeServicer(pb_grpc.NodeServicer):
             except queue.Empty:
                 continue
             start = self.now_ns()
+            seq = frame.header.sequence if stage.config.state else 0
             try:
                 feeds = {k: v for k, v in frame.arrays.items() if k in needed}
+                if seq:
+                    feeds.update(self._cache_of(stage, frame))
                 outs = stage.run(feeds)
                 err = ""
             except Exception as e:
                 outs, err = {}, f"stage {idx} on {self.device}: {type(e).__name__}: {e}"
+            if seq and (err or frame.header.last_step):
+                self.kv.drop(idx, seq)
+            elif seq:
+                self.kv.keep(idx, seq, {i: outs.pop(o) for i, o in stage.config.state.items()})
             end = self.now_ns()
             timing = frame.header.timings.add(
                 stage=idx,
@@ -840,6 +861,19 @@ class NodeServicer(pb_grpc.NodeServicer):
             except Exception as e:
                 log.exception("stage %d: sending frame %d", idx, frame.header.request_id)
                 self._fail_frame(p, frame, f"stage {idx} on {self.device}: {type(e).__name__}: {e}")
+
+    def _cache_of(self, stage: Stage, frame: TensorFrame) -> dict[str, np.ndarray]:
+        """The cache inputs of a sequence's step: empty for its prefill, else what its last step left.
+        A step with nothing kept (its prefill ran under another plan) is an error, not a fresh start."""
+        idx, seq = stage.config.index, frame.header.sequence
+        if frame.header.step == 0:
+            self.kv.drop(idx, seq)
+            batch = next((a.shape[0] for a in frame.arrays.values() if a.ndim), 1)
+            return stage.empty_cache(batch)
+        kept = self.kv.take(idx, seq)
+        if kept is None:
+            raise LookupError(f"sequence {seq} step {frame.header.step}: no cache kept for it here")
+        return kept
 
 
 class NodeServer:

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.ort_session import CPU_ONLY, Provider, SessionSettings, open_session
-from node import resources
+from node import kv_cache, resources
 
 log = logging.getLogger("node.stage")
 
@@ -27,6 +27,7 @@ class StageConfig:
     forward: list[str] = field(default_factory=list)
     next_device: str = ""
     memory_mode: str = "default"  # "lean": no pre-packed weights (less resident memory, slower)
+    state: dict[str, str] = field(default_factory=dict)  # cache input -> the output that feeds it next step
 
 
 MALLOC_ARENAS = 2  # glibc malloc arenas a node uses (its default: 8 per core, one per busy thread)
@@ -98,9 +99,14 @@ class Stage:
         if providers is not CPU_ONLY and "CUDAExecutionProvider" not in self.providers:
             log.warning("stage %d: the CUDA provider did not start (CUDA or cuDNN missing?): CPU used", config.index)
         self.input_names = [i.name for i in self.session.get_inputs()]
+        self.declared = {i.name: (list(i.shape), i.type) for i in self.session.get_inputs()}
         declared = [o.name for o in self.session.get_outputs()]
         self.output_names = list(config.outputs) or declared
         missing = [n for n in self.output_names if n not in declared]
+        missing += [n for n in config.state.values() if n not in declared]
+        missing_in = [n for n in config.state if n not in self.input_names]
+        if missing_in:
+            raise ValueError(f"stage {config.index}: {config.model_path} has no cache input(s) {missing_in}")
         if missing:
             raise ValueError(f"stage {config.index}: {config.model_path} has no output(s) {missing}")
         log.info(
@@ -137,9 +143,22 @@ class Stage:
         )
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run on the feeds the model declares (extra feeds are ignored); returns its outputs."""
+        """Run on the feeds the model declares (extra feeds are ignored); returns its outputs and,
+        for a stage that keeps a cache, the cache outputs besides."""
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise KeyError(f"stage {self.config.index}: missing input(s) {missing}")
-        outs = self.session.run(self.output_names, {n: feeds[n] for n in self.input_names})
-        return dict(zip(self.output_names, outs, strict=True))
+        names = self.output_names + [n for n in self.config.state.values() if n not in self.output_names]
+        outs = self.session.run(names, {n: feeds[n] for n in self.input_names})
+        return dict(zip(names, outs, strict=True))
+
+    def empty_cache(self, batch: int) -> dict[str, np.ndarray]:
+        """Zero-token caches for a sequence's prefill."""
+        out = {}
+        for name in self.config.state:
+            shape, type_name = self.declared[name]
+            out[name] = kv_cache.empty_cache(shape, batch, _NP_TYPES.get(type_name, np.float32))
+        return out
+
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}

@@ -284,6 +284,17 @@ class Variant(_Strict):
     _budget = field_validator("latency_budget", mode="before")(_latency_budget)
 
 
+GENERATION_KEYS: tuple[str, ...] = ("prompts", "prompt_tokens", "max_new_tokens", "sequences")
+# keys of an inference job that a generation job refuses: it runs `requests` sequences, `sequences`
+# of them in flight, each driven a step at a time (closed loop), on prompts rather than images
+_NOT_GENERATION = {
+    "rate_hz": "a generation job is driven a sequence at a time, closed loop: `sequences` sets how many in flight",
+    "duration_s": "a generation job runs `requests` sequences, closed loop: give requests, not a duration",
+    "batch": "a generation job is driven a sequence at a time: `sequences` sets how many in flight, not batch",
+    "dataset": "a generation job's inputs are its `prompts`, not a dataset",
+}
+
+
 class Job(_Strict):
     name: str
     model: str
@@ -315,16 +326,43 @@ class Job(_Strict):
     # a timeline of link, CPU and device changes applied while requests flow (DESIGN: Scenarios)
     scenario: str | dict[str, Any] | None = None
     adapt: AdaptPolicy = "static"
+    # one-shot inference (a frame in, a result out) or token-by-token generation (DESIGN: Generation)
+    task: Literal["infer", "generate"] = "infer"
+    prompts: str = "synthetic"  # a file of token-id lines (one prompt each), or `synthetic`
+    prompt_tokens: int = Field(default=16, gt=0)  # the length of each synthetic prompt
+    max_new_tokens: int = Field(default=32, gt=0)
+    sequences: int = Field(default=1, gt=0)  # sequences in flight at once
     base_dir: str = "."  # folder of the job file: relative paths resolve from here
 
     _name = field_validator("name")(_check_folder_name)
-    _paths = field_validator("model", "devices", "scenario")(_check_path)
+    _paths = field_validator("model", "devices", "scenario", "prompts")(_check_path)
     _budget = field_validator("latency_budget", mode="before")(_latency_budget)
 
     @model_validator(mode="after")
     def _limits_need_energy(self) -> Job:
         if self.objective != "energy" and (self.latency_budget is not None or self.throughput_floor is not None):
             raise ValueError("latency_budget and throughput_floor are limits of objective: energy")
+        return self
+
+    @model_validator(mode="after")
+    def _keys_of_task(self) -> Job:
+        # a key of the other task would be silently ignored: refused instead, naming it ("KEY: why")
+        if self.task == "infer":
+            given = [k for k in GENERATION_KEYS if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: prompts, prompt_tokens, max_new_tokens and sequences are keys of task: generate"
+                )
+            return self
+        given = {
+            "rate_hz": self.rate_hz is not None,
+            "duration_s": self.duration_s is not None,
+            "batch": self.batch > 1,
+            "dataset": "dataset" in self.model_fields_set,
+        }
+        for key, why in _NOT_GENERATION.items():
+            if given[key]:
+                raise ValueError(f"{key}: {why}")
         return self
 
     def path(self, p: str) -> Path:
@@ -481,4 +519,8 @@ def load_job(path: str | Path) -> Job:
         return Job.model_validate(raw)  # not **raw: a key may not be text
     except ValidationError as e:
         loc, msg = _first_error(e)
+        # a model-level check naming one key puts it first ("KEY: why"): reported as the field
+        key, _, why = msg.partition(": ")
+        if not loc and why and key in Job.model_fields:
+            loc, msg = key, why
         raise UserError(msg, str(path), loc or None) from None

@@ -47,6 +47,7 @@ def load_requests(
             if s.device != dev.name:
                 continue
             nxt = stage_device[s.index + 1] if s.index + 1 < n else source
+            state = plan.stage_state(s.index)
             stages.append(
                 pb.StageSpec(
                     index=s.index,
@@ -56,6 +57,8 @@ def load_requests(
                     forward=list(plan.forward_after(s.index)),
                     next_device=nxt,
                     memory_mode=s.memory_mode,
+                    state_inputs=list(state),
+                    state_outputs=list(state.values()),
                 )
             )
         peers = []

@@ -45,10 +45,20 @@ LOST_RETRY_S = 1.0  # a request a node gave back as lost is sent again after thi
 
 @dataclass
 class Feed:
-    """The model inputs of one request; `key` is the caller's, copied to Record.key."""
+    """The model inputs of one request; `key` is the caller's, copied to Record.key. A step of a
+    generated sequence also says which (`sequence` > 0), its `step` (0: the prefill) and whether it
+    is the sequence's `last_step`: the nodes keep the sequence's cache between its steps."""
 
     arrays: dict[str, np.ndarray]
     key: int = 0
+    sequence: int = 0
+    step: int = 0
+    last_step: bool = False
+
+    def frame(self, request_id: int, sent_ns: int) -> TensorFrame:
+        header = pb.Frame(request_id=request_id, stage=0, sent_ns=sent_ns)
+        header.sequence, header.step, header.last_step = self.sequence, self.step, self.last_step
+        return TensorFrame(header, self.arrays)
 
 
 @dataclass
@@ -191,7 +201,7 @@ def drive(
     slots = threading.Semaphore(max_in_flight if open_loop else concurrency)
     records: dict[int, Record] = {}
     pending: dict[int, Record] = {}  # sent, not answered
-    kept: dict[int, dict[str, np.ndarray]] = {}  # their inputs, for a resend
+    kept: dict[int, Feed] = {}  # their inputs, for a resend
     lock = threading.Lock()
     sender_done = threading.Event()
 
@@ -216,11 +226,11 @@ def drive(
         """Requests the run asked to send again, while any are queued."""
         while (rid := ctl.take_resend()) is not None:
             with lock:
-                rec, arrays = pending.get(rid), kept.get(rid)
-            if rec is None or arrays is None:  # answered meanwhile
+                rec, feed = pending.get(rid), kept.get(rid)
+            if rec is None or feed is None:  # answered meanwhile
                 continue
             rec.resent += 1
-            yield TensorFrame(pb.Frame(request_id=rid, stage=0, sent_ns=time.time_ns()), arrays)
+            yield feed.frame(rid, time.time_ns())
 
     def requests() -> Iterator[TensorFrame]:
         t0: int | None = None
@@ -252,8 +262,8 @@ def drive(
                 rec = Record(id=i, key=feed.key, intended_ns=now if due is None else due, sent_ns=now)
                 with lock:
                     records[i] = pending[i] = rec
-                    kept[i] = feed.arrays
-                yield TensorFrame(pb.Frame(request_id=i, stage=0, sent_ns=now), feed.arrays)
+                    kept[i] = feed
+                yield feed.frame(i, now)
                 i += 1
             # everything is sent: stay open for resends until every request is answered
             while not stop.is_set() and pending_ids():

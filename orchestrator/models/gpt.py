@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper
 
+from orchestrator.generation.decoder import CONTEXT_KEY
 from orchestrator.models.onnx_builder import GraphBuilder, save_model
 
 EPS = 1e-5
@@ -202,4 +203,5 @@ def build_gpt(
     graph = helper.make_graph(bld.nodes, "gpt", inputs, outputs, initializer=bld.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edge-testbed gpt")
     model.ir_version = min(model.ir_version, 8 if opset <= 17 else model.ir_version)
+    helper.set_model_props(model, {CONTEXT_KEY: str(context)})  # the longest sequence its position tables take
     return save_model(model, path, bld.nbytes)

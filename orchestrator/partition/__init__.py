@@ -166,8 +166,9 @@ def partition(
         model_sha256=graph.sha256,
         algorithm=algorithm,
         objective=objective,
-        inputs=list(graph.inputs),
-        outputs=list(graph.outputs),
+        inputs=[x for x in graph.inputs if x not in graph.state],
+        outputs=[x for x in graph.outputs if x not in graph.state_names],
+        state=dict(graph.state),
         stages=[
             StagePlan(
                 index=f.index,

@@ -31,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, shape_inference
 
 from orchestrator.errors import UserError
+from orchestrator.generation.decoder import state_pairs
 
 # Initializers up to this size stay embedded in the copy used for shape inference (Reshape
 # targets, axes, scalars: inference needs their values); bigger ones become typed inputs.
@@ -103,6 +104,13 @@ class ModelGraph:
     cost: list[float]  # estimated FLOPs per seq position, batch 1
     live_bytes: list[int]  # live bytes at each cut position 0..len(seq) (0 and len(seq) are the ends)
     notes: list[str] = field(default_factory=list)
+    # a decoder's cache: input -> output of the same layer and kind (generation.decoder). Stage state,
+    # kept by the stage that reads and writes it: never in a live set, never sent
+    state: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def state_names(self) -> set[str]:
+        return set(self.state) | set(self.state.values())
 
     @property
     def n(self) -> int:
@@ -116,7 +124,8 @@ class ModelGraph:
 
     def live_at(self, p: int) -> list[str]:
         """Tensors that must cross the cut at position p, in production order."""
-        names = [t for t, a in self.prod.items() if a < p <= self.last[t]]
+        kept = self.state_names
+        names = [t for t, a in self.prod.items() if a < p <= self.last[t] and t not in kept]
         return sorted(names, key=lambda t: (self.prod[t], t))
 
     def node(self, pos: int) -> onnx.NodeProto:
@@ -396,10 +405,18 @@ def analyse(model: onnx.ModelProto, path: str | Path, sha256: str = "") -> Model
         shown = ", ".join(sorted(live_unknown)[:3]) + (" ..." if len(live_unknown) > 3 else "")
         notes.append(f"{len(live_unknown)} tensors have unknown dims (taken as 1 for sizes): {shown}")
 
+    try:
+        state = state_pairs(inputs, outputs)
+    except ValueError as e:
+        raise UserError(str(e), str(path), "model") from None
+    kept = set(state) | set(state.values())
+    for past, present in state.items():  # read and written by one node, else the cache could not stay there
+        if past in last and present in prod and last[past] != prod[present]:
+            raise UserError(f"cache input {past} is not read by the node that writes {present}", str(path), "model")
     diff = np.zeros(n + 2, dtype=np.int64)
     for x, a in prod.items():
         b = last[x]
-        if b > a:
+        if b > a and x not in kept:
             diff[a + 1] += nbytes.get(x, 0)
             diff[b + 1] -= nbytes.get(x, 0)
     live_bytes = [int(v) for v in np.cumsum(diff)[: n + 1]]
@@ -423,6 +440,7 @@ def analyse(model: onnx.ModelProto, path: str | Path, sha256: str = "") -> Model
         cost=cost,
         live_bytes=live_bytes,
         notes=notes,
+        state=state,
     )
 
 

@@ -55,9 +55,12 @@ class Plan(BaseModel):
     model_sha256: str
     algorithm: str
     objective: str
-    inputs: list[str]
-    outputs: list[str]
+    inputs: list[str]  # the model's inputs, cache inputs left out
+    outputs: list[str]  # its outputs, cache outputs left out
     stages: list[StagePlan]
+    # a decoder's cache, input -> output (generation.decoder): each stage keeps the pairs its own
+    # layers read and write, per sequence, on its device; they are in its inputs and outputs, never sent
+    state: dict[str, str] = Field(default_factory=dict)
     predicted: Predicted = Predicted()
     notes: list[str] = Field(default_factory=list, exclude=True)
     _dir: Path | None = PrivateAttr(default=None)
@@ -110,6 +113,10 @@ class Plan(BaseModel):
         out.write_text(json.dumps(self.model_dump(), indent=2) + "\n")
         self._dir = d
         return out
+
+    def stage_state(self, k: int) -> dict[str, str]:
+        """The cache pairs stage k keeps."""
+        return {past: present for past, present in self.state.items() if past in self.stages[k].inputs}
 
     def forward_after(self, k: int) -> list[str]:
         """Tensors that must travel on after stage k (k = -1: the model inputs stage 0.. need).

@@ -21,6 +21,8 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
         v = (rep["latency_ms"] or {}).get(k)
         if v is not None:
             t.add_row(f"latency {k}", f"{v:.1f} ms")
+    if rep.get("task") == "generate" and (line := generation_line(rep)) is not None:
+        t.add_row("generation", line)
     for s in rep["stages"]:
         c = s.get("compute_ms") or {}
         t.add_row(f"stage {s['index']} on {s['device']}", f"{c.get('p50', float('nan')):.1f} ms p50")
@@ -53,6 +55,27 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
         t.add_row("[bold red]fidelity off >10%", f)
     console.print(t)
     console.print(f"run folder: {run_dir}")
+
+
+def generation_line(rep: dict) -> str | None:
+    """One line of a generation run (figures.generation): TTFT and TPOT p50, tokens/s in total and per
+    sequence, whether the tokens are the whole model's (None where nothing was measured)."""
+    ttft, tpot = (rep.get("ttft_ms") or {}).get("p50"), (rep.get("tpot_ms") or {}).get("p50")
+    tps = rep.get("tokens_per_s") or {}
+    total, per = tps.get("total"), (tps.get("per_sequence") or {}).get("p50")
+    if ttft is None and tpot is None and total is None:
+        return None
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f} ms"
+
+    match = rep.get("tokens_match")
+    said = "not checked" if match is None else ("yes" if match else "[bold red]NO")
+    return (
+        f"TTFT p50 {ms(ttft)}, TPOT p50 {ms(tpot)}, "
+        f"{'-' if total is None else f'{total:.1f}'} tokens/s "
+        f"({'-' if per is None else f'{per:.1f}'} per sequence p50), tokens match {said}"
+    )
 
 
 def energy_line(split: dict | None) -> str | None:

@@ -194,6 +194,100 @@ def _disruption_section(rep: dict) -> list[str]:
     return lines
 
 
+def _pct_row(name: str, p: dict | None, nd: int = 2) -> str:
+    p = p or {}
+    return f"| {name} | {_fmt(p.get('p50'), nd)} | {_fmt(p.get('p99'), nd)} | {_fmt(p.get('mean'), nd)} |"
+
+
+def _match_text(rep: dict) -> str:
+    if rep.get("tokens_match") is None:
+        return "not checked"
+    if rep["tokens_match"]:
+        return "yes, every sequence"
+    return "no: sequences " + ", ".join(str(i) for i in rep.get("tokens_mismatch") or []) + " differ"
+
+
+def _phase_rows(rep: dict) -> list[str]:
+    """One row per part of a step (figures.metrics.breakdown_table), prefill beside decode."""
+    pre = (rep.get("prefill") or {}).get("breakdown") or []
+    dec = (rep.get("decode") or {}).get("breakdown") or []
+    keyed = {"prefill": {(r["part"], r["where"]): r for r in pre}, "decode": {(r["part"], r["where"]): r for r in dec}}
+    parts = list(dict.fromkeys([(r["part"], r["where"]) for r in pre] + [(r["part"], r["where"]) for r in dec]))
+    lines = []
+    for part, where in parts:
+        cells = []
+        for phase in ("prefill", "decode"):
+            r = keyed[phase].get((part, where))
+            cells += ["-", "-"] if r is None else [_fmt(r["mean_ms"], 3), f"{_fmt(r['share_pct'])}%"]
+        lines.append(f"| {part} | {where} | {' | '.join(cells)} |")
+    return lines
+
+
+def generation_section(rep: dict) -> list[str]:
+    """A generation run's figures (figures.generation): time to first token, time per output token,
+    tokens per second, whether the tokens are the whole model's, KV cache per device, energy per
+    token, and a step's time prefill beside decode."""
+    seqs = rep.get("sequences") or {}
+    tps = rep.get("tokens_per_s") or {}
+    pre, dec = rep.get("prefill") or {}, rep.get("decode") or {}
+    lines = [
+        "",
+        "## Generation",
+        "",
+        f"{seqs.get('measured', 0)} measured sequences ({seqs.get('tokens_generated', 0)} tokens in "
+        f"{seqs.get('steps', 0)} steps) after {seqs.get('warmup', 0)} warm-up; {seqs.get('failed', 0)} failed"
+        + (f" (first: {seqs['first_error']})" if seqs.get("first_error") else "")
+        + ". A step's round trip is from its send to its token coming back; the time per output token is "
+        "the time between two tokens of one sequence.",
+        "",
+        "| figure | p50 | p99 | mean |",
+        "|---|---|---|---|",
+        _pct_row("time to first token (ms)", rep.get("ttft_ms")),
+        _pct_row("time per output token (ms)", rep.get("tpot_ms")),
+        _pct_row("tokens/s per sequence", tps.get("per_sequence")),
+        _pct_row("prefill step round trip (ms)", pre.get("step_ms")),
+        _pct_row("decode step round trip (ms)", dec.get("step_ms")),
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| tokens/s in total | {_fmt(tps.get('total'), 2)} |",
+        f"| tokens equal to the whole model's greedy decode | {_match_text(rep)} |",
+    ]
+    ept = rep.get("energy_per_token_j")
+    if ept:
+        lines.append(
+            f"| energy per token | predicted {_mj(ept.get('predicted'))} mJ, measured {_mj(ept.get('measured'))} mJ "
+            f"({ept.get('formula')}) |"
+        )
+    kv = rep.get("kv_cache_bytes")
+    if kv is None:
+        lines.append("| KV cache peak per device | not measured |")
+    for dev, b in (kv or {}).items():
+        lines.append(f"| KV cache peak on {dev} | {_fmt(b)} B ({_mib(b)} MiB) |")
+    rows = _phase_rows(rep)
+    if rows:
+        lines += [
+            "",
+            "### A step's time: prefill and decode",
+            "",
+            "Means in ms per step; share of the step's mean round trip.",
+            "",
+            "| part | where | prefill ms | prefill share | decode ms | decode share |",
+            "|---|---|---|---|---|---|",
+            *rows,
+        ]
+    hops = {(h["from"], h["to"]): [h, None] for h in pre.get("hops") or []}
+    for h in dec.get("hops") or []:
+        hops.setdefault((h["from"], h["to"]), [None, None])[1] = h
+    if hops:
+        lines += ["", "| hop | prefill bytes per step | decode bytes per step |", "|---|---|---|"]
+        for (a, b), (hp, hd) in hops.items():
+            lines.append(
+                f"| {a} -> {b} | {_fmt((hp or {}).get('bytes_per_step'))} | {_fmt((hd or {}).get('bytes_per_step'))} |"
+            )
+    return lines
+
+
 def _since(v, nd=1) -> str:
     return "-" if v is None else f"{v:.{nd}f}"
 
@@ -243,6 +337,8 @@ def render_markdown(rep: dict) -> str:
     lines.append(f"| errors | {rep.get('errors', 0)} |")
     if rep.get("events") or rep.get("plans"):
         lines += _disruption_summary(rep)
+    if rep.get("task") == "generate":
+        lines += generation_section(rep)
     if rep.get("repeats"):
         sp = rep.get("repeat_spread") or {}
         lines += [

@@ -14,6 +14,7 @@ from orchestrator.driving.driver import Record
 from orchestrator.figures.disruption import stage_part, time_origin
 from orchestrator.figures.latency import per_second
 from orchestrator.figures.metrics import HOP_PARTS, STAGE_PARTS, pipeline_order, timeline_rows
+from orchestrator.generation.records import SequenceRun
 from orchestrator.runtimes.stats import StatsLine
 
 matplotlib.use("Agg")
@@ -123,6 +124,113 @@ def breakdown(stages: list[dict], hops: list[dict], path: Path) -> Path:
         ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     return _save(fig, path)
+
+
+def tokens_over_time(path: Path, sequences: list[SequenceRun]) -> Path:
+    """Tokens per second over time: each token counted in the 1-s window its step's answer came
+    back in, from the first send of the sequences shown; all sequences together, and each one faint
+    (its own rate). Warm-up sequences are left out; the last window may be partly covered."""
+    seqs = [s for s in sequences if not s.warmup]
+    sent = [r.sent_ns for s in seqs for r in s.steps if r.done_ns and not r.error]
+    arrivals = {s.index: [r.done_ns for r in s.steps if r.done_ns and not r.error] for s in seqs}
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    if sent:
+        t0 = min(sent)
+        end_s = (max(t for a in arrivals.values() for t in a) - t0) / 1e9
+        edges = np.arange(int(end_s) + 2, dtype=np.float64)
+        mid = edges[:-1] + 0.5
+        total = np.zeros(len(mid))
+        first = True
+        for a in arrivals.values():
+            counts = np.histogram((np.asarray(a, dtype=np.float64) - t0) / 1e9, bins=edges)[0]
+            total += counts
+            ax.plot(
+                mid,
+                counts,
+                drawstyle="steps-mid",
+                color="grey",
+                alpha=0.3,
+                linewidth=0.8,
+                label="one sequence" if first else None,
+            )
+            first = False
+        ax.plot(mid, total, drawstyle="steps-mid", color=_COLORS[0], linewidth=2, label="all sequences")
+        ax.set_xlim(0, edges[-1])
+        ax.legend(fontsize=8, loc="upper right")
+    else:
+        ax.text(0.5, 0.5, "no token came back", transform=ax.transAxes, ha="center", va="center")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("time since the first step was sent (s)")
+    ax.set_ylabel("tokens per second (1-s windows)")
+    ax.set_title("Tokens per second over time (warm-up excluded)")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _mean(fig: dict, key: str) -> float:
+    return float((fig.get(key) or {}).get("mean") or 0.0)
+
+
+def token_breakdown(path: Path, figures: dict) -> Path:
+    """Where one step's time goes, prefill and decode apart (figures.generation's `prefill` and
+    `decode`), each on its own scale: along the pipeline, each stage's queue wait (pale) and compute,
+    each hop (link wait, serialisation, transfer and deserialisation together, hatched); means in ms
+    per step, so the parts add up to the step's mean."""
+    from matplotlib.patches import Patch
+
+    phases = [(name, figures[name]) for name in ("prefill", "decode") if figures.get(name)]
+    fig, axes = plt.subplots(max(1, len(phases)), 1, figsize=(9, 1.5 * max(1, len(phases)) + 2.2), squeeze=False)
+    colors: dict[str, tuple] = {}
+    handles: dict[str, Patch] = {}
+
+    def color(label: str, hop: bool) -> tuple:
+        if label not in colors:
+            colors[label] = _COLORS[len(colors) % len(_COLORS)]
+            handles[label] = Patch(facecolor=colors[label], hatch="//" if hop else None, edgecolor="white", label=label)
+        return colors[label]
+
+    queued = False
+    for ax, (name, ph) in zip(axes[:, 0], phases, strict=False):
+        left = 0.0
+        for kind, f in pipeline_order(ph.get("stages") or [], ph.get("hops") or [], figures.get("source")):
+            if kind == "stage":
+                label = f"stage {f['index']} on {f['device']}"
+                q, c = _mean(f, "queue_ms"), _mean(f, "compute_ms")
+                if q > 0:
+                    ax.barh(0, q, left=left, color=color(label, False), alpha=0.35, height=0.5)
+                    left += q
+                    queued = True
+                if c > 0:
+                    ax.barh(0, c, left=left, color=color(label, False), height=0.5)
+                    left += c
+            else:
+                label = f"{f['from']} -> {f['to']}"
+                v = sum(_mean(f, key) for _, key in HOP_PARTS)
+                if v > 0:
+                    ax.barh(0, v, left=left, color=color(label, True), hatch="//", edgecolor="white", height=0.5)
+                    left += v
+        step = (ph.get("step_ms") or {}).get("mean")
+        said = f" {left:.2f} ms" + (f" (step round trip {step:.2f} ms)" if step is not None else "")
+        ax.text(left, 0, said, va="center", fontsize=8)
+        ax.set_xlim(0, max(left, 1e-3) * 1.45)
+        ax.set_yticks([0], [f"{name}\n({ph.get('steps', 0)} steps)"])
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_xlabel(f"mean time per {name} step (ms)")
+        ax.grid(axis="x", alpha=0.3)
+    if not phases:
+        axes[0, 0].text(0.5, 0.5, "no step measured", transform=axes[0, 0].transAxes, ha="center", va="center")
+    legend = list(handles.values())
+    if queued:
+        legend.append(Patch(facecolor="grey", alpha=0.35, label="queue wait (pale)"))
+    if legend:
+        fig.legend(handles=legend, fontsize=8, loc="lower center", ncol=min(4, len(legend)), frameon=False)
+    fig.suptitle("Where a token's time goes: prefill and decode steps, stages and hops")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = (len(legend) + 3) // 4
+    fig.tight_layout(rect=(0, 0.06 * rows, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def device_usage(samples: dict[str, list[StatsLine]], path: Path) -> Path:
