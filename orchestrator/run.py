@@ -33,6 +33,9 @@ from orchestrator.figures.fidelity import host_busy_share
 from orchestrator.figures.gpu_power import NvmlPowerSampler
 from orchestrator.figures.metrics import hop_samples
 from orchestrator.figures.report import RunMeasurements, RunSetup, build_report
+from orchestrator.generation.job import GenerationSetup, prepare
+from orchestrator.generation.report import generation_plots, generation_report, write_generations
+from orchestrator.generation.run_steps import GenerationRun
 from orchestrator.interrupts import Interrupted, current_phase, phase, shield, soft_stop, stopped
 from orchestrator.partition import Limits, partition, place
 from orchestrator.partition.plan import Plan
@@ -157,6 +160,7 @@ def execute(
         if cfg.adapt != "static" and cfg.algorithm == "user":
             field = f"compare[{i - 1}].adapt" if i else "adapt"
             raise UserError(f"{cfg.adapt} re-plans, which a manual plan (algorithm: user) cannot", job_path, field)
+    generation = prepare_generation(job, job_path, model, configs) if job.task == "generate" else None
     rt_name, rt_notes = select_runtime(runtime or job.runtime)
     console.print(f"runtime: {rt_name}" + (f" ({rt_notes[0]})" if rt_notes else ""))
     run_dir = run_folder(job, out)
@@ -178,6 +182,7 @@ def execute(
             subnet=subnet,
             wait_for_testbed=wait_for_testbed,
             notes=list(rt_notes),
+            generation=generation,
         )
         reports.append((cfg.name, rep))
         print_summary(console, rep, cfg_dir)
@@ -188,6 +193,15 @@ def execute(
         first = write_comparison(run_dir, first, comparison_rows(reports))
         print_comparison(console, first["comparison"])
     return run_dir, first
+
+
+def prepare_generation(job: Job, job_file: str, model: Path, configs: list[Config]) -> GenerationSetup:
+    """A generation job's decoder and prompts, read before anything starts; what it cannot do refused."""
+    if job.repeat > 1:
+        raise UserError("a generation job generates its sequences once: repeat must be 1", job_file, "repeat")
+    if any(cfg.scenario is not None or cfg.adapt != "static" for cfg in configs):
+        raise UserError("a generation job runs in a static world: no scenario, adapt static", job_file, "scenario")
+    return prepare(job, job_file, model)
 
 
 def plan_config(
@@ -238,6 +252,7 @@ def run_config(
     subnet: str | None,
     notes: list[str],
     wait_for_testbed: bool = False,
+    generation: GenerationSetup | None = None,
 ) -> dict:
     """One configuration, start to report. Interrupted in any phase but the drive, it writes a
     report.json of what it has (`complete: false`, the phase) after the runtime stopped, and re-raises."""
@@ -245,7 +260,10 @@ def run_config(
     with _reported_if_interrupted(run_dir, job, cfg, rt_name, notes):
         testbed = cfg.testbed
         sess = open_session(model, SessionSettings(threads=1))
-        inputs = open_inputs(job, job_file, sess)
+        gen = GenerationRun(generation, job.timeout_s) if generation is not None else None
+        inputs = (
+            open_inputs(job, job_file, sess) if gen is None else Inputs(iter(()), True, notes=list(generation.notes))
+        )
         fid: dict | None = None
         all_records: list[Record] = []
         measured_ids: set[int] = set()
@@ -324,23 +342,29 @@ def run_config(
                     stack.enter_context(soft_stop(lambda why: (warming.end(why), changing.control.end(why))))
                     for r in range(job.repeat):
                         label = f"run {r + 1}/{job.repeat}" if job.repeat > 1 else "driving"
-                        warm = _drive(
-                            console, f"{label}: warm-up", source, inputs, job, job.warmup, None, control=warming
-                        )
+                        if gen is not None:
+                            warm = gen.drive(console, f"{label}: warm-up", source, warmup=True, control=warming)
+                        else:
+                            warm = _drive(
+                                console, f"{label}: warm-up", source, inputs, job, job.warmup, None, control=warming
+                            )
                         if stopped() is not None:
                             break
                         if r == 0:  # the run numbers requests from the warm-up's first
                             changing.adaptation.id_offset = len(all_records) + len(warm)
-                        meas = _drive(
-                            console,
-                            label,
-                            source,
-                            inputs,
-                            job,
-                            job.requests if not job.duration_s else None,
-                            job.duration_s,
-                            changing if r == 0 else None,
-                        )
+                        if gen is not None:
+                            meas = gen.drive(console, label, source, warmup=False, control=changing.control)
+                        else:
+                            meas = _drive(
+                                console,
+                                label,
+                                source,
+                                inputs,
+                                job,
+                                job.requests if not job.duration_s else None,
+                                job.duration_s,
+                                changing if r == 0 else None,
+                            )
                         if r == 0:
                             id_offset = len(all_records) + len(warm)
                         for rec in warm + meas:
@@ -351,6 +375,8 @@ def run_config(
                         if changing.control.ended or stopped() is not None:
                             break
                     sampler.take_sample()  # and one that covers the end of the run
+                    if gen is not None:
+                        gen.read_caches(dep)
                 disruption = changing.report(id_offset)
                 if changing.changes:
                     write_changes(run_dir / "scenario.jsonl", changing.changes_log())
@@ -409,11 +435,16 @@ def run_config(
                 output_name=output_names[0],
             )
             rep = build_report(setup, measurements) | disruption
+            if gen is not None:
+                rep |= generation_report(gen, model, plan, testbed, offsets, rep)
+                write_generations(run_dir / "generations.jsonl", gen.sequences)
             rep |= disruption_figures(rep["events"], rep["plans"], all_records, measured_ids, job.batch)
             write_latencies(run_dir / "latencies.csv", all_records, hops, n, measured_ids)
             write_requests(run_dir / "requests.jsonl", all_records, measured_ids)
             if stopped() is None:
                 rep = rep | {"plots": write_plots(run_dir, rep, all_records, measured_ids, samples, offsets)}
+                if gen is not None:
+                    rep["plots"] = rep["plots"] + generation_plots(run_dir, gen.sequences, rep)
             else:  # a person waits for the command to end: the plots can be drawn later
                 rep["notes"] = [
                     *rep["notes"],

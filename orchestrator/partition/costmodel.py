@@ -28,6 +28,8 @@ from orchestrator.partition.memory import (
     MemoryMode,
     StageNeeds,
     activation_peaks,
+    cache_readers,
+    cache_token_bytes,
     conv_weights,
     resident_bytes,
     source_bytes,
@@ -141,15 +143,22 @@ def reduce_candidates(
     A position is dropped when another one within `window` of the total compute carries fewer
     bytes (or as many, a hair earlier): moving the cut there costs almost nothing in balance and saves
     transfer. The window doubles until at most `max_candidates` remain, so the exact optimiser
-    stays fast. Returns interior positions (1..n-1), increasing.
+    stays fast. A position that would split a decoder's cache pair (`cache_splits`) is never one.
+    Returns interior positions (1..n-1), increasing.
     """
     n = graph.n
     if n <= 1:
         return []
     pre = np.asarray(prefix(cost if cost is not None else graph.cost), dtype=float)
     live = np.asarray(graph.live_bytes, dtype=float)
+    split = sorted(cache_splits(graph))
+    if split:
+        live = live.copy()
+        live[split] = np.inf  # neither a candidate nor a reason to drop one nearby
+    pos = np.array([p for p in range(1, n) if np.isfinite(live[p])], dtype=np.int64)
+    if pos.size == 0:
+        return []
     total = pre[-1] if pre[-1] > 0 else 1.0
-    pos = np.arange(1, n)
     while True:
         eps = window * total
         tie = min(window, TIE_WINDOW) * total
@@ -169,6 +178,29 @@ def reduce_candidates(
         window *= 2
 
 
+def cache_splits(graph: ModelGraph) -> frozenset[int]:
+    """Cut positions that would part a decoder's cache input from the node writing its output, or
+    that output from a node reading it: each stage keeps its own layers' cache, so the nodes from
+    the first reader of `past_key_values.N.x` to the last reader of `present.N.x` stay together."""
+    if not graph.state:
+        return frozenset()
+    readers = cache_readers(graph)
+    nodes = graph.model.graph.node
+    later: dict[str, int] = {}
+    outputs = {present: past for past, present in graph.state.items()}
+    for p in range(graph.n):
+        for x in nodes[graph.seq[p]].input:
+            if x in outputs:
+                later[x] = max(later.get(x, p), p)
+    out: set[int] = set()
+    for past, present in graph.state.items():
+        ends = [*readers.get(past, []), *([graph.prod[present]] if graph.prod.get(present, -1) >= 0 else [])]
+        ends += [later[present]] if present in later else []
+        if ends:
+            out.update(range(min(ends) + 1, max(ends) + 1))
+    return frozenset(out)
+
+
 def segment_needs(graph: ModelGraph, bounds: Sequence[int]) -> dict[tuple[int, int], StageNeeds]:
     """needs[i, j] (i < j): what the memory model reads off a stage holding blocks i..j-1.
 
@@ -181,19 +213,26 @@ def segment_needs(graph: ModelGraph, bounds: Sequence[int]) -> dict[tuple[int, i
     size = {name: tensor_nbytes(graph.initializers[name]) for names in inits for name in names}
     conv = conv_weights(graph)
     live = graph.live_bytes
+    readers = cache_readers(graph)
+    caches = [{x for x, ps in readers.items() if any(bounds[i] <= p < bounds[i + 1] for p in ps)} for i in range(nb)]
+    token = {x: cache_token_bytes(graph, [x]) for x in readers}
     out: dict[tuple[int, int], StageNeeds] = {}
     for i in range(nb):
         lo = bounds[i]
         peaks, largest = activation_peaks(graph, lo)
         seen: set[str] = set()
         seen_consts: set[int] = set()
-        w = cw = 0
+        seen_cache: set[str] = set()
+        w = cw = cache = 0
         for j in range(i, nb):
             for name in inits[j]:
                 if name not in seen:
                     seen.add(name)
                     w += size[name]
                     cw += size[name] if name in conv else 0
+            for name in caches[j] - seen_cache:
+                seen_cache.add(name)
+                cache += token[name]
             seen_consts.update(consts[j])
             hi = bounds[j + 1]
             out[i, j + 1] = StageNeeds(
@@ -203,6 +242,7 @@ def segment_needs(graph: ModelGraph, bounds: Sequence[int]) -> dict[tuple[int, i
                 activations=int(peaks[hi - lo - 1]) if hi > lo else 0,
                 largest_activation=int(largest[hi - lo - 1]) if hi > lo else 0,
                 frame_bytes=live[lo] + live[hi],
+                cache_per_token=cache,
             )
     return out
 
@@ -213,14 +253,15 @@ def segment_memory(
     batch: int = 1,
     mode: MemoryMode = "default",
     needs: dict[tuple[int, int], StageNeeds] | None = None,
+    cache_tokens: int = 0,
 ) -> np.ndarray:
     """mem[i, j] (i < j): resident bytes of a node holding blocks i..j-1 in `mode` (see
-    partition.memory); inf below the diagonal."""
+    partition.memory), a decoder's cache at `cache_tokens` included; inf below the diagonal."""
     nb = len(bounds) - 1
     needs = needs if needs is not None else segment_needs(graph, bounds)
     mem = np.full((nb + 1, nb + 1), np.inf)
     for (i, j), nd in needs.items():
-        mem[i, j] = resident_bytes(nd, mode, batch=batch)
+        mem[i, j] = resident_bytes(nd, mode, batch=batch, cache_tokens=cache_tokens)
     return mem
 
 
@@ -353,8 +394,10 @@ def build_arrays(
     source: str | None = None,
     headroom: float = MEMORY_HEADROOM,
     batch: int = 1,
+    cache_tokens: int = 0,
 ) -> tuple[Arrays, list[int]]:
-    """The arrays for `graph` on `devices`, over `bounds` (default: reduced candidates).
+    """The arrays for `graph` on `devices`, over `bounds` (default: reduced candidates); a
+    decoder's stages hold their cache at `cache_tokens` (context per sequence times sequences).
 
     Returns the arrays and the bounds used (seq positions, 0 and n included).
     """
@@ -377,11 +420,11 @@ def build_arrays(
         cut_bytes=np.array([graph.live_bytes[p] for p in bounds], dtype=float),
         link_rate=rate,
         link_delay=delay,
-        mem=segment_memory(graph, bounds, batch, needs=needs),
+        mem=segment_memory(graph, bounds, batch, needs=needs, cache_tokens=cache_tokens),
         dev_mem=np.array([usable_bytes(d.memory, headroom) - x for d, x in zip(devices, driver, strict=True)]),
         source=names.index(source) if source is not None and source in names else None,
         overhead=np.array([table.overhead_s.get(n, 0.0) for n in names], dtype=float) if table.overhead_s else None,
-        mem_lean=segment_memory(graph, bounds, batch, mode="lean", needs=needs),
+        mem_lean=segment_memory(graph, bounds, batch, mode="lean", needs=needs, cache_tokens=cache_tokens),
         lean_device=np.array([d.memory_mode == "lean" for d in devices], dtype=bool),
     )
     return arrays, bounds
@@ -421,14 +464,24 @@ def predict(
     source: str | None = None,
     modes: Sequence[MemoryMode] | None = None,
     levels: Sequence[float] | None = None,
+    cache_tokens: int = 0,
 ) -> Predicted:
     """plan.json's `predicted` for a placement (seq-position cuts), from the cost model; stages run
-    in `modes` (default: as the memory model chooses, see `Arrays.mode`) and at the CPU shares of
-    `levels` (default: each device's own cpus; a stage's time scales by cpus / level). Energy per
-    inference: partition/energy.py adds it."""
+    in `modes` (default: as the memory model chooses, see `Arrays.mode`, a decoder's cache at
+    `cache_tokens` counted) and at the CPU shares of `levels` (default: each device's own cpus; a
+    stage's time scales by cpus / level). Energy per inference: partition/energy.py adds it."""
     names = [d.name for d in testbed.devices]
     bounds = [0, *cuts, graph.n]
-    a, _ = build_arrays(graph, testbed.devices, testbed.links, bounds=bounds, table=table, source=source, headroom=0.0)
+    a, _ = build_arrays(
+        graph,
+        testbed.devices,
+        testbed.links,
+        bounds=bounds,
+        table=table,
+        source=source,
+        headroom=0.0,
+        cache_tokens=cache_tokens,
+    )
     idx = [names.index(n) for n in device_names]
     if levels is not None:
         a = slowed(a, {i: testbed.device(n).cpus / c for i, n, c in zip(idx, device_names, levels, strict=True) if c})

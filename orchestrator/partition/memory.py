@@ -24,7 +24,10 @@ fixture model and a built ViT, local and Docker), a node holds:
   a loaded stage's fixed share (`STAGE_BYTES`);
 - on a source device that does not run stage 0, the driver's stream besides
   (`SOURCE_FRAME_FACTOR` times the model's input bytes, plus `SOURCE_BYTES`, from a source node
-  that runs no stage); running stage 0, the driver's frames are that stage's own.
+  that runs no stage); running stage 0, the driver's frames are that stage's own;
+- a decoder's KV cache: the stage keeps its own layers' cache per sequence (never sent), so it
+  holds `cache_per_token` bytes for every token of every sequence in flight, counted at the job's
+  longest context (`cache_tokens`: context per sequence times sequences).
 
 Measured on ViT-B/16 (330 MiB of weights): whole in one node, 394 MiB resident by default and
 68 MiB lean (the weights in the page cache instead); cut in four on edge4 under Docker, 145-156
@@ -35,6 +38,8 @@ fastest of interleaved runs), not a lean profile; smaller matrices lose less (hf
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -79,6 +84,7 @@ class StageNeeds:
     activations: int  # largest set of activations alive at once
     largest_activation: int  # the largest activation among them
     frame_bytes: int  # a frame's tensors in plus out
+    cache_per_token: int = 0  # a decoder's KV cache bytes per token of its own layers (one sequence)
 
 
 @dataclass(frozen=True)
@@ -93,10 +99,11 @@ class StageMemory:
     frames: float
     source: float
     mapped_weights: float  # weights read from the mapped file (page cache, not resident): lean
+    cache: float = 0.0  # a decoder's KV cache at the job's longest context, every sequence in flight
 
     @property
     def total(self) -> float:
-        return self.node + self.graph + self.weights + self.activations + self.frames + self.source
+        return self.node + self.graph + self.weights + self.activations + self.frames + self.source + self.cache
 
 
 def breakdown(
@@ -105,9 +112,12 @@ def breakdown(
     *,
     batch: int = 1,
     input_bytes: int | None = None,
+    cache_tokens: int = 0,
 ) -> StageMemory:
     """The node's resident memory for a stage, by part. `input_bytes` (the model's inputs at batch
-    1) when the device is also the run's source: it takes the driver's stream besides."""
+    1) when the device is also the run's source: it takes the driver's stream besides.
+    `cache_tokens`: a generation job's cache tokens held at once (context per sequence times
+    sequences), each taking the stage's `cache_per_token`."""
     conv = CONV_WEIGHT_FACTOR * needs.conv_weights
     if mode == "lean":
         held, mapped = conv, needs.weights - needs.conv_weights
@@ -126,14 +136,20 @@ def breakdown(
         frames=FRAME_FACTOR * needs.frame_bytes * batch + STAGE_BYTES,
         source=0.0 if input_bytes is None else source_bytes(input_bytes, batch),
         mapped_weights=float(mapped),
+        cache=float(needs.cache_per_token * cache_tokens),
     )
 
 
 def resident_bytes(
-    needs: StageNeeds, mode: MemoryMode = "default", *, batch: int = 1, input_bytes: int | None = None
+    needs: StageNeeds,
+    mode: MemoryMode = "default",
+    *,
+    batch: int = 1,
+    input_bytes: int | None = None,
+    cache_tokens: int = 0,
 ) -> float:
     """Predicted peak resident (anonymous) bytes of a node running the stage."""
-    return breakdown(needs, mode, batch=batch, input_bytes=input_bytes).total
+    return breakdown(needs, mode, batch=batch, input_bytes=input_bytes, cache_tokens=cache_tokens).total
 
 
 def source_bytes(input_bytes: int, batch: int = 1) -> float:
@@ -261,6 +277,41 @@ def conv_weights(graph: ModelGraph) -> frozenset[str]:
     return _buffers(graph).conv_weights
 
 
+def cache_readers(graph: ModelGraph) -> dict[str, list[int]]:
+    """Each cache input of a decoder and the seq positions of the nodes that read it."""
+    from orchestrator.partition.graph import node_inputs
+
+    if not graph.state:
+        return {}
+    out: dict[str, list[int]] = {x: [] for x in graph.state}
+    nodes = graph.model.graph.node
+    for p in range(graph.n):
+        for x in node_inputs(nodes[graph.seq[p]]):
+            if x in out and p not in out[x]:
+                out[x].append(p)
+    return out
+
+
+def cache_token_bytes(graph: ModelGraph, names: Iterable[str]) -> int:
+    """KV cache bytes one token takes in the named cache inputs, for one sequence: each tensor's
+    dims but the batch and the token axis (batch, kv heads, tokens, head dim), times its element size."""
+    from orchestrator.generation.decoder import CACHE_AXIS
+    from orchestrator.partition.graph import elem_size
+
+    total = 0
+    for x in names:
+        dims = graph.shapes1.get(x, [])
+        tp = graph.types.get(x)
+        size = elem_size(tp.tensor_type.elem_type) if tp is not None else 4
+        total += math.prod(d for k, d in enumerate(dims) if k not in (0, CACHE_AXIS)) * size
+    return total
+
+
+def stage_cache(graph: ModelGraph, lo: int, hi: int) -> list[str]:
+    """The cache inputs a stage holding seq[lo:hi] reads, and so keeps."""
+    return [x for x, ps in cache_readers(graph).items() if any(lo <= p < hi for p in ps)]
+
+
 def stage_needs(graph: ModelGraph, lo: int, hi: int) -> StageNeeds:
     """The memory model's inputs for a stage holding seq[lo:hi]."""
     from orchestrator.partition.graph import tensor_nbytes
@@ -275,4 +326,5 @@ def stage_needs(graph: ModelGraph, lo: int, hi: int) -> StageNeeds:
         activations=int(peaks[hi - lo - 1]) if hi > lo else 0,
         largest_activation=int(largest[hi - lo - 1]) if hi > lo else 0,
         frame_bytes=graph.live_bytes[lo] + graph.live_bytes[hi],
+        cache_per_token=cache_token_bytes(graph, stage_cache(graph, lo, hi)),
     )

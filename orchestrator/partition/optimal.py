@@ -306,7 +306,13 @@ def optimal(problem: Problem) -> Placement:
     g: ModelGraph = problem.graph
     names = [d.name for d in problem.devices]
     a, bounds = build_arrays(
-        g, problem.devices, problem.links, table=problem.cost_table, source=problem.source, batch=problem.batch
+        g,
+        problem.devices,
+        problem.links,
+        table=problem.cost_table,
+        source=problem.source,
+        batch=problem.batch,
+        cache_tokens=problem.cache_tokens,
     )
     types = device_types(a)
     if state_count([len(t) for t in types]) > MAX_STATES:
@@ -337,7 +343,9 @@ def optimal(problem: Problem) -> Placement:
         f"latency {ev.latency_s * 1e3:.1f} ms"
     ]
     testbed = problem.testbed()
-    pred = predict(g, cuts, devices, testbed, table=problem.cost_table, source=problem.source)
+    pred = predict(
+        g, cuts, devices, testbed, table=problem.cost_table, source=problem.source, cache_tokens=problem.cache_tokens
+    )
     return Placement(cuts, devices, notes, predicted=pred)
 
 
@@ -386,7 +394,14 @@ def _least_energy(problem: Problem, a: Arrays, bounds: list[int]) -> Placement:
         )
     tb = problem.testbed()
     how = {"table": problem.cost_table, "source": problem.source, "levels": levels}
-    pred = energy.with_energy(predict(problem.graph, cuts, devices, tb, **how), problem.graph, cuts, devices, tb, **how)
+    pred = energy.with_energy(
+        predict(problem.graph, cuts, devices, tb, cache_tokens=problem.cache_tokens, **how),
+        problem.graph,
+        cuts,
+        devices,
+        tb,
+        **how,
+    )
     return Placement(cuts, devices, notes, predicted=pred, levels=levels)
 
 

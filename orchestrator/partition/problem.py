@@ -45,6 +45,11 @@ class Problem:
     cost_table: CostTable | None = None  # measured seconds per block per device (a profile), if any
     batch: int = 1  # requests' batch size: activations and frames, and so memory, scale with it
     limits: Limits = field(default_factory=Limits)  # objective energy's latency budget and throughput floor
+    # a generation job's decoder cache, held by each stage for its own layers: the tokens held at once
+    # (the longest context per sequence times `sequences`), and the sequences in flight at once
+    # (None: not a generation job)
+    cache_tokens: int = 0
+    sequences: int | None = None
 
     def testbed(self) -> Testbed:
         """The devices and links as a Testbed, for link parameters."""

@@ -2,6 +2,9 @@
 
 The symbolic first dimension is the batch, other symbolic dimensions 1; floats are N(0, 1)
 (image-like), booleans 0 or 1, integers 0..9 (valid ids and positions for any vocabulary).
+
+A decoder with a KV cache (`past_key_values.N.key/value` inputs) takes `decode_inputs` instead:
+one decode step at a given past length, the point its per-token cost is measured at.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
+
+from orchestrator.generation.decoder import ATTENTION_MASK, CACHE_AXIS, INPUT_IDS, POSITION_IDS, present_name
 
 
 class InputSpec(NamedTuple):
@@ -57,4 +62,36 @@ def seeded_inputs(specs: Iterable[InputSpec], batch: int = 1, seed: int = 0) -> 
             feeds[spec.name] = rng.integers(0, 2, shape).astype(bool)
         else:
             feeds[spec.name] = rng.integers(0, 10, shape).astype(spec.dtype)
+    return feeds
+
+
+def has_cache(names: Iterable[str]) -> bool:
+    """Do these inputs carry a decoder's cache (`past_key_values.N.key/value`)?"""
+    return any(present_name(x) is not None for x in names)
+
+
+def decode_inputs(specs: Iterable[InputSpec], past_tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """One decode step of one sequence after `past_tokens`: input_ids (1, 1) in 0..9, attention_mask
+    ones (1, past + 1), position_ids [[past]], each cache input (1, kv heads, past, head dim) N(0, 1);
+    any other input as `seeded_inputs` draws it at batch 1. Drawn in the given order from a generator
+    seeded with `seed`."""
+    if past_tokens < 0:
+        raise ValueError(f"past_tokens must be 0 or more, got {past_tokens}")
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name == INPUT_IDS:
+            feeds[spec.name] = rng.integers(0, 10, (1, 1)).astype(spec.dtype)
+        elif spec.name == ATTENTION_MASK:
+            feeds[spec.name] = np.ones((1, past_tokens + 1), spec.dtype)
+        elif spec.name == POSITION_IDS:
+            feeds[spec.name] = np.full((1, 1), past_tokens, spec.dtype)
+        elif present_name(spec.name) is not None:
+            shape = [
+                1 if k == 0 else past_tokens if k == CACHE_AXIS else (d if isinstance(d, int) else 1)
+                for k, d in enumerate(spec.shape)
+            ]
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feeds.update(seeded_inputs([spec], 1, int(rng.integers(2**31))))
     return feeds

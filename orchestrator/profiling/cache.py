@@ -1,6 +1,7 @@
 """The profile cache: JSON files under `cache_dir`, one per (model sha256, block bounds, device spec,
-runtime kind, batch). A second profile is a file read, changing one device re-profiles that device
-only, and identical devices share one entry's measurements.
+runtime kind, batch, and for a decoder the past length of the decode step measured). A second
+profile is a file read, changing one device re-profiles that device only, and identical devices
+share one entry's measurements.
 
 Beside them, `models.json` memoises each model file's facts by path, size and mtime, so a cached
 profile is found without reading the model; and `blocks.json` in a blocks folder says which model
@@ -21,6 +22,7 @@ from orchestrator.config import Device, Testbed
 from orchestrator.partition.graph import ModelGraph
 from orchestrator.partition.stage_files import StageFile, write_stages
 from orchestrator.partition.weights_store import WEIGHTS_FILE
+from orchestrator.profiling.decode_point import decode_point
 from orchestrator.profiling.results import DeviceProfile, ModelFacts, Profile, assemble
 
 # 2: per-block times from chunk totals; 3: per-frame node overhead; 4: overhead at saturation, round trip;
@@ -44,8 +46,12 @@ def device_spec(dev: Device) -> dict:
     }
 
 
-def cache_key(sha256: str, dev: Device, bounds: Sequence[int], runtime: str, batch: int) -> dict:
-    return {
+def cache_key(
+    sha256: str, dev: Device, bounds: Sequence[int], runtime: str, batch: int, past_tokens: int | None = None
+) -> dict:
+    """An entry's key; `past_tokens`: a decoder's decode step (profiling.decode_point), in the key
+    only then, so that a decode profile is read for that point alone."""
+    key = {
         "version": CACHE_VERSION,
         "model_sha256": sha256,
         "bounds": list(bounds),
@@ -53,11 +59,15 @@ def cache_key(sha256: str, dev: Device, bounds: Sequence[int], runtime: str, bat
         "runtime": runtime,
         "batch": batch,
     }
+    if past_tokens is not None:
+        key["past_tokens"] = past_tokens
+    return key
 
 
 def _key_file(cache_dir: Path, key: dict) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return Path(cache_dir) / key["model_sha256"][:16] / f"{key['runtime']}_b{key['batch']}_{digest}.json"
+    point = f"_p{key['past_tokens']}" if "past_tokens" in key else ""
+    return Path(cache_dir) / key["model_sha256"][:16] / f"{key['runtime']}_b{key['batch']}{point}_{digest}.json"
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -84,8 +94,8 @@ def memo_facts(cache_dir: Path, model_path: Path) -> ModelFacts | None:
     index = _read_json(Path(cache_dir) / MODELS_INDEX) or {}
     entry = index.get(str(model_path.resolve()))
     try:
-        if entry is None or entry.get("stat") != _stat_id(model_path):
-            return None
+        if entry is None or entry.get("stat") != _stat_id(model_path) or "decoder" not in entry["facts"]:
+            return None  # changed since, or remembered before facts said whether it is a decoder
         return ModelFacts(**entry["facts"])
     except (OSError, TypeError, KeyError):
         return None
@@ -101,13 +111,18 @@ def remember_facts(cache_dir: Path, model_path: Path, facts: ModelFacts) -> None
 
 
 def lookup(
-    cache_dir: Path, facts: ModelFacts, devices: Sequence[Device], runtime: str, batch: int
+    cache_dir: Path,
+    facts: ModelFacts,
+    devices: Sequence[Device],
+    runtime: str,
+    batch: int,
+    past_tokens: int | None = None,
 ) -> dict[str, DeviceProfile]:
     """Cache hits by device name (devices without an entry are absent)."""
     hits: dict[str, DeviceProfile] = {}
     nb = len(facts.bounds) - 1
     for dev in devices:
-        key = cache_key(facts.sha256, dev, facts.bounds, runtime, batch)
+        key = cache_key(facts.sha256, dev, facts.bounds, runtime, batch, past_tokens)
         data = _read_json(_key_file(cache_dir, key))
         if data is None or data.get("key") != key:
             continue
@@ -120,25 +135,41 @@ def lookup(
     return hits
 
 
-def store(cache_dir: Path, facts: ModelFacts, dev: Device, runtime: str, batch: int, measured: DeviceProfile) -> None:
+def store(
+    cache_dir: Path,
+    facts: ModelFacts,
+    dev: Device,
+    runtime: str,
+    batch: int,
+    measured: DeviceProfile,
+    past_tokens: int | None = None,
+) -> None:
     """Keep `measured` as `dev`'s entry (it may have been measured on an identical device)."""
-    key = cache_key(facts.sha256, dev, facts.bounds, runtime, batch)
+    key = cache_key(facts.sha256, dev, facts.bounds, runtime, batch, past_tokens)
     _write_json(_key_file(cache_dir, key), {"key": key, "measured_as": measured.device, **measured.to_json()})
 
 
 def cached_profile(
-    model_path: str | Path, testbed: Testbed, runtime: str, *, batch: int = 1, cache_dir: str | Path = DEFAULT_CACHE_DIR
+    model_path: str | Path,
+    testbed: Testbed,
+    runtime: str,
+    *,
+    batch: int = 1,
+    cache_dir: str | Path = DEFAULT_CACHE_DIR,
+    past_tokens: int | None = None,
 ) -> Profile | None:
-    """The profile from the cache alone, without reading the model when its file is unchanged."""
+    """The profile from the cache alone, without reading the model when its file is unchanged; a
+    decoder's at the decode step after `past_tokens` (profiling.decode_point)."""
     t0 = time.perf_counter()
     model_path, cache_dir = Path(model_path), Path(cache_dir)
     facts = memo_facts(cache_dir, model_path)
     if facts is None:
         return None
-    hits = lookup(cache_dir, facts, testbed.devices, runtime, batch)
+    point = decode_point(facts.decoder, past_tokens)
+    hits = lookup(cache_dir, facts, testbed.devices, runtime, batch, point)
     if len(hits) != len(testbed.devices):
         return None
-    return assemble(facts, hits, runtime, batch, time.perf_counter() - t0, [])
+    return assemble(facts, hits, runtime, batch, time.perf_counter() - t0, [], point)
 
 
 def blocks_folder(workspace: Path, model_path: str | Path) -> Path:

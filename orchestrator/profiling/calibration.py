@@ -18,7 +18,8 @@ sending its output over its link. So before the pipeline is loaded:
 
 The planner's choice does not change: this only makes the prediction a measurement of the
 stages chosen. Stage inputs are real intermediate tensors: the plan's stages run once in this
-process on a seeded input.
+process on a seeded input. A decoder's stages are measured at one decode step after
+`past_tokens`, each holding its cache inside as it keeps it in the run (profiling.decode_point).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ from orchestrator.driving.deploy import load_requests
 from orchestrator.driving.driver import Feed, drive
 from orchestrator.partition.chain import run_chain
 from orchestrator.partition.plan import Plan, Predicted, StagePlan
-from orchestrator.partition.seeded_inputs import InputSpec, onnx_inputs, seeded_inputs
+from orchestrator.partition.seeded_inputs import InputSpec, decode_inputs, onnx_inputs, seeded_inputs
+from orchestrator.partition.stage_files import StageFile
+from orchestrator.profiling.decode_point import decode_point, holding_cache
 from orchestrator.runtimes.base import Deployment
 
 IN_FLIGHT = 2  # one frame waits while the other runs: the stage never idles
@@ -54,15 +57,41 @@ MEASURE_S = 3.0  # per stage, about: thirty CFS periods, so a quota shows as it 
 MIN_FRAMES, MAX_FRAMES = 8, 40
 
 
-def stage_inputs(plan: Plan, batch: int = 1, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def stage_inputs(
+    plan: Plan, batch: int = 1, seed: int = 0, past_tokens: int | None = None
+) -> list[dict[str, np.ndarray]]:
     """What each stage's frame carries in (its inputs and what it passes on), from one pass of the
-    plan's stages in this process on seeded model inputs (typed as the stage files declare them)."""
+    plan's stages in this process on seeded model inputs (typed as the stage files declare them);
+    a decoder's (a plan with `state`) one decode step after `past_tokens` (0 where None), each
+    stage's cache inputs drawn too (they stay out of the frames: its own device keeps them)."""
     specs: dict[str, InputSpec] = {}
     for k in range(len(plan.stages)):
         declared = onnx.load(str(plan.stage_path(k)), load_external_data=False).graph.input
         specs.update({x.name: x for x in onnx_inputs((vi.name, vi.type) for vi in declared)})
-    env = run_chain(plan.dir, plan.stages, seeded_inputs([specs[x] for x in plan.inputs if x in specs], batch, seed))
+    point = decode_point(bool(plan.state), past_tokens)
+    if point is None:
+        feeds = seeded_inputs([specs[x] for x in plan.inputs if x in specs], batch, seed)
+    else:
+        feeds = decode_inputs([specs[x] for x in [*plan.inputs, *plan.state] if x in specs], point, seed)
+    env = run_chain(plan.dir, plan.stages, feeds)
     return [{x: env[x] for x in plan.forward_after(k - 1) if x in env} for k in range(len(plan.stages))]
+
+
+def held_stages(plan: Plan, node_plan: Plan, past_tokens: int | None) -> Plan:
+    """The plan as its stages are measured: a decoder's stage files holding their cache at the
+    decode step (written beside them in the nodes' folder), the plan itself otherwise."""
+    point = decode_point(bool(plan.state), past_tokens)
+    if point is None:
+        return plan
+    files = [StageFile(s.index, s.model, list(s.inputs), list(s.outputs), 0, 0, 0) for s in plan.stages]
+    held = holding_cache(files, node_plan.dir, point)
+    stages = [
+        s.model_copy(update={"model": f.model, "inputs": f.inputs, "outputs": f.outputs})
+        for s, f in zip(plan.stages, held, strict=True)
+    ]
+    out = plan.model_copy(update={"stages": stages, "state": {}})
+    out._dir = plan.dir
+    return out
 
 
 def frames_for(expected_s: float | None, seconds: float = MEASURE_S, lo: int = MIN_FRAMES, hi: int = MAX_FRAMES) -> int:
@@ -246,15 +275,24 @@ def rounds(groups: Sequence[Sequence[str | None]]) -> list[list[int]]:
 
 
 def measure_stages(
-    plan: Plan, node_plan: Plan, testbed: Testbed, dep: Deployment, *, batch: int = 1, timeout_s: float = 300.0
+    plan: Plan,
+    node_plan: Plan,
+    testbed: Testbed,
+    dep: Deployment,
+    *,
+    batch: int = 1,
+    timeout_s: float = 300.0,
+    past_tokens: int | None = None,
 ) -> list[StageMeasure]:
     """Each stage on its device: kept busy while its output crosses its real link to the next
     stage's device, where a sink takes it (in rounds, every device in at most one measurement at a
-    time), then one request at a time (every device at once, each stage alone).
+    time), then one request at a time (every device at once, each stage alone). A decoder's stages
+    take one decode step after `past_tokens` (0 where None), each holding its cache.
 
     Leaves the nodes holding calibration stages: load the pipeline afterwards."""
     n = len(plan.stages)
-    feeds = stage_inputs(plan, batch)
+    feeds = stage_inputs(plan, batch, past_tokens=past_tokens)
+    plan = held_stages(plan, node_plan, past_tokens)
     expected = plan.predicted.stage_s or [None] * n
 
     def pool(jobs):

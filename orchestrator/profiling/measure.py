@@ -14,6 +14,10 @@ Chunks are cut so that a node holding them fits the device's memory by the plann
 model (`partition.memory`); between chunks the node is emptied first (a Load replaces the old
 pipeline only once the new one is built, which a small device could not hold twice).
 
+A decoder is measured at one decode step after `past_tokens` (profiling.decode_point): the chain
+runs on `decode_inputs`, and the block files the nodes load hold their cache inside, as a run's
+stages keep it, rather than take it in every frame.
+
 Devices are profiled in parallel, one thread each, within what the host can give without the
 measurements disturbing one another: a capped container counts its CPU quota against the host's
 CPUs, an uncapped local node its threads against all CPUs but one (`cpu_budget` overrides).
@@ -43,7 +47,7 @@ from orchestrator.partition.chain import run_chain
 from orchestrator.partition.costmodel import segment_memory
 from orchestrator.partition.graph import ModelGraph, load_graph
 from orchestrator.partition.memory import MEMORY_HEADROOM, NODE_BYTES, usable_bytes
-from orchestrator.partition.seeded_inputs import onnx_inputs, seeded_inputs
+from orchestrator.partition.seeded_inputs import decode_inputs, onnx_inputs, seeded_inputs
 from orchestrator.partition.stage_files import StageFile
 from orchestrator.profiling.cache import (
     DEFAULT_CACHE_DIR,
@@ -55,6 +59,7 @@ from orchestrator.profiling.cache import (
     store,
 )
 from orchestrator.profiling.calibration import step_time_s
+from orchestrator.profiling.decode_point import decode_point, holding_cache
 from orchestrator.profiling.results import DeviceProfile, Profile, assemble, block_bounds, model_facts
 from orchestrator.runtimes.base import Deployment
 
@@ -91,13 +96,20 @@ def saturation_overhead_s(done_ns: Sequence[int], skip: int, compute_s: float) -
 
 
 def chunk_blocks(
-    graph: ModelGraph, bounds: Sequence[int], dev: Device, *, batch: int = 1, headroom: float = MEMORY_HEADROOM
+    graph: ModelGraph,
+    bounds: Sequence[int],
+    dev: Device,
+    *,
+    batch: int = 1,
+    headroom: float = MEMORY_HEADROOM,
+    cache_tokens: int = 0,
 ) -> list[tuple[int, int]]:
     """Consecutive block ranges [i, j) a node on `dev` can hold, by the planner's memory model
     (partition.memory). A chunk's blocks are loaded as stages of their own, each a session with its
     own graph, arena and frames: the node's own bytes once, and every block's stage beside them. A
-    block that cannot fit even alone gets a chunk of its own (the node may still refuse it)."""
-    mem = segment_memory(graph, bounds, batch)
+    block that cannot fit even alone gets a chunk of its own (the node may still refuse it).
+    `cache_tokens`: a decoder's blocks hold their cache of that many tokens."""
+    mem = segment_memory(graph, bounds, batch, cache_tokens=cache_tokens)
     budget = usable_bytes(dev.memory, headroom)
     nb = len(bounds) - 1
     own = [float(mem[k, k + 1]) - NODE_BYTES for k in range(nb)]  # a block as a stage, beside the node
@@ -293,12 +305,14 @@ def profile(
     seed: int = 0,
     timeout_s: float = 600.0,
     cpu_budget: float | None = None,
+    past_tokens: int | None = None,
 ) -> Profile:
     """Measure every block on every device of `testbed` through `deployment`'s nodes.
 
     `blocks_dir` must be readable by the nodes (for Docker, inside the deployment's workspace).
     Devices with a cache entry are not measured again; a progress bar is shown on `console`
-    (a rich Console) when one is given.
+    (a rich Console) when one is given. A decoder is measured at one decode step after
+    `past_tokens` (0 where None; ignored for a model without a cache), and cached for that point.
     """
     t0 = time.perf_counter()
     model_path, cache_dir, blocks_dir = Path(model_path), Path(cache_dir), Path(blocks_dir)
@@ -306,15 +320,20 @@ def profile(
         raise ValueError("need warmup >= 0, reps >= 1 and batch >= 1")
     runtime = deployment.runtime
     facts = memo_facts(cache_dir, model_path)
-    hits = lookup(cache_dir, facts, testbed.devices, runtime, batch) if facts is not None else {}
-    if facts is not None and len(hits) == len(testbed.devices):
-        return assemble(facts, hits, runtime, batch, time.perf_counter() - t0, [])
+    if facts is not None:
+        point = decode_point(facts.decoder, past_tokens)
+        hits = lookup(cache_dir, facts, testbed.devices, runtime, batch, point)
+        if len(hits) == len(testbed.devices):
+            return assemble(facts, hits, runtime, batch, time.perf_counter() - t0, [], point)
 
     graph = load_graph(model_path)
     bounds = block_bounds(graph)
     facts = model_facts(graph, bounds)
+    point = decode_point(facts.decoder, past_tokens)
+    if point is not None and batch != 1:
+        raise ValueError("a decoder is measured one sequence at a time: batch must be 1")
     remember_facts(cache_dir, model_path, facts)
-    hits = lookup(cache_dir, facts, testbed.devices, runtime, batch)
+    hits = lookup(cache_dir, facts, testbed.devices, runtime, batch, point)
     todo = [d for d in testbed.devices if d.name not in hits]
     # identical devices are measured once
     groups: dict[str, list[Device]] = {}
@@ -327,9 +346,14 @@ def profile(
 
     notes: list[str] = []
     files = block_files(graph, bounds, blocks_dir)
-    feeds = seeded_inputs(onnx_inputs((x, graph.types[x]) for x in graph.inputs), batch, seed)
-    ref = run_chain(blocks_dir, files, feeds)
-    chunks = {d.name: chunk_blocks(graph, bounds, d, batch=batch) for d in reps_dev}
+    specs = onnx_inputs((x, graph.types[x]) for x in graph.inputs)
+    if point is None:
+        ref = run_chain(blocks_dir, files, seeded_inputs(specs, batch, seed))
+    else:  # one decode step; the nodes' block files hold their cache (see the module's docstring)
+        ref = run_chain(blocks_dir, files, decode_inputs(specs, point, seed))
+        files = holding_cache(files, blocks_dir, point)
+        notes.append(f"decoder: blocks measured at one decode step after {point} past tokens")
+    chunks = {d.name: chunk_blocks(graph, bounds, d, batch=batch, cache_tokens=point or 0) for d in reps_dev}
     for d in reps_dev:
         if len(chunks[d.name]) > 1:
             notes.append(f"{d.name}: blocks loaded in {len(chunks[d.name])} chunks to fit its memory")
@@ -412,8 +436,8 @@ def profile(
     for group in groups.values():
         dp = results[group[0].name]
         for d in group:
-            store(cache_dir, facts, d, runtime, batch, dp)
+            store(cache_dir, facts, d, runtime, batch, dp, point)
             devs[d.name] = dataclasses.replace(dp, device=d.name)
     devs.update(hits)
     ordered = {d.name: devs[d.name] for d in testbed.devices}
-    return assemble(facts, ordered, runtime, batch, time.perf_counter() - t0, notes)
+    return assemble(facts, ordered, runtime, batch, time.perf_counter() - t0, notes, point)

@@ -80,6 +80,8 @@ class Profile:
     devices: dict[str, DeviceProfile] = field(default_factory=dict)
     block_names: list[str] = field(default_factory=list)  # first node of each block, for display
     notes: list[str] = field(default_factory=list)
+    # a decoder's: the past length of the decode step measured (profiling.decode_point); None otherwise
+    past_tokens: int | None = None
 
     @property
     def bounds(self) -> list[int]:
@@ -99,6 +101,7 @@ class ModelFacts:
     activation: list[int]  # per block, largest activation at batch 1
     live: list[int]  # per bound, bytes at batch 1
     names: list[str]
+    decoder: bool = False  # it has a KV cache: measured at a decode step (profiling.decode_point)
 
 
 def block_bounds(graph: ModelGraph) -> list[int]:
@@ -116,6 +119,7 @@ def model_facts(graph: ModelGraph, bounds: list[int]) -> ModelFacts:
         activation=[graph.max_activation(bounds[i], bounds[i + 1]) for i in range(nb)],
         live=[int(graph.live_bytes[p]) for p in bounds],
         names=[graph.node(bounds[i]).name or graph.node(bounds[i]).op_type for i in range(nb)],
+        decoder=bool(graph.state),
     )
 
 
@@ -129,10 +133,16 @@ def quota_period_s(devs: dict[str, DeviceProfile]) -> float | None:
 
 
 def assemble(
-    facts: ModelFacts, devs: dict[str, DeviceProfile], runtime: str, batch: int, seconds: float, notes: list[str]
+    facts: ModelFacts,
+    devs: dict[str, DeviceProfile],
+    runtime: str,
+    batch: int,
+    seconds: float,
+    notes: list[str],
+    past_tokens: int | None = None,
 ) -> Profile:
     """The profile of every device in `devs`: their block times as the planner's cost table, and the
-    model's memory and live bytes scaled to `batch`."""
+    model's memory and live bytes scaled to `batch`; a decoder's measured at `past_tokens`."""
     return Profile(
         table=CostTable(
             bounds=list(facts.bounds),
@@ -153,4 +163,5 @@ def assemble(
         devices=devs,
         block_names=list(facts.names),
         notes=notes,
+        past_tokens=past_tokens,
     )

@@ -138,23 +138,14 @@ def tokens_over_time(path: Path, sequences: list[SequenceRun]) -> Path:
         t0 = min(sent)
         end_s = (max(t for a in arrivals.values() for t in a) - t0) / 1e9
         edges = np.arange(int(end_s) + 2, dtype=np.float64)
-        mid = edges[:-1] + 0.5
-        total = np.zeros(len(mid))
+        total = np.zeros(len(edges) - 1)
         first = True
         for a in arrivals.values():
             counts = np.histogram((np.asarray(a, dtype=np.float64) - t0) / 1e9, bins=edges)[0]
             total += counts
-            ax.plot(
-                mid,
-                counts,
-                drawstyle="steps-mid",
-                color="grey",
-                alpha=0.3,
-                linewidth=0.8,
-                label="one sequence" if first else None,
-            )
+            ax.stairs(counts, edges, color="grey", alpha=0.3, linewidth=0.8, label="one sequence" if first else None)
             first = False
-        ax.plot(mid, total, drawstyle="steps-mid", color=_COLORS[0], linewidth=2, label="all sequences")
+        ax.stairs(total, edges, color=_COLORS[0], linewidth=2, label="all sequences")
         ax.set_xlim(0, edges[-1])
         ax.legend(fontsize=8, loc="upper right")
     else:
