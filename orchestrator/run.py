@@ -205,14 +205,23 @@ def prepare_generation(job: Job, job_file: str, model: Path, configs: list[Confi
 
 
 def plan_config(
-    job: Job, cfg: Config, model: Path, dep: Deployment, run_dir: Path, console: Console
+    job: Job,
+    cfg: Config,
+    model: Path,
+    dep: Deployment,
+    run_dir: Path,
+    console: Console,
+    generation: GenerationSetup | None = None,
 ) -> tuple[Plan, Profile | None, list[int]]:
-    """Partition for this configuration; profile the running nodes first where the algorithm needs it."""
+    """Partition for this configuration; profile the running nodes first where the algorithm needs it.
+    A generation job is profiled and planned at its decode steps, its caches counted in memory."""
     table = None
+    past = generation.past_tokens if generation is not None else None
     if cfg.algorithm in PROFILED:
-        prof = profile(model, cfg.testbed, dep, blocks_folder(dep.workspace, model), batch=job.batch, console=console)
+        folder = blocks_folder(dep.workspace, model)
+        prof = profile(model, cfg.testbed, dep, folder, batch=job.batch, console=console, past_tokens=past)
     else:  # a profile measured earlier still makes the prediction better than FLOPs would
-        prof = cached_profile(model, cfg.testbed, dep.runtime, batch=job.batch)
+        prof = cached_profile(model, cfg.testbed, dep.runtime, batch=job.batch, past_tokens=past)
     if prof is not None:
         table = prof.table
         console.print(
@@ -228,6 +237,8 @@ def plan_config(
         "cost_table": table,
         "batch": job.batch,
         "limits": cfg.limits,
+        "cache_tokens": generation.held_cache_tokens if generation is not None else 0,
+        "sequences": generation.sequences if generation is not None else None,
     }
     placed = place(model, cfg.testbed, memory_check=job.memory_check, **how)  # kept: a re-plan needs the cuts
     plan = partition(model, cfg.testbed, out_dir=run_dir, placed=placed, **how)
@@ -281,7 +292,7 @@ def run_config(
                 dep = rt.start()
                 notes += dep.notes
                 phase("partitioning")
-                plan, prof, cuts = plan_config(job, cfg, model, dep, run_dir, console)
+                plan, prof, cuts = plan_config(job, cfg, model, dep, run_dir, console, generation)
                 notes += list(plan.notes)
                 node_plan = rt.node_plan(plan, run_dir)
                 from_blocks = None
@@ -289,7 +300,15 @@ def run_config(
                     phase("measuring stages")
                     console.print("measuring each stage as a whole on its device...")
                     t0 = time.perf_counter()
-                    measured = measure_stages(plan, node_plan, testbed, dep, batch=job.batch, timeout_s=job.timeout_s)
+                    measured = measure_stages(
+                        plan,
+                        node_plan,
+                        testbed,
+                        dep,
+                        batch=job.batch,
+                        timeout_s=job.timeout_s,
+                        past_tokens=generation.past_tokens if generation is not None else None,
+                    )
                     measured = at_levels(measured, plan, testbed)
                     seconds = time.perf_counter() - t0
                     before = plan.predicted

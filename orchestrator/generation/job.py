@@ -14,6 +14,7 @@ from orchestrator.config import Job
 from orchestrator.errors import UserError
 from orchestrator.generation.decoder import DecoderIO
 from orchestrator.generation.prompts import cache_tokens, load_prompts
+from orchestrator.partition.decode import held_cache_tokens, mean_past_tokens
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,16 @@ class GenerationSetup:
     sequences: int  # in flight at once
     cache_tokens: int  # tokens a stage's cache holds for one sequence, at most
     notes: list[str]
+
+    @property
+    def past_tokens(self) -> int:
+        """The decode step profiles and stage measurements are taken at (partition.decode)."""
+        return mean_past_tokens(max(len(p) for p in self.prompts), self.max_new_tokens)
+
+    @property
+    def held_cache_tokens(self) -> int:
+        """Cache tokens a stage holds at most: every sequence in flight at its longest context."""
+        return held_cache_tokens(max(len(p) for p in self.prompts), self.max_new_tokens, self.sequences)
 
 
 def prepare(job: Job, job_file: str, model: Path) -> GenerationSetup:

@@ -28,11 +28,6 @@ class GenerationRun:
         ]
         self.kv_cache: dict[str, int] | None = None  # bytes per device, read once the sequences are done
 
-    @property
-    def cache_tokens(self) -> int:
-        """Tokens the stages' caches hold at most, over the sequences in flight at once."""
-        return self.setup.cache_tokens * self.setup.sequences
-
     def drive(
         self, console: Console, label: str, source: NodeClient, *, warmup: bool, control: DriveControl | None
     ) -> list[Record]:

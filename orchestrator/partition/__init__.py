@@ -46,12 +46,16 @@ def place(
     memory_check: str = "refuse",
     batch: int = 1,
     limits: Limits | None = None,
+    cache_tokens: int = 0,
+    sequences: int | None = None,
 ) -> tuple[ModelGraph, Placement]:
     """Validate and place, writing nothing: where the cuts go and which device runs each stage
     (a run that re-plans weighs placements this way before it cuts one). A stage that cannot fit its
     device is refused, or with memory_check "warn" said in the plan's notes and run all the same.
     `batch`: the requests' batch size, which the stages' memory grows with. `limits`: objective
-    energy's latency budget and throughput floor."""
+    energy's latency budget and throughput floor. A generation job's `cache_tokens` (the tokens its
+    stages' caches hold at once: context x sequences) count in memory; `sequences` (in flight) is
+    what objective throughput weighs tokens per second with (partition.decode)."""
     model_path = Path(model_path)
     src = testbed.source
     if objective not in OBJECTIVES:
@@ -92,6 +96,8 @@ def place(
         cost_table=cost_table,
         batch=batch,
         limits=limits or Limits(),
+        cache_tokens=cache_tokens,
+        sequences=sequences,
     )
     placement = algo(problem)
     if objective == "energy" and placement.levels is None:
@@ -123,6 +129,8 @@ def partition(
     placed: tuple[ModelGraph, Placement] | None = None,
     batch: int = 1,
     limits: Limits | None = None,
+    cache_tokens: int = 0,
+    sequences: int | None = None,
 ) -> Plan:
     """Plan and write DIR/plan.json, DIR/stage_k.onnx and DIR/weights.bin; return the plan (with notes).
 
@@ -142,6 +150,8 @@ def partition(
         store=store,
         batch=batch,
         limits=limits,
+        cache_tokens=cache_tokens,
+        sequences=sequences,
     )
     model_path = Path(model_path)
     store = store or WeightsStore()
@@ -157,7 +167,9 @@ def partition(
     predicted = (
         placement.predicted
         if placement.predicted and "lean" not in (placement.modes or ())
-        else predict(graph, placement.cuts, placement.devices, testbed, modes=placement.modes, **how)
+        else predict(
+            graph, placement.cuts, placement.devices, testbed, modes=placement.modes, cache_tokens=cache_tokens, **how
+        )
     )
     if predicted is not None and predicted.energy_j is None:
         predicted = with_energy(predicted, graph, placement.cuts, placement.devices, testbed, **how)

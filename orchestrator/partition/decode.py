@@ -128,3 +128,14 @@ def best_for_tokens(problem: Problem, sequences: int) -> Placement:
         f"predicted {sequences / tpot:.1f} tokens/s, {tpot * 1e3:.1f} ms per output token ({shown} tokens/s)"
     ]
     return Placement(cuts, devices, notes, predicted=pred)
+
+
+def mean_past_tokens(longest_prompt: int, max_new_tokens: int) -> int:
+    """The decode step a generation job's figures are measured at: the mean context over its decode
+    (the longest prompt, then half of the tokens it generates)."""
+    return longest_prompt + max_new_tokens // 2
+
+
+def held_cache_tokens(longest_prompt: int, max_new_tokens: int, sequences: int) -> int:
+    """The most cache tokens a stage holds at once: every sequence in flight at its longest context."""
+    return (longest_prompt + max_new_tokens) * sequences

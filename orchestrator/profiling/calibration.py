@@ -84,7 +84,7 @@ def held_stages(plan: Plan, node_plan: Plan, past_tokens: int | None) -> Plan:
     if point is None:
         return plan
     files = [StageFile(s.index, s.model, list(s.inputs), list(s.outputs), 0, 0, 0) for s in plan.stages]
-    held = holding_cache(files, node_plan.dir, point)
+    held = holding_cache(files, node_plan.dir, point, prefix="calibration_")
     stages = [
         s.model_copy(update={"model": f.model, "inputs": f.inputs, "outputs": f.outputs})
         for s, f in zip(plan.stages, held, strict=True)

@@ -64,26 +64,28 @@ def hold_cache(src: Path, dst: Path, past_tokens: int) -> tuple[list[str], list[
     g.input.extend(kept_in)
     del g.output[:]
     g.output.extend(kept_out)
+    dst.unlink(missing_ok=True)  # a hard link (a plan's files in a workspace) is replaced, not written through
     dst.write_bytes(m.SerializeToString())
     os.chmod(dst, 0o644)  # the node may run as another user
     return [vi.name for vi in kept_in], [vi.name for vi in kept_out]
 
 
-def held_name(model: str, past_tokens: int) -> str:
+def held_name(model: str, past_tokens: int, prefix: str = "") -> str:
     """The file name of a stage file's variant holding its cache at `past_tokens`."""
     stem = model[: -len(".onnx")] if model.endswith(".onnx") else model
-    return f"{stem}.past{past_tokens}.onnx"
+    return f"{prefix}{stem}.past{past_tokens}.onnx"
 
 
-def holding_cache(files: list[StageFile], folder: Path, past_tokens: int) -> list[StageFile]:
+def holding_cache(files: list[StageFile], folder: Path, past_tokens: int, prefix: str = "") -> list[StageFile]:
     """Block or stage files in `folder` as a node measures them at `past_tokens`: those that read a
-    cache replaced by variants holding it (written beside them), the others as they are."""
+    cache replaced by variants holding it (written beside them, their names after `prefix`), the
+    others as they are."""
     out = []
     for f in files:
         if not any(present_name(x) is not None for x in f.inputs):
             out.append(f)
             continue
-        name = held_name(f.model, past_tokens)
+        name = held_name(f.model, past_tokens, prefix)
         inputs, outputs = hold_cache(Path(folder) / f.model, Path(folder) / name, past_tokens)
         out.append(dataclasses.replace(f, model=name, inputs=inputs, outputs=outputs))
     return out

@@ -1,0 +1,131 @@
+"""Token-by-token generation across the default Docker testbed: `optimal` against exo's
+memory-weighted split.
+
+Builds the default decoder (`orchestrator model gpt`: GPT-2 small's geometry, 12 layers, hidden
+768, vocabulary 50257, context 1024, seeded weights) unless it is there, and runs one generation job
+(`orchestrator run`, docker runtime, devices/edge4.yaml, source laptop) with two configurations:
+`optimal` (objective latency: the least time per output token, profiled decode steps, the KV cache
+counted in memory) and `exo` (each device a share of the layers in proportion to its memory, as
+exo's "ring memory weighted" strategy does). Prints, side by side, each plan's time to first token,
+time per output token, tokens per second in total and per sequence, the planner's predicted TPOT
+and its error, then checks the targets: optimal's TPOT at most exo's, and each plan's predicted
+TPOT within 15% of measured. Both configurations must generate exactly the whole model's greedy
+tokens (`tokens_match`).
+
+Run: .venv/bin/python bench/bench_generate.py [--sequences 2] [--requests 4] [--new 16] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from benchlib import ROOT, run_job_reports, verdict
+
+MODEL = ROOT / "models" / "gpt2_small.onnx"
+DEVICES = ROOT / "devices" / "edge4.yaml"
+TOLERANCE = 0.15
+
+
+def build_model(path: Path) -> None:
+    if not path.exists():
+        print(f"building {path.name} (GPT-2 small geometry, seeded weights)...", flush=True)
+        subprocess.run([sys.executable, "-m", "orchestrator", "model", "gpt", "--out", str(path)], cwd=ROOT, check=True)
+
+
+def job(args: argparse.Namespace) -> dict:
+    return {
+        "name": "bench_generate",
+        "model": str(MODEL),
+        "devices": str(DEVICES),
+        "runtime": "docker",
+        "task": "generate",
+        "algorithm": "optimal",
+        "objective": "latency",
+        "source": "laptop",
+        "prompts": "synthetic",
+        "prompt_tokens": args.prompt_tokens,
+        "max_new_tokens": args.new,
+        "sequences": args.sequences,
+        "requests": args.requests,
+        "warmup": 1,
+        "compare": [{"name": "exo", "algorithm": "exo"}],
+    }
+
+
+def row(name: str, rep: dict) -> dict:
+    pg = rep.get("predicted_generation") or {}
+    return {
+        "plan": name,
+        "stages": " > ".join(f"{s['device']}" for s in rep.get("plan", {}).get("stages", [])) or "?",
+        "ttft": (rep.get("ttft_ms") or {}).get("p50"),
+        "tpot": (rep.get("tpot_ms") or {}).get("mean"),
+        "tpot_p50": (rep.get("tpot_ms") or {}).get("p50"),
+        "tokens_s": (rep.get("tokens_per_s") or {}).get("total"),
+        "per_seq": ((rep.get("tokens_per_s") or {}).get("per_sequence") or {}).get("p50"),
+        "pred_tpot": pg.get("tpot_ms"),
+        "err": pg.get("tpot_error_pct"),
+        "match": rep.get("tokens_match"),
+        "kv": rep.get("kv_cache_bytes"),
+    }
+
+
+def fmt(v: float | None, f: str = ".1f") -> str:
+    return "-" if v is None else format(v, f)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sequences", type=int, default=2, help="sequences in flight at once")
+    ap.add_argument("--requests", type=int, default=4, help="measured sequences (after one warm-up)")
+    ap.add_argument("--new", type=int, default=16, help="tokens generated per sequence")
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--keep", type=Path, default=None, help="leave the run folder here")
+    args = ap.parse_args()
+    build_model(MODEL)
+    status, reports = run_job_reports(job(args), keep=args.keep)
+    if "static" not in reports or "exo" not in reports:
+        print(f"the job did not report both configurations (exit status {status})")
+        return verdict(False, "optimal and exo both generate")
+    rows = [row("optimal (latency)", reports["static"]), row("exo (memory-weighted)", reports["exo"])]
+    print(
+        f"\ndefault GPT ({MODEL.name}) on {DEVICES.name}, docker; {args.requests} sequences after 1 warm-up, "
+        f"{args.sequences} in flight, prompts of {args.prompt_tokens} tokens, {args.new} new tokens each\n"
+    )
+    head = "plan stages TTFT_p50_ms TPOT_mean_ms TPOT_p50_ms tokens/s per_sequence_p50 predicted_TPOT_ms error match"
+    print("| " + " | ".join(h.replace("_", " ") for h in head.split()) + " |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['plan']} | {r['stages']} | {fmt(r['ttft'])} | {fmt(r['tpot'])} | {fmt(r['tpot_p50'])} | "
+            f"{fmt(r['tokens_s'], '.2f')} | {fmt(r['per_seq'], '.2f')} | {fmt(r['pred_tpot'])} | "
+            f"{fmt(r['err'], '+.1f')}% | {r['match']} |"
+        )
+    for r in rows:
+        print(f"KV cache bytes per device, {r['plan']}: {r['kv']}")
+    opt, exo = rows
+    ok = True
+    checks = [
+        (
+            opt["tpot"] is not None and exo["tpot"] is not None and opt["tpot"] <= exo["tpot"],
+            f"optimal's TPOT {fmt(opt['tpot'])} ms <= exo's {fmt(exo['tpot'])} ms",
+        ),
+        *[
+            (
+                r["err"] is not None and abs(r["err"]) <= TOLERANCE * 100,
+                f"{r['plan']}: predicted TPOT within 15% ({fmt(r['err'], '+.1f')}%)",
+            )
+            for r in rows
+        ],
+        *[(r["match"] is True, f"{r['plan']}: tokens_match") for r in rows],
+    ]
+    for good, what in checks:
+        print(("pass: " if good else "MISSED: ") + what)
+        ok = ok and good
+    return verdict(ok, "optimal TPOT <= exo's, predicted TPOT within 15%, tokens match")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
