@@ -272,3 +272,26 @@ def test_cli_model_without_cache_inputs(tmp_path):
     no_cache_model(tmp_path / "m.onnx")
     r = run_job(tmp_path, "task: generate\n")
     assert_refused_before_start(r, tmp_path, "cache inputs")
+
+
+def test_cli_a_stage_whose_cache_cannot_fit(tmp_path, gpt):
+    """The model fits; 8000 sequences of 64 tokens' cache do not: refused at plan time, in one line."""
+    (tmp_path / "m.onnx").write_bytes(gpt.read_bytes())
+    small = "devices:\n  - {name: a, cpus: 1, memory: 200MiB}\n  - {name: b, cpus: 1, memory: 200MiB}\n"
+    job = write_job(
+        tmp_path,
+        "runtime: local\nrequests: 2\nwarmup: 0\ntask: generate\nalgorithm: even\nstages: 2\n"
+        "prompt_tokens: 32\nmax_new_tokens: 32\nsequences: 8000\n",
+    )
+    (tmp_path / "d.yaml").write_text(small)
+    r = subprocess.run(
+        [sys.executable, "-m", "orchestrator", "run", "--job", str(job), "--out", str(tmp_path / "run")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "devices[0].memory" in lines[0] and "KV cache 250.0 MiB for 8000 sequences of 64 tokens" in lines[0]

@@ -110,6 +110,7 @@ def test_vit_cuts_at_block_boundaries(tiny_vit: Path, tmp_path: Path) -> None:
         "outputs",
         "stages",
         "predicted",
+        "state",
     }
     assert set(saved["stages"][0]) == {
         "index",
