@@ -12,11 +12,14 @@ from orchestrator.figures import disruption
 
 def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
     """The headline figures of one configuration's report, and where its run folder is."""
-    t = Table(title=f"{rep['job']} [{rep['configuration']}]: {rep['requests']} requests, {rep['runtime']} runtime")
+    # a generation run's requests are its sequences' steps, one token each
+    unit, what = ("steps", "step") if rep.get("task") == "generate" else ("images", "inference")
+    requests = "steps" if what == "step" else "requests"
+    t = Table(title=f"{rep['job']} [{rep['configuration']}]: {rep['requests']} {requests}, {rep['runtime']} runtime")
     t.add_column("figure")
     t.add_column("value", justify="right")
     fps = rep["throughput_fps"]
-    t.add_row("throughput", f"{fps:.2f} images/s" if fps else "not measured")
+    t.add_row("throughput", f"{fps:.2f} {unit}/s" if fps else "not measured")
     for k in ("p50", "p90", "p99", "max"):
         v = (rep["latency_ms"] or {}).get(k)
         if v is not None:
@@ -44,10 +47,10 @@ def print_summary(console: Console, rep: dict, run_dir: Path) -> None:
     if (pv.get("throughput_fps") or {}).get("error_pct") is not None:
         t.add_row(
             "predicted throughput",
-            f"{pv['throughput_fps']['predicted']:.2f} images/s ({pv['throughput_fps']['error_pct']:+.1f}%)",
+            f"{pv['throughput_fps']['predicted']:.2f} {unit}/s ({pv['throughput_fps']['error_pct']:+.1f}%)",
         )
     if (line := energy_line(rep.get("energy_split"))) is not None:
-        t.add_row("energy per inference", line)
+        t.add_row(f"energy per {what}", line)
     t.add_row("errors", str(rep["errors"]))
     if rep.get("events") or rep.get("plans"):
         _add_disruption(t, rep)
@@ -71,8 +74,14 @@ def generation_line(rep: dict) -> str | None:
 
     match = rep.get("tokens_match")
     said = "not checked" if match is None else ("yes" if match else "[bold red]NO")
+    pred = rep.get("predicted_generation") or {}
+    planned = (
+        f" (predicted {pred['tpot_ms']:.2f} ms, {pred['tpot_error_pct']:+.1f}% of the mean)"
+        if pred.get("tpot_ms") is not None and pred.get("tpot_error_pct") is not None
+        else ""
+    )
     return (
-        f"TTFT p50 {ms(ttft)}, TPOT p50 {ms(tpot)}, "
+        f"TTFT p50 {ms(ttft)}, TPOT p50 {ms(tpot)}{planned}, "
         f"{'-' if total is None else f'{total:.1f}'} tokens/s "
         f"({'-' if per is None else f'{per:.1f}'} per sequence p50), tokens match {said}"
     )
