@@ -59,7 +59,7 @@ def row(name: str, rep: dict) -> dict:
     pg = rep.get("predicted_generation") or {}
     return {
         "plan": name,
-        "stages": " > ".join(f"{s['device']}" for s in rep.get("plan", {}).get("stages", [])) or "?",
+        "stages": " > ".join(s["device"] for s in rep.get("stages") or []) or "?",
         "ttft": (rep.get("ttft_ms") or {}).get("p50"),
         "tpot": (rep.get("tpot_ms") or {}).get("mean"),
         "tpot_p50": (rep.get("tpot_ms") or {}).get("p50"),

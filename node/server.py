@@ -853,6 +853,8 @@ class NodeServicer(pb_grpc.NodeServicer):
             try:
                 arrays = {k: v for k, v in frame.arrays.items() if k in forward and k not in outs}
                 arrays.update((k, v) for k, v in outs.items() if k in forward)
+                if frame.header.sequence and LOGITS in arrays:  # the source chooses from the last position alone
+                    arrays[LOGITS] = arrays[LOGITS][:, -1:, :]
                 frame.arrays = arrays
                 timing.bytes_out = frame.nbytes
                 frame.header.stage = idx + 1

@@ -160,7 +160,7 @@ def execute(
         if cfg.adapt != "static" and cfg.algorithm == "user":
             field = f"compare[{i - 1}].adapt" if i else "adapt"
             raise UserError(f"{cfg.adapt} re-plans, which a manual plan (algorithm: user) cannot", job_path, field)
-    generation = prepare_generation(job, job_path, model, configs) if job.task == "generate" else None
+    generation = prepare_generation(job, job_path, model) if job.task == "generate" else None
     rt_name, rt_notes = select_runtime(runtime or job.runtime)
     console.print(f"runtime: {rt_name}" + (f" ({rt_notes[0]})" if rt_notes else ""))
     run_dir = run_folder(job, out)
@@ -195,12 +195,11 @@ def execute(
     return run_dir, first
 
 
-def prepare_generation(job: Job, job_file: str, model: Path, configs: list[Config]) -> GenerationSetup:
-    """A generation job's decoder and prompts, read before anything starts; what it cannot do refused."""
+def prepare_generation(job: Job, job_file: str, model: Path) -> GenerationSetup:
+    """A generation job's decoder and prompts, read before anything starts; what it cannot do refused.
+    A scenario plays on the clock of its first measured step, its sequences end the run."""
     if job.repeat > 1:
         raise UserError("a generation job generates its sequences once: repeat must be 1", job_file, "repeat")
-    if any(cfg.scenario is not None or cfg.adapt != "static" for cfg in configs):
-        raise UserError("a generation job runs in a static world: no scenario, adapt static", job_file, "scenario")
     return prepare(job, job_file, model)
 
 
@@ -341,7 +340,16 @@ def run_config(
                     scenario=cfg.scenario,
                     testbed=testbed,
                     replanner=Replanner(
-                        model, cfg.algorithm, cfg.objective, cfg.stages, cfg.source, run_dir, job.batch, cfg.limits
+                        model,
+                        cfg.algorithm,
+                        cfg.objective,
+                        cfg.stages,
+                        cfg.source,
+                        run_dir,
+                        job.batch,
+                        cfg.limits,
+                        cache_tokens=generation.held_cache_tokens if generation is not None else 0,
+                        sequences=generation.sequences if generation is not None else None,
                     ),
                     table=prof.table if prof is not None else None,
                     plan=plan,
@@ -372,7 +380,7 @@ def run_config(
                         if r == 0:  # the run numbers requests from the warm-up's first
                             changing.adaptation.id_offset = len(all_records) + len(warm)
                         if gen is not None:
-                            meas = gen.drive(console, label, source, warmup=False, control=changing.control)
+                            meas = gen.drive(console, label, source, warmup=False, control=None, world=changing)
                         else:
                             meas = _drive(
                                 console,

@@ -46,6 +46,8 @@ class Replanner:
     run_dir: Path
     batch: int = 1  # the job's: memory is checked at it
     limits: Limits = field(default_factory=Limits)  # objective energy's
+    cache_tokens: int = 0  # a generation job's: its caches count in memory
+    sequences: int | None = None  # a generation job's sequences in flight
 
     def place(self, testbed: Testbed, table: CostTable | None) -> Placed:
         """The best placement on `testbed` (its devices are those left) with `table`'s costs."""
@@ -61,6 +63,8 @@ class Replanner:
             cost_table=_only(table, testbed),
             batch=self.batch,
             limits=self.limits,
+            cache_tokens=self.cache_tokens,
+            sequences=self.sequences,
         )
         seconds = time.perf_counter() - t0
         return Placed(graph, placement, self.fps(graph, placement.cuts, placement.devices, testbed, table), seconds)

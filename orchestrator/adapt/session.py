@@ -327,6 +327,7 @@ class Adaptation:
                     levels=levels,
                 )
             )
+            self.control.new_plan()
             resend = self.control.pending()
             ev["resent"] = resend
             self.control.resend(resend)

@@ -12,14 +12,18 @@ All requests travel on one Drive stream to the source node. Two ways to generate
   counts in their latency. So a stall shows in the tail as every request it delayed.
 
 A run whose world changes steers the drive through a DriveControl: `hold()` keeps new requests
-back while it re-plans, `resend(ids)` sends requests again under the new plan (their feeds are
-kept until answered; the first answer wins, a later one is ignored), `end(why)` ends the drive at
+back while it re-plans, `new_plan()` says the nodes now run another plan (their state of the old
+one gone), `resend(ids)` sends requests again under it (their feeds are kept until answered; the
+first answer wins, a later one is ignored), `refeed(feed, resent)` gives what a request goes as when
+it is sent (a generation step whose sequence's cache is gone goes as a prefill), `end(why)` ends the drive at
 once with every unanswered request failed for that reason. With `resend_lost`, a result a node
 marked `lost` (its next device was gone) is not an answer: the request stays pending for a resend.
 
 Inputs come from an iterator of Feeds pulled lazily, one per request and never one more than
 is sent; the next feed is pulled before waiting for its turn (its due time, or a free slot),
-so that pulling (a dataset prefetcher, say) stays off the timed path.
+so that pulling (a dataset prefetcher, say) stays off the timed path. An iterator whose next
+request depends on answers (generation: a sequence's next step needs its last token) yields
+NOTHING_YET while it has none: the sender sends what is to be resent meanwhile and asks again.
 """
 
 from __future__ import annotations
@@ -95,6 +99,9 @@ class Record:
         return (self.done_ns - self.intended_ns) / 1e6
 
 
+NOTHING_YET = Feed({}, key=-1)  # yielded by a feed iterator that has no request ready now
+
+
 class DriveControl:
     """The run's handle on a drive in progress (thread-safe; see the module docstring)."""
 
@@ -107,6 +114,8 @@ class DriveControl:
         self._ended = threading.Event()
         self.why = ""
         self.pending: Callable[[], list[int]] = list  # set by drive(): the ids sent and not answered
+        self.refeed: Callable[[Feed, bool], Feed] | None = None  # what a feed goes as (resent or not)
+        self.plan = 0  # plans loaded since the drive began (new_plan)
 
     def hold(self) -> None:
         """Send no new request (nor resend) until release()."""
@@ -123,6 +132,10 @@ class DriveControl:
         """Send these requests again (under the plan now loaded), before any new one."""
         with self._lock:
             self._resend.extend(i for i in ids if i not in self._resend)
+
+    def new_plan(self) -> None:
+        """The nodes were loaded with another plan: what they kept for the requests is gone."""
+        self.plan += 1
 
     def take_resend(self) -> int | None:
         with self._lock:
@@ -230,6 +243,10 @@ def drive(
             if rec is None or feed is None:  # answered meanwhile
                 continue
             rec.resent += 1
+            if ctl.refeed is not None:
+                feed = ctl.refeed(feed, True)
+                with lock:
+                    kept[rid] = feed
             yield feed.frame(rid, time.time_ns())
 
     def requests() -> Iterator[TensorFrame]:
@@ -244,6 +261,11 @@ def drive(
                 feed = pull(i, due, t0)  # before the wait: off the timed path
                 if feed is None:
                     break
+                if feed is NOTHING_YET:  # none ready: what waits to be resent goes meanwhile
+                    if not ctl.wait_open(stop):
+                        return
+                    yield from resends()
+                    continue
                 if t0 is None:  # the clock starts with the first request, its feed in hand
                     t0 = time.time_ns()
                     due = t0 if open_loop else None
@@ -258,6 +280,8 @@ def drive(
                         yield from resends()
                 if not ctl.wait_open(stop):
                     return
+                if ctl.refeed is not None:
+                    feed = ctl.refeed(feed, False)
                 now = time.time_ns()
                 rec = Record(id=i, key=feed.key, intended_ns=now if due is None else due, sent_ns=now)
                 with lock:

@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.adapt.world import ChangingWorld
 from orchestrator.driving.client import NodeClient
 from orchestrator.driving.driver import DriveControl, Record
 from orchestrator.generation.drive import generate
@@ -29,9 +30,17 @@ class GenerationRun:
         self.kv_cache: dict[str, int] | None = None  # bytes per device, read once the sequences are done
 
     def drive(
-        self, console: Console, label: str, source: NodeClient, *, warmup: bool, control: DriveControl | None
+        self,
+        console: Console,
+        label: str,
+        source: NodeClient,
+        *,
+        warmup: bool,
+        control: DriveControl | None,
+        world: ChangingWorld | None = None,
     ) -> list[Record]:
-        """Generate the warm-up sequences or the measured ones; returns their steps' records."""
+        """Generate the warm-up sequences or the measured ones; returns their steps' records.
+        `world` (the measured drive of a run whose world changes) steers it, else `control`."""
         seqs = [s for s in self.sequences if s.warmup == warmup]
         if not seqs:
             return []
@@ -51,8 +60,9 @@ class GenerationRun:
                 seqs,
                 in_flight=self.setup.sequences,
                 timeout_s=self.timeout_s,
-                on_step=lambda _: bar.advance(task),
-                control=control,
+                on_step=lambda r: (bar.advance(task), world.answered(r) if world is not None else None),
+                control=world.control if world is not None else control,
+                on_start=world.on_start if world is not None else None,
             )
 
     def read_caches(self, dep: Deployment) -> None:
