@@ -27,8 +27,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from orchestrator.partition.costmodel import Arrays, build_arrays, predict
-from orchestrator.partition.optimal import Solution, _by_type, _dp, device_types, optimal
+from orchestrator.partition.costmodel import Arrays, predict
+from orchestrator.partition.optimal import Solution, least_latency_under, optimal, problem_arrays
 from orchestrator.partition.plan import Predicted
 from orchestrator.partition.problem import Placement, Problem
 
@@ -86,14 +86,6 @@ def step_values(a: Arrays) -> np.ndarray:
     return out[np.isfinite(out) & (out >= 0)]
 
 
-def _least_latency_under(a: Arrays, cap: float, stages: int | None) -> Solution:
-    """The lowest-latency placement whose every step takes at most `cap` (device indices)."""
-    types = device_types(a)
-    sol = _dp(_by_type(a, types), np.add, stages, cap * (1 + 1e-12), [len(t) for t in types])
-    free = [list(t) for t in types]
-    return Solution(sol.value, sol.cuts, [free[k].pop(0) for k in sol.devices])
-
-
 def best_for_tokens(problem: Problem, sequences: int) -> Placement:
     """The placement with the most tokens per second in total with `sequences` in flight, that is
     the least max(latency, sequences x slowest step), under the memory limits (the cache included).
@@ -105,22 +97,14 @@ def best_for_tokens(problem: Problem, sequences: int) -> Placement:
     g = problem.graph
     fastest = optimal(replace(problem, objective="latency"))  # also refuses what optimal refuses, alike
     widest = optimal(replace(problem, objective="throughput"))
-    a, bounds = build_arrays(
-        g,
-        problem.devices,
-        problem.links,
-        table=problem.cost_table,
-        source=problem.source,
-        batch=problem.batch,
-        cache_tokens=problem.cache_tokens,
-    )
+    a, bounds = problem_arrays(problem)
     caps = step_values(a)
     lo, hi = 0, len(caps)  # the first index where L(c) <= sequences x c, or len(caps)
     found: dict[int, Solution] = {}
 
     def at(k: int) -> Solution:
         if k not in found:
-            found[k] = _least_latency_under(a, float(caps[k]), problem.stages)
+            found[k] = least_latency_under(a, float(caps[k]), problem.stages)
         return found[k]
 
     while lo < hi:

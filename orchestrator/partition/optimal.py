@@ -301,12 +301,18 @@ def _no_fit(problem: Problem, a: Arrays, bounds: list[int]) -> UserError:
     return UserError(msg, problem.devices_file, "devices")
 
 
-def optimal(problem: Problem) -> Placement:
-    """Exact best placement for the problem's objective over the reduced cut candidates."""
-    g: ModelGraph = problem.graph
-    names = [d.name for d in problem.devices]
-    a, bounds = build_arrays(
-        g,
+def least_latency_under(a: Arrays, cap: float, stages: int | None) -> Solution:
+    """The lowest-latency placement whose every step takes at most `cap` (device indices)."""
+    types = device_types(a)
+    sol = _dp(_by_type(a, types), np.add, stages, cap * (1 + 1e-12), [len(t) for t in types])
+    free = [list(t) for t in types]
+    return Solution(sol.value, sol.cuts, [free[k].pop(0) for k in sol.devices])
+
+
+def problem_arrays(problem: Problem) -> tuple[Arrays, list[int]]:
+    """The cost arrays (and block bounds) of a problem: its costs, links, source, batch and caches."""
+    return build_arrays(
+        problem.graph,
         problem.devices,
         problem.links,
         table=problem.cost_table,
@@ -314,6 +320,13 @@ def optimal(problem: Problem) -> Placement:
         batch=problem.batch,
         cache_tokens=problem.cache_tokens,
     )
+
+
+def optimal(problem: Problem) -> Placement:
+    """Exact best placement for the problem's objective over the reduced cut candidates."""
+    g: ModelGraph = problem.graph
+    names = [d.name for d in problem.devices]
+    a, bounds = problem_arrays(problem)
     types = device_types(a)
     if state_count([len(t) for t in types]) > MAX_STATES:
         raise UserError(
