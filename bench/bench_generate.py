@@ -12,7 +12,7 @@ and its error, then checks the targets: optimal's TPOT at most exo's, and each p
 TPOT within 15% of measured. Both configurations must generate exactly the whole model's greedy
 tokens (`tokens_match`).
 
-Run: .venv/bin/python bench/bench_generate.py [--sequences 2] [--requests 4] [--new 16] [--keep DIR]
+Run: .venv/bin/python bench/bench_generate.py [--sequences 2] [--requests 4] [--new 32] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sequences", type=int, default=2, help="sequences in flight at once")
     ap.add_argument("--requests", type=int, default=4, help="measured sequences (after one warm-up)")
-    ap.add_argument("--new", type=int, default=16, help="tokens generated per sequence")
+    ap.add_argument("--new", type=int, default=32, help="tokens generated per sequence")
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--keep", type=Path, default=None, help="leave the run folder here")
     args = ap.parse_args()

@@ -95,7 +95,15 @@ def _cmd_partition(a: argparse.Namespace) -> int:
     if a.algorithm == "optimal":
         from orchestrator.profiling import cached_profile
 
-        prof = next((p for rt in RUNTIMES if (p := cached_profile(a.model, testbed, rt, batch=1)) is not None), None)
+        past = a.past_tokens
+        prof = next(
+            (
+                p
+                for rt in RUNTIMES
+                if (p := cached_profile(a.model, testbed, rt, batch=1, past_tokens=past)) is not None
+            ),
+            None,
+        )
         if prof is not None:
             table = prof.table
             print(f"note: block costs from the {prof.runtime} profile in the cache")
@@ -116,6 +124,8 @@ def _cmd_partition(a: argparse.Namespace) -> int:
         out_dir=Path(a.out),
         cost_table=table,
         limits=limits,
+        cache_tokens=(a.context or 0) * (a.sequences or 1),
+        sequences=a.sequences,
     )
     for note in getattr(plan, "notes", []) or []:
         print(f"note: {note}")
@@ -165,7 +175,8 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     with make_runtime(rt_name, testbed, work, workspace=work) as rt:
         dep = rt.start()
-        prof = profile(model, testbed, dep, blocks_folder(dep.workspace, model), batch=a.batch, console=con)
+        folder = blocks_folder(dep.workspace, model)
+        prof = profile(model, testbed, dep, folder, batch=a.batch, console=con, past_tokens=a.past_tokens)
     title = f"{model.name}: ms per block on each device ({rt_name} runtime" + (", cached)" if prof.cached else ")")
     con.print(profile_table(prof, title))
     for n in prof.notes:
@@ -274,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pa.add_argument("--stages", type=int)
     pa.add_argument("--source", help="device where inputs come from and results return (for the prediction)")
+    pa.add_argument(
+        "--context", type=int, help="a decoder: tokens a sequence's cache holds at most (counted in memory)"
+    )
+    pa.add_argument(
+        "--sequences", type=int, help="a decoder: sequences in flight (their caches counted; tokens/s weighed)"
+    )
+    pa.add_argument("--past-tokens", type=int, help="a decoder: the decode step whose cached profile plans it")
     pa.add_argument("--out", required=True)
     pa.set_defaults(func=_cmd_partition)
 
@@ -313,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--devices", required=True)
     pr.add_argument("--runtime", choices=RUNTIMES)
     pr.add_argument("--batch", type=int, default=1)
+    pr.add_argument("--past-tokens", type=int, help="a decoder: profile its decode step after this many tokens")
     pr.add_argument("--workspace", default="runs", help="folder the nodes read block models from")
     pr.set_defaults(func=_cmd_profile)
 

@@ -290,21 +290,3 @@ def test_best_for_tokens_is_the_brute_force_optimum(graph, sequences):
     for objective in ("latency", "throughput"):  # neither plain objective does better
         other = ALGORITHMS["optimal"](replace(problem, objective=objective, sequences=None))
         assert decode_prediction(other.predicted, sequences)[1] <= tokens * (1 + 1e-3)
-
-
-def test_queued_decode_adds_the_waits_of_interleaved_sequences():
-    """Mean value analysis: one sequence takes a lone step's latency; on one station n sequences
-    take n steps each; it is never below the bound the planner searches on."""
-    from orchestrator.partition.decode import queued_decode
-
-    one = Predicted(stage_s=[0.1], link_busy_s=[], latency_s=0.1, throughput_fps=10.0)
-    assert queued_decode(one, 1) == pytest.approx((0.1, 10.0))
-    assert queued_decode(one, 3) == pytest.approx((0.3, 10.0))
-    chain = Predicted(stage_s=[0.03, 0.03, 0.02, 0.11], link_busy_s=[0.0003, 0.08], latency_s=0.25, throughput_fps=9.0)
-    tpots = [queued_decode(chain, n)[0] for n in range(1, 6)]
-    assert tpots[0] == pytest.approx(0.25)
-    assert all(b > a for a, b in zip(tpots, tpots[1:], strict=False))  # every added sequence waits more
-    for n, tpot in enumerate(tpots, start=1):
-        assert tpot >= decode_prediction(chain, n)[0] - 1e-12
-    # two sequences on this chain: the second waits at the watch-like stage and the slow link
-    assert tpots[1] == pytest.approx(0.25 + (0.03**2 * 2 + 0.02**2 + 0.11**2 + 0.0003**2 + 0.08**2) / 0.25, rel=1e-6)

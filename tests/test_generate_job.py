@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -295,3 +296,37 @@ def test_cli_a_stage_whose_cache_cannot_fit(tmp_path, gpt):
     assert r.returncode == 2, r.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert "devices[0].memory" in lines[0] and "KV cache 250.0 MiB for 8000 sequences of 64 tokens" in lines[0]
+
+
+def test_partition_command_counts_a_decoder_s_cache(tmp_path, gpt):
+    """`orchestrator partition --context T --sequences N`: the caches count in memory there too."""
+    devices = tmp_path / "d.yaml"
+    devices.write_text("devices:\n  - {name: a, cpus: 1, memory: 200MiB}\n  - {name: b, cpus: 1, memory: 200MiB}\n")
+
+    def cut(sequences: int) -> subprocess.CompletedProcess:
+        args = ["--model", str(gpt), "--devices", str(devices), "--stages", "2", "--out", str(tmp_path / "p")]
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "partition",
+                *args,
+                "--context",
+                "64",
+                "--sequences",
+                str(sequences),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    r = cut(8000)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "KV cache 250.0 MiB for 8000 sequences of 64 tokens" in r.stderr
+    r = cut(2)
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert len(plan["state"]) == 2 * 2 and not any(x.startswith("past_key_values") for x in plan["inputs"])

@@ -10,7 +10,7 @@ from orchestrator.config import Testbed
 from orchestrator.figures.generation import generation_figures, write_generations
 from orchestrator.generation.records import SequenceRun
 from orchestrator.generation.run_steps import GenerationRun
-from orchestrator.partition.decode import decode_prediction, queued_decode
+from orchestrator.partition.decode import decode_prediction
 from orchestrator.partition.plan import Plan
 from orchestrator.reporting.plots import token_breakdown, tokens_over_time
 
@@ -27,9 +27,8 @@ def generation_report(
     gen: GenerationRun, model: Path, plan: Plan, testbed: Testbed, offsets: dict[str, int] | None, rep: dict
 ) -> dict:
     """`task`, the figures of DESIGN's "Generation", and `predicted_generation`: the plan's TPOT and
-    tokens/s with the job's sequences in flight, their waits at busy stages and links included
-    (partition.decode.queued_decode), the error of each against the measured mean, and the bound the
-    planner searches on."""
+    tokens/s with the job's sequences in flight (partition.decode, the figures the planner weighs),
+    and the error of each against the measured mean."""
     energy = rep.get("energy_split")
     figs = generation_figures(
         gen.sequences,
@@ -41,14 +40,12 @@ def generation_report(
         source=rep.get("source"),
         delay_s=lambda a, b: testbed.link(a, b).delay_s,
     )
-    tpot_s, tokens_s = queued_decode(plan.predicted, gen.setup.sequences)
-    bound_s, _ = decode_prediction(plan.predicted, gen.setup.sequences)
+    tpot_s, tokens_s = decode_prediction(plan.predicted, gen.setup.sequences)
     measured_tpot = (figs["tpot_ms"] or {}).get("mean")
     measured_tokens = (figs["tokens_per_s"] or {}).get("total")
     predicted = {
         "tpot_ms": round(tpot_s * 1e3, 3) if tpot_s is not None else None,
         "tokens_per_s": round(tokens_s, 3) if tokens_s is not None else None,
-        "tpot_bound_ms": round(bound_s * 1e3, 3),  # the planner's bound: no step waits for another
         "tpot_error_pct": _err_pct(tpot_s * 1e3 if tpot_s is not None else None, measured_tpot),
         "tokens_per_s_error_pct": _err_pct(tokens_s, measured_tokens),
     }

@@ -507,18 +507,4 @@ def predict(
         slowest_other_s=max([*ev.transfer_s, ev.input_s, ev.output_s, ev.relay_s]),
         transfers_total_s=sum(ev.transfer_s) + ev.input_s + ev.output_s,
         source_roundtrip_s=trip,
-        link_busy_s=[round(x, 6) for x in link_busy_s(a, list(range(1, len(bounds) - 1)), idx)],
     )
-
-
-def link_busy_s(a: Arrays, cuts: Sequence[int], devices: Sequence[int]) -> list[float]:
-    """Seconds a frame holds each link of a request's path, source to source: its bytes at the
-    link's rate (0 for an unshaped link; the link's delay is not holding it)."""
-    nb = a.block_cost.shape[1]
-    hops = [(devices[k], devices[k + 1], a.cut_bytes[c]) for k, c in enumerate(cuts)]
-    if a.source is not None and devices:
-        if devices[0] != a.source:
-            hops.insert(0, (a.source, devices[0], a.cut_bytes[0]))
-        if devices[-1] != a.source:
-            hops.append((devices[-1], a.source, a.cut_bytes[nb]))
-    return [nbytes * 8.0 / a.link_rate[i, j] if a.link_rate[i, j] > 0 else 0.0 for i, j, nbytes in hops]

@@ -10,15 +10,9 @@ slowest stage has taken every other sequence's step (`1 / throughput_fps` each).
     TPOT = max(latency, sequences x slowest step)
     tokens/s in total = sequences / TPOT, each sequence 1 / TPOT.
 
-With one sequence TPOT is the latency; with many, the pipeline's slowest step bounds it. That is
-the bound the planner searches on (`decode_prediction`, `best_for_tokens`): it holds where every
-step takes the same time and the sequences keep out of each other's way. They do not: a stage under
-a CPU quota computes in bursts of its scheduler's periods, and a sequence whose step reaches a stage
-or a link the other one holds waits. `queued_decode` predicts TPOT with those waits: the pipeline as
-a closed queueing network with `sequences` customers, every stage (its busy time a step) and every
-link's serialisation (a frame's bytes at the link's rate) a first-come first-served station, solved
-exactly by mean value analysis (Reiser and Lavenberg), the waits it finds added to a lone step's
-latency. The report gives it beside the bound.
+With one sequence TPOT is the latency; with many, the pipeline's slowest step bounds it. It leaves
+out what a sequence waits for another's step at a busy stage or link, and a new sequence's prefill
+holding a stage for several decode steps' time: both lengthen measured steps.
 """
 
 from __future__ import annotations
@@ -43,27 +37,6 @@ def decode_prediction(predicted: Predicted, sequences: int) -> tuple[float, floa
     slowest = 1.0 / predicted.throughput_fps if predicted.throughput_fps else 0.0
     tpot = max(predicted.latency_s, sequences * slowest)
     return tpot, (sequences / tpot if tpot > 0 else float("inf"))
-
-
-def queued_decode(predicted: Predicted, sequences: int) -> tuple[float, float]:
-    """(time per output token in seconds, tokens per second in total) with `sequences` in flight,
-    the waits at busy stages and links included (the module's docstring): mean value analysis over
-    the stations `predicted.stage_s` and `predicted.link_busy_s`, a lone step taking `latency_s`."""
-    if predicted.latency_s is None or predicted.stage_s is None:
-        raise ValueError("the prediction has no latency or stage times")
-    if sequences < 1:
-        raise ValueError("need at least one sequence")
-    demands = [d for d in [*predicted.stage_s, *(predicted.link_busy_s or [])] if d > 0]
-    queued = [0.0] * len(demands)  # mean steps at each station, n - 1 sequences in flight
-    tpot = predicted.latency_s
-    for n in range(1, sequences + 1):
-        waits = [d * q for d, q in zip(demands, queued, strict=True)]
-        tpot = predicted.latency_s + sum(waits)
-        rate = n / tpot
-        queued = [rate * (d + w) for d, w in zip(demands, waits, strict=True)]
-    slowest = max(demands, default=0.0)
-    tpot = max(tpot, sequences * slowest)
-    return tpot, sequences / tpot if tpot > 0 else float("inf")
 
 
 def step_values(a: Arrays) -> np.ndarray:

@@ -45,9 +45,6 @@ class Predicted(BaseModel):
     slowest_other_s: float | None = Field(default=None, exclude=True)
     transfers_total_s: float | None = Field(default=None, exclude=True)  # a request's links, in and out
     source_roundtrip_s: float | None = Field(default=None, exclude=True)  # driver to the source and back
-    # how long a frame holds each link of a request's path (its bytes at the link's rate; delays apart):
-    # the links' share of the stations a generation job's sequences queue at (partition.decode)
-    link_busy_s: list[float] | None = Field(default=None, exclude=True)
 
 
 class Plan(BaseModel):
