@@ -3,14 +3,16 @@ memory-weighted split.
 
 Builds the default decoder (`orchestrator model gpt`: GPT-2 small's geometry, 12 layers, hidden
 768, vocabulary 50257, context 1024, seeded weights) unless it is there, and runs one generation job
-(`orchestrator run`, docker runtime, devices/edge4.yaml, source laptop) with two configurations:
+(`orchestrator run`, docker runtime, devices/edge4.yaml, source laptop) with five configurations:
 `optimal` (objective latency: the least time per output token, profiled decode steps, the KV cache
-counted in memory) and `exo` (each device a share of the layers in proportion to its memory, as
-exo's "ring memory weighted" strategy does). Prints, side by side, each plan's time to first token,
-time per output token, tokens per second in total and per sequence, the planner's predicted TPOT
-and its error, then checks the targets: optimal's TPOT at most exo's, and each plan's predicted
-TPOT within 15% of measured. Both configurations must generate exactly the whole model's greedy
-tokens (`tokens_match`).
+counted in memory), `exo` (each device a share of the layers in proportion to its memory, as exo's
+"ring memory weighted" strategy does), and `even` cuts into 2, 3 and 4 stages. Prints, side by
+side, each plan's time to first token, time per output token, tokens per second in total and per
+sequence, the planner's predicted TPOT and its error, then checks the targets: optimal's TPOT at
+most exo's, and their predicted TPOT within 15% of measured. Every configuration must generate
+exactly the whole model's greedy tokens (`tokens_match`) and send no cache tensor: a decode step's
+hop between stages carries less than one layer's key over the prompt, its hop home one position's
+logits.
 
 Run: .venv/bin/python bench/bench_generate.py [--sequences 2] [--requests 4] [--new 32] [--keep DIR]
 """
@@ -51,8 +53,32 @@ def job(args: argparse.Namespace) -> dict:
         "sequences": args.sequences,
         "requests": args.requests,
         "warmup": 1,
-        "compare": [{"name": "exo", "algorithm": "exo"}],
+        "compare": [
+            {"name": "exo", "algorithm": "exo"},
+            *[{"name": f"even{k}", "algorithm": "even", "stages": k} for k in (2, 3, 4)],
+        ],
     }
+
+
+VOCAB = 50257
+HIDDEN = 768
+
+
+def hop_check(name: str, rep: dict, prompt_tokens: int) -> list[tuple[bool, str]]:
+    """No cache tensor in any hop of a decode step: a hop between stages carries less than one
+    layer's key over the prompt alone (prompt x hidden x 4 bytes), the hop home exactly one
+    position's logits (vocabulary x 4 bytes)."""
+    stages = [s["device"] for s in rep.get("stages") or []]
+    source = rep.get("source") or "laptop"
+    smallest_cache = prompt_tokens * HIDDEN * 4
+    out = []
+    for h in (rep.get("decode") or {}).get("hops") or []:
+        home = h["to"] == source and stages and h["from"] == stages[-1]
+        b = h.get("bytes_per_step") or h["bytes"]
+        ok = b == VOCAB * 4 if home else b < smallest_cache
+        want = f"== {VOCAB * 4} (one position's logits)" if home else f"< {smallest_cache} (one layer's key)"
+        out.append((ok, f"{name}: decode hop {h['from']} -> {h['to']} carries {b:.0f} B a step, {want}"))
+    return out
 
 
 def row(name: str, rep: dict) -> dict:
@@ -86,10 +112,13 @@ def main() -> int:
     args = ap.parse_args()
     build_model(MODEL)
     status, reports = run_job_reports(job(args), keep=args.keep)
-    if "static" not in reports or "exo" not in reports:
+    if "static" not in reports or "exo" not in reports:  # the figures compared; the even runs check the cuts
         print(f"the job did not report both configurations (exit status {status})")
         return verdict(False, "optimal and exo both generate")
-    rows = [row("optimal (latency)", reports["static"]), row("exo (memory-weighted)", reports["exo"])]
+    named = {"static": "optimal (latency)", "exo": "exo (memory-weighted)"} | {
+        f"even{k}": f"even, {k} stages" for k in (2, 3, 4)
+    }
+    rows = [row(label, reports[key]) for key, label in named.items() if key in reports]
     print(
         f"\ndefault GPT ({MODEL.name}) on {DEVICES.name}, docker; {args.requests} sequences after 1 warm-up, "
         f"{args.sequences} in flight, prompts of {args.prompt_tokens} tokens, {args.new} new tokens each\n"
@@ -105,8 +134,8 @@ def main() -> int:
         )
     for r in rows:
         print(f"KV cache bytes per device, {r['plan']}: {r['kv']}")
-    opt, exo = rows
-    ok = True
+    opt, exo = rows[:2]
+    ok = len(rows) == len(named)
     checks = [
         (
             opt["tpot"] is not None and exo["tpot"] is not None and opt["tpot"] <= exo["tpot"],
@@ -117,14 +146,20 @@ def main() -> int:
                 r["err"] is not None and abs(r["err"]) <= TOLERANCE * 100,
                 f"{r['plan']}: predicted TPOT within 15% ({fmt(r['err'], '+.1f')}%)",
             )
-            for r in rows
+            for r in rows[:2]
         ],
         *[(r["match"] is True, f"{r['plan']}: tokens_match") for r in rows],
+        *[
+            c
+            for key, label in named.items()
+            if key in reports
+            for c in hop_check(label, reports[key], args.prompt_tokens)
+        ],
     ]
     for good, what in checks:
         print(("pass: " if good else "MISSED: ") + what)
         ok = ok and good
-    return verdict(ok, "optimal TPOT <= exo's, predicted TPOT within 15%, tokens match")
+    return verdict(ok, "optimal TPOT <= exo's, predicted TPOT within 15%, tokens match in 2-4 stages, no cache sent")
 
 
 if __name__ == "__main__":
