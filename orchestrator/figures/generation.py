@@ -101,15 +101,14 @@ def _phase(
 
 def _tokens_match(sequences: list[SequenceRun], reference: list[list[int]]) -> tuple[bool, list[int]]:
     """Each sequence against the whole model's greedy ids, `reference` in the order of the
-    sequences' indices: a complete sequence must equal its reference, one that failed must be its
-    beginning (the tokens it did give are checked too)."""
+    sequences' indices: every one must equal its reference, so a sequence that failed before its
+    last token never matches (the run did not give its ids)."""
     ordered = sorted(sequences, key=lambda s: s.index)
     if len(reference) != len(ordered):
         raise ValueError(f"{len(reference)} reference decodes for {len(ordered)} sequences")
     bad = []
     for s, ref in zip(ordered, reference, strict=True):
-        want = [int(t) for t in (ref[: len(s.generated)] if s.error else ref)]
-        if [int(t) for t in s.generated] != want:
+        if [int(t) for t in s.generated] != [int(t) for t in ref]:
             bad.append(s.index)
     return not bad, bad
 
