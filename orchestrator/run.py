@@ -42,7 +42,14 @@ from orchestrator.partition.plan import Plan
 from orchestrator.partition.weights_store import WeightsStore
 from orchestrator.profiling import cached_profile, profile
 from orchestrator.profiling.cache import blocks_folder
-from orchestrator.profiling.calibration import at_levels, calibrated, calibration_note, measure_stages
+from orchestrator.profiling.calibration import (
+    at_levels,
+    calibrated,
+    calibration_note,
+    measure_prefill,
+    measure_stages,
+    prefill_note,
+)
 from orchestrator.profiling.results import Profile
 from orchestrator.reporting.console import print_comparison, print_summary
 from orchestrator.reporting.files import write_changes, write_latencies, write_requests
@@ -316,6 +323,19 @@ def run_config(
                     plan.predicted = calibrated(before, measured, on_source[0] if on_source else None)
                     plan.save(run_dir)
                     notes.append(calibration_note(plan.stages, measured, before, plan.predicted, seconds))
+                    if gen is not None:
+                        console.print("measuring each stage's prefill on its device...")
+                        gen.measured_decode_s = [m.compute_s for m in measured]
+                        gen.prefill = measure_prefill(
+                            plan,
+                            node_plan,
+                            testbed,
+                            dep,
+                            tokens=gen.setup.longest_prompt,
+                            past_tokens=gen.setup.past_tokens,
+                            timeout_s=job.timeout_s,
+                        )
+                        notes.append(prefill_note(plan.stages, gen.prefill))
                 phase("deploying")
                 loaded = deploy(node_plan, testbed, dep, cfg.source)
                 if fidelity_check:

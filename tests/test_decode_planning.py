@@ -14,6 +14,7 @@ from common.ort_session import open_session
 from orchestrator.config import Device, Link
 from orchestrator.config import Testbed as TB
 from orchestrator.errors import UserError
+from orchestrator.generation.predict import predict_generation
 from orchestrator.models.gpt import build_gpt
 from orchestrator.partition import load_graph, partition
 from orchestrator.partition.algorithms import (
@@ -34,7 +35,7 @@ from orchestrator.partition.stage_files import write_stages
 from orchestrator.partition.weights_store import WeightsStore
 from orchestrator.profiling import cached_profile, profile
 from orchestrator.profiling.cache import cache_key
-from orchestrator.profiling.calibration import measure_stages, stage_inputs
+from orchestrator.profiling.calibration import measure_prefill, measure_stages, stage_inputs
 from orchestrator.profiling.decode_point import decode_point, holding_cache
 from orchestrator.runtimes.local import LocalRuntime
 
@@ -244,9 +245,25 @@ def test_decode_profile_and_stage_measurements_on_local_nodes(gpt, tmp_path):
         feeds = stage_inputs(plan, past_tokens=40)
         assert feeds[0]["attention_mask"].shape == (1, 41) and not has_cache(x for f in feeds for x in f)
         measured = measure_stages(plan, plan, testbed, dep, past_tokens=40)
+        prefill = measure_prefill(plan, plan, testbed, dep, tokens=24, past_tokens=40)
     finally:
         rt.stop()
     assert len(measured) == 2 and all(0 < m.busy_s < 1.0 and 0 < m.compute_s < 1.0 for m in measured)
+    # a prefill of 24 tokens: stage 1 takes 24 positions' hidden states in where a step takes one
+    assert prefill.tokens == 24 and len(prefill.compute_s) == 2 and all(0 < c < 1.0 for c in prefill.compute_s)
+    assert prefill.bytes_in[1] > 20 * 64 * 4 and prefill.extra_transfer_s == 0.0  # local links are not shaped
+
+
+def test_prefill_inputs_are_the_prompt_after_the_past(graph, gpt):
+    specs = onnx_inputs((x, graph.types[x]) for x in graph.inputs)
+    feeds = decode_inputs(specs, 0, seed=2, new_tokens=5)
+    assert feeds["input_ids"].shape == (1, 5) and feeds["attention_mask"].tolist() == [[1] * 5]
+    assert feeds["position_ids"].tolist() == [[0, 1, 2, 3, 4]] and feeds["past_key_values.0.key"].shape[2] == 0
+    out = dict(zip(graph.outputs, open_session(gpt).run(graph.outputs, feeds), strict=True))
+    assert out["logits"].shape == (1, 5, 97) and out["present.1.value"].shape == (1, KV_HEADS, 5, HEAD_DIM)
+    assert decode_inputs(specs, 3, new_tokens=2)["position_ids"].tolist() == [[3, 4]]
+    with pytest.raises(ValueError, match="new_tokens"):
+        decode_inputs(specs, 0, new_tokens=0)
 
 
 # -- time per output token and tokens per second -----------------------------------------------------
@@ -259,6 +276,30 @@ def test_decode_prediction_is_the_latency_or_the_sequences_on_the_slowest_step()
     assert decode_prediction(pred, 4) == pytest.approx((0.2, 20.0))  # the slowest step bounds it
     # a job's points: measured at the mean context over the decode, memory at the longest one
     assert mean_past_tokens(1024, 32) == 1040 and held_cache_tokens(1024, 16, 4) == 4 * 1040
+
+
+def test_a_job_s_tpot_counts_the_other_sequences_prefills_and_ttft_the_prefill():
+    pred = Predicted(latency_s=0.1, throughput_fps=10.0, stage_s=[0.04, 0.1])  # steady: 2 x 0.1 s
+    alone = predict_generation(pred, sequences=2, max_new_tokens=11)
+    assert alone.tpot_s == pytest.approx(0.2) and alone.ttft_s is None  # the prefill not measured
+    got = predict_generation(
+        pred,
+        sequences=2,
+        max_new_tokens=11,
+        decode_compute_s=[0.03, 0.05],
+        prefill_compute_s=[0.2, 0.4],
+        prefill_extra_transfer_s=0.01,
+    )
+    # one other prefill in ten intervals, holding stage 1 0.3 s beyond its step
+    assert got.steady_tpot_s == pytest.approx(0.2) and got.tpot_s == pytest.approx(0.2 + 0.3 / 10)
+    assert got.tokens_per_s == pytest.approx(2 / got.tpot_s)
+    assert got.ttft_s == pytest.approx(0.1 - 0.08 + 0.6 + 0.01)  # the step's latency, prefills for steps
+    one = predict_generation(
+        pred, sequences=1, max_new_tokens=11, decode_compute_s=[0.03, 0.05], prefill_compute_s=[0.2, 0.4]
+    )
+    assert one.tpot_s == pytest.approx(0.1)  # nobody else's prefill
+    with pytest.raises(ValueError, match="different stages"):
+        predict_generation(pred, sequences=2, max_new_tokens=11, decode_compute_s=[0.03], prefill_compute_s=[0.2, 0.4])
 
 
 def _testbed() -> list[Device]:

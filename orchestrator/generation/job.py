@@ -30,14 +30,18 @@ class GenerationSetup:
     notes: list[str]
 
     @property
+    def longest_prompt(self) -> int:
+        return max(len(p) for p in self.prompts)
+
+    @property
     def past_tokens(self) -> int:
         """The decode step profiles and stage measurements are taken at (partition.decode)."""
-        return mean_past_tokens(max(len(p) for p in self.prompts), self.max_new_tokens)
+        return mean_past_tokens(self.longest_prompt, self.max_new_tokens)
 
     @property
     def held_cache_tokens(self) -> int:
         """Cache tokens a stage holds at most: every sequence in flight at its longest context."""
-        return held_cache_tokens(max(len(p) for p in self.prompts), self.max_new_tokens, self.sequences)
+        return held_cache_tokens(self.longest_prompt, self.max_new_tokens, self.sequences)
 
 
 def prepare(job: Job, job_file: str, model: Path) -> GenerationSetup:

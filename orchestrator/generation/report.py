@@ -8,9 +8,9 @@ from pathlib import Path
 
 from orchestrator.config import Testbed
 from orchestrator.figures.generation import generation_figures, write_generations
+from orchestrator.generation.predict import predict_generation
 from orchestrator.generation.records import SequenceRun
 from orchestrator.generation.run_steps import GenerationRun
-from orchestrator.partition.decode import decode_prediction
 from orchestrator.partition.plan import Plan
 from orchestrator.reporting.plots import token_breakdown, tokens_over_time
 
@@ -26,9 +26,10 @@ def _err_pct(predicted: float | None, measured: float | None) -> float | None:
 def generation_report(
     gen: GenerationRun, model: Path, plan: Plan, testbed: Testbed, offsets: dict[str, int] | None, rep: dict
 ) -> dict:
-    """`task`, the figures of DESIGN's "Generation", and `predicted_generation`: the plan's TPOT and
-    tokens/s with the job's sequences in flight (partition.decode, the figures the planner weighs),
-    and the error of each against the measured mean."""
+    """`task`, the figures of DESIGN's "Generation", and `predicted_generation`: the plan's TPOT
+    (mean, the other sequences' prefills counted; steady, the planner's figure), tokens/s with the
+    job's sequences in flight and TTFT where the prefill was measured (generation.predict), and the
+    error of each against the measured mean (TTFT: p50)."""
     energy = rep.get("energy_split")
     figs = generation_figures(
         gen.sequences,
@@ -40,14 +41,27 @@ def generation_report(
         source=rep.get("source"),
         delay_s=lambda a, b: testbed.link(a, b).delay_s,
     )
-    tpot_s, tokens_s = decode_prediction(plan.predicted, gen.setup.sequences)
+    pre = gen.prefill
+    pred = predict_generation(
+        plan.predicted,
+        sequences=gen.setup.sequences,
+        max_new_tokens=gen.setup.max_new_tokens,
+        decode_compute_s=gen.measured_decode_s,
+        prefill_compute_s=pre.compute_s if pre is not None else None,
+        prefill_extra_transfer_s=pre.extra_transfer_s if pre is not None else 0.0,
+    )
     measured_tpot = (figs["tpot_ms"] or {}).get("mean")
     measured_tokens = (figs["tokens_per_s"] or {}).get("total")
+    measured_ttft = (figs["ttft_ms"] or {}).get("p50")
+    ttft_ms = round(pred.ttft_s * 1e3, 3) if pred.ttft_s is not None else None
     predicted = {
-        "tpot_ms": round(tpot_s * 1e3, 3) if tpot_s is not None else None,
-        "tokens_per_s": round(tokens_s, 3) if tokens_s is not None else None,
-        "tpot_error_pct": _err_pct(tpot_s * 1e3 if tpot_s is not None else None, measured_tpot),
-        "tokens_per_s_error_pct": _err_pct(tokens_s, measured_tokens),
+        "tpot_ms": round(pred.tpot_s * 1e3, 3),
+        "steady_tpot_ms": round(pred.steady_tpot_s * 1e3, 3),
+        "tokens_per_s": round(pred.tokens_per_s, 3),
+        "ttft_ms": ttft_ms,
+        "tpot_error_pct": _err_pct(pred.tpot_s * 1e3, measured_tpot),
+        "tokens_per_s_error_pct": _err_pct(pred.tokens_per_s, measured_tokens),
+        "ttft_error_pct": _err_pct(ttft_ms, measured_ttft),
     }
     return {"task": "generate", **figs, "predicted_generation": predicted}
 

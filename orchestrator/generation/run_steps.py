@@ -15,6 +15,7 @@ from orchestrator.generation.drive import generate
 from orchestrator.generation.job import GenerationSetup
 from orchestrator.generation.records import SequenceRun
 from orchestrator.generation.reference import ReferenceDecoder
+from orchestrator.profiling.calibration import PrefillMeasure
 from orchestrator.runtimes.base import Deployment
 
 
@@ -28,6 +29,9 @@ class GenerationRun:
             SequenceRun(i, list(p), setup.max_new_tokens, warmup=i < setup.warmup) for i, p in enumerate(setup.prompts)
         ]
         self.kv_cache: dict[str, int] | None = None  # bytes per device, read once the sequences are done
+        # measured before the run, for the prediction: each stage's lone decode step and prefill
+        self.measured_decode_s: list[float] | None = None
+        self.prefill: PrefillMeasure | None = None
 
     def drive(
         self,

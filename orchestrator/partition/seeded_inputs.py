@@ -70,22 +70,27 @@ def has_cache(names: Iterable[str]) -> bool:
     return any(present_name(x) is not None for x in names)
 
 
-def decode_inputs(specs: Iterable[InputSpec], past_tokens: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """One decode step of one sequence after `past_tokens`: input_ids (1, 1) in 0..9, attention_mask
-    ones (1, past + 1), position_ids [[past]], each cache input (1, kv heads, past, head dim) N(0, 1);
+def decode_inputs(
+    specs: Iterable[InputSpec], past_tokens: int, seed: int = 0, new_tokens: int = 1
+) -> dict[str, np.ndarray]:
+    """One step of one sequence taking `new_tokens` after `past_tokens` (a decode step: 1; a prefill:
+    the prompt after 0): input_ids (1, new) in 0..9, attention_mask ones (1, past + new),
+    position_ids [[past .. past + new - 1]], each cache input (1, kv heads, past, head dim) N(0, 1);
     any other input as `seeded_inputs` draws it at batch 1. Drawn in the given order from a generator
     seeded with `seed`."""
     if past_tokens < 0:
         raise ValueError(f"past_tokens must be 0 or more, got {past_tokens}")
+    if new_tokens < 1:
+        raise ValueError(f"new_tokens must be 1 or more, got {new_tokens}")
     rng = np.random.default_rng(seed)
     feeds: dict[str, np.ndarray] = {}
     for spec in specs:
         if spec.name == INPUT_IDS:
-            feeds[spec.name] = rng.integers(0, 10, (1, 1)).astype(spec.dtype)
+            feeds[spec.name] = rng.integers(0, 10, (1, new_tokens)).astype(spec.dtype)
         elif spec.name == ATTENTION_MASK:
-            feeds[spec.name] = np.ones((1, past_tokens + 1), spec.dtype)
+            feeds[spec.name] = np.ones((1, past_tokens + new_tokens), spec.dtype)
         elif spec.name == POSITION_IDS:
-            feeds[spec.name] = np.full((1, 1), past_tokens, spec.dtype)
+            feeds[spec.name] = np.arange(past_tokens, past_tokens + new_tokens, dtype=spec.dtype).reshape(1, -1)
         elif present_name(spec.name) is not None:
             shape = [
                 1 if k == 0 else past_tokens if k == CACHE_AXIS else (d if isinstance(d, int) else 1)

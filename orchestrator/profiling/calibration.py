@@ -58,12 +58,13 @@ MIN_FRAMES, MAX_FRAMES = 8, 40
 
 
 def stage_inputs(
-    plan: Plan, batch: int = 1, seed: int = 0, past_tokens: int | None = None
+    plan: Plan, batch: int = 1, seed: int = 0, past_tokens: int | None = None, new_tokens: int = 1
 ) -> list[dict[str, np.ndarray]]:
     """What each stage's frame carries in (its inputs and what it passes on), from one pass of the
     plan's stages in this process on seeded model inputs (typed as the stage files declare them);
-    a decoder's (a plan with `state`) one decode step after `past_tokens` (0 where None), each
-    stage's cache inputs drawn too (they stay out of the frames: its own device keeps them)."""
+    a decoder's (a plan with `state`) one step of `new_tokens` (1: a decode step; a prompt's
+    length: a prefill) after `past_tokens` (0 where None), each stage's cache inputs drawn too
+    (they stay out of the frames: its own device keeps them)."""
     specs: dict[str, InputSpec] = {}
     for k in range(len(plan.stages)):
         declared = onnx.load(str(plan.stage_path(k)), load_external_data=False).graph.input
@@ -72,7 +73,7 @@ def stage_inputs(
     if point is None:
         feeds = seeded_inputs([specs[x] for x in plan.inputs if x in specs], batch, seed)
     else:
-        feeds = decode_inputs([specs[x] for x in [*plan.inputs, *plan.state] if x in specs], point, seed)
+        feeds = decode_inputs([specs[x] for x in [*plan.inputs, *plan.state] if x in specs], point, seed, new_tokens)
     env = run_chain(plan.dir, plan.stages, feeds)
     return [{x: env[x] for x in plan.forward_after(k - 1) if x in env} for k in range(len(plan.stages))]
 
@@ -196,25 +197,46 @@ def _mini_plan(
 
 
 def _lone(
-    dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int, timeout_s: float
+    dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int, timeout_s: float, quota: float | None
 ) -> tuple[float, float]:
-    """(median compute, median round trip less compute) of lone requests through stage 0."""
-    records = drive(dep.client(device), _spaced(feed), total=LONE_WARMUP + frames, concurrency=1, timeout_s=timeout_s)
+    """(median compute, median round trip less compute) of lone requests through stage 0; `quota`:
+    the node's CPU quota in CPUs where its threads could exceed it (None elsewhere)."""
+    last = [0.0]
+
+    def done(r) -> None:
+        last[0] = _stage0_s(r)
+
+    records = drive(
+        dep.client(device),
+        _spaced(feed, last, quota),
+        total=LONE_WARMUP + frames,
+        concurrency=1,
+        on_done=done,
+        timeout_s=timeout_s,
+    )
     _raise_errors(device, records)
     records = records[LONE_WARMUP:]  # the first runs of a fresh session allocate
-    compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in records]
+    compute = [_stage0_s(r) for r in records]
     trip = [(r.done_ns - r.sent_ns) / 1e9 - c for r, c in zip(records, compute, strict=True)]
     # medians: a lone request under a quota can fall on either side of a period's end
     return float(np.median(compute)), max(0.0, float(np.median(trip)))
 
 
-def _spaced(feed: dict[str, np.ndarray], seed: int = 0) -> Iterator[Feed]:
-    """The same feed after a random pause of up to one CFS period, off the timed path: a lone
-    request under a quota takes a period more or less by where in the period it starts, and
-    back-to-back requests can lock into one phase; spacing them samples every phase."""
+def _stage0_s(r) -> float:
+    return sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0)
+
+
+def _spaced(feed: dict[str, np.ndarray], last: list[float], quota: float | None, seed: int = 0) -> Iterator[Feed]:
+    """The same feed after a pause, off the timed path. A random part of up to one CFS period: a
+    lone request under a quota takes a period more or less by where in the period it starts, and
+    back-to-back requests can lock into one phase; spacing them samples every phase. Under a quota
+    below one CPU, also the time the quota takes to pay back the last request's compute
+    (`last[0]` x (1 / quota - 1)): a lone request finds its device idle, as it does in a run whose
+    other stages take longer, not one whose quota earlier requests used up."""
     rng = random.Random(seed)
     while True:
-        time.sleep(rng.uniform(0.0, CFS_PERIOD_S))
+        payback = last[0] * (1.0 / quota - 1.0) if quota is not None and 0 < quota < 1 else 0.0
+        time.sleep(rng.uniform(0.0, CFS_PERIOD_S) + payback)
         yield Feed(arrays=feed)
 
 
@@ -342,12 +364,19 @@ def measure_stages(
     # busy rounds: the weights are in memory and the host is warm, as they are during the run)
     lone: dict[int, tuple[float, float]] = {}
     for ks in rounds([(s.device,) for s in plan.stages]):
+        quotas: dict[int, float | None] = {}
         for k in ks:
-            _load(dep, _alone_requests(plan, node_plan, k, testbed, dep), timeout_s)
+            reply = _load(dep, _alone_requests(plan, node_plan, k, testbed, dep), timeout_s)[plan.stages[k].device]
+            quotas[k] = reply.cpu_quota if reply.cpu_quota and reply.cpu_quota < reply.threads else None
         got = pool(
             [
-                lambda k=k: _lone(
-                    dep, plan.stages[k].device, feeds[k], frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE), timeout_s
+                lambda k=k, q=quotas[k]: _lone(
+                    dep,
+                    plan.stages[k].device,
+                    feeds[k],
+                    frames_for(expected[k], LONE_S, MIN_LONE, MAX_LONE),
+                    timeout_s,
+                    q,
                 )
                 for k in ks
             ]
@@ -355,6 +384,66 @@ def measure_stages(
         lone.update(zip(ks, got, strict=True))
 
     return [StageMeasure(busy[k], lone[k][0], lone[k][1]) for k in range(n)]
+
+
+PREFILL_FRAMES = 4  # lone prefills a stage, after LONE_WARMUP
+
+
+@dataclass
+class PrefillMeasure:
+    """A plan's stages each taking one prefill (a prompt from an empty cache) alone on its device."""
+
+    tokens: int  # the prompt's length
+    compute_s: list[float]  # per stage, median compute of a lone prefill
+    bytes_in: list[int]  # per stage, what its frame carries in (stage 0: the prompt's inputs)
+    extra_transfer_s: float  # the hops between stages, beyond a decode step's: the prompt's hidden states
+
+
+def measure_prefill(
+    plan: Plan,
+    node_plan: Plan,
+    testbed: Testbed,
+    dep: Deployment,
+    *,
+    tokens: int,
+    past_tokens: int | None = None,
+    timeout_s: float = 300.0,
+) -> PrefillMeasure:
+    """Each stage of a decoder's plan taking a prefill of `tokens` tokens, one request at a time,
+    devices in parallel, each holding its (empty) cache inside, requests spaced as `_lone` spaces
+    them. The prefill is a decode step's shape with the prompt in place of one token: its compute
+    and the hidden states it passes on grow with the prompt.
+
+    `past_tokens`: the decode step the hops' extra time is counted against (0 where None).
+    Leaves the nodes holding calibration stages: load the pipeline afterwards."""
+    if not plan.state:
+        raise ValueError("measure_prefill: the plan is not a decoder's (no stage state)")
+    feeds = stage_inputs(plan, past_tokens=0, new_tokens=tokens)
+    held = held_stages(plan, node_plan, 0)
+    compute: dict[int, float] = {}
+    for ks in rounds([(s.device,) for s in held.stages]):
+        quotas: dict[int, float | None] = {}
+        for k in ks:
+            reply = _load(dep, _alone_requests(held, node_plan, k, testbed, dep), timeout_s)[held.stages[k].device]
+            quotas[k] = reply.cpu_quota if reply.cpu_quota and reply.cpu_quota < reply.threads else None
+        with cf.ThreadPoolExecutor(max_workers=len(ks), thread_name_prefix="prefill") as ex:
+            futures = {
+                k: ex.submit(_lone, dep, held.stages[k].device, feeds[k], PREFILL_FRAMES, timeout_s, quotas[k])
+                for k in ks
+            }
+            compute.update({k: f.result()[0] for k, f in futures.items()})
+    n = len(plan.stages)
+    bytes_in = [int(sum(a.nbytes for a in f.values())) for f in feeds]
+    step = [int(sum(a.nbytes for a in f.values())) for f in stage_inputs(plan, past_tokens=past_tokens or 0)]
+    extra = 0.0
+    for k in range(1, n):
+        a, b = plan.stages[k - 1].device, plan.stages[k].device
+        rate = testbed.link(a, b).rate_bps
+        if a != b and rate > 0:
+            extra += max(0, bytes_in[k] - step[k]) * 8.0 / rate
+    return PrefillMeasure(
+        tokens=tokens, compute_s=[compute[k] for k in range(n)], bytes_in=bytes_in, extra_transfer_s=extra
+    )
 
 
 def _alone_requests(
@@ -410,4 +499,13 @@ def calibration_note(
             if any(s.level for s in stages)
             else ""
         )
+    )
+
+
+def prefill_note(stages: Sequence[StagePlan], prefill: PrefillMeasure) -> str:
+    """The run's note on the prefill measured per stage."""
+    each = ", ".join(f"{s.device} {c * 1e3:.0f} ms" for s, c in zip(stages, prefill.compute_s, strict=True))
+    return (
+        f"prediction: each stage's prefill of {prefill.tokens} tokens measured alone on its device ({each}; "
+        f"the hops carry {prefill.extra_transfer_s * 1e3:.1f} ms more than a decode step's)"
     )
