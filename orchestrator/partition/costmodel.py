@@ -4,7 +4,8 @@ A *block* is the stretch of the graph between two consecutive cut candidates ("b
 Compute comes from a `CostTable` (seconds per block per device): today estimated from FLOPs
 and the device's CPU quota; a profiler can later fill the same table with measured times,
 and nothing downstream changes. Transfers are `bytes * 8 / rate + delay` (rate 0: unshaped,
-delay only). Memory of a stage is its node's resident memory by `partition.memory`; a stage that
+delay only) on a request's path; a link's step in a full pipeline is `bytes * 8 / rate` alone
+(the delay overlaps between frames). Memory of a stage is its node's resident memory by `partition.memory`; a stage that
 fits a device only without pre-packed weights runs lean there, `LEAN_TIME_FACTOR` slower.
 
 Everything the optimiser needs is turned into plain arrays (`Arrays`) so the solver can be
@@ -280,7 +281,14 @@ def link_matrices(testbed: Testbed, names: Sequence[str]) -> tuple[np.ndarray, n
 
 def transfer_s(nbytes: float, rate_bps: float, delay_s: float) -> float:
     """One transfer: serialisation at the link rate (none if unshaped) plus the one-way delay."""
-    return (nbytes * 8 / rate_bps if rate_bps else 0.0) + delay_s
+    return serialise_s(nbytes, rate_bps) + delay_s
+
+
+def serialise_s(nbytes: float, rate_bps: float) -> float:
+    """How long one transfer holds its link: the serialisation alone. The delay overlaps between
+    frames, as a real link's propagation delay does (netem, and the nodes' delay lines alike), so
+    it lengthens a request's path but not a link's step in a full pipeline."""
+    return nbytes * 8 / rate_bps if rate_bps else 0.0
 
 
 @dataclass
@@ -333,11 +341,13 @@ class Evaluation:
     busy_s: list[float] = field(default_factory=list)  # per stage: compute and per-frame overhead
     relay_s: float = 0.0  # a source holding no stage still relays every frame
     modes: list[MemoryMode | None] = field(default_factory=list)  # per stage; None: does not fit
+    link_s: list[float] = field(default_factory=list)  # every hop's hold on its link (serialise_s)
 
     @property
     def bottleneck_s(self) -> float:
-        """The slowest step of the pipeline; the source's trips count, they carry every frame."""
-        return max([*(self.busy_s or self.stage_s), *self.transfer_s, self.input_s, self.output_s, self.relay_s])
+        """The slowest step of the pipeline: a stage's, a link's (its serialisation: the delay
+        overlaps), the source's relay; the source's trips count, they carry every frame."""
+        return max([*(self.busy_s or self.stage_s), *self.link_s, self.relay_s])
 
     @property
     def latency_s(self) -> float:
@@ -367,21 +377,21 @@ def evaluate(
         float(a.block_cost[d, b[k] : b[k + 1]].sum()) * (a.lean_factor if m == "lean" else 1.0)
         for k, (d, m) in enumerate(zip(devices, chosen if modes is None else modes, strict=True))
     ]
-    trans = [
-        transfer_s(a.cut_bytes[c], a.link_rate[devices[k], devices[k + 1]], a.link_delay[devices[k], devices[k + 1]])
-        for k, c in enumerate(cuts)
-    ]
     s = a.source
-    inp = out = 0.0
+    hops = [(a.cut_bytes[c], devices[k], devices[k + 1]) for k, c in enumerate(cuts)]
+    trips = []  # the source's, in and out; none where it holds the stage
     if s is not None and devices:
-        if devices[0] != s:
-            inp = transfer_s(a.cut_bytes[0], a.link_rate[s, devices[0]], a.link_delay[s, devices[0]])
-        if devices[-1] != s:
-            out = transfer_s(a.cut_bytes[nb], a.link_rate[devices[-1], s], a.link_delay[devices[-1], s])
+        trips = [(a.cut_bytes[0], s, devices[0]), (a.cut_bytes[nb], devices[-1], s)]
+    trans = [transfer_s(n, a.link_rate[x, y], a.link_delay[x, y]) for n, x, y in hops]
+    inp, out = [transfer_s(n, a.link_rate[x, y], a.link_delay[x, y]) if x != y else 0.0 for n, x, y in trips] or [
+        0.0,
+        0.0,
+    ]
+    link = [serialise_s(n, a.link_rate[x, y]) for n, x, y in [*hops, *trips] if x != y]
     fits = all(m is not None for m in chosen)
     busy = [st + a.busy_s(d) for st, d in zip(stage, devices, strict=True)]
     relay = float(a.overhead[s]) if a.overhead is not None and s is not None and s not in devices else 0.0
-    return Evaluation(stage, trans, inp, out, fits, busy, relay, chosen)
+    return Evaluation(stage, trans, inp, out, fits, busy, relay, chosen, link)
 
 
 def build_arrays(
@@ -504,7 +514,7 @@ def predict(
         transfer_s=[round(x, 6) for x in ev.transfer_s],
         throughput_fps=round(1.0 / slowest, 3) if slowest > 0 else None,
         latency_s=round(latency, 6),
-        slowest_other_s=max([*ev.transfer_s, ev.input_s, ev.output_s, ev.relay_s]),
+        slowest_other_s=max([*ev.link_s, ev.relay_s]),
         transfers_total_s=sum(ev.transfer_s) + ev.input_s + ev.output_s,
         source_roundtrip_s=trip,
     )

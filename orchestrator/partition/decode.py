@@ -52,7 +52,7 @@ def step_values(a: Arrays) -> np.ndarray:
     with np.errstate(divide="ignore"):
         for nbytes in a.cut_bytes:
             t = np.where(a.link_rate > 0, nbytes * 8.0 / np.where(a.link_rate > 0, a.link_rate, 1.0), 0.0)
-            vals.append((t + a.link_delay).ravel())
+            vals.append(t.ravel())  # a hop's hold on its link: the delay overlaps (costmodel.serialise_s)
     if a.overhead is not None and a.source is not None:
         vals.append(np.array([float(a.overhead[a.source])]))
     out = np.unique(np.concatenate(vals))

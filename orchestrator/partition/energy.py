@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from orchestrator.config import Device, Testbed
-from orchestrator.partition.costmodel import Arrays, CostTable, build_arrays, transfer_s
+from orchestrator.partition.costmodel import Arrays, CostTable, build_arrays, serialise_s, transfer_s
 from orchestrator.partition.graph import ModelGraph
 from orchestrator.partition.plan import Predicted
 
@@ -140,9 +140,8 @@ def figures(a: Arrays, p: PowerArrays, cuts: list[int], devices: list[int], leve
         steps.append(st[1])
     s = a.source
     for nbytes, x, y in _hops(a, cuts, devices):
-        t = transfer_s(nbytes, a.link_rate[x, y], a.link_delay[x, y])
-        latency += t
-        steps.append(t)
+        latency += transfer_s(nbytes, a.link_rate[x, y], a.link_delay[x, y])
+        steps.append(serialise_s(nbytes, a.link_rate[x, y]))  # the delay overlaps between frames
         radio += _radio(a, p, nbytes, x, y)
     relay = _relay(a, set(devices))
     if relay:
@@ -270,14 +269,16 @@ def _search(
                 continue
             if prev is None:
                 if s is None or d == s:
-                    t, radio = 0.0, 0.0
+                    t, held, radio = 0.0, 0.0, 0.0
                 else:
                     t = transfer_s(a.cut_bytes[0], a.link_rate[s, d], a.link_delay[s, d])
+                    held = serialise_s(a.cut_bytes[0], a.link_rate[s, d])
                     radio = _radio(a, p, a.cut_bytes[0], s, d)
             else:
                 t = transfer_s(a.cut_bytes[j], a.link_rate[prev, d], a.link_delay[prev, d])
+                held = serialise_s(a.cut_bytes[j], a.link_rate[prev, d])
                 radio = _radio(a, p, a.cut_bytes[j], prev, d)
-            if t > step_cap:
+            if held > step_cap:
                 continue
             for lv in range(len(p.scale[d])):
                 for j2 in range(j + 1, b_n + 1):
@@ -295,7 +296,7 @@ def _search(
                     new = _Label(
                         label.energy + radio + p.dyn_w[d][lv] * busy,
                         lat if track_latency else 0.0,
-                        max(label.period, t, busy),
+                        max(label.period, held, busy),
                         (label, j, d, lv),
                     )
                     if new.energy + idle_of[mask | 1 << d] * new.period > limit:
@@ -315,16 +316,18 @@ def _search(
         used = {x for x in range(d_n) if mask >> x & 1}
         if stages is not None and len(used) != stages:
             continue
-        home = 0.0 if s is None or d == s else transfer_s(a.cut_bytes[b_n], a.link_rate[d, s], a.link_delay[d, s])
-        home_radio = 0.0 if s is None or d == s else _radio(a, p, a.cut_bytes[b_n], d, s)
+        away = s is not None and d != s
+        home = transfer_s(a.cut_bytes[b_n], a.link_rate[d, s], a.link_delay[d, s]) if away else 0.0
+        home_held = serialise_s(a.cut_bytes[b_n], a.link_rate[d, s]) if away else 0.0
+        home_radio = _radio(a, p, a.cut_bytes[b_n], d, s) if away else 0.0
         relay = _relay(a, used)
-        if home > step_cap or relay > step_cap:
+        if home_held > step_cap or relay > step_cap:
             continue
         idle_w = sum(p.idle_w[x] for x in used | ({s} if s is not None else set()))
         for label in front:
             if track_latency and label.latency + home > lat_cap:
                 continue
-            period = max(label.period, home, relay)
+            period = max(label.period, home_held, relay)
             e = label.energy + home_radio + (p.dyn_w[s][0] * relay if relay else 0.0) + idle_w * period
             if e < best:
                 best, best_label = e, label

@@ -44,10 +44,14 @@ class Solution(NamedTuple):
     devices: list[int]
 
 
-def _transfer(nbytes: float, rate: np.ndarray, delay: np.ndarray) -> np.ndarray:
+def _serialise(nbytes: float, rate: np.ndarray) -> np.ndarray:
+    """How long a transfer holds its link (costmodel.serialise_s), for every pair of devices."""
     with np.errstate(divide="ignore"):
-        t = np.where(rate > 0, nbytes * 8.0 / np.where(rate > 0, rate, 1.0), 0.0)
-    return t + delay
+        return np.where(rate > 0, nbytes * 8.0 / np.where(rate > 0, rate, 1.0), 0.0)
+
+
+def _transfer(nbytes: float, rate: np.ndarray, delay: np.ndarray) -> np.ndarray:
+    return _serialise(nbytes, rate) + delay
 
 
 def _per_stage(mem: np.ndarray) -> np.ndarray:
@@ -94,22 +98,32 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None, cou
     if cap is not None:
         comp = np.where(comp + (0.0 if combine is np.maximum else busy[:, None, None]) > cap, inf, comp)
 
-    # trans[j][d, d2]: moving bound j's live set from d to d2; row `src` only at j = 0
+    # trans[j][d, d2]: moving bound j's live set from d to d2; row `src` only at j = 0. With `max`
+    # a hop counts as its hold on the link (the delay overlaps between frames), with `+` as its
+    # path, serialisation and delay; the cap applies to the hold.
+    def hop(nbytes: float, rate: np.ndarray, delay: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        held = _serialise(nbytes, rate)
+        return (held if combine is np.maximum else held + delay), held
+
     trans = np.full((b_n + 1, d_n + 1, d_n), inf)
+    holds = np.zeros((b_n + 1, d_n + 1, d_n))
     for j in range(1, b_n):
-        t = _transfer(a.cut_bytes[j], a.link_rate, a.link_delay)
+        t, h = hop(a.cut_bytes[j], a.link_rate, a.link_delay)
         t[np.diag_indices(d_n)] = np.where(np.array(counts) > 1, np.diag(t), inf)  # two of one type
-        trans[j, :d_n] = t
-    home = np.zeros(d_n)
+        trans[j, :d_n], holds[j, :d_n] = t, h
+    home = home_hold = np.zeros(d_n)
     if a.source is None:
         trans[0, src] = 0.0
     else:
         s = a.source
-        trans[0, src] = np.where(np.arange(d_n) == s, 0.0, _transfer(a.cut_bytes[0], a.link_rate[s], a.link_delay[s]))
-        home = np.where(np.arange(d_n) == s, 0.0, _transfer(a.cut_bytes[b_n], a.link_rate[:, s], a.link_delay[:, s]))
+        here = np.arange(d_n) == s
+        t, h = hop(a.cut_bytes[0], a.link_rate[s], a.link_delay[s])
+        trans[0, src], holds[0, src] = np.where(here, 0.0, t), np.where(here, 0.0, h)
+        t, h = hop(a.cut_bytes[b_n], a.link_rate[:, s], a.link_delay[:, s])
+        home, home_hold = np.where(here, 0.0, t), np.where(here, 0.0, h)
     if cap is not None:
-        trans = np.where(trans > cap, inf, trans)
-        home = np.where(home > cap, inf, home)
+        trans = np.where(holds > cap, inf, trans)
+        home = np.where(home_hold > cap, inf, home)
 
     masks = np.arange(m_n)
     used = [(masks // strides[d]) % (counts[d] + 1) for d in range(d_n)]  # devices of type d in a state
