@@ -253,6 +253,16 @@ def generation_section(rep: dict) -> list[str]:
         f"| tokens/s in total | {_fmt(tps.get('total'), 2)} |",
         f"| tokens equal to the whole model's greedy decode | {_match_text(rep)} |",
     ]
+    pg = rep.get("predicted_generation") or {}
+    for key, err_key, what, unit in (
+        ("ttft_ms", "ttft_error_pct", "time to first token, p50", " ms"),
+        ("tpot_ms", "tpot_error_pct", "time per output token, mean", " ms"),
+        ("tokens_per_s", "tokens_per_s_error_pct", "tokens/s in total", ""),
+    ):
+        if pg.get(key) is not None:
+            err = pg.get(err_key)
+            said = f" ({err:+.1f}% of the measured)" if err is not None else ""
+            lines.append(f"| predicted {what} | {_fmt(pg[key], 2)}{unit}{said} |")
     ept = rep.get("energy_per_token_j")
     if ept:
         lines.append(
