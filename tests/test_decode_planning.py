@@ -251,6 +251,7 @@ def test_decode_profile_and_stage_measurements_on_local_nodes(gpt, tmp_path):
     assert len(measured) == 2 and all(0 < m.busy_s < 1.0 and 0 < m.compute_s < 1.0 for m in measured)
     # a prefill of 24 tokens: stage 1 takes 24 positions' hidden states in where a step takes one
     assert prefill.tokens == 24 and len(prefill.compute_s) == 2 and all(0 < c < 1.0 for c in prefill.compute_s)
+    assert prefill.wall_s == prefill.compute_s  # no CPU quota on local nodes
     assert prefill.bytes_in[1] > 20 * 64 * 4 and prefill.extra_transfer_s == 0.0  # local links are not shaped
 
 
@@ -280,26 +281,33 @@ def test_decode_prediction_is_the_latency_or_the_sequences_on_the_slowest_step()
 
 def test_a_job_s_tpot_counts_the_other_sequences_prefills_and_ttft_the_prefill():
     pred = Predicted(latency_s=0.1, throughput_fps=10.0, stage_s=[0.04, 0.1])  # steady: 2 x 0.1 s
-    alone = predict_generation(pred, sequences=2, max_new_tokens=11)
+    alone = predict_generation(pred, sequences=2, max_new_tokens=11, measured_sequences=4)
     assert alone.tpot_s == pytest.approx(0.2) and alone.ttft_s is None  # the prefill not measured
     got = predict_generation(
         pred,
         sequences=2,
         max_new_tokens=11,
+        measured_sequences=4,
         decode_compute_s=[0.03, 0.05],
-        prefill_compute_s=[0.2, 0.4],
+        prefill_s=[0.2, 0.4],
         prefill_extra_transfer_s=0.01,
     )
     # one other prefill in ten intervals, holding stage 1 0.3 s beyond its step
     assert got.steady_tpot_s == pytest.approx(0.2) and got.tpot_s == pytest.approx(0.2 + 0.3 / 10)
     assert got.tokens_per_s == pytest.approx(2 / got.tpot_s)
-    assert got.ttft_s == pytest.approx(0.1 - 0.08 + 0.6 + 0.01)  # the step's latency, prefills for steps
+    lone = 0.1 - 0.08 + 0.6 + 0.01  # the step's latency, prefills for steps, the prompt's hidden states
+    assert got.lone_ttft_s == pytest.approx(lone)
+    # the first two start together (the second waits out the first's 0.4 s prefill), the other two
+    # each behind half a step of the one in flight at the slowest stage
+    assert got.ttft_s == pytest.approx(lone + (0.0 + 0.4 + 0.05 + 0.05) / 4)
     one = predict_generation(
-        pred, sequences=1, max_new_tokens=11, decode_compute_s=[0.03, 0.05], prefill_compute_s=[0.2, 0.4]
+        pred, sequences=1, max_new_tokens=11, measured_sequences=3, decode_compute_s=[0.03, 0.05], prefill_s=[0.2, 0.4]
     )
-    assert one.tpot_s == pytest.approx(0.1)  # nobody else's prefill
+    assert one.tpot_s == pytest.approx(0.1) and one.ttft_s == pytest.approx(one.lone_ttft_s)  # nobody else
     with pytest.raises(ValueError, match="different stages"):
-        predict_generation(pred, sequences=2, max_new_tokens=11, decode_compute_s=[0.03], prefill_compute_s=[0.2, 0.4])
+        predict_generation(
+            pred, sequences=2, max_new_tokens=11, measured_sequences=4, decode_compute_s=[0.03], prefill_s=[0.2, 0.4]
+        )
 
 
 def _testbed() -> list[Device]:

@@ -29,7 +29,7 @@ def generation_report(
     """`task`, the figures of DESIGN's "Generation", and `predicted_generation`: the plan's TPOT
     (mean, the other sequences' prefills counted; steady, the planner's figure), tokens/s with the
     job's sequences in flight and TTFT where the prefill was measured (generation.predict), and the
-    error of each against the measured mean (TTFT: p50)."""
+    error of each against the measured mean."""
     energy = rep.get("energy_split")
     figs = generation_figures(
         gen.sequences,
@@ -46,19 +46,21 @@ def generation_report(
         plan.predicted,
         sequences=gen.setup.sequences,
         max_new_tokens=gen.setup.max_new_tokens,
+        measured_sequences=len(gen.setup.prompts) - gen.setup.warmup,
         decode_compute_s=gen.measured_decode_s,
-        prefill_compute_s=pre.compute_s if pre is not None else None,
+        prefill_s=pre.wall_s if pre is not None else None,
         prefill_extra_transfer_s=pre.extra_transfer_s if pre is not None else 0.0,
     )
     measured_tpot = (figs["tpot_ms"] or {}).get("mean")
     measured_tokens = (figs["tokens_per_s"] or {}).get("total")
-    measured_ttft = (figs["ttft_ms"] or {}).get("p50")
+    measured_ttft = (figs["ttft_ms"] or {}).get("mean")
     ttft_ms = round(pred.ttft_s * 1e3, 3) if pred.ttft_s is not None else None
     predicted = {
         "tpot_ms": round(pred.tpot_s * 1e3, 3),
         "steady_tpot_ms": round(pred.steady_tpot_s * 1e3, 3),
         "tokens_per_s": round(pred.tokens_per_s, 3),
         "ttft_ms": ttft_ms,
+        "lone_ttft_ms": round(pred.lone_ttft_s * 1e3, 3) if pred.lone_ttft_s is not None else None,
         "tpot_error_pct": _err_pct(pred.tpot_s * 1e3, measured_tpot),
         "tokens_per_s_error_pct": _err_pct(pred.tokens_per_s, measured_tokens),
         "ttft_error_pct": _err_pct(ttft_ms, measured_ttft),

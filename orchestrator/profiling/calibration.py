@@ -44,6 +44,7 @@ from orchestrator.config import Testbed
 from orchestrator.driving.deploy import load_requests
 from orchestrator.driving.driver import Feed, drive
 from orchestrator.partition.chain import run_chain
+from orchestrator.partition.costmodel import burst_wall_s
 from orchestrator.partition.plan import Plan, Predicted, StagePlan
 from orchestrator.partition.seeded_inputs import InputSpec, decode_inputs, onnx_inputs, seeded_inputs
 from orchestrator.partition.stage_files import StageFile
@@ -198,28 +199,26 @@ def _mini_plan(
 
 def _lone(
     dep: Deployment, device: str, feed: dict[str, np.ndarray], frames: int, timeout_s: float, quota: float | None
-) -> tuple[float, float]:
-    """(median compute, median round trip less compute) of lone requests through stage 0; `quota`:
-    the node's CPU quota in CPUs where its threads could exceed it (None elsewhere)."""
+) -> tuple[float, float, float]:
+    """(median compute, median round trip less compute, the node's CPU per request) of lone requests
+    through stage 0; `quota`: the node's CPU quota in CPUs where its threads could exceed it (None
+    elsewhere)."""
     last = [0.0]
 
     def done(r) -> None:
         last[0] = _stage0_s(r)
 
-    records = drive(
-        dep.client(device),
-        _spaced(feed, last, quota),
-        total=LONE_WARMUP + frames,
-        concurrency=1,
-        on_done=done,
-        timeout_s=timeout_s,
-    )
+    node, feeds = dep.client(device), _spaced(feed, last, quota)
+    # the first runs of a fresh session allocate: not measured
+    _raise_errors(device, drive(node, feeds, total=LONE_WARMUP, concurrency=1, on_done=done, timeout_s=timeout_s))
+    cpu0 = node.stats(timeout_s).cpu_seconds
+    records = drive(node, feeds, total=frames, concurrency=1, on_done=done, timeout_s=timeout_s)
+    cpu = node.stats(timeout_s).cpu_seconds - cpu0
     _raise_errors(device, records)
-    records = records[LONE_WARMUP:]  # the first runs of a fresh session allocate
     compute = [_stage0_s(r) for r in records]
     trip = [(r.done_ns - r.sent_ns) / 1e9 - c for r, c in zip(records, compute, strict=True)]
     # medians: a lone request under a quota can fall on either side of a period's end
-    return float(np.median(compute)), max(0.0, float(np.median(trip)))
+    return float(np.median(compute)), max(0.0, float(np.median(trip))), cpu / len(records)
 
 
 def _stage0_s(r) -> float:
@@ -395,6 +394,7 @@ class PrefillMeasure:
 
     tokens: int  # the prompt's length
     compute_s: list[float]  # per stage, median compute of a lone prefill
+    wall_s: list[float]  # per stage, a prefill's time in a run (see measure_prefill)
     bytes_in: list[int]  # per stage, what its frame carries in (stage 0: the prompt's inputs)
     extra_transfer_s: float  # the hops between stages, beyond a decode step's: the prompt's hidden states
 
@@ -412,7 +412,12 @@ def measure_prefill(
     """Each stage of a decoder's plan taking a prefill of `tokens` tokens, one request at a time,
     devices in parallel, each holding its (empty) cache inside, requests spaced as `_lone` spaces
     them. The prefill is a decode step's shape with the prompt in place of one token: its compute
-    and the hidden states it passes on grow with the prompt.
+    and the hidden states it passes on grow with the prompt. Where a CPU quota below one CPU holds
+    a node, a prefill can outlast the quota of a period: its time in a run is the node's CPU per
+    prefill run at full speed from the start of a period and waiting out the rest of each period
+    whose quota it spent (costmodel.burst_wall_s), as a stage waiting for its frames runs; a lone
+    request's compute, which a request started late in a period may finish before it is throttled,
+    would understate it.
 
     `past_tokens`: the decode step the hops' extra time is counted against (0 where None).
     Leaves the nodes holding calibration stages: load the pipeline afterwards."""
@@ -421,6 +426,8 @@ def measure_prefill(
     feeds = stage_inputs(plan, past_tokens=0, new_tokens=tokens)
     held = held_stages(plan, node_plan, 0)
     compute: dict[int, float] = {}
+    wall: dict[int, float] = {}
+    period = dep.cpu_quota_period_s or CFS_PERIOD_S
     for ks in rounds([(s.device,) for s in held.stages]):
         quotas: dict[int, float | None] = {}
         for k in ks:
@@ -431,7 +438,10 @@ def measure_prefill(
                 k: ex.submit(_lone, dep, held.stages[k].device, feeds[k], PREFILL_FRAMES, timeout_s, quotas[k])
                 for k in ks
             }
-            compute.update({k: f.result()[0] for k, f in futures.items()})
+            for k, f in futures.items():
+                compute[k], _, cpu = f.result()
+                q = quotas[k]
+                wall[k] = burst_wall_s(cpu / q, q, period) if q is not None and q < 1 else compute[k]
     n = len(plan.stages)
     bytes_in = [int(sum(a.nbytes for a in f.values())) for f in feeds]
     step = [int(sum(a.nbytes for a in f.values())) for f in stage_inputs(plan, past_tokens=past_tokens or 0)]
@@ -442,7 +452,11 @@ def measure_prefill(
         if a != b and rate > 0:
             extra += max(0, bytes_in[k] - step[k]) * 8.0 / rate
     return PrefillMeasure(
-        tokens=tokens, compute_s=[compute[k] for k in range(n)], bytes_in=bytes_in, extra_transfer_s=extra
+        tokens=tokens,
+        compute_s=[compute[k] for k in range(n)],
+        wall_s=[wall[k] for k in range(n)],
+        bytes_in=bytes_in,
+        extra_transfer_s=extra,
     )
 
 
@@ -504,7 +518,10 @@ def calibration_note(
 
 def prefill_note(stages: Sequence[StagePlan], prefill: PrefillMeasure) -> str:
     """The run's note on the prefill measured per stage."""
-    each = ", ".join(f"{s.device} {c * 1e3:.0f} ms" for s, c in zip(stages, prefill.compute_s, strict=True))
+    each = ", ".join(
+        f"{s.device} {c * 1e3:.0f} ms" + (f" ({w * 1e3:.0f} ms under its quota)" if w > c * 1.05 else "")
+        for s, c, w in zip(stages, prefill.compute_s, prefill.wall_s, strict=True)
+    )
     return (
         f"prediction: each stage's prefill of {prefill.tokens} tokens measured alone on its device ({each}; "
         f"the hops carry {prefill.extra_transfer_s * 1e3:.1f} ms more than a decode step's)"

@@ -255,7 +255,7 @@ def generation_section(rep: dict) -> list[str]:
     ]
     pg = rep.get("predicted_generation") or {}
     for key, err_key, what, unit in (
-        ("ttft_ms", "ttft_error_pct", "time to first token, p50", " ms"),
+        ("ttft_ms", "ttft_error_pct", "time to first token, mean", " ms"),
         ("tpot_ms", "tpot_error_pct", "time per output token, mean", " ms"),
         ("tokens_per_s", "tokens_per_s_error_pct", "tokens/s in total", ""),
     ):
