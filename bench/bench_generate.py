@@ -9,7 +9,7 @@ is the least time per output token at that count; profiled decode steps, the KV 
 memory), `exo` (each device a share of the layers in proportion to its memory, as exo's
 "ring memory weighted" strategy does), and `even` cuts into 2, 3 and 4 stages. Prints, side by
 side, each plan's time to first token, time per output token, tokens per second in total and per
-sequence, the planner's predicted TPOT and its error, then checks the targets: optimal's TPOT at
+sequence, the predicted TPOT and TTFT and their errors, then checks the targets: optimal's TPOT at
 most exo's, and their predicted TPOT within 15% of measured. Every configuration must generate
 exactly the whole model's greedy tokens (`tokens_match`) and send no cache tensor: a decode step's
 hop between stages carries less than one layer's key over the prompt, its hop home one position's
@@ -94,6 +94,9 @@ def row(name: str, rep: dict) -> dict:
         "per_seq": ((rep.get("tokens_per_s") or {}).get("per_sequence") or {}).get("p50"),
         "pred_tpot": pg.get("tpot_ms"),
         "err": pg.get("tpot_error_pct"),
+        "ttft_mean": (rep.get("ttft_ms") or {}).get("mean"),
+        "pred_ttft": pg.get("ttft_ms"),
+        "ttft_err": pg.get("ttft_error_pct"),
         "match": rep.get("tokens_match"),
         "kv": rep.get("kv_cache_bytes"),
     }
@@ -124,14 +127,18 @@ def main() -> int:
         f"\ndefault GPT ({MODEL.name}) on {DEVICES.name}, docker; {args.requests} sequences after 1 warm-up, "
         f"{args.sequences} in flight, prompts of {args.prompt_tokens} tokens, {args.new} new tokens each\n"
     )
-    head = "plan stages TTFT_p50_ms TPOT_mean_ms TPOT_p50_ms tokens/s per_sequence_p50 predicted_TPOT_ms error match"
+    head = (
+        "plan stages TTFT_p50_ms TPOT_mean_ms TPOT_p50_ms tokens/s per_sequence_p50 predicted_TPOT_ms error "
+        "TTFT_mean_ms predicted_TTFT_ms TTFT_error match"
+    )
     print("| " + " | ".join(h.replace("_", " ") for h in head.split()) + " |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|" + "---|" * len(head.split()))
     for r in rows:
         print(
             f"| {r['plan']} | {r['stages']} | {fmt(r['ttft'])} | {fmt(r['tpot'])} | {fmt(r['tpot_p50'])} | "
             f"{fmt(r['tokens_s'], '.2f')} | {fmt(r['per_seq'], '.2f')} | {fmt(r['pred_tpot'])} | "
-            f"{fmt(r['err'], '+.1f')}% | {r['match']} |"
+            f"{fmt(r['err'], '+.1f')}% | {fmt(r['ttft_mean'])} | {fmt(r['pred_ttft'])} | "
+            f"{fmt(r['ttft_err'], '+.1f')}% | {r['match']} |"
         )
     for r in rows:
         print(f"KV cache bytes per device, {r['plan']}: {r['kv']}")
