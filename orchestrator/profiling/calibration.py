@@ -203,39 +203,30 @@ def _lone(
     """(median compute, median round trip less compute, the node's CPU per request) of lone requests
     through stage 0; `quota`: the node's CPU quota in CPUs where its threads could exceed it (None
     elsewhere)."""
-    last = [0.0]
-
-    def done(r) -> None:
-        last[0] = _stage0_s(r)
-
-    node, feeds = dep.client(device), _spaced(feed, last, quota)
+    node, feeds = dep.client(device), _spaced(feed, quota)
     # the first runs of a fresh session allocate: not measured
-    _raise_errors(device, drive(node, feeds, total=LONE_WARMUP, concurrency=1, on_done=done, timeout_s=timeout_s))
+    _raise_errors(device, drive(node, feeds, total=LONE_WARMUP, concurrency=1, timeout_s=timeout_s))
     cpu0 = node.stats(timeout_s).cpu_seconds
-    records = drive(node, feeds, total=frames, concurrency=1, on_done=done, timeout_s=timeout_s)
+    records = drive(node, feeds, total=frames, concurrency=1, timeout_s=timeout_s)
     cpu = node.stats(timeout_s).cpu_seconds - cpu0
     _raise_errors(device, records)
-    compute = [_stage0_s(r) for r in records]
+    compute = [sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0) for r in records]
     trip = [(r.done_ns - r.sent_ns) / 1e9 - c for r, c in zip(records, compute, strict=True)]
     # medians: a lone request under a quota can fall on either side of a period's end
     return float(np.median(compute)), max(0.0, float(np.median(trip))), cpu / len(records)
 
 
-def _stage0_s(r) -> float:
-    return sum((x.end_ns - x.start_ns) / 1e9 for x in r.timings if x.stage == 0)
-
-
-def _spaced(feed: dict[str, np.ndarray], last: list[float], quota: float | None, seed: int = 0) -> Iterator[Feed]:
+def _spaced(feed: dict[str, np.ndarray], quota: float | None, seed: int = 0) -> Iterator[Feed]:
     """The same feed after a pause, off the timed path. A random part of up to one CFS period: a
     lone request under a quota takes a period more or less by where in the period it starts, and
     back-to-back requests can lock into one phase; spacing them samples every phase. Under a quota
-    below one CPU, also the time the quota takes to pay back the last request's compute
-    (`last[0]` x (1 / quota - 1)): a lone request finds its device idle, as it does in a run whose
-    other stages take longer, not one whose quota earlier requests used up."""
+    below one CPU, a whole period more: the quota is granted per period, so after one that the node
+    spent idle a lone request starts with its quota unspent, as on a device whose other stages
+    take longer, not one whose quota the last request used up."""
     rng = random.Random(seed)
+    idle = CFS_PERIOD_S if quota is not None and 0 < quota < 1 else 0.0
     while True:
-        payback = last[0] * (1.0 / quota - 1.0) if quota is not None and 0 < quota < 1 else 0.0
-        time.sleep(rng.uniform(0.0, CFS_PERIOD_S) + payback)
+        time.sleep(idle + rng.uniform(0.0, CFS_PERIOD_S))
         yield Feed(arrays=feed)
 
 
