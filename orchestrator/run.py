@@ -48,6 +48,7 @@ from orchestrator.profiling.calibration import (
     calibration_note,
     measure_prefill,
     measure_stages,
+    prefill_at_levels,
     prefill_note,
 )
 from orchestrator.profiling.results import Profile
@@ -326,7 +327,7 @@ def run_config(
                     if gen is not None:
                         console.print("measuring each stage's prefill on its device...")
                         gen.measured_decode_s = [m.compute_s for m in measured]
-                        gen.prefill = measure_prefill(
+                        prefill = measure_prefill(
                             plan,
                             node_plan,
                             testbed,
@@ -335,6 +336,7 @@ def run_config(
                             past_tokens=gen.setup.past_tokens,
                             timeout_s=job.timeout_s,
                         )
+                        gen.prefill = prefill_at_levels(prefill, plan, testbed)
                         notes.append(prefill_note(plan.stages, gen.prefill))
                 phase("deploying")
                 loaded = deploy(node_plan, testbed, dep, cfg.source)

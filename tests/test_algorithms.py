@@ -132,6 +132,26 @@ def test_solve_prefers_fast_device_and_skips_slow_link() -> None:
     assert got.devices == [1] and got.value == pytest.approx(0.2)  # both blocks (mem 2) fit device 1 only
 
 
+def test_a_link_s_delay_lengthens_the_path_but_not_its_step() -> None:
+    # two blocks of 0.1 s, one per device; the cut carries 1000 bytes at 8 kbit/s (1 s) over a 5-s delay
+    cost = np.array([[0.1, 9.0], [9.0, 0.1]])
+    rate = np.full((2, 2), 8e3)
+    delay = np.full((2, 2), 5.0)
+    a = Arrays(
+        block_cost=cost,
+        cut_bytes=np.array([0.0, 1000.0, 0.0]),
+        link_rate=rate,
+        link_delay=delay,
+        mem=np.array([1.0, 1.0]),
+        dev_mem=np.array([10.0, 10.0]),
+    )
+    ev = evaluate(a, [1], [0, 1])
+    assert ev.latency_s == pytest.approx(0.1 + 1.0 + 5.0 + 0.1)  # the path waits out the delay
+    assert ev.bottleneck_s == pytest.approx(1.0)  # the link is held for the serialisation alone
+    got = solve(cost, [0, 1000, 0], rate, delay, [1, 1], [10, 10], "throughput")
+    assert got.devices == [0, 1] and got.value == pytest.approx(1.0)  # not 6 s: one device alone takes 9.1
+
+
 def _testbed() -> TB:
     specs = [("phone", 0.5, "1GiB"), ("laptop", 2.0, "2GiB"), ("pi", 1.0, "512MiB"), ("tiny", 4.0, "64MiB")]
     return TB(

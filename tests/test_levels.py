@@ -4,6 +4,8 @@ level on it, and a runtime that cannot set caps failing no run."""
 
 from __future__ import annotations
 
+import pytest
+
 from orchestrator.config import Device, Level, Power
 from orchestrator.config import Testbed as Bed
 from orchestrator.driving.levels import apply_levels, levels_note, restore_caps
@@ -92,7 +94,7 @@ def test_stages_measured_before_their_levels_are_scaled_to_them():
     from orchestrator.config import Device
     from orchestrator.config import Testbed as Bed
     from orchestrator.partition.plan import Plan, StagePlan
-    from orchestrator.profiling.calibration import StageMeasure, at_levels
+    from orchestrator.profiling.calibration import PrefillMeasure, StageMeasure, at_levels, prefill_at_levels
 
     tb = Bed(devices=[Device(name="a", cpus=0.4), Device(name="b", cpus=0.5)])
     stages = [
@@ -110,3 +112,7 @@ def test_stages_measured_before_their_levels_are_scaled_to_them():
     )
     got = at_levels([StageMeasure(0.1, 0.08, 0.01), StageMeasure(0.3, 0.25, 0.02)], plan, tb)
     assert got[0] == StageMeasure(0.2, 0.16, 0.01) and got[1] == StageMeasure(0.3, 0.25, 0.02)
+    # a generation job's prefill, measured at the devices' cpus, is scaled alike
+    pre = PrefillMeasure(tokens=8, compute_s=[0.1, 0.2], wall_s=[0.15, 0.2], bytes_in=[64, 512], extra_transfer_s=0.0)
+    scaled = prefill_at_levels(pre, plan, tb)
+    assert scaled.compute_s == pytest.approx([0.2, 0.2]) and scaled.wall_s == pytest.approx([0.3, 0.2])

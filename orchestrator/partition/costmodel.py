@@ -5,8 +5,9 @@ Compute comes from a `CostTable` (seconds per block per device): today estimated
 and the device's CPU quota; a profiler can later fill the same table with measured times,
 and nothing downstream changes. Transfers are `bytes * 8 / rate + delay` (rate 0: unshaped,
 delay only) on a request's path; a link's step in a full pipeline is `bytes * 8 / rate` alone
-(the delay overlaps between frames). Memory of a stage is its node's resident memory by `partition.memory`; a stage that
-fits a device only without pre-packed weights runs lean there, `LEAN_TIME_FACTOR` slower.
+(the delay overlaps between frames). Memory of a stage is its node's resident memory by
+`partition.memory`; a stage that fits a device only without pre-packed weights runs lean there,
+`LEAN_TIME_FACTOR` slower.
 
 Everything the optimiser needs is turned into plain arrays (`Arrays`) so the solver can be
 tested without ONNX graphs.
@@ -379,14 +380,12 @@ def evaluate(
     ]
     s = a.source
     hops = [(a.cut_bytes[c], devices[k], devices[k + 1]) for k, c in enumerate(cuts)]
-    trips = []  # the source's, in and out; none where it holds the stage
+    # the source's trips in and out: none (a device to itself) without a source or where it holds the stage
+    trips = [(0.0, 0, 0), (0.0, 0, 0)]
     if s is not None and devices:
         trips = [(a.cut_bytes[0], s, devices[0]), (a.cut_bytes[nb], devices[-1], s)]
     trans = [transfer_s(n, a.link_rate[x, y], a.link_delay[x, y]) for n, x, y in hops]
-    inp, out = [transfer_s(n, a.link_rate[x, y], a.link_delay[x, y]) if x != y else 0.0 for n, x, y in trips] or [
-        0.0,
-        0.0,
-    ]
+    inp, out = (transfer_s(n, a.link_rate[x, y], a.link_delay[x, y]) if x != y else 0.0 for n, x, y in trips)
     link = [serialise_s(n, a.link_rate[x, y]) for n, x, y in [*hops, *trips] if x != y]
     fits = all(m is not None for m in chosen)
     busy = [st + a.busy_s(d) for st, d in zip(stage, devices, strict=True)]

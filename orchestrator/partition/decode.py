@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from orchestrator.partition.costmodel import Arrays, predict
-from orchestrator.partition.optimal import Solution, least_latency_under, optimal, problem_arrays
+from orchestrator.partition.optimal import Solution, least_latency_under, optimal, problem_arrays, serialise_all
 from orchestrator.partition.plan import Predicted
 from orchestrator.partition.problem import Placement, Problem
 
@@ -49,10 +49,8 @@ def step_values(a: Arrays) -> np.ndarray:
     comp = pre[:, j] - pre[:, i]
     busy = np.array([a.busy_s(d) for d in range(d_n)])[:, None]
     vals = [(comp + busy).ravel(), (comp * a.lean_factor + busy).ravel()]
-    with np.errstate(divide="ignore"):
-        for nbytes in a.cut_bytes:
-            t = np.where(a.link_rate > 0, nbytes * 8.0 / np.where(a.link_rate > 0, a.link_rate, 1.0), 0.0)
-            vals.append(t.ravel())  # a hop's hold on its link: the delay overlaps (costmodel.serialise_s)
+    for nbytes in a.cut_bytes:  # a hop's hold on its link: the delay overlaps (costmodel.serialise_s)
+        vals.append(serialise_all(nbytes, a.link_rate).ravel())
     if a.overhead is not None and a.source is not None:
         vals.append(np.array([float(a.overhead[a.source])]))
     out = np.unique(np.concatenate(vals))

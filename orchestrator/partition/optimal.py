@@ -44,14 +44,14 @@ class Solution(NamedTuple):
     devices: list[int]
 
 
-def _serialise(nbytes: float, rate: np.ndarray) -> np.ndarray:
+def serialise_all(nbytes: float, rate: np.ndarray) -> np.ndarray:
     """How long a transfer holds its link (costmodel.serialise_s), for every pair of devices."""
     with np.errstate(divide="ignore"):
         return np.where(rate > 0, nbytes * 8.0 / np.where(rate > 0, rate, 1.0), 0.0)
 
 
 def _transfer(nbytes: float, rate: np.ndarray, delay: np.ndarray) -> np.ndarray:
-    return _serialise(nbytes, rate) + delay
+    return serialise_all(nbytes, rate) + delay
 
 
 def _per_stage(mem: np.ndarray) -> np.ndarray:
@@ -102,7 +102,7 @@ def _dp(a: Arrays, combine: np.ufunc, stages: int | None, cap: float | None, cou
     # a hop counts as its hold on the link (the delay overlaps between frames), with `+` as its
     # path, serialisation and delay; the cap applies to the hold.
     def hop(nbytes: float, rate: np.ndarray, delay: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        held = _serialise(nbytes, rate)
+        held = serialise_all(nbytes, rate)
         return (held if combine is np.maximum else held + delay), held
 
     trans = np.full((b_n + 1, d_n + 1, d_n), inf)

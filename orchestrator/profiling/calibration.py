@@ -257,11 +257,16 @@ def _busy(
     t = step_time_s([r.done_ns for r in records])
     if t is None:
         raise RuntimeError(f"measuring the stage on {device}: too few frames came back")
-    if reply.cpu_quota and reply.cpu_quota < reply.threads:
+    if _binding_quota(reply) is not None:
         # each figure can only overstate the step: the interval by the host's waits, the CPU by
         # whatever else the node did meanwhile; the smaller is the closer
         t = min(t, cpu / len(records) / reply.cpu_quota)
     return t
+
+
+def _binding_quota(reply: pb.LoadReply) -> float | None:
+    """The node's CPU quota in CPUs where its threads could exceed it, else None."""
+    return reply.cpu_quota if reply.cpu_quota and reply.cpu_quota < reply.threads else None
 
 
 def _raise_errors(device: str, records) -> None:
@@ -357,7 +362,7 @@ def measure_stages(
         quotas: dict[int, float | None] = {}
         for k in ks:
             reply = _load(dep, _alone_requests(plan, node_plan, k, testbed, dep), timeout_s)[plan.stages[k].device]
-            quotas[k] = reply.cpu_quota if reply.cpu_quota and reply.cpu_quota < reply.threads else None
+            quotas[k] = _binding_quota(reply)
         got = pool(
             [
                 lambda k=k, q=quotas[k]: _lone(
@@ -423,7 +428,7 @@ def measure_prefill(
         quotas: dict[int, float | None] = {}
         for k in ks:
             reply = _load(dep, _alone_requests(held, node_plan, k, testbed, dep), timeout_s)[held.stages[k].device]
-            quotas[k] = reply.cpu_quota if reply.cpu_quota and reply.cpu_quota < reply.threads else None
+            quotas[k] = _binding_quota(reply)
         with cf.ThreadPoolExecutor(max_workers=len(ks), thread_name_prefix="prefill") as ex:
             futures = {
                 k: ex.submit(_lone, dep, held.stages[k].device, feeds[k], PREFILL_FRAMES, timeout_s, quotas[k])
@@ -464,10 +469,25 @@ def at_levels(measured: Sequence[StageMeasure], plan: Plan, testbed: Testbed) ->
     (the fidelity check measures the devices file's caps in between): a stage at a lower level runs
     its step and its compute cpus / level longer, as the planner scales its profile."""
     out = []
-    for m, s in zip(measured, plan.stages, strict=True):
-        f = testbed.device(s.device).cpus / s.level if s.level else 1.0
+    for m, f in zip(measured, level_factors(plan, testbed), strict=True):
         out.append(m if f == 1.0 else replace(m, busy_s=m.busy_s * f, compute_s=m.compute_s * f))
     return out
+
+
+def prefill_at_levels(prefill: PrefillMeasure, plan: Plan, testbed: Testbed) -> PrefillMeasure:
+    """The prefill measured at the devices' own cpus, scaled to the plan's levels as `at_levels`
+    scales a stage's step."""
+    f = level_factors(plan, testbed)
+    return replace(
+        prefill,
+        compute_s=[c * x for c, x in zip(prefill.compute_s, f, strict=True)],
+        wall_s=[w * x for w, x in zip(prefill.wall_s, f, strict=True)],
+    )
+
+
+def level_factors(plan: Plan, testbed: Testbed) -> list[float]:
+    """Per stage, how much longer it runs at its DVFS level than at its device's cpus (1: none)."""
+    return [testbed.device(s.device).cpus / s.level if s.level else 1.0 for s in plan.stages]
 
 
 def calibrated(predicted: Predicted, measured: Sequence[StageMeasure], source_index: int | None) -> Predicted:
